@@ -1,0 +1,13 @@
+//! Generates the kubelet device-plugin messages from `proto/api.proto` with protobuf-codegen's pure
+//! Rust parser, so building needs no `protoc`. The gRPC service glue is hand-written in src/proto.rs:
+//! grpcio-compiler only targets protobuf 2, which we keep out of Cargo.lock (RUSTSEC-2024-0437).
+
+fn main() {
+    println!("cargo:rerun-if-changed=proto/api.proto");
+    protobuf_codegen::Codegen::new()
+        .pure()
+        .include("proto")
+        .input("proto/api.proto")
+        .cargo_out_dir("proto")
+        .run_from_script();
+}

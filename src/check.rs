@@ -1,0 +1,67 @@
+//! `spookd check`: the operator's dry run of a config.
+
+use std::fmt::Write;
+
+use crate::config::{Config, NodeName};
+use crate::env;
+
+/// What each node (or only `only`) would serve, with every device's env as Allocate would set it
+/// for that device alone.
+pub fn describe(config: &Config, only: Option<&NodeName>) -> String {
+    let mut out = String::new();
+    let nodes: Vec<&NodeName> = match only {
+        Some(node) => vec![node],
+        None => config.nodes().collect(),
+    };
+    if nodes.is_empty() {
+        out.push_str("the config maps no hosts: no node serves anything\n");
+    }
+    for node in nodes {
+        let devices = config.for_node(node);
+        if devices.is_empty() {
+            let _ = writeln!(out, "node {node}: in no mapping, serves nothing");
+            continue;
+        }
+        let _ = writeln!(out, "node {node}:");
+        for (resource, list) in &devices {
+            let _ = writeln!(out, "  {resource} ({} devices)", list.len());
+            for device in list.iter() {
+                let _ = writeln!(out, "    {}", device.id);
+                for (k, v) in env::render(resource, &[device]) {
+                    if k.contains("_DEV0_") {
+                        let _ = writeln!(out, "      {k}={v}");
+                    }
+                }
+            }
+        }
+    }
+    let resources: usize = config.nodes().map(|n| config.for_node(n).len()).sum();
+    let _ = writeln!(
+        out,
+        "config is valid: {} nodes, {resources} node resources",
+        config.nodes().count()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_every_node_or_one() {
+        let c = Config::parse(
+            b"deviceMapping:\n- hosts: [h1, h2]\n  devices:\n  - {resourceName: example.com/widget, instanceID: \"0001\", env: {IP: 1.2.3.4}}\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            describe(&c, None),
+            "node h1:\n  example.com/widget (1 devices)\n    0001\n      EXAMPLECOM_WIDGET_DEV0_ID=0001\n      EXAMPLECOM_WIDGET_DEV0_IP=1.2.3.4\n      EXAMPLECOM_WIDGET_DEV0_TYPE=example.com/widget\n\
+             node h2:\n  example.com/widget (1 devices)\n    0001\n      EXAMPLECOM_WIDGET_DEV0_ID=0001\n      EXAMPLECOM_WIDGET_DEV0_IP=1.2.3.4\n      EXAMPLECOM_WIDGET_DEV0_TYPE=example.com/widget\n\
+             config is valid: 2 nodes, 2 node resources\n"
+        );
+        let other = NodeName::try_from("h3".to_owned()).unwrap();
+        assert!(describe(&c, Some(&other)).starts_with("node h3: in no mapping, serves nothing\n"));
+    }
+}

@@ -1,0 +1,380 @@
+//! The command line: flags, their environment variables and defaults, parsed into typed options.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{InvalidValue, NodeName};
+
+pub const DEFAULT_CONFIG: &str = "/etc/spookd/config.yaml";
+pub const DEFAULT_DEVICE_PLUGIN_DIR: &str = "/var/lib/kubelet/device-plugins";
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+pub const HELP: &str = "\
+spookd: a Kubernetes device plugin for virtual devices declared in YAML
+
+Usage:
+  spookd [OPTIONS]                       serve this node's devices to the kubelet
+  spookd check [--node-name NAME] PATH   check a config; print each node's resources and devices
+  spookd --help | --version
+
+Options (each may instead come from the environment variable in brackets; a flag wins):
+  --config PATH              config file, normally a key of a mounted ConfigMap
+                             [SPOOKD_CONFIG] (default /etc/spookd/config.yaml)
+  --node-name NAME           this node's name, as the config's hosts name it
+                             [NODE_NAME] (default: the host name, lower-cased)
+  --device-plugin-dir DIR    the kubelet's device-plugins directory
+                             [SPOOKD_DEVICE_PLUGIN_DIR] (default /var/lib/kubelet/device-plugins)
+  --poll-interval DURATION   how often the config file is read, e.g. 250ms, 2s, 1m, 1m30s
+                             [SPOOKD_POLL_INTERVAL] (default 1s)
+  -h, --help                 print this help
+  -V, --version              print the version
+
+`check` reads only its flag, not NODE_NAME: without --node-name it prints every node.
+
+Logging: RUST_LOG (default info; e.g. RUST_LOG=debug).
+Exit status: 0 success; 1 error (for check: the config is invalid); 2 usage error.
+";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run(RunOptions),
+    Check { node: Option<NodeName>, path: PathBuf },
+    Help,
+    Version,
+}
+
+/// Options of the daemon.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub node_name: NodeName,
+    pub device_plugin_dir: PathBuf,
+    pub poll_interval: Duration,
+}
+
+/// A usage error. `from` names the flag or environment variable a value came from.
+#[derive(Debug)]
+pub enum CliError {
+    UnknownArgument(String),
+    NotUnicode(OsString),
+    MissingValue(&'static str),
+    Duplicate(&'static str),
+    BadDuration { from: &'static str, value: String },
+    BadNodeName { from: &'static str, source: InvalidValue },
+    NoHostName(std::io::Error),
+    MissingPath,
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::UnknownArgument(a) => write!(f, "unexpected argument {a:?} (see --help)"),
+            CliError::NotUnicode(a) => write!(f, "argument {a:?} is not valid UTF-8"),
+            CliError::MissingValue(flag) => write!(f, "{flag} needs a value"),
+            CliError::Duplicate(flag) => write!(f, "{flag} given twice"),
+            CliError::BadDuration { from, value } => write!(
+                f,
+                "{from}: {value:?} is not a positive duration (write e.g. 250ms, 2s, 1m or 1m30s)"
+            ),
+            CliError::BadNodeName { from, source } => write!(f, "{from}: {source}"),
+            CliError::NoHostName(e) => write!(
+                f,
+                "cannot read the host name ({e}); set --node-name or NODE_NAME"
+            ),
+            CliError::MissingPath => write!(f, "check needs the PATH of a config"),
+        }
+    }
+}
+
+impl std::error::Error for CliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CliError::BadNodeName { source, .. } => Some(source),
+            CliError::NoHostName(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The flags that take a value.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Flag {
+    Config,
+    NodeName,
+    DevicePluginDir,
+    PollInterval,
+}
+
+impl Flag {
+    const ALL: [Flag; 4] = [Flag::Config, Flag::NodeName, Flag::DevicePluginDir, Flag::PollInterval];
+
+    fn name(self) -> &'static str {
+        match self {
+            Flag::Config => "--config",
+            Flag::NodeName => "--node-name",
+            Flag::DevicePluginDir => "--device-plugin-dir",
+            Flag::PollInterval => "--poll-interval",
+        }
+    }
+
+    fn env(self) -> &'static str {
+        match self {
+            Flag::Config => "SPOOKD_CONFIG",
+            Flag::NodeName => "NODE_NAME",
+            Flag::DevicePluginDir => "SPOOKD_DEVICE_PLUGIN_DIR",
+            Flag::PollInterval => "SPOOKD_POLL_INTERVAL",
+        }
+    }
+}
+
+/// Parses the arguments after the program name. `env` looks up an environment variable and
+/// `hostname` gives the host name; both are parameters so tests control them.
+pub fn parse(
+    args: impl IntoIterator<Item = OsString>,
+    env: impl Fn(&str) -> Option<String>,
+    hostname: impl FnOnce() -> std::io::Result<String>,
+) -> Result<Command, CliError> {
+    let mut args = args
+        .into_iter()
+        .map(|a| a.into_string().map_err(CliError::NotUnicode))
+        .collect::<Result<Vec<String>, _>>()?
+        .into_iter()
+        .peekable();
+    let check = args.peek().map(String::as_str) == Some("check");
+    if check {
+        args.next();
+    }
+    let mut values: Vec<(Flag, String)> = Vec::new();
+    let mut positional: Vec<String> = Vec::new();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            _ => {}
+        }
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let allowed: &[Flag] = if check { &[Flag::NodeName] } else { &Flag::ALL };
+        match allowed.iter().find(|f| f.name() == name) {
+            Some(&flag) => {
+                let value = match inline {
+                    Some(v) => v,
+                    None => args.next().ok_or(CliError::MissingValue(flag.name()))?,
+                };
+                if values.iter().any(|(f, _)| *f == flag) {
+                    return Err(CliError::Duplicate(flag.name()));
+                }
+                values.push((flag, value));
+            }
+            None if check && !arg.starts_with('-') => positional.push(arg),
+            None => return Err(CliError::UnknownArgument(arg)),
+        }
+    }
+    let flag = |f: Flag| values.iter().find(|(g, _)| *g == f).map(|(_, v)| v.clone());
+    if check {
+        if positional.len() > 1 {
+            return Err(CliError::UnknownArgument(positional.swap_remove(1)));
+        }
+        let path = positional.pop().ok_or(CliError::MissingPath)?;
+        let node = flag(Flag::NodeName)
+            .map(|n| node_name(Flag::NodeName.name(), n))
+            .transpose()?;
+        return Ok(Command::Check {
+            node,
+            path: path.into(),
+        });
+    }
+    // A flag wins over its environment variable; an empty variable counts as unset.
+    let value = |f: Flag| -> Option<(&'static str, String)> {
+        flag(f)
+            .map(|v| (f.name(), v))
+            .or_else(|| env(f.env()).filter(|v| !v.is_empty()).map(|v| (f.env(), v)))
+    };
+    let node_name = match value(Flag::NodeName) {
+        Some((from, v)) => node_name(from, v)?,
+        None => {
+            let host = hostname().map_err(CliError::NoHostName)?;
+            node_name("the host name", host.trim().to_lowercase())?
+        }
+    };
+    let poll_interval = match value(Flag::PollInterval) {
+        Some((from, v)) => match parse_duration(&v) {
+            Some(d) if !d.is_zero() => d,
+            _ => return Err(CliError::BadDuration { from, value: v }),
+        },
+        None => DEFAULT_POLL_INTERVAL,
+    };
+    Ok(Command::Run(RunOptions {
+        config: value(Flag::Config).map_or_else(|| DEFAULT_CONFIG.into(), |(_, v)| v.into()),
+        node_name,
+        device_plugin_dir: value(Flag::DevicePluginDir)
+            .map_or_else(|| DEFAULT_DEVICE_PLUGIN_DIR.into(), |(_, v)| v.into()),
+        poll_interval,
+    }))
+}
+
+fn node_name(from: &'static str, value: String) -> Result<NodeName, CliError> {
+    NodeName::try_from(value).map_err(|source| CliError::BadNodeName { from, source })
+}
+
+/// Parses `250ms`, `2s`, `1m`, `1h`, `1.5s`, `1m30s`: one or more number-unit pairs.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, tail) = rest.split_at(split);
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds_per_unit = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+            return None;
+        }
+        let n: f64 = number.parse().ok()?;
+        total = total.checked_add(Duration::try_from_secs_f64(n * seconds_per_unit).ok()?)?;
+        rest = tail;
+    }
+    Some(total)
+}
+
+/// The host name as the kernel has it.
+pub fn hostname() -> std::io::Result<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Command, CliError> {
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        parse(
+            args.iter().map(OsString::from),
+            move |k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
+            || Ok("My-Host\n".to_owned()),
+        )
+    }
+
+    fn opts(args: &[&str], env: &[(&str, &str)]) -> RunOptions {
+        match run(args, env).unwrap() {
+            Command::Run(o) => o,
+            other => panic!("expected Run, got {other:?}"),
+        }
+    }
+
+    fn node(n: &str) -> NodeName {
+        NodeName::try_from(n.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(
+            opts(&[], &[]),
+            RunOptions {
+                config: DEFAULT_CONFIG.into(),
+                node_name: node("my-host"),
+                device_plugin_dir: DEFAULT_DEVICE_PLUGIN_DIR.into(),
+                poll_interval: Duration::from_secs(1),
+            }
+        );
+    }
+
+    #[test]
+    fn flags_win_over_env_which_wins_over_defaults() {
+        let env = [
+            ("SPOOKD_CONFIG", "/env.yaml"),
+            ("NODE_NAME", "env-node"),
+            ("SPOOKD_DEVICE_PLUGIN_DIR", "/env/dp"),
+            ("SPOOKD_POLL_INTERVAL", "2s"),
+        ];
+        assert_eq!(
+            opts(&[], &env),
+            RunOptions {
+                config: "/env.yaml".into(),
+                node_name: node("env-node"),
+                device_plugin_dir: "/env/dp".into(),
+                poll_interval: Duration::from_secs(2),
+            }
+        );
+        let o = opts(
+            &["--config", "/f.yaml", "--node-name=flag-node", "--device-plugin-dir", "/dp", "--poll-interval=250ms"],
+            &env,
+        );
+        assert_eq!(
+            o,
+            RunOptions {
+                config: "/f.yaml".into(),
+                node_name: node("flag-node"),
+                device_plugin_dir: "/dp".into(),
+                poll_interval: Duration::from_millis(250),
+            }
+        );
+    }
+
+    #[test]
+    fn usage_errors() {
+        let e = |args: &[&str], env: &[(&str, &str)]| run(args, env).unwrap_err().to_string();
+        assert_eq!(e(&["--bogus"], &[]), "unexpected argument \"--bogus\" (see --help)");
+        assert_eq!(e(&["--config"], &[]), "--config needs a value");
+        assert_eq!(e(&["--config", "a", "--config", "b"], &[]), "--config given twice");
+        assert_eq!(
+            e(&["--poll-interval", "0s"], &[]),
+            "--poll-interval: \"0s\" is not a positive duration (write e.g. 250ms, 2s, 1m or 1m30s)"
+        );
+        assert!(e(&[], &[("SPOOKD_POLL_INTERVAL", "soon")]).starts_with("SPOOKD_POLL_INTERVAL: \"soon\""));
+        assert!(e(&["--node-name", "Bad_Node"], &[]).starts_with("--node-name: invalid host \"Bad_Node\""));
+        assert_eq!(e(&["check"], &[]), "check needs the PATH of a config");
+        assert_eq!(e(&["check", "a", "b"], &[]), "unexpected argument \"b\" (see --help)");
+        assert_eq!(e(&["check", "--config", "x", "a"], &[]), "unexpected argument \"--config\" (see --help)");
+    }
+
+    #[test]
+    fn check_help_version() {
+        assert_eq!(
+            run(&["check", "c.yaml"], &[("NODE_NAME", "ignored")]).unwrap(),
+            Command::Check { node: None, path: "c.yaml".into() }
+        );
+        assert_eq!(
+            run(&["check", "--node-name", "n1", "c.yaml"], &[]).unwrap(),
+            Command::Check { node: Some(node("n1")), path: "c.yaml".into() }
+        );
+        assert_eq!(run(&["--help"], &[]).unwrap(), Command::Help);
+        assert_eq!(run(&["--config", "x", "-V"], &[]).unwrap(), Command::Version);
+    }
+
+    #[test]
+    fn durations() {
+        let d = |s| parse_duration(s);
+        assert_eq!(d("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(d("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(d("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(d("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(d("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(d("1.5s"), Some(Duration::from_millis(1500)));
+        for bad in ["", "5", "s", "1x", "1.s", ".5s", "-1s", "1 s", "1e3s"] {
+            assert_eq!(d(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn help_names_every_flag_and_env_var() {
+        for f in Flag::ALL {
+            assert!(HELP.contains(f.name()) && HELP.contains(f.env()), "{f:?}");
+        }
+    }
+}

@@ -1,0 +1,832 @@
+//! The deviceMapping config: parsed once at the edge into checked types.
+//!
+//! Stage one is serde: [`RawConfig`] mirrors the YAML with `deny_unknown_fields`, and its leaves are
+//! already checked types ([`ResourceName`], [`InstanceId`], [`EnvKey`], [`EnvValue`], [`NodeName`])
+//! whose `Deserialize` refuses bad values, so serde_yaml reports them with their path
+//! (`deviceMapping[0].devices[1].instanceID`) and line/column. Stage two, `Config::try_from`, applies
+//! the rules that span several entries (one env per device, env prefixes that must not collide).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::env;
+
+/// Longest device ID the kubelet accepts (`Device.ID`).
+const MAX_INSTANCE_ID: usize = 63;
+
+/// An extended resource name the kubelet accepts: `<domain>/<name>`, outside `kubernetes.io`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceName(String);
+
+/// A device's ID within its resource: non-empty, at most 63 characters.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceId(String);
+
+/// A Kubernetes node name (an RFC 1123 subdomain).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeName(String);
+
+/// An env key a device may set: `[A-Za-z_][A-Za-z0-9_]*`, none of the generated suffixes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EnvKey(String);
+
+/// An env value: a YAML string verbatim, or a number or boolean as serde_yaml prints it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EnvValue(String);
+
+/// One device as a node serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    pub id: InstanceId,
+    pub env: BTreeMap<EnvKey, EnvValue>,
+}
+
+/// The devices one node serves: per resource, its devices sorted by instanceID.
+pub type NodeDevices = BTreeMap<ResourceName, Arc<[Device]>>;
+
+/// A checked config: every rule holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    devices: BTreeMap<(ResourceName, InstanceId), BTreeMap<EnvKey, EnvValue>>,
+    hosts: BTreeMap<NodeName, BTreeSet<(ResourceName, InstanceId)>>,
+}
+
+/// Why a config could not be used. The last good config stays in force.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The config could not be read.
+    Read { path: PathBuf, source: std::io::Error },
+    /// Not YAML, or not the deviceMapping shape, or a field breaks its rule. serde_yaml's message
+    /// carries the field's path and the line and column.
+    Parse { origin: String, source: serde_yaml::Error },
+    /// An instanceID written as a plain (unquoted) number-like scalar such as `0001`: serde_yaml
+    /// keeps it as the string "0001", but other YAML readers make it the number 1.
+    UnquotedInstanceId {
+        origin: String,
+        line: usize,
+        column: usize,
+        value: String,
+    },
+    /// The same device appears twice with different env.
+    ConflictingEnv {
+        origin: String,
+        resource: ResourceName,
+        instance: InstanceId,
+        first_mapping: usize,
+        mapping: usize,
+    },
+    /// Two resource names give the same env prefix, so their variables would overwrite each other.
+    PrefixCollision {
+        origin: String,
+        first: ResourceName,
+        second: ResourceName,
+        prefix: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read config {}: {source}", path.display())
+            }
+            ConfigError::Parse { origin, source } => write!(f, "{origin}: {source}"),
+            ConfigError::UnquotedInstanceId {
+                origin,
+                line,
+                column,
+                value,
+            } => write!(
+                f,
+                "{origin}: line {line} column {column}: instanceID {value} must be a quoted \
+                 string (YAML readers may take it for a number): write instanceID: \"{value}\""
+            ),
+            ConfigError::ConflictingEnv {
+                origin,
+                resource,
+                instance,
+                first_mapping,
+                mapping,
+            } => write!(
+                f,
+                "{origin}: deviceMapping[{mapping}]: device {resource} instanceID \"{instance}\" has \
+                 different env than in deviceMapping[{first_mapping}]; a device must carry identical \
+                 env wherever it appears"
+            ),
+            ConfigError::PrefixCollision {
+                origin,
+                first,
+                second,
+                prefix,
+            } => write!(
+                f,
+                "{origin}: resource names {first} and {second} both give the env prefix {prefix}; \
+                 rename one of them"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            ConfigError::Parse { source, .. } => Some(source),
+            ConfigError::UnquotedInstanceId { .. }
+            | ConfigError::ConflictingEnv { .. }
+            | ConfigError::PrefixCollision { .. } => None,
+        }
+    }
+}
+
+/// The YAML as written. Leaves are checked types; cross-entry rules wait for `Config::try_from`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawConfig {
+    device_mapping: Vec<RawMapping>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    hosts: Vec<NodeName>,
+    devices: Vec<RawDevice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDevice {
+    resource_name: ResourceName,
+    #[serde(rename = "instanceID")]
+    instance_id: InstanceId,
+    #[serde(default, deserialize_with = "unique_keys")]
+    env: BTreeMap<EnvKey, EnvValue>,
+}
+
+impl Config {
+    /// Parses and checks a config. `origin` names where it came from, for error messages.
+    pub fn parse(text: &[u8], origin: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_slice(text).map_err(|source| ConfigError::Parse {
+            origin: origin.to_owned(),
+            source,
+        })?;
+        // serde_yaml parsed it, so it is UTF-8.
+        let text = String::from_utf8_lossy(text);
+        if let Some((line, column, value)) = unquoted_numeric_instance_id(&text) {
+            return Err(ConfigError::UnquotedInstanceId {
+                origin: origin.to_owned(),
+                line,
+                column,
+                value,
+            });
+        }
+        Config::check(raw, origin)
+    }
+
+    /// Stage two: the rules across entries.
+    fn check(raw: RawConfig, origin: &str) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        // Where each device was first seen, to name both mappings in a conflict.
+        let mut first_seen: BTreeMap<(ResourceName, InstanceId), usize> = BTreeMap::new();
+        let mut prefixes: BTreeMap<String, ResourceName> = BTreeMap::new();
+        for (index, mapping) in raw.device_mapping.into_iter().enumerate() {
+            let mut keys = BTreeSet::new();
+            for device in mapping.devices {
+                let key = (device.resource_name, device.instance_id);
+                let prefix = env::prefix(&key.0);
+                match prefixes.get(&prefix) {
+                    Some(other) if *other != key.0 => {
+                        return Err(ConfigError::PrefixCollision {
+                            origin: origin.to_owned(),
+                            first: other.clone(),
+                            second: key.0,
+                            prefix,
+                        })
+                    }
+                    Some(_) => {}
+                    None => {
+                        prefixes.insert(prefix, key.0.clone());
+                    }
+                }
+                match config.devices.get(&key) {
+                    Some(env) if *env != device.env => {
+                        return Err(ConfigError::ConflictingEnv {
+                            origin: origin.to_owned(),
+                            first_mapping: first_seen[&key],
+                            mapping: index,
+                            resource: key.0,
+                            instance: key.1,
+                        })
+                    }
+                    Some(_) => {}
+                    None => {
+                        first_seen.insert(key.clone(), index);
+                        config.devices.insert(key.clone(), device.env);
+                    }
+                }
+                keys.insert(key);
+            }
+            for host in mapping.hosts {
+                config.hosts.entry(host).or_default().extend(keys.iter().cloned());
+            }
+        }
+        Ok(config)
+    }
+
+    /// The devices `node` serves. Empty when the node is in no mapping.
+    pub fn for_node(&self, node: &NodeName) -> NodeDevices {
+        let mut out: BTreeMap<ResourceName, Vec<Device>> = BTreeMap::new();
+        // BTreeSet order is (resource, instanceID): each list comes out sorted by instanceID.
+        for key in self.hosts.get(node).into_iter().flatten() {
+            let env = self.devices[key].clone();
+            out.entry(key.0.clone()).or_default().push(Device {
+                id: key.1.clone(),
+                env,
+            });
+        }
+        out.into_iter().map(|(r, d)| (r, d.into())).collect()
+    }
+
+    /// Every node the config names.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeName> {
+        self.hosts.keys()
+    }
+
+    /// Whether the config names `node`.
+    pub fn has_node(&self, node: &NodeName) -> bool {
+        self.hosts.contains_key(node)
+    }
+}
+
+/// Finds an `instanceID` whose value is a plain scalar of digits (and `_`), such as `0001`.
+///
+/// serde_yaml does not tell a visitor whether a scalar was quoted, and it keeps `0001` as the
+/// string "0001" while other YAML readers take it for the number 1 (or octal). Numbers it does
+/// read as numbers (`7`) are refused by [`InstanceId`]'s visitor; this catches the rest, in the
+/// block (`instanceID: 0001`) and flow (`{instanceID: 0001}`) styles. Returns 1-based line and
+/// column of the value.
+fn unquoted_numeric_instance_id(text: &str) -> Option<(usize, usize, String)> {
+    const KEY: &str = "instanceID";
+    for (n, line) in text.lines().enumerate() {
+        let mut from = 0;
+        while let Some(at) = line[from..].find(KEY) {
+            let start = from + at;
+            from = start + KEY.len();
+            let before = line[..start].chars().next_back();
+            if !matches!(before, None | Some(' ' | '\t' | '{' | ',' | '-' | '"' | '\'')) {
+                continue;
+            }
+            let rest = line[from..].trim_start_matches(['"', '\'']);
+            let Some(value) = rest.strip_prefix(':') else { continue };
+            if !value.is_empty() && !value.starts_with([' ', '\t']) {
+                continue;
+            }
+            let token_start = value.len() - value.trim_start().len();
+            let token: String = value[token_start..]
+                .chars()
+                .take_while(|c| !matches!(c, ',' | '}' | ']' | '#' | ' ' | '\t'))
+                .collect();
+            let numeric = token.bytes().any(|b| b.is_ascii_digit())
+                && token.bytes().all(|b| b.is_ascii_digit() || b == b'_');
+            if numeric {
+                let column = line.len() - value.len() + token_start + 1;
+                return Some((n + 1, column, token));
+            }
+        }
+    }
+    None
+}
+
+/// An env map that refuses a key written twice (serde_yaml would silently keep the last).
+fn unique_keys<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<EnvKey, EnvValue>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = BTreeMap<EnvKey, EnvValue>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of env keys to values")
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<EnvKey, EnvValue>()? {
+                if out.contains_key(&k) {
+                    return Err(de::Error::custom(format!("env key {k} is written twice")));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+    }
+    d.deserialize_any(V)
+}
+
+macro_rules! string_newtype {
+    ($t:ident) => {
+        impl $t {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+string_newtype!(ResourceName);
+string_newtype!(InstanceId);
+string_newtype!(NodeName);
+string_newtype!(EnvKey);
+string_newtype!(EnvValue);
+
+/// Why a single value was refused. Becomes a serde error, which serde_yaml places in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidValue {
+    what: &'static str,
+    value: String,
+    rule: &'static str,
+}
+
+impl fmt::Display for InvalidValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {} {:?}: {}", self.what, self.value, self.rule)
+    }
+}
+
+impl std::error::Error for InvalidValue {}
+
+fn invalid(what: &'static str, value: &str, rule: &'static str) -> InvalidValue {
+    InvalidValue {
+        what,
+        value: value.to_owned(),
+        rule,
+    }
+}
+
+/// RFC 1123 label: lowercase alphanumerics and '-', starting and ending alphanumeric, ≤ 63.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// RFC 1123 subdomain: dot-separated labels, ≤ 253 in all.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+impl TryFrom<String> for ResourceName {
+    type Error = InvalidValue;
+
+    /// The kubelet's `IsExtendedResourceName`: not native (no `/`, or `kubernetes.io/` inside), not
+    /// `requests.`-prefixed, and `requests.<name>` a qualified name.
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        const WHAT: &str = "resourceName";
+        let Some((domain, name)) = s.split_once('/') else {
+            return Err(invalid(WHAT, &s, "must be <domain>/<name>, e.g. example.com/widget"));
+        };
+        if !is_dns_subdomain(domain) || domain.len() + "requests.".len() > 253 {
+            return Err(invalid(
+                WHAT,
+                &s,
+                "the domain must be a DNS subdomain: lowercase letters, digits, '-' and '.'",
+            ));
+        }
+        if domain == "kubernetes.io" || domain.ends_with(".kubernetes.io") {
+            return Err(invalid(WHAT, &s, "the kubernetes.io domain is reserved"));
+        }
+        if domain.starts_with("requests.") {
+            return Err(invalid(WHAT, &s, "the requests. prefix is reserved for quotas"));
+        }
+        let b = name.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 63
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c));
+        if !ok {
+            return Err(invalid(
+                WHAT,
+                &s,
+                "the name after '/' must be at most 63 letters, digits, '-', '_' or '.', starting \
+                 and ending with a letter or digit",
+            ));
+        }
+        Ok(ResourceName(s))
+    }
+}
+
+impl TryFrom<String> for InstanceId {
+    type Error = InvalidValue;
+
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        if s.is_empty() || s.chars().count() > MAX_INSTANCE_ID {
+            return Err(invalid("instanceID", &s, "must be 1 to 63 characters"));
+        }
+        Ok(InstanceId(s))
+    }
+}
+
+impl TryFrom<String> for NodeName {
+    type Error = InvalidValue;
+
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        if !is_dns_subdomain(&s) {
+            return Err(invalid(
+                "host",
+                &s,
+                "node names are lowercase DNS subdomains (letters, digits, '-' and '.')",
+            ));
+        }
+        Ok(NodeName(s))
+    }
+}
+
+impl TryFrom<String> for EnvKey {
+    type Error = InvalidValue;
+
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        const WHAT: &str = "env key";
+        let b = s.as_bytes();
+        let shape = !b.is_empty()
+            && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        if !shape {
+            return Err(invalid(WHAT, &s, "must match [A-Za-z_][A-Za-z0-9_]*"));
+        }
+        let indexed = s
+            .strip_prefix("DEV")
+            .and_then(|rest| rest.split_once('_'))
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()));
+        if matches!(s.as_str(), "ID" | "TYPE" | "NUM_DEVICES") || indexed {
+            return Err(invalid(
+                WHAT,
+                &s,
+                "ID, TYPE, NUM_DEVICES and DEV<n>_... are generated by spookd",
+            ));
+        }
+        Ok(EnvKey(s))
+    }
+}
+
+impl TryFrom<String> for EnvValue {
+    type Error = InvalidValue;
+
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        Ok(EnvValue(s))
+    }
+}
+
+/// Deserializes a checked string type from a YAML string only.
+macro_rules! deserialize_via_string {
+    ($t:ident) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $t::try_from(s).map_err(de::Error::custom)
+            }
+        }
+    };
+}
+deserialize_via_string!(ResourceName);
+deserialize_via_string!(NodeName);
+deserialize_via_string!(EnvKey);
+
+/// Accepts only a YAML string: `0001` unquoted is the integer 1, and turning it back into "1"
+/// would silently name another device.
+impl<'de> Deserialize<'de> for InstanceId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = InstanceId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a quoted string, e.g. instanceID: \"0001\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<InstanceId, E> {
+                InstanceId::try_from(s.to_owned()).map_err(E::custom)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<InstanceId, E> {
+                Err(E::custom(format!(
+                    "instanceID must be a string, found the boolean {v}; quote it"
+                )))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<InstanceId, E> {
+                Err(not_a_string(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<InstanceId, E> {
+                Err(not_a_string(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<InstanceId, E> {
+                Err(not_a_string(v))
+            }
+        }
+        fn not_a_string<E: de::Error>(v: impl fmt::Display) -> E {
+            E::custom(format!(
+                "instanceID must be a string, found the number {v}; quote it to keep it as \
+                 written, e.g. instanceID: \"0001\""
+            ))
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Strings verbatim; numbers and booleans as serde_yaml reads them (`1.50` becomes `1.5`: quote
+/// a value to keep it verbatim); null, lists and maps are refused.
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<EnvValue, E> {
+                Ok(EnvValue(s.to_owned()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text.as_bytes(), "test.yaml")
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).expect_err("config must be refused").to_string()
+    }
+
+    fn node(name: &str) -> NodeName {
+        NodeName::try_from(name.to_owned()).unwrap()
+    }
+
+    fn ids(devices: &NodeDevices, resource: &str) -> Vec<String> {
+        let r = ResourceName::try_from(resource.to_owned()).unwrap();
+        devices[&r].iter().map(|d| d.id.to_string()).collect()
+    }
+
+    const SEED: &str = r#"
+deviceMapping:
+  - hosts: [lab1-host1, lab1-host2]
+    devices:
+      - resourceName: skao.int/oscilloscope
+        instanceID: "0002"
+        env: {IP: 10.0.10.216}
+      - resourceName: skao.int/oscilloscope
+        instanceID: "0001"
+        env: {IP: 10.0.10.215, PORT: 5025}
+  - hosts: [lab1-host2]
+    devices:
+      - resourceName: skao.int/signal-generator
+        instanceID: "sg-1"
+      - resourceName: skao.int/oscilloscope
+        instanceID: "0001"
+        env: {PORT: 5025, IP: 10.0.10.215}
+"#;
+
+    #[test]
+    fn seed_shape_per_node() {
+        let c = parse(SEED).unwrap();
+        let h1 = c.for_node(&node("lab1-host1"));
+        assert_eq!(h1.len(), 1);
+        assert_eq!(ids(&h1, "skao.int/oscilloscope"), ["0001", "0002"]);
+        let h2 = c.for_node(&node("lab1-host2"));
+        // 0001 is reached twice by host2 and advertised once.
+        assert_eq!(ids(&h2, "skao.int/oscilloscope"), ["0001", "0002"]);
+        assert_eq!(ids(&h2, "skao.int/signal-generator"), ["sg-1"]);
+        assert!(c.for_node(&node("elsewhere")).is_empty());
+        let env = &h1[&ResourceName::try_from("skao.int/oscilloscope".to_owned()).unwrap()][0].env;
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(env, [("IP", "10.0.10.215"), ("PORT", "5025")]);
+    }
+
+    #[test]
+    fn empty_mapping_list_is_valid() {
+        let c = parse("deviceMapping: []").unwrap();
+        assert_eq!(c.nodes().count(), 0);
+    }
+
+    #[test]
+    fn empty_and_junk_documents_are_refused() {
+        assert!(err("").contains("test.yaml"));
+        assert!(err("deviceMapping: [").contains("test.yaml"));
+        assert!(err("\u{0}\u{1}\u{2}garbage").contains("test.yaml"));
+        assert!(err("just a string").contains("test.yaml"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_position() {
+        let e = err("deviceMapping:\n  - hosts: [a]\n    devices: []\n    host: [b]\n");
+        assert_eq!(
+            e,
+            "test.yaml: deviceMapping[0]: unknown field `host`, expected `hosts` or `devices` at \
+             line 4 column 5"
+        );
+        let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceId: \"1\"\n");
+        assert!(e.contains("unknown field `instanceId`"), "{e}");
+    }
+
+    #[test]
+    fn unquoted_instance_ids_are_refused_not_converted() {
+        let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: 0001\n");
+        assert_eq!(
+            e,
+            "test.yaml: line 5 column 21: instanceID 0001 must be a quoted string (YAML readers \
+             may take it for a number): write instanceID: \"0001\""
+        );
+        let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - {resourceName: a.io/x, instanceID: 007}\n");
+        assert!(e.starts_with("test.yaml: line 4 column 44: instanceID 007 must be"), "{e}");
+        // Quoted, or not a number: fine.
+        for ok in ["\"0001\"", "'0001'", "sg-1", "0001a", "x # 0001"] {
+            let text = format!("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: {ok}\n");
+            assert!(parse(&text).is_ok(), "{ok}");
+        }
+        let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: 7\n");
+        assert!(e.contains("found the number 7; quote it"), "{e}");
+        assert!(e.contains("deviceMapping[0].devices[0]"), "{e}");
+        assert!(e.contains("line 5 column 21"), "{e}");
+        let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: true\n");
+        assert!(e.contains("found the boolean true"), "{e}");
+    }
+
+    #[test]
+    fn instance_id_length() {
+        let ok = "x".repeat(63);
+        assert!(InstanceId::try_from(ok).is_ok());
+        assert!(InstanceId::try_from("x".repeat(64)).is_err());
+        assert!(InstanceId::try_from(String::new()).is_err());
+    }
+
+    #[test]
+    fn resource_names() {
+        for good in [
+            "example.com/widget",
+            "skao.int/signal-generator",
+            "a.io/x_y.z",
+            "a/b",
+            "nvidia.com/gpu",
+        ] {
+            assert!(ResourceName::try_from(good.to_owned()).is_ok(), "{good}");
+        }
+        for bad in [
+            "widget",
+            "Example.com/widget",
+            "example.com/",
+            "/widget",
+            "example.com/-widget",
+            "example.com/widget-",
+            "example.com/wid get",
+            "example.com/a/b",
+            "kubernetes.io/widget",
+            "node.kubernetes.io/widget",
+            "requests.example.com/widget",
+            "exa_mple.com/widget",
+            "-a.com/widget",
+        ] {
+            assert!(ResourceName::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+        let long = format!("a.io/{}", "x".repeat(64));
+        assert!(ResourceName::try_from(long).is_err());
+        let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: kubernetes.io/x\n        instanceID: \"1\"\n");
+        assert_eq!(
+            e,
+            "test.yaml: deviceMapping[0].devices[0]: invalid resourceName \"kubernetes.io/x\": the \
+             kubernetes.io domain is reserved at line 4 column 9"
+        );
+    }
+
+    #[test]
+    fn env_keys() {
+        for good in ["IP", "_x", "port2", "DEV", "DEVICE_ID", "DEVx_1", "ID2", "DEV_1"] {
+            assert!(EnvKey::try_from(good.to_owned()).is_ok(), "{good}");
+        }
+        for bad in ["", "1IP", "I-P", "ID", "TYPE", "NUM_DEVICES", "DEV0_X", "DEV12_", "É"] {
+            assert!(EnvKey::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_values() {
+        let c = parse(
+            "deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: \"1\"\n        env: {S: \"0010\", N: 0010, F: 1.50, B: true, Q: \"1.50\", Y: yes}\n",
+        )
+        .unwrap();
+        let d = &c.for_node(&node("a"))[&ResourceName::try_from("a.io/x".to_owned()).unwrap()][0];
+        let env: Vec<(&str, &str)> = d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            env,
+            // serde_yaml keeps 0010 (leading zero) as written but reads 1.50 as the number 1.5.
+            [("B", "true"), ("F", "1.5"), ("N", "0010"), ("Q", "1.50"), ("S", "0010"), ("Y", "yes")]
+        );
+        for bad in ["~", "[1, 2]", "{a: b}"] {
+            let e = err(&format!(
+                "deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: \"1\"\n        env: {{K: {bad}}}\n"
+            ));
+            assert!(e.contains("expected a string, number or boolean"), "{bad}: {e}");
+            assert!(e.contains("deviceMapping[0].devices[0].env.K"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn duplicate_env_keys_are_refused() {
+        let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: \"1\"\n        env: {K: a, K: b}\n");
+        assert!(e.contains("env key K is written twice"), "{e}");
+        assert!(e.contains("deviceMapping[0].devices[0].env"), "{e}");
+    }
+
+    #[test]
+    fn conflicting_env_invalidates_the_whole_config() {
+        let e = err(r#"
+deviceMapping:
+  - hosts: [a]
+    devices:
+      - {resourceName: a.io/x, instanceID: "1", env: {IP: 1.2.3.4}}
+  - hosts: [b]
+    devices:
+      - {resourceName: a.io/x, instanceID: "2"}
+      - {resourceName: a.io/x, instanceID: "1", env: {IP: 1.2.3.5}}
+"#);
+        assert_eq!(
+            e,
+            "test.yaml: deviceMapping[1]: device a.io/x instanceID \"1\" has different env than \
+             in deviceMapping[0]; a device must carry identical env wherever it appears"
+        );
+        // Missing env against present env is a conflict too.
+        let e = err(r#"
+deviceMapping:
+  - hosts: [a]
+    devices:
+      - {resourceName: a.io/x, instanceID: "1", env: {IP: 1.2.3.4}}
+      - {resourceName: a.io/x, instanceID: "1"}
+"#);
+        assert!(e.contains("deviceMapping[0]: device a.io/x instanceID \"1\""), "{e}");
+    }
+
+    #[test]
+    fn colliding_prefixes_are_refused() {
+        let e = err(r#"
+deviceMapping:
+  - hosts: [a]
+    devices:
+      - {resourceName: a.io/x-y, instanceID: "1"}
+  - hosts: [b]
+    devices:
+      - {resourceName: a.io/x_y, instanceID: "1"}
+"#);
+        assert_eq!(
+            e,
+            "test.yaml: resource names a.io/x-y and a.io/x_y both give the env prefix AIO_X_Y; \
+             rename one of them"
+        );
+    }
+
+    #[test]
+    fn host_names_are_checked() {
+        let e = err("deviceMapping:\n  - hosts: [Lab1]\n    devices: []\n");
+        assert_eq!(
+            e,
+            "test.yaml: deviceMapping[0].hosts: invalid host \"Lab1\": node names are lowercase DNS \
+             subdomains (letters, digits, '-' and '.') at line 2 column 12"
+        );
+    }
+
+    #[test]
+    fn missing_required_fields() {
+        assert!(err("{}").contains("missing field `deviceMapping`"));
+        assert!(err("deviceMapping:\n  - devices: []\n").contains("missing field `hosts`"));
+        let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n");
+        assert!(e.contains("missing field `instanceID`"), "{e}");
+    }
+}

@@ -1,0 +1,144 @@
+//! spookd's entry point: parses the command line, wires the threads, maps errors to exit codes.
+
+use std::fmt;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use spookd::cli::{self, CliError, Command, RunOptions};
+use spookd::config::{Config, ConfigError};
+use spookd::kubelet::Watcher;
+use spookd::plugin::{self, GrpcBackend};
+use spookd::source::file::FilePoller;
+use spookd::state::{self, Msg, State};
+use spookd::worker::Worker;
+use spookd::{check, VERSION};
+
+/// How long shutdown waits for the state thread to stop the servers and remove the sockets.
+const SHUTDOWN_WAIT: Duration = Duration::from_millis(1500);
+
+/// Everything that ends spookd with an error.
+#[derive(Debug)]
+enum MainError {
+    Usage(CliError),
+    InvalidConfig(ConfigError),
+    Startup { what: &'static str, source: std::io::Error },
+}
+
+impl fmt::Display for MainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MainError::Usage(e) => write!(f, "{e}"),
+            MainError::InvalidConfig(e) => write!(f, "invalid config: {e}"),
+            MainError::Startup { what, source } => write!(f, "cannot {what}: {source}"),
+        }
+    }
+}
+
+impl MainError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            MainError::Usage(_) => ExitCode::from(2),
+            MainError::InvalidConfig(_) | MainError::Startup { .. } => ExitCode::FAILURE,
+        }
+    }
+}
+
+fn startup(what: &'static str) -> impl FnOnce(std::io::Error) -> MainError {
+    move |source| MainError::Startup { what, source }
+}
+
+fn main() -> ExitCode {
+    let command = cli::parse(std::env::args_os().skip(1), |k| std::env::var(k).ok(), cli::hostname);
+    let result = match command {
+        Ok(Command::Help) => {
+            print!("{}", cli::HELP);
+            Ok(())
+        }
+        Ok(Command::Version) => {
+            println!("spookd {VERSION}");
+            Ok(())
+        }
+        Ok(Command::Check { node, path }) => run_check(node.as_ref(), &path),
+        Ok(Command::Run(opts)) => serve(opts),
+        Err(e) => Err(MainError::Usage(e)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("spookd: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn run_check(node: Option<&spookd::config::NodeName>, path: &Path) -> Result<(), MainError> {
+    let text = std::fs::read(path).map_err(|source| {
+        MainError::InvalidConfig(ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    })?;
+    let config =
+        Config::parse(&text, &path.display().to_string()).map_err(MainError::InvalidConfig)?;
+    print!("{}", check::describe(&config, node));
+    Ok(())
+}
+
+fn serve(opts: RunOptions) -> Result<(), MainError> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    grpcio::redirect_log();
+    // A panicking thread would leave a zombie half-serving: stop the whole process instead, so
+    // the kubelet's pod restart brings back a whole spookd.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        error!("panic: {info}; aborting");
+        std::process::abort();
+    }));
+    info!(
+        "spookd {VERSION} starting: node {}, config file {} (polled every {:?}), device-plugins dir {}",
+        opts.node_name,
+        opts.config.display(),
+        opts.poll_interval,
+        opts.device_plugin_dir.display()
+    );
+    let dir = opts.device_plugin_dir;
+    std::fs::create_dir_all(&dir).map_err(startup("create the device-plugins dir"))?;
+    plugin::remove_stale_sockets(&dir).map_err(startup("clean stale sockets"))?;
+    let signals = Signals::new([SIGTERM, SIGINT]).map_err(startup("install signal handlers"))?;
+
+    let env = Arc::new(
+        grpcio::EnvBuilder::new()
+            .cq_count(1)
+            .name_prefix("spookd-grpc")
+            .build(),
+    );
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let backend = GrpcBackend::new(env, dir.clone(), tx.clone())
+        .map_err(startup("start the registrar thread"))?;
+    let state = State::new(opts.node_name, backend, Instant::now());
+    let mut state_thread = Worker::spawn("spookd-state", move || state::run(state, &rx))
+        .map_err(startup("start the state thread"))?;
+    let watcher = Watcher::spawn(&dir, tx.clone()).map_err(startup("watch the device-plugins dir"))?;
+    let poller = FilePoller::spawn(opts.config, opts.poll_interval, tx.clone())
+        .map_err(startup("start the config file poller"))?;
+
+    let mut signals = signals;
+    if let Some(signal) = signals.forever().next() {
+        info!("received signal {signal}; stopping");
+    }
+    drop(poller);
+    drop(watcher);
+    let _ = tx.send(Msg::Shutdown);
+    if !state_thread.join_timeout(SHUTDOWN_WAIT) {
+        warn!("state thread did not stop within {SHUTDOWN_WAIT:?}; exiting anyway");
+    }
+    Ok(())
+}

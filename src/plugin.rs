@@ -1,0 +1,392 @@
+//! One kubelet device-plugin gRPC server per resource, on its own Unix socket.
+//!
+//! The handlers run on gRPC's completion-queue threads and never block: they forward to the state
+//! thread ([`Msg::Watch`], [`Msg::Allocate`]) and finish asynchronously when it answers.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::fs;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use grpcio::{
+    Environment, RpcContext, RpcStatus, RpcStatusCode, ServerBuilder, ServerCredentials,
+    ServerStreamingSink, UnarySink, WriteFlags,
+};
+use log::{debug, info, warn};
+
+use crate::config::ResourceName;
+use crate::kubelet::Registrar;
+use crate::proto::{
+    self, AllocateRequest, AllocateResponse, ContainerAllocateResponse,
+    ContainerPreferredAllocationResponse, DevicePluginOptions, Empty, ListAndWatchResponse,
+    PreStartContainerRequest, PreStartContainerResponse, PreferredAllocationRequest,
+    PreferredAllocationResponse, KUBELET_SOCKET,
+};
+use crate::state::{AllocateError, Backend, Listing, Msg};
+
+/// Calls a server may have waiting per completion queue. The kubelet makes a handful at a time;
+/// grpcio's default of 1024 costs memory on every one of hundreds of servers.
+const REQUEST_SLOTS: usize = 16;
+
+/// Prefix of every socket spookd creates; the only files it ever removes.
+pub const SOCKET_PREFIX: &str = "spookd-";
+
+/// The options spookd registers with and answers GetDevicePluginOptions with.
+pub fn options() -> DevicePluginOptions {
+    let mut o = DevicePluginOptions::new();
+    o.pre_start_required = false;
+    o.get_preferred_allocation_available = true;
+    o
+}
+
+/// A number in [0, 1) from the standard library's randomly keyed hasher (no rand crate needed).
+pub fn random_unit() -> f64 {
+    (RandomState::new().build_hasher().finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Why a server could not start.
+#[derive(Debug)]
+pub enum PluginError {
+    Build { resource: ResourceName, source: grpcio::Error },
+    Bind { path: PathBuf, source: grpcio::Error },
+    Permissions { path: PathBuf, source: io::Error },
+}
+
+impl fmt::Display for PluginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginError::Build { resource, source } => {
+                write!(f, "cannot build the gRPC server for {resource}: {source}")
+            }
+            PluginError::Bind { path, source } => {
+                write!(f, "cannot listen on {}: {source}", path.display())
+            }
+            PluginError::Permissions { path, source } => {
+                write!(f, "cannot make {} private (0600): {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for PluginError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PluginError::Build { source, .. } | PluginError::Bind { source, .. } => Some(source),
+            PluginError::Permissions { source, .. } => Some(source),
+        }
+    }
+}
+
+/// The real side effects: gRPC servers on Unix sockets and the registrar thread.
+pub struct GrpcBackend {
+    env: Arc<Environment>,
+    dir: PathBuf,
+    /// Random per process, so socket names never repeat across restarts (kubernetes#121994).
+    instance: String,
+    state: Sender<Msg>,
+    registrar: Registrar,
+}
+
+impl GrpcBackend {
+    pub fn new(env: Arc<Environment>, dir: PathBuf, state: Sender<Msg>) -> io::Result<Self> {
+        let registrar = Registrar::spawn(env.clone(), dir.clone(), state.clone())?;
+        let instance = format!("{:08x}", RandomState::new().build_hasher().finish() as u32);
+        Ok(GrpcBackend {
+            env,
+            dir,
+            instance,
+            state,
+            registrar,
+        })
+    }
+}
+
+/// A running server; dropping it removes its socket and shuts it down.
+pub struct PluginServer {
+    path: PathBuf,
+    _server: grpcio::Server,
+}
+
+impl Drop for PluginServer {
+    fn drop(&mut self) {
+        match fs::remove_file(&self.path) {
+            Ok(()) => debug!("removed {}", self.path.display()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => warn!("cannot remove {}: {e}", self.path.display()),
+        }
+    }
+}
+
+impl Backend for GrpcBackend {
+    type Server = PluginServer;
+    type Error = PluginError;
+
+    fn start(&mut self, resource: &ResourceName, id: u64) -> Result<(PluginServer, String), PluginError> {
+        let name = resource.as_str().rsplit('/').next().unwrap_or_default();
+        let short: String = name.chars().take(24).collect();
+        let endpoint = format!("{SOCKET_PREFIX}{short}-{}-{id}.sock", self.instance);
+        let path = self.dir.join(&endpoint);
+        let service = proto::create_device_plugin(PluginService {
+            resource: resource.clone(),
+            server: id,
+            state: self.state.clone(),
+        });
+        let mut server = ServerBuilder::new(self.env.clone())
+            .register_service(service)
+            .requests_slot_per_cq(REQUEST_SLOTS)
+            .build()
+            .map_err(|source| PluginError::Build {
+                resource: resource.clone(),
+                source,
+            })?;
+        server
+            .add_listening_port(format!("unix:{}", path.display()), ServerCredentials::insecure())
+            .map_err(|source| PluginError::Bind {
+                path: path.clone(),
+                source,
+            })?;
+        let server = PluginServer {
+            path: path.clone(),
+            _server: server,
+        };
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(|source| PluginError::Permissions { path, source })?;
+        let mut server = server;
+        server._server.start();
+        Ok((server, endpoint))
+    }
+
+    fn register(&mut self, resource: &ResourceName, endpoint: &str) {
+        self.registrar.register(resource, endpoint);
+    }
+
+    fn forget(&mut self, resource: &ResourceName) {
+        self.registrar.forget(resource);
+    }
+
+    fn socket_exists(&self, endpoint: &str) -> bool {
+        fs::symlink_metadata(self.dir.join(endpoint)).is_ok()
+    }
+
+    fn kubelet_socket(&self) -> Option<u64> {
+        let m = fs::metadata(self.dir.join(KUBELET_SOCKET)).ok()?;
+        // Inode numbers are reused on tmpfs; the change time tells a re-created socket apart.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write_u64(m.ino());
+        h.write_i64(m.ctime());
+        h.write_i64(m.ctime_nsec());
+        Some(h.finish())
+    }
+}
+
+/// Removes `spookd-*.sock` sockets in `dir` that nobody listens on (left by a dead instance).
+/// A socket that accepts a connection belongs to a live instance and stays; other files stay.
+pub fn remove_stale_sockets(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(SOCKET_PREFIX) || !name.ends_with(".sock") {
+            continue;
+        }
+        if !entry.file_type()?.is_socket() {
+            continue;
+        }
+        let path = entry.path();
+        if UnixStream::connect(&path).is_err() {
+            fs::remove_file(&path)?;
+            info!("removed stale socket {}", path.display());
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+/// The gRPC service of one server of one resource.
+#[derive(Clone)]
+struct PluginService {
+    resource: ResourceName,
+    server: u64,
+    state: Sender<Msg>,
+}
+
+fn listing_response(devices: &Listing) -> ListAndWatchResponse {
+    let mut r = ListAndWatchResponse::new();
+    r.devices = devices
+        .iter()
+        .map(|d| {
+            let mut device = proto::Device::new();
+            device.ID = d.id.to_string();
+            device.health = proto::HEALTHY.to_owned();
+            device
+        })
+        .collect();
+    r
+}
+
+fn gone() -> RpcStatus {
+    RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, "spookd is shutting down".to_owned())
+}
+
+impl proto::DevicePlugin for PluginService {
+    fn get_device_plugin_options(
+        &mut self,
+        ctx: RpcContext<'_>,
+        _req: Empty,
+        sink: UnarySink<DevicePluginOptions>,
+    ) {
+        ctx.spawn(sink.success(options()).map(|_| ()));
+    }
+
+    fn list_and_watch(
+        &mut self,
+        ctx: RpcContext<'_>,
+        _req: Empty,
+        mut sink: ServerStreamingSink<ListAndWatchResponse>,
+    ) {
+        let (tx, rx) = futures_channel::mpsc::unbounded::<Listing>();
+        let watch = Msg::Watch {
+            resource: self.resource.clone(),
+            server: self.server,
+            stream: tx,
+        };
+        if self.state.send(watch).is_err() {
+            ctx.spawn(sink.fail(gone()).map(|_| ()));
+            return;
+        }
+        let resource = self.resource.clone();
+        ctx.spawn(async move {
+            let mut items = rx.map(|devices| Ok((listing_response(&devices), WriteFlags::default())));
+            // Ends when the state thread drops the sender (resource removed or server replaced),
+            // or when the kubelet goes away.
+            match sink.send_all(&mut items).await {
+                Ok(()) => {
+                    let _ = sink.close().await;
+                }
+                Err(e) => debug!("{resource}: ListAndWatch stream ended: {e}"),
+            }
+        });
+    }
+
+    fn get_preferred_allocation(
+        &mut self,
+        ctx: RpcContext<'_>,
+        req: PreferredAllocationRequest,
+        sink: UnarySink<PreferredAllocationResponse>,
+    ) {
+        let mut resp = PreferredAllocationResponse::new();
+        resp.container_responses = req
+            .container_requests
+            .iter()
+            .map(|c| {
+                let mut r = ContainerPreferredAllocationResponse::new();
+                let size = usize::try_from(c.allocation_size).unwrap_or(0);
+                r.deviceIDs = preferred(&c.available_deviceIDs, &c.must_include_deviceIDs, size);
+                r
+            })
+            .collect();
+        ctx.spawn(sink.success(resp).map(|_| ()));
+    }
+
+    fn allocate(&mut self, ctx: RpcContext<'_>, req: AllocateRequest, sink: UnarySink<AllocateResponse>) {
+        let containers = req
+            .container_requests
+            .into_iter()
+            .map(|c| c.devices_ids)
+            .collect();
+        let (reply, answer) = futures_channel::oneshot::channel();
+        let msg = Msg::Allocate {
+            resource: self.resource.clone(),
+            containers,
+            reply,
+        };
+        if self.state.send(msg).is_err() {
+            ctx.spawn(sink.fail(gone()).map(|_| ()));
+            return;
+        }
+        ctx.spawn(async move {
+            let _ = match answer.await {
+                Ok(Ok(envs)) => {
+                    let mut resp = AllocateResponse::new();
+                    resp.container_responses = envs
+                        .into_iter()
+                        .map(|env| {
+                            let mut c = ContainerAllocateResponse::new();
+                            c.envs = env.into_iter().collect();
+                            c
+                        })
+                        .collect();
+                    sink.success(resp).await
+                }
+                Ok(Err(e)) => {
+                    let code = match e {
+                        AllocateError::NotServed { .. } => RpcStatusCode::UNAVAILABLE,
+                        _ => RpcStatusCode::INVALID_ARGUMENT,
+                    };
+                    sink.fail(RpcStatus::with_message(code, e.to_string())).await
+                }
+                Err(_) => sink.fail(gone()).await,
+            };
+        });
+    }
+
+    fn pre_start_container(
+        &mut self,
+        ctx: RpcContext<'_>,
+        _req: PreStartContainerRequest,
+        sink: UnarySink<PreStartContainerResponse>,
+    ) {
+        ctx.spawn(sink.success(PreStartContainerResponse::new()).map(|_| ()));
+    }
+}
+
+/// GetPreferredAllocation: `must_include` first (sorted, deduplicated), then the other available
+/// IDs in sorted order, up to `size`. Deterministic, so the same request always gets the same hint.
+pub fn preferred(available: &[String], must_include: &[String], size: usize) -> Vec<String> {
+    let mut out: Vec<String> = must_include.to_vec();
+    out.sort();
+    out.dedup();
+    let mut rest: Vec<&String> = available.iter().filter(|id| !out.contains(id)).collect();
+    rest.sort();
+    rest.dedup();
+    for id in rest {
+        if out.len() >= size {
+            break;
+        }
+        out.push(id.clone());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(ids: &[&str]) -> Vec<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn preferred_is_must_include_then_sorted() {
+        assert_eq!(preferred(&v(&["3", "1", "2"]), &v(&["2"]), 2), v(&["2", "1"]));
+        assert_eq!(preferred(&v(&["3", "1", "2"]), &[], 5), v(&["1", "2", "3"]));
+        assert_eq!(preferred(&v(&["b", "a"]), &v(&["b", "a"]), 1), v(&["a", "b"]));
+        assert_eq!(preferred(&v(&["a", "a", "b"]), &[], 0), Vec::<String>::new());
+    }
+
+    #[test]
+    fn random_unit_is_in_range() {
+        for _ in 0..100 {
+            let x = random_unit();
+            assert!((0.0..1.0).contains(&x));
+        }
+    }
+}

@@ -1,0 +1,886 @@
+//! The state thread: the one owner of everything spookd serves.
+//!
+//! Every other thread only sends [`Msg`]s here; nothing else mutates state. The protocol:
+//!
+//! 1. A config source (file poller, later the API watch) reads the config, parses and checks it
+//!    at its edge, and sends [`Msg::Config`] or [`Msg::ConfigInvalid`]. An invalid one is logged
+//!    and dropped: the last good config stays in force.
+//! 2. On a good config the state thread computes this node's resources and diffs them against what
+//!    it serves: a new resource gets a server on a fresh socket (through [`Backend::start`]) and a
+//!    registration job ([`Backend::register`]); a changed one has its full device list pushed to
+//!    every open ListAndWatch stream; a removed one first pushes an empty list, then its server
+//!    retires and stops [`RETIRE_GRACE`] later, removing its socket. Unchanged resources keep their
+//!    servers and streams.
+//! 3. A server's gRPC handlers never touch state: ListAndWatch sends [`Msg::Watch`] with the sending
+//!    half of a stream, and gets the current list at once and every later one; Allocate sends
+//!    [`Msg::Allocate`] carrying a one-shot reply channel. Nothing here blocks on a client: a stream
+//!    whose client went away fails its next send and is dropped.
+//! 4. The registrar thread registers endpoints with the kubelet, retrying with a capped backoff, and
+//!    reports through [`Msg::Registered`].
+//! 5. The kubelet watcher (inotify on the device-plugins dir) reports kubelet.sock being created
+//!    ([`Msg::KubeletStarted`]: register every resource again, on a fresh socket where the kubelet
+//!    wiped ours) and our sockets being deleted ([`Msg::SocketRemoved`]: restart that server).
+//!    Every [`FALLBACK_CHECK`] the thread also stats the same files itself, in case an event was
+//!    missed.
+//! 6. [`Msg::Shutdown`] stops every server, removes our sockets and ends the thread.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use futures_channel::mpsc::UnboundedSender;
+use futures_channel::oneshot;
+use log::{debug, error, info, warn};
+
+use crate::config::{Config, ConfigError, Device, InstanceId, NodeName, ResourceName};
+use crate::env;
+use crate::kubelet::RegisterError;
+
+/// How long a removed resource's server lives after pushing its empty list, so the kubelet reads it.
+pub const RETIRE_GRACE: Duration = Duration::from_millis(250);
+
+/// How often the state thread checks the device-plugins dir itself, behind inotify.
+pub const FALLBACK_CHECK: Duration = Duration::from_secs(5);
+
+/// The device list pushed on a ListAndWatch stream: always the resource's full list.
+pub type Listing = Arc<[Device]>;
+
+/// The sending half of one ListAndWatch stream.
+pub type StreamSender = UnboundedSender<Listing>;
+
+/// One container's env, as Allocate answers it.
+pub type Env = BTreeMap<String, String>;
+
+/// Everything the state thread is told. Requests that need an answer carry their reply channel.
+pub enum Msg {
+    /// A source read a config that passed every check.
+    Config { origin: String, config: Config },
+    /// A source read a config that failed a check; the last good one stays.
+    ConfigInvalid(ConfigError),
+    /// kubelet.sock was created: the kubelet (re)started, every resource registers again.
+    KubeletStarted,
+    /// A file in the device-plugins dir was deleted; if it is one of our sockets, restart it.
+    SocketRemoved(OsString),
+    /// The kubelet opened a ListAndWatch stream on server number `server` of `resource`.
+    Watch {
+        resource: ResourceName,
+        server: u64,
+        stream: StreamSender,
+    },
+    /// Allocate: per container, the requested device IDs; answered with one env per container.
+    Allocate {
+        resource: ResourceName,
+        containers: Vec<Vec<String>>,
+        reply: oneshot::Sender<Result<Vec<Env>, AllocateError>>,
+    },
+    /// The registrar's outcome for `endpoint`; failures are reported once per endpoint.
+    Registered {
+        resource: ResourceName,
+        endpoint: String,
+        result: Result<(), RegisterError>,
+    },
+    /// Stop serving: stop every server, remove our sockets, end the thread.
+    Shutdown,
+}
+
+/// Why an Allocate was refused. Answered to the kubelet as INVALID_ARGUMENT (or UNAVAILABLE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllocateError {
+    /// The resource is no longer served on this node.
+    NotServed { resource: ResourceName },
+    /// A requested ID is not one of the resource's devices.
+    UnknownDevice { resource: ResourceName, id: String },
+    /// An ID was requested twice for one container.
+    DuplicateDevice { resource: ResourceName, id: String },
+    /// A container request named no device.
+    NoDevices { resource: ResourceName },
+}
+
+impl fmt::Display for AllocateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AllocateError::NotServed { resource } => {
+                write!(f, "{resource} is no longer served on this node")
+            }
+            AllocateError::UnknownDevice { resource, id } => {
+                write!(f, "{resource} has no device {id:?}")
+            }
+            AllocateError::DuplicateDevice { resource, id } => {
+                write!(f, "{resource} device {id:?} requested twice for one container")
+            }
+            AllocateError::NoDevices { resource } => {
+                write!(f, "a container request for {resource} names no device")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AllocateError {}
+
+/// The side effects the state thread needs, so it can be tested without sockets.
+pub trait Backend {
+    /// A running server; dropping it stops the server and removes its socket.
+    type Server;
+    /// The error starting a server can give.
+    type Error: fmt::Display;
+    /// Starts a server for `resource` numbered `server` on a fresh socket; returns it and the
+    /// socket's file name (the endpoint the kubelet is told).
+    fn start(
+        &mut self,
+        resource: &ResourceName,
+        server: u64,
+    ) -> Result<(Self::Server, String), Self::Error>;
+    /// Queues registering `endpoint` for `resource`; replaces any earlier job for it.
+    fn register(&mut self, resource: &ResourceName, endpoint: &str);
+    /// Drops any pending registration of `resource`.
+    fn forget(&mut self, resource: &ResourceName);
+    /// Whether our socket `endpoint` still exists.
+    fn socket_exists(&self, endpoint: &str) -> bool;
+    /// An identity of the kubelet's socket (its inode), `None` when absent.
+    fn kubelet_socket(&self) -> Option<u64>;
+}
+
+/// A resource this node serves.
+struct Served<S> {
+    devices: Listing,
+    /// `None` after a failed start; retried at the next check.
+    server: Option<Live<S>>,
+    streams: Vec<StreamSender>,
+}
+
+struct Live<S> {
+    id: u64,
+    endpoint: String,
+    registered: bool,
+    _server: S,
+}
+
+/// Whether the loop goes on after a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// All spookd serves on this node.
+pub struct State<B: Backend> {
+    node: NodeName,
+    backend: B,
+    served: BTreeMap<ResourceName, Served<B::Server>>,
+    /// Removed resources, stopped at their deadline; also superseded servers (deadline now).
+    retiring: Vec<(Instant, Served<B::Server>)>,
+    next_server: u64,
+    kubelet: Option<u64>,
+    have_config: bool,
+    next_check: Instant,
+}
+
+impl<B: Backend> State<B> {
+    pub fn new(node: NodeName, backend: B, now: Instant) -> Self {
+        let kubelet = backend.kubelet_socket();
+        State {
+            node,
+            backend,
+            served: BTreeMap::new(),
+            retiring: Vec::new(),
+            next_server: 0,
+            kubelet,
+            have_config: false,
+            next_check: now + FALLBACK_CHECK,
+        }
+    }
+
+    /// Handles one message.
+    pub fn handle(&mut self, msg: Msg, now: Instant) -> Flow {
+        match msg {
+            Msg::Config { origin, config } => self.apply(&origin, &config, now),
+            Msg::ConfigInvalid(e) => {
+                if self.have_config {
+                    error!("{e}; keeping the last good config");
+                } else {
+                    error!("{e}; serving nothing until a valid config is read");
+                }
+            }
+            Msg::KubeletStarted => self.kubelet_started(),
+            Msg::SocketRemoved(name) => self.socket_removed(&name),
+            Msg::Watch {
+                resource,
+                server,
+                stream,
+            } => self.watch(resource, server, stream),
+            Msg::Allocate {
+                resource,
+                containers,
+                reply,
+            } => {
+                let result = self.allocate(&resource, &containers);
+                // The kubelet may have given up (deadline): nothing to do then.
+                let _ = reply.send(result);
+            }
+            Msg::Registered {
+                resource,
+                endpoint,
+                result,
+            } => self.registered(&resource, &endpoint, result),
+            Msg::Shutdown => return Flow::Stop,
+        }
+        self.reap(now);
+        Flow::Continue
+    }
+
+    /// When the loop must wake up without a message.
+    pub fn deadline(&self) -> Instant {
+        self.retiring
+            .iter()
+            .map(|(at, _)| *at)
+            .fold(self.next_check, Instant::min)
+    }
+
+    /// Timer work: stop retired servers, and the fallback check of the device-plugins dir.
+    pub fn tick(&mut self, now: Instant) {
+        self.reap(now);
+        if now < self.next_check {
+            return;
+        }
+        self.next_check = now + FALLBACK_CHECK;
+        let kubelet = self.backend.kubelet_socket();
+        if kubelet.is_some() && kubelet != self.kubelet {
+            info!("kubelet.sock changed (seen by the periodic check)");
+            self.kubelet_started();
+            return;
+        }
+        self.kubelet = kubelet;
+        let missing: Vec<ResourceName> = self
+            .served
+            .iter()
+            .filter(|(_, s)| match &s.server {
+                Some(live) => !self.backend.socket_exists(&live.endpoint),
+                None => true,
+            })
+            .map(|(r, _)| r.clone())
+            .collect();
+        for resource in missing {
+            warn!("{resource}: socket missing (seen by the periodic check); restarting its server");
+            self.restart(&resource);
+        }
+    }
+
+    /// Stops everything and removes our sockets.
+    pub fn shutdown(mut self) {
+        for (resource, served) in std::mem::take(&mut self.served) {
+            self.backend.forget(&resource);
+            drop(served);
+        }
+        self.retiring.clear();
+        info!("stopped serving; sockets removed");
+    }
+
+    fn apply(&mut self, origin: &str, config: &Config, now: Instant) {
+        self.have_config = true;
+        let wanted = config.for_node(&self.node);
+        if !config.has_node(&self.node) {
+            warn!(
+                "node {} is in no mapping of {origin}: serving nothing; still watching for changes",
+                self.node
+            );
+        }
+        let removed: Vec<ResourceName> = self
+            .served
+            .keys()
+            .filter(|r| !wanted.contains_key(*r))
+            .cloned()
+            .collect();
+        for resource in removed {
+            self.retire(&resource, now);
+        }
+        let mut changed = 0;
+        for (resource, devices) in wanted {
+            match self.served.get_mut(&resource) {
+                Some(served) if served.devices == devices => {}
+                Some(served) => {
+                    info!(
+                        "{resource}: devices now {} ({})",
+                        id_list(&devices),
+                        difference(&served.devices, &devices)
+                    );
+                    served.devices = devices;
+                    push(&resource, served);
+                    changed += 1;
+                }
+                None => {
+                    info!("{resource}: serving {}", id_list(&devices));
+                    self.served.insert(
+                        resource.clone(),
+                        Served {
+                            devices,
+                            server: None,
+                            streams: Vec::new(),
+                        },
+                    );
+                    self.restart(&resource);
+                    changed += 1;
+                }
+            }
+        }
+        let count: usize = self.served.values().map(|s| s.devices.len()).sum();
+        info!(
+            "config from {origin} applied: {} resources, {count} devices on node {}{}",
+            self.served.len(),
+            self.node,
+            if changed == 0 { " (no change here)" } else { "" }
+        );
+    }
+
+    fn retire(&mut self, resource: &ResourceName, now: Instant) {
+        let Some(mut served) = self.served.remove(resource) else {
+            return;
+        };
+        info!("{resource}: no longer in the config; advertising no devices, then stopping");
+        self.backend.forget(resource);
+        served.devices = Arc::from(Vec::new());
+        push(resource, &mut served);
+        self.retiring.push((now + RETIRE_GRACE, served));
+    }
+
+    /// Starts a fresh server for `resource` (dropping the old one) and queues its registration.
+    fn restart(&mut self, resource: &ResourceName) {
+        let Some(served) = self.served.get_mut(resource) else {
+            return;
+        };
+        let id = self.next_server;
+        self.next_server += 1;
+        // Streams of the old server end with it; the kubelet opens new ones on the new socket.
+        let old = Served {
+            devices: served.devices.clone(),
+            server: served.server.take(),
+            streams: std::mem::take(&mut served.streams),
+        };
+        match self.backend.start(resource, id) {
+            Ok((server, endpoint)) => {
+                debug!("{resource}: server {id} listening on {endpoint}");
+                self.backend.register(resource, &endpoint);
+                served.server = Some(Live {
+                    id,
+                    endpoint,
+                    registered: false,
+                    _server: server,
+                });
+            }
+            Err(e) => error!("{resource}: cannot start its server: {e}; retrying in {FALLBACK_CHECK:?}"),
+        }
+        // Stopped after the new one is up and queued for registration, so a kubelet restart is
+        // answered first and the old servers' shutdown comes after.
+        if old.server.is_some() || !old.streams.is_empty() {
+            self.retiring.push((Instant::now(), old));
+        }
+    }
+
+    fn kubelet_started(&mut self) {
+        self.kubelet = self.backend.kubelet_socket();
+        if self.served.is_empty() {
+            info!("kubelet started; nothing to register");
+            return;
+        }
+        info!("kubelet started; registering {} resources again", self.served.len());
+        let resources: Vec<ResourceName> = self.served.keys().cloned().collect();
+        for resource in resources {
+            let served = &self.served[&resource];
+            match &served.server {
+                Some(live) if self.backend.socket_exists(&live.endpoint) => {
+                    let endpoint = live.endpoint.clone();
+                    self.backend.register(&resource, &endpoint);
+                }
+                _ => self.restart(&resource),
+            }
+        }
+    }
+
+    fn socket_removed(&mut self, name: &OsString) {
+        let Some(name) = name.to_str() else { return };
+        let hit = self.served.iter().find_map(|(r, s)| match &s.server {
+            Some(live) if live.endpoint == name => Some(r.clone()),
+            _ => None,
+        });
+        if let Some(resource) = hit {
+            info!("{resource}: socket {name} was deleted; restarting its server");
+            self.restart(&resource);
+        }
+    }
+
+    fn watch(&mut self, resource: ResourceName, server: u64, stream: StreamSender) {
+        let Some(served) = self.served.get_mut(&resource) else {
+            debug!("{resource}: ListAndWatch on a retired server; closing it");
+            return;
+        };
+        let current = served.server.as_ref().is_some_and(|live| live.id == server);
+        if !current {
+            debug!("{resource}: ListAndWatch on replaced server {server}; closing it");
+            return;
+        }
+        if stream.unbounded_send(served.devices.clone()).is_ok() {
+            debug!(
+                "{resource}: ListAndWatch stream opened ({} open)",
+                served.streams.len() + 1
+            );
+            served.streams.push(stream);
+        }
+    }
+
+    fn allocate(
+        &self,
+        resource: &ResourceName,
+        containers: &[Vec<String>],
+    ) -> Result<Vec<Env>, AllocateError> {
+        let result = self.try_allocate(resource, containers);
+        match &result {
+            Ok(_) => {
+                for ids in containers {
+                    info!("{resource}: allocated {} to a container", ids.join(", "));
+                }
+            }
+            Err(e) => warn!("Allocate refused: {e}"),
+        }
+        result
+    }
+
+    fn try_allocate(
+        &self,
+        resource: &ResourceName,
+        containers: &[Vec<String>],
+    ) -> Result<Vec<Env>, AllocateError> {
+        let served = self
+            .served
+            .get(resource)
+            .ok_or_else(|| AllocateError::NotServed {
+                resource: resource.clone(),
+            })?;
+        containers
+            .iter()
+            .map(|ids| {
+                if ids.is_empty() {
+                    return Err(AllocateError::NoDevices {
+                        resource: resource.clone(),
+                    });
+                }
+                let mut picked: Vec<&Device> = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let device = served
+                        .devices
+                        .iter()
+                        .find(|d| d.id.as_str() == id)
+                        .ok_or_else(|| AllocateError::UnknownDevice {
+                            resource: resource.clone(),
+                            id: id.clone(),
+                        })?;
+                    if picked.iter().any(|d| d.id == device.id) {
+                        return Err(AllocateError::DuplicateDevice {
+                            resource: resource.clone(),
+                            id: id.clone(),
+                        });
+                    }
+                    picked.push(device);
+                }
+                Ok(env::render(resource, &picked))
+            })
+            .collect()
+    }
+
+    fn registered(
+        &mut self,
+        resource: &ResourceName,
+        endpoint: &str,
+        result: Result<(), RegisterError>,
+    ) {
+        let live = self
+            .served
+            .get_mut(resource)
+            .and_then(|s| s.server.as_mut())
+            .filter(|live| live.endpoint == endpoint);
+        match (live, result) {
+            (Some(live), Ok(())) => {
+                live.registered = true;
+                info!("{resource}: registered with the kubelet as {endpoint}");
+            }
+            (Some(_), Err(e)) => {
+                warn!("{resource}: registration as {endpoint} failed: {e}; retrying")
+            }
+            (None, _) => debug!("{resource}: registration result for stale {endpoint}"),
+        }
+    }
+
+    /// Drops retired servers whose deadline passed.
+    fn reap(&mut self, now: Instant) {
+        self.retiring.retain(|(at, _)| *at > now);
+    }
+
+    /// Resources served and whether each is registered (for tests and, later, health checks).
+    pub fn registrations(&self) -> BTreeMap<ResourceName, Option<(String, bool)>> {
+        self.served
+            .iter()
+            .map(|(r, s)| {
+                let live = s.server.as_ref().map(|l| (l.endpoint.clone(), l.registered));
+                (r.clone(), live)
+            })
+            .collect()
+    }
+}
+
+/// Sends the current list on every open stream, dropping streams whose client went away.
+fn push<S>(resource: &ResourceName, served: &mut Served<S>) {
+    let before = served.streams.len();
+    served
+        .streams
+        .retain(|s| s.unbounded_send(served.devices.clone()).is_ok());
+    if served.streams.len() != before {
+        debug!(
+            "{resource}: dropped {} closed ListAndWatch streams",
+            before - served.streams.len()
+        );
+    }
+}
+
+fn id_list(devices: &[Device]) -> String {
+    if devices.is_empty() {
+        return "no devices".to_owned();
+    }
+    let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+    ids.join(", ")
+}
+
+/// `+added -removed ~env-changed`, by instanceID.
+fn difference(old: &[Device], new: &[Device]) -> String {
+    let find = |list: &[Device], id: &InstanceId| list.iter().find(|d| d.id == *id).cloned();
+    let mut parts = Vec::new();
+    for d in new {
+        match find(old, &d.id) {
+            None => parts.push(format!("+{}", d.id)),
+            Some(o) if o.env != d.env => parts.push(format!("~{}", d.id)),
+            Some(_) => {}
+        }
+    }
+    for d in old {
+        if find(new, &d.id).is_none() {
+            parts.push(format!("-{}", d.id));
+        }
+    }
+    parts.join(" ")
+}
+
+/// The state thread's loop: messages, and timer work at [`State::deadline`].
+pub fn run<B: Backend>(mut state: State<B>, rx: &Receiver<Msg>) {
+    loop {
+        match rx.recv_deadline(state.deadline()) {
+            Ok(msg) => {
+                if state.handle(msg, Instant::now()) == Flow::Stop {
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => state.tick(Instant::now()),
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    state.shutdown();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_channel::mpsc::{unbounded, UnboundedReceiver};
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+    use std::rc::Rc;
+
+    /// Records what the state thread asked for.
+    #[derive(Default)]
+    struct Log {
+        started: Vec<(String, u64)>,
+        stopped: Vec<String>,
+        registered: Vec<(String, String)>,
+        forgotten: Vec<String>,
+        sockets: BTreeSet<String>,
+        kubelet: Option<u64>,
+        fail_start: bool,
+    }
+
+    struct FakeBackend(Rc<RefCell<Log>>);
+    struct FakeServer(Rc<RefCell<Log>>, String);
+
+    impl Drop for FakeServer {
+        fn drop(&mut self) {
+            let mut log = self.0.borrow_mut();
+            log.stopped.push(self.1.clone());
+            log.sockets.remove(&self.1);
+        }
+    }
+
+    impl Backend for FakeBackend {
+        type Server = FakeServer;
+        type Error = String;
+        fn start(&mut self, r: &ResourceName, id: u64) -> Result<(FakeServer, String), String> {
+            let mut log = self.0.borrow_mut();
+            if log.fail_start {
+                return Err("bind failed".into());
+            }
+            let endpoint = format!("spookd-{id}.sock");
+            log.started.push((r.to_string(), id));
+            log.sockets.insert(endpoint.clone());
+            Ok((FakeServer(self.0.clone(), endpoint.clone()), endpoint))
+        }
+        fn register(&mut self, r: &ResourceName, endpoint: &str) {
+            self.0.borrow_mut().registered.push((r.to_string(), endpoint.to_owned()));
+        }
+        fn forget(&mut self, r: &ResourceName) {
+            self.0.borrow_mut().forgotten.push(r.to_string());
+        }
+        fn socket_exists(&self, endpoint: &str) -> bool {
+            self.0.borrow().sockets.contains(endpoint)
+        }
+        fn kubelet_socket(&self) -> Option<u64> {
+            self.0.borrow().kubelet
+        }
+    }
+
+    fn setup() -> (State<FakeBackend>, Rc<RefCell<Log>>, Instant) {
+        let log = Rc::new(RefCell::new(Log {
+            kubelet: Some(1),
+            ..Log::default()
+        }));
+        let now = Instant::now();
+        let node = NodeName::try_from("n1".to_owned()).unwrap();
+        (State::new(node, FakeBackend(log.clone()), now), log, now)
+    }
+
+    fn config(yaml: &str) -> Msg {
+        Msg::Config {
+            origin: "t".into(),
+            config: Config::parse(yaml.as_bytes(), "t").unwrap(),
+        }
+    }
+
+    fn res(s: &str) -> ResourceName {
+        ResourceName::try_from(s.to_owned()).unwrap()
+    }
+
+    fn ids(l: &Listing) -> Vec<&str> {
+        l.iter().map(|d| d.id.as_str()).collect()
+    }
+
+    fn drain(rx: &mut UnboundedReceiver<Listing>) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        while let Ok(Some(l)) = rx.try_next() {
+            out.push(ids(&l).into_iter().map(str::to_owned).collect());
+        }
+        out
+    }
+
+    fn watch(state: &mut State<FakeBackend>, r: &str, server: u64, now: Instant) -> UnboundedReceiver<Listing> {
+        let (tx, rx) = unbounded();
+        state.handle(
+            Msg::Watch {
+                resource: res(r),
+                server,
+                stream: tx,
+            },
+            now,
+        );
+        rx
+    }
+
+    const TWO: &str = "deviceMapping:\n- hosts: [n1]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"1\"}\n  - {resourceName: b.io/y, instanceID: \"9\"}\n";
+
+    #[test]
+    fn config_starts_and_registers_each_resource() {
+        let (mut s, log, now) = setup();
+        s.handle(config(TWO), now);
+        let log = log.borrow();
+        assert_eq!(log.started, [("a.io/x".into(), 0), ("b.io/y".into(), 1)]);
+        assert_eq!(
+            log.registered,
+            [
+                ("a.io/x".into(), "spookd-0.sock".into()),
+                ("b.io/y".into(), "spookd-1.sock".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn watch_gets_current_list_then_changes_and_removal() {
+        let (mut s, log, now) = setup();
+        s.handle(config(TWO), now);
+        let mut rx = watch(&mut s, "a.io/x", 0, now);
+        assert_eq!(drain(&mut rx), [["1"]]);
+        s.handle(config("deviceMapping:\n- hosts: [n1]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"2\"}\n  - {resourceName: a.io/x, instanceID: \"1\"}\n  - {resourceName: b.io/y, instanceID: \"9\"}\n"), now);
+        assert_eq!(drain(&mut rx), [["1", "2"]]);
+        // Same again: nothing pushed, nothing restarted.
+        let started = log.borrow().started.len();
+        s.handle(config("deviceMapping:\n- hosts: [n1]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"1\"}\n  - {resourceName: a.io/x, instanceID: \"2\"}\n  - {resourceName: b.io/y, instanceID: \"9\"}\n"), now);
+        assert!(drain(&mut rx).is_empty());
+        assert_eq!(log.borrow().started.len(), started);
+        // Removal: an empty list first, the server stops after the grace.
+        s.handle(config("deviceMapping:\n- hosts: [n1]\n  devices:\n  - {resourceName: b.io/y, instanceID: \"9\"}\n"), now);
+        assert_eq!(drain(&mut rx), [Vec::<String>::new()]);
+        assert!(log.borrow().stopped.is_empty());
+        assert_eq!(log.borrow().forgotten, ["a.io/x"]);
+        s.tick(now + RETIRE_GRACE + Duration::from_millis(1));
+        assert_eq!(log.borrow().stopped, ["spookd-0.sock"]);
+        assert!(matches!(rx.try_next(), Ok(None)), "stream must end");
+    }
+
+    #[test]
+    fn invalid_config_keeps_the_last_good_one() {
+        let (mut s, log, now) = setup();
+        s.handle(config(TWO), now);
+        let err = Config::parse(b"deviceMapping: [", "t").unwrap_err();
+        s.handle(Msg::ConfigInvalid(err), now);
+        assert_eq!(s.registrations().len(), 2);
+        assert!(log.borrow().stopped.is_empty());
+    }
+
+    #[test]
+    fn allocate_renders_env_and_refuses_unknown_ids() {
+        let (mut s, _log, now) = setup();
+        s.handle(config(TWO), now);
+        let call = |s: &mut State<FakeBackend>, r: &str, ids: &[&str]| {
+            let (tx, mut rx) = oneshot::channel();
+            s.handle(
+                Msg::Allocate {
+                    resource: res(r),
+                    containers: vec![ids.iter().map(|s| s.to_string()).collect()],
+                    reply: tx,
+                },
+                now,
+            );
+            rx.try_recv().unwrap().unwrap()
+        };
+        let env = call(&mut s, "a.io/x", &["1"]).unwrap();
+        assert_eq!(env[0]["AIO_X_ID"], "1");
+        assert_eq!(env[0]["AIO_X_NUM_DEVICES"], "1");
+        assert_eq!(
+            call(&mut s, "a.io/x", &["7"]),
+            Err(AllocateError::UnknownDevice {
+                resource: res("a.io/x"),
+                id: "7".into()
+            })
+        );
+        assert_eq!(
+            call(&mut s, "a.io/x", &["1", "1"]),
+            Err(AllocateError::DuplicateDevice {
+                resource: res("a.io/x"),
+                id: "1".into()
+            })
+        );
+        assert_eq!(
+            call(&mut s, "a.io/x", &[]),
+            Err(AllocateError::NoDevices {
+                resource: res("a.io/x")
+            })
+        );
+        assert_eq!(
+            call(&mut s, "c.io/z", &["1"]),
+            Err(AllocateError::NotServed {
+                resource: res("c.io/z")
+            })
+        );
+    }
+
+    #[test]
+    fn kubelet_restart_restarts_wiped_servers_and_reregisters_all() {
+        let (mut s, log, now) = setup();
+        s.handle(config(TWO), now);
+        let mut old = watch(&mut s, "a.io/x", 0, now);
+        drain(&mut old);
+        // The kubelet wipes a.io/x's socket only.
+        log.borrow_mut().sockets.remove("spookd-0.sock");
+        s.handle(Msg::KubeletStarted, now);
+        let l = log.borrow();
+        assert_eq!(l.started.last().unwrap(), &("a.io/x".to_string(), 2));
+        assert_eq!(
+            l.registered[2..],
+            [
+                ("a.io/x".into(), "spookd-2.sock".into()),
+                ("b.io/y".into(), "spookd-1.sock".into())
+            ]
+        );
+        drop(l);
+        // The old server is dropped right after (deadline now), and its stream ended.
+        s.tick(Instant::now());
+        assert!(log.borrow().stopped.contains(&"spookd-0.sock".to_string()));
+        assert!(matches!(old.try_next(), Ok(None)));
+        // A watch on the replaced server is closed; on the new one it gets the list.
+        let mut stale = watch(&mut s, "a.io/x", 0, now);
+        assert!(matches!(stale.try_next(), Ok(None)));
+        let mut fresh = watch(&mut s, "a.io/x", 2, now);
+        assert_eq!(drain(&mut fresh), [["1"]]);
+    }
+
+    #[test]
+    fn own_socket_deleted_restarts_only_that_server() {
+        let (mut s, log, now) = setup();
+        s.handle(config(TWO), now);
+        s.handle(Msg::SocketRemoved("spookd-1.sock".into()), now);
+        s.handle(Msg::SocketRemoved("someone-else.sock".into()), now);
+        assert_eq!(log.borrow().started.len(), 3);
+        assert_eq!(log.borrow().started[2], ("b.io/y".to_string(), 2));
+    }
+
+    #[test]
+    fn fallback_check_sees_a_new_kubelet_and_missing_sockets() {
+        let (mut s, log, now) = setup();
+        s.handle(config(TWO), now);
+        log.borrow_mut().kubelet = Some(2);
+        s.tick(now + FALLBACK_CHECK);
+        assert_eq!(log.borrow().registered.len(), 4);
+        log.borrow_mut().sockets.remove("spookd-1.sock");
+        s.tick(now + FALLBACK_CHECK * 2);
+        assert_eq!(log.borrow().started.len(), 3);
+        // Before the period is over nothing is checked.
+        log.borrow_mut().sockets.clear();
+        s.tick(now + FALLBACK_CHECK * 2 + Duration::from_millis(10));
+        assert_eq!(log.borrow().started.len(), 3);
+    }
+
+    #[test]
+    fn failed_start_is_retried_by_the_check() {
+        let (mut s, log, now) = setup();
+        log.borrow_mut().fail_start = true;
+        s.handle(config(TWO), now);
+        assert_eq!(s.registrations()[&res("a.io/x")], None);
+        log.borrow_mut().fail_start = false;
+        s.tick(now + FALLBACK_CHECK);
+        assert_eq!(
+            s.registrations()[&res("a.io/x")],
+            // Numbers 0 and 1 went to the failed starts.
+            Some(("spookd-2.sock".into(), false))
+        );
+    }
+
+    #[test]
+    fn registered_marks_only_the_current_endpoint() {
+        let (mut s, _log, now) = setup();
+        s.handle(config(TWO), now);
+        let reg = |endpoint: &str| Msg::Registered {
+            resource: res("a.io/x"),
+            endpoint: endpoint.into(),
+            result: Ok(()),
+        };
+        s.handle(reg("spookd-old.sock"), now);
+        assert_eq!(s.registrations()[&res("a.io/x")], Some(("spookd-0.sock".into(), false)));
+        s.handle(reg("spookd-0.sock"), now);
+        assert_eq!(s.registrations()[&res("a.io/x")], Some(("spookd-0.sock".into(), true)));
+    }
+
+    #[test]
+    fn node_in_no_mapping_serves_nothing_and_shutdown_stops_all() {
+        let (mut s, log, now) = setup();
+        s.handle(config(TWO), now);
+        s.handle(config("deviceMapping:\n- hosts: [other]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"1\"}\n"), now);
+        assert!(s.registrations().is_empty());
+        s.handle(config(TWO), now);
+        assert_eq!(s.handle(Msg::Shutdown, now), Flow::Stop);
+        s.shutdown();
+        assert!(log.borrow().sockets.is_empty());
+    }
+}

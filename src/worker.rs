@@ -1,0 +1,85 @@
+//! Named worker threads whose handles stop them with a bounded wait.
+//!
+//! A worker's own handle struct holds whatever tells it to stop (usually a `Sender` whose drop makes
+//! the worker's `recv` see `Disconnected`) declared *before* its [`Worker`], so dropping the handle
+//! first signals the thread and then waits for it here, never longer than [`STOP_WAIT`].
+
+use std::io;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use log::warn;
+
+/// Longest a handle's drop waits for its thread: shutdown must finish within 2 s in all.
+pub const STOP_WAIT: Duration = Duration::from_millis(500);
+
+/// A running named thread.
+pub struct Worker {
+    name: String,
+    handle: Option<JoinHandle<()>>,
+    /// Disconnected once the thread's closure has returned (or unwound).
+    done: Receiver<()>,
+}
+
+impl Worker {
+    /// Spawns `f` on a thread called `name`.
+    pub fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<Worker> {
+        let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
+        let handle = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let _done = done_tx;
+                f();
+            })?;
+        Ok(Worker {
+            name: name.to_owned(),
+            handle: Some(handle),
+            done,
+        })
+    }
+
+    /// Waits up to `timeout` for the thread to end; true if it did.
+    pub fn join_timeout(&mut self, timeout: Duration) -> bool {
+        match self.done.recv_timeout(timeout) {
+            Err(RecvTimeoutError::Disconnected) | Ok(()) => {
+                if let Some(h) = self.handle.take() {
+                    let _ = h.join();
+                }
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.handle.is_some() && !self.join_timeout(STOP_WAIT) {
+            warn!("thread {} did not stop within {STOP_WAIT:?}; leaving it", self.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_waits_for_a_stopping_thread_and_gives_up_on_a_stuck_one() {
+        let (tx, rx) = crossbeam_channel::unbounded::<()>();
+        let w = Worker::spawn("t-stops", move || while rx.recv().is_ok() {}).unwrap();
+        drop(tx);
+        let start = std::time::Instant::now();
+        drop(w);
+        assert!(start.elapsed() < STOP_WAIT);
+
+        let (_keep, rx) = crossbeam_channel::unbounded::<()>();
+        let mut w = Worker::spawn("t-stuck", move || {
+            let _ = rx.recv_timeout(Duration::from_secs(2));
+        })
+        .unwrap();
+        assert!(!w.join_timeout(Duration::from_millis(20)));
+        std::mem::forget(w);
+    }
+}
