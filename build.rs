@@ -9,5 +9,7 @@ fn main() {
         .include("proto")
         .input("proto/api.proto")
         .cargo_out_dir("proto")
+        // No descriptors or reflection: grpcio only needs `Message`, and they cost binary size.
+        .customize(protobuf_codegen::Customize::default().lite_runtime(true))
         .run_from_script();
 }

@@ -41,7 +41,10 @@ Exit status: 0 success; 1 error (for check: the config is invalid); 2 usage erro
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Run(RunOptions),
-    Check { node: Option<NodeName>, path: PathBuf },
+    Check {
+        node: Option<NodeName>,
+        path: PathBuf,
+    },
     Help,
     Version,
 }
@@ -62,8 +65,14 @@ pub enum CliError {
     NotUnicode(OsString),
     MissingValue(&'static str),
     Duplicate(&'static str),
-    BadDuration { from: &'static str, value: String },
-    BadNodeName { from: &'static str, source: InvalidValue },
+    BadDuration {
+        from: &'static str,
+        value: String,
+    },
+    BadNodeName {
+        from: &'static str,
+        source: InvalidValue,
+    },
     NoHostName(std::io::Error),
     MissingPath,
 }
@@ -109,7 +118,12 @@ enum Flag {
 }
 
 impl Flag {
-    const ALL: [Flag; 4] = [Flag::Config, Flag::NodeName, Flag::DevicePluginDir, Flag::PollInterval];
+    const ALL: [Flag; 4] = [
+        Flag::Config,
+        Flag::NodeName,
+        Flag::DevicePluginDir,
+        Flag::PollInterval,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -232,7 +246,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     while !rest.is_empty() {
         let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
         let (number, tail) = rest.split_at(split);
-        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_len);
         let seconds_per_unit = match unit {
             "ms" => 0.001,
@@ -261,8 +277,10 @@ mod tests {
     use super::*;
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Command, CliError> {
-        let env: Vec<(String, String)> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         parse(
             args.iter().map(OsString::from),
             move |k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()),
@@ -312,7 +330,14 @@ mod tests {
             }
         );
         let o = opts(
-            &["--config", "/f.yaml", "--node-name=flag-node", "--device-plugin-dir", "/dp", "--poll-interval=250ms"],
+            &[
+                "--config",
+                "/f.yaml",
+                "--node-name=flag-node",
+                "--device-plugin-dir",
+                "/dp",
+                "--poll-interval=250ms",
+            ],
             &env,
         );
         assert_eq!(
@@ -329,32 +354,55 @@ mod tests {
     #[test]
     fn usage_errors() {
         let e = |args: &[&str], env: &[(&str, &str)]| run(args, env).unwrap_err().to_string();
-        assert_eq!(e(&["--bogus"], &[]), "unexpected argument \"--bogus\" (see --help)");
+        assert_eq!(
+            e(&["--bogus"], &[]),
+            "unexpected argument \"--bogus\" (see --help)"
+        );
         assert_eq!(e(&["--config"], &[]), "--config needs a value");
-        assert_eq!(e(&["--config", "a", "--config", "b"], &[]), "--config given twice");
+        assert_eq!(
+            e(&["--config", "a", "--config", "b"], &[]),
+            "--config given twice"
+        );
         assert_eq!(
             e(&["--poll-interval", "0s"], &[]),
             "--poll-interval: \"0s\" is not a positive duration (write e.g. 250ms, 2s, 1m or 1m30s)"
         );
-        assert!(e(&[], &[("SPOOKD_POLL_INTERVAL", "soon")]).starts_with("SPOOKD_POLL_INTERVAL: \"soon\""));
-        assert!(e(&["--node-name", "Bad_Node"], &[]).starts_with("--node-name: invalid host \"Bad_Node\""));
+        assert!(e(&[], &[("SPOOKD_POLL_INTERVAL", "soon")])
+            .starts_with("SPOOKD_POLL_INTERVAL: \"soon\""));
+        assert!(e(&["--node-name", "Bad_Node"], &[])
+            .starts_with("--node-name: invalid host \"Bad_Node\""));
         assert_eq!(e(&["check"], &[]), "check needs the PATH of a config");
-        assert_eq!(e(&["check", "a", "b"], &[]), "unexpected argument \"b\" (see --help)");
-        assert_eq!(e(&["check", "--config", "x", "a"], &[]), "unexpected argument \"--config\" (see --help)");
+        assert_eq!(
+            e(&["check", "a", "b"], &[]),
+            "unexpected argument \"b\" (see --help)"
+        );
+        assert_eq!(
+            e(&["check", "--config", "x", "a"], &[]),
+            "unexpected argument \"--config\" (see --help)"
+        );
     }
 
     #[test]
     fn check_help_version() {
         assert_eq!(
             run(&["check", "c.yaml"], &[("NODE_NAME", "ignored")]).unwrap(),
-            Command::Check { node: None, path: "c.yaml".into() }
+            Command::Check {
+                node: None,
+                path: "c.yaml".into()
+            }
         );
         assert_eq!(
             run(&["check", "--node-name", "n1", "c.yaml"], &[]).unwrap(),
-            Command::Check { node: Some(node("n1")), path: "c.yaml".into() }
+            Command::Check {
+                node: Some(node("n1")),
+                path: "c.yaml".into()
+            }
         );
         assert_eq!(run(&["--help"], &[]).unwrap(), Command::Help);
-        assert_eq!(run(&["--config", "x", "-V"], &[]).unwrap(), Command::Version);
+        assert_eq!(
+            run(&["--config", "x", "-V"], &[]).unwrap(),
+            Command::Version
+        );
     }
 
     #[test]

@@ -60,10 +60,18 @@ pub struct Config {
 #[derive(Debug)]
 pub enum ConfigError {
     /// The config could not be read.
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The config is empty (or only whitespace and comments).
+    Empty { origin: String },
     /// Not YAML, or not the deviceMapping shape, or a field breaks its rule. serde_yaml's message
     /// carries the field's path and the line and column.
-    Parse { origin: String, source: serde_yaml::Error },
+    Parse {
+        origin: String,
+        source: serde_yaml::Error,
+    },
     /// An instanceID written as a plain (unquoted) number-like scalar such as `0001`: serde_yaml
     /// keeps it as the string "0001", but other YAML readers make it the number 1.
     UnquotedInstanceId {
@@ -95,6 +103,10 @@ impl fmt::Display for ConfigError {
             ConfigError::Read { path, source } => {
                 write!(f, "cannot read config {}: {source}", path.display())
             }
+            ConfigError::Empty { origin } => write!(
+                f,
+                "{origin}: the config is empty; write deviceMapping: [] to serve nothing"
+            ),
             ConfigError::Parse { origin, source } => write!(f, "{origin}: {source}"),
             ConfigError::UnquotedInstanceId {
                 origin,
@@ -137,7 +149,8 @@ impl std::error::Error for ConfigError {
         match self {
             ConfigError::Read { source, .. } => Some(source),
             ConfigError::Parse { source, .. } => Some(source),
-            ConfigError::UnquotedInstanceId { .. }
+            ConfigError::Empty { .. }
+            | ConfigError::UnquotedInstanceId { .. }
             | ConfigError::ConflictingEnv { .. }
             | ConfigError::PrefixCollision { .. } => None,
         }
@@ -171,6 +184,12 @@ struct RawDevice {
 impl Config {
     /// Parses and checks a config. `origin` names where it came from, for error messages.
     pub fn parse(text: &[u8], origin: &str) -> Result<Config, ConfigError> {
+        let blank = |line: &str| line.trim().is_empty() || line.trim_start().starts_with('#');
+        if String::from_utf8_lossy(text).lines().all(blank) {
+            return Err(ConfigError::Empty {
+                origin: origin.to_owned(),
+            });
+        }
         let raw: RawConfig = serde_yaml::from_slice(text).map_err(|source| ConfigError::Parse {
             origin: origin.to_owned(),
             source,
@@ -232,7 +251,11 @@ impl Config {
                 keys.insert(key);
             }
             for host in mapping.hosts {
-                config.hosts.entry(host).or_default().extend(keys.iter().cloned());
+                config
+                    .hosts
+                    .entry(host)
+                    .or_default()
+                    .extend(keys.iter().cloned());
             }
         }
         Ok(config)
@@ -278,11 +301,16 @@ fn unquoted_numeric_instance_id(text: &str) -> Option<(usize, usize, String)> {
             let start = from + at;
             from = start + KEY.len();
             let before = line[..start].chars().next_back();
-            if !matches!(before, None | Some(' ' | '\t' | '{' | ',' | '-' | '"' | '\'')) {
+            if !matches!(
+                before,
+                None | Some(' ' | '\t' | '{' | ',' | '-' | '"' | '\'')
+            ) {
                 continue;
             }
             let rest = line[from..].trim_start_matches(['"', '\'']);
-            let Some(value) = rest.strip_prefix(':') else { continue };
+            let Some(value) = rest.strip_prefix(':') else {
+                continue;
+            };
             if !value.is_empty() && !value.starts_with([' ', '\t']) {
                 continue;
             }
@@ -381,7 +409,8 @@ fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -399,7 +428,11 @@ impl TryFrom<String> for ResourceName {
     fn try_from(s: String) -> Result<Self, InvalidValue> {
         const WHAT: &str = "resourceName";
         let Some((domain, name)) = s.split_once('/') else {
-            return Err(invalid(WHAT, &s, "must be <domain>/<name>, e.g. example.com/widget"));
+            return Err(invalid(
+                WHAT,
+                &s,
+                "must be <domain>/<name>, e.g. example.com/widget",
+            ));
         };
         if !is_dns_subdomain(domain) || domain.len() + "requests.".len() > 253 {
             return Err(invalid(
@@ -412,14 +445,19 @@ impl TryFrom<String> for ResourceName {
             return Err(invalid(WHAT, &s, "the kubernetes.io domain is reserved"));
         }
         if domain.starts_with("requests.") {
-            return Err(invalid(WHAT, &s, "the requests. prefix is reserved for quotas"));
+            return Err(invalid(
+                WHAT,
+                &s,
+                "the requests. prefix is reserved for quotas",
+            ));
         }
         let b = name.as_bytes();
         let ok = !b.is_empty()
             && b.len() <= 63
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric()
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c));
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c));
         if !ok {
             return Err(invalid(
                 WHAT,
@@ -640,7 +678,9 @@ deviceMapping:
 
     #[test]
     fn empty_and_junk_documents_are_refused() {
-        assert!(err("").contains("test.yaml"));
+        let empty = "test.yaml: the config is empty; write deviceMapping: [] to serve nothing";
+        assert_eq!(err(""), empty);
+        assert_eq!(err("  \n# only a comment\n"), empty);
         assert!(err("deviceMapping: [").contains("test.yaml"));
         assert!(err("\u{0}\u{1}\u{2}garbage").contains("test.yaml"));
         assert!(err("just a string").contains("test.yaml"));
@@ -667,7 +707,10 @@ deviceMapping:
              may take it for a number): write instanceID: \"0001\""
         );
         let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - {resourceName: a.io/x, instanceID: 007}\n");
-        assert!(e.starts_with("test.yaml: line 4 column 44: instanceID 007 must be"), "{e}");
+        assert!(
+            e.starts_with("test.yaml: line 4 column 44: instanceID 007 must be"),
+            "{e}"
+        );
         // Quoted, or not a number: fine.
         for ok in ["\"0001\"", "'0001'", "sg-1", "0001a", "x # 0001"] {
             let text = format!("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: {ok}\n");
@@ -729,10 +772,29 @@ deviceMapping:
 
     #[test]
     fn env_keys() {
-        for good in ["IP", "_x", "port2", "DEV", "DEVICE_ID", "DEVx_1", "ID2", "DEV_1"] {
+        for good in [
+            "IP",
+            "_x",
+            "port2",
+            "DEV",
+            "DEVICE_ID",
+            "DEVx_1",
+            "ID2",
+            "DEV_1",
+        ] {
             assert!(EnvKey::try_from(good.to_owned()).is_ok(), "{good}");
         }
-        for bad in ["", "1IP", "I-P", "ID", "TYPE", "NUM_DEVICES", "DEV0_X", "DEV12_", "É"] {
+        for bad in [
+            "",
+            "1IP",
+            "I-P",
+            "ID",
+            "TYPE",
+            "NUM_DEVICES",
+            "DEV0_X",
+            "DEV12_",
+            "É",
+        ] {
             assert!(EnvKey::try_from(bad.to_owned()).is_err(), "{bad}");
         }
     }
@@ -744,18 +806,35 @@ deviceMapping:
         )
         .unwrap();
         let d = &c.for_node(&node("a"))[&ResourceName::try_from("a.io/x".to_owned()).unwrap()][0];
-        let env: Vec<(&str, &str)> = d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let env: Vec<(&str, &str)> = d
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         assert_eq!(
             env,
             // serde_yaml keeps 0010 (leading zero) as written but reads 1.50 as the number 1.5.
-            [("B", "true"), ("F", "1.5"), ("N", "0010"), ("Q", "1.50"), ("S", "0010"), ("Y", "yes")]
+            [
+                ("B", "true"),
+                ("F", "1.5"),
+                ("N", "0010"),
+                ("Q", "1.50"),
+                ("S", "0010"),
+                ("Y", "yes")
+            ]
         );
         for bad in ["~", "[1, 2]", "{a: b}"] {
             let e = err(&format!(
                 "deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: \"1\"\n        env: {{K: {bad}}}\n"
             ));
-            assert!(e.contains("expected a string, number or boolean"), "{bad}: {e}");
-            assert!(e.contains("deviceMapping[0].devices[0].env.K"), "{bad}: {e}");
+            assert!(
+                e.contains("expected a string, number or boolean"),
+                "{bad}: {e}"
+            );
+            assert!(
+                e.contains("deviceMapping[0].devices[0].env.K"),
+                "{bad}: {e}"
+            );
         }
     }
 
@@ -791,7 +870,10 @@ deviceMapping:
       - {resourceName: a.io/x, instanceID: "1", env: {IP: 1.2.3.4}}
       - {resourceName: a.io/x, instanceID: "1"}
 "#);
-        assert!(e.contains("deviceMapping[0]: device a.io/x instanceID \"1\""), "{e}");
+        assert!(
+            e.contains("deviceMapping[0]: device a.io/x instanceID \"1\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -34,14 +34,21 @@ pub enum RegisterError {
     /// kubelet.sock does not exist: the kubelet is not running (yet).
     NoKubelet { socket: PathBuf },
     /// The Register call failed.
-    Rpc { socket: PathBuf, source: grpcio::Error },
+    Rpc {
+        socket: PathBuf,
+        source: grpcio::Error,
+    },
 }
 
 impl fmt::Display for RegisterError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RegisterError::NoKubelet { socket } => {
-                write!(f, "{} does not exist (kubelet not running?)", socket.display())
+                write!(
+                    f,
+                    "{} does not exist (kubelet not running?)",
+                    socket.display()
+                )
             }
             RegisterError::Rpc { socket, source } => {
                 write!(f, "Register on {}: {source}", socket.display())
@@ -77,7 +84,9 @@ pub struct Registrar {
 impl Registrar {
     pub fn spawn(env: Arc<Environment>, dir: PathBuf, state: Sender<Msg>) -> io::Result<Self> {
         let (jobs, rx) = crossbeam_channel::unbounded();
-        let worker = Worker::spawn("spookd-register", move || run_registrar(&env, &dir, &rx, &state))?;
+        let worker = Worker::spawn("spookd-register", move || {
+            run_registrar(&env, &dir, &rx, &state)
+        })?;
         Ok(Registrar {
             jobs,
             _worker: worker,
@@ -146,7 +155,9 @@ fn run_registrar(env: &Arc<Environment>, dir: &Path, jobs: &Receiver<Job>, state
             .map(|(r, _)| r.clone())
             .collect();
         for resource in due {
-            let Some(p) = pending.get_mut(&resource) else { continue };
+            let Some(p) = pending.get_mut(&resource) else {
+                continue;
+            };
             let result = register(env, dir, &resource, &p.endpoint);
             let endpoint = p.endpoint.clone();
             match result {
@@ -169,7 +180,12 @@ fn run_registrar(env: &Arc<Environment>, dir: &Path, jobs: &Receiver<Job>, state
     }
 }
 
-fn send(state: &Sender<Msg>, resource: ResourceName, endpoint: String, result: Result<(), RegisterError>) {
+fn send(
+    state: &Sender<Msg>,
+    resource: ResourceName,
+    endpoint: String,
+    result: Result<(), RegisterError>,
+) {
     let _ = state.send(Msg::Registered {
         resource,
         endpoint,
@@ -226,10 +242,15 @@ impl Watcher {
     pub fn spawn(dir: &Path, state: Sender<Msg>) -> io::Result<Self> {
         let inotify = Inotify::init()?;
         let mut watches = inotify.watches();
-        let wd = watches.add(dir, WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO)?;
+        let wd = watches.add(
+            dir,
+            WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO,
+        )?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let worker = Worker::spawn("spookd-kubelet-watch", move || run_watcher(inotify, &flag, &state))?;
+        let worker = Worker::spawn("spookd-kubelet-watch", move || {
+            run_watcher(inotify, &flag, &state)
+        })?;
         Ok(Watcher {
             stop,
             watches,
@@ -253,7 +274,9 @@ fn run_watcher(mut inotify: Inotify, stop: &AtomicBool, state: &Sender<Msg>) {
             Ok(events) => events,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                error!("watching the device-plugins dir failed: {e}; relying on the periodic check");
+                error!(
+                    "watching the device-plugins dir failed: {e}; relying on the periodic check"
+                );
                 return;
             }
         };
@@ -266,7 +289,9 @@ fn run_watcher(mut inotify: Inotify, stop: &AtomicBool, state: &Sender<Msg>) {
             } else if event.mask.contains(EventMask::Q_OVERFLOW) {
                 // Events were lost: re-check everything as after a kubelet restart.
                 Msg::KubeletStarted
-            } else if event.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
+            } else if event
+                .mask
+                .intersects(EventMask::CREATE | EventMask::MOVED_TO)
                 && event.name == Some(OsStr::new(KUBELET_SOCKET))
             {
                 Msg::KubeletStarted

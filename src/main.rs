@@ -27,7 +27,10 @@ const SHUTDOWN_WAIT: Duration = Duration::from_millis(1500);
 enum MainError {
     Usage(CliError),
     InvalidConfig(ConfigError),
-    Startup { what: &'static str, source: std::io::Error },
+    Startup {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 impl fmt::Display for MainError {
@@ -54,7 +57,11 @@ fn startup(what: &'static str) -> impl FnOnce(std::io::Error) -> MainError {
 }
 
 fn main() -> ExitCode {
-    let command = cli::parse(std::env::args_os().skip(1), |k| std::env::var(k).ok(), cli::hostname);
+    let command = cli::parse(
+        std::env::args_os().skip(1),
+        |k| std::env::var(k).ok(),
+        cli::hostname,
+    );
     let result = match command {
         Ok(Command::Help) => {
             print!("{}", cli::HELP);
@@ -93,7 +100,13 @@ fn run_check(node: Option<&spookd::config::NodeName>, path: &Path) -> Result<(),
 
 fn serve(opts: RunOptions) -> Result<(), MainError> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // gRPC core reads the level once: below debug, keep its INFO chatter ("epoll fd: 5") out.
+    let level = log::max_level();
+    if level < log::LevelFilter::Debug {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
     grpcio::redirect_log();
+    log::set_max_level(level);
     // A panicking thread would leave a zombie half-serving: stop the whole process instead, so
     // the kubelet's pod restart brings back a whole spookd.
     let default_hook = std::panic::take_hook();
@@ -126,7 +139,8 @@ fn serve(opts: RunOptions) -> Result<(), MainError> {
     let state = State::new(opts.node_name, backend, Instant::now());
     let mut state_thread = Worker::spawn("spookd-state", move || state::run(state, &rx))
         .map_err(startup("start the state thread"))?;
-    let watcher = Watcher::spawn(&dir, tx.clone()).map_err(startup("watch the device-plugins dir"))?;
+    let watcher =
+        Watcher::spawn(&dir, tx.clone()).map_err(startup("watch the device-plugins dir"))?;
     let poller = FilePoller::spawn(opts.config, opts.poll_interval, tx.clone())
         .map_err(startup("start the config file poller"))?;
 

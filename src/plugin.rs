@@ -54,9 +54,18 @@ pub fn random_unit() -> f64 {
 /// Why a server could not start.
 #[derive(Debug)]
 pub enum PluginError {
-    Build { resource: ResourceName, source: grpcio::Error },
-    Bind { path: PathBuf, source: grpcio::Error },
-    Permissions { path: PathBuf, source: io::Error },
+    Build {
+        resource: ResourceName,
+        source: grpcio::Error,
+    },
+    Bind {
+        path: PathBuf,
+        source: grpcio::Error,
+    },
+    Permissions {
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for PluginError {
@@ -128,7 +137,11 @@ impl Backend for GrpcBackend {
     type Server = PluginServer;
     type Error = PluginError;
 
-    fn start(&mut self, resource: &ResourceName, id: u64) -> Result<(PluginServer, String), PluginError> {
+    fn start(
+        &mut self,
+        resource: &ResourceName,
+        id: u64,
+    ) -> Result<(PluginServer, String), PluginError> {
         let name = resource.as_str().rsplit('/').next().unwrap_or_default();
         let short: String = name.chars().take(24).collect();
         let endpoint = format!("{SOCKET_PREFIX}{short}-{}-{id}.sock", self.instance);
@@ -147,7 +160,10 @@ impl Backend for GrpcBackend {
                 source,
             })?;
         server
-            .add_listening_port(format!("unix:{}", path.display()), ServerCredentials::insecure())
+            .add_listening_port(
+                format!("unix:{}", path.display()),
+                ServerCredentials::insecure(),
+            )
             .map_err(|source| PluginError::Bind {
                 path: path.clone(),
                 source,
@@ -233,7 +249,10 @@ fn listing_response(devices: &Listing) -> ListAndWatchResponse {
 }
 
 fn gone() -> RpcStatus {
-    RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, "spookd is shutting down".to_owned())
+    RpcStatus::with_message(
+        RpcStatusCode::UNAVAILABLE,
+        "spookd is shutting down".to_owned(),
+    )
 }
 
 impl proto::DevicePlugin for PluginService {
@@ -264,7 +283,8 @@ impl proto::DevicePlugin for PluginService {
         }
         let resource = self.resource.clone();
         ctx.spawn(async move {
-            let mut items = rx.map(|devices| Ok((listing_response(&devices), WriteFlags::default())));
+            let mut items =
+                rx.map(|devices| Ok((listing_response(&devices), WriteFlags::default())));
             // Ends when the state thread drops the sender (resource removed or server replaced),
             // or when the kubelet goes away.
             match sink.send_all(&mut items).await {
@@ -296,7 +316,12 @@ impl proto::DevicePlugin for PluginService {
         ctx.spawn(sink.success(resp).map(|_| ()));
     }
 
-    fn allocate(&mut self, ctx: RpcContext<'_>, req: AllocateRequest, sink: UnarySink<AllocateResponse>) {
+    fn allocate(
+        &mut self,
+        ctx: RpcContext<'_>,
+        req: AllocateRequest,
+        sink: UnarySink<AllocateResponse>,
+    ) {
         let containers = req
             .container_requests
             .into_iter()
@@ -331,7 +356,8 @@ impl proto::DevicePlugin for PluginService {
                         AllocateError::NotServed { .. } => RpcStatusCode::UNAVAILABLE,
                         _ => RpcStatusCode::INVALID_ARGUMENT,
                     };
-                    sink.fail(RpcStatus::with_message(code, e.to_string())).await
+                    sink.fail(RpcStatus::with_message(code, e.to_string()))
+                        .await
                 }
                 Err(_) => sink.fail(gone()).await,
             };
@@ -376,10 +402,19 @@ mod tests {
 
     #[test]
     fn preferred_is_must_include_then_sorted() {
-        assert_eq!(preferred(&v(&["3", "1", "2"]), &v(&["2"]), 2), v(&["2", "1"]));
+        assert_eq!(
+            preferred(&v(&["3", "1", "2"]), &v(&["2"]), 2),
+            v(&["2", "1"])
+        );
         assert_eq!(preferred(&v(&["3", "1", "2"]), &[], 5), v(&["1", "2", "3"]));
-        assert_eq!(preferred(&v(&["b", "a"]), &v(&["b", "a"]), 1), v(&["a", "b"]));
-        assert_eq!(preferred(&v(&["a", "a", "b"]), &[], 0), Vec::<String>::new());
+        assert_eq!(
+            preferred(&v(&["b", "a"]), &v(&["b", "a"]), 1),
+            v(&["a", "b"])
+        );
+        assert_eq!(
+            preferred(&v(&["a", "a", "b"]), &[], 0),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -1,7 +1,14 @@
 //! The kubelet device-plugin API v1beta1: messages generated from `proto/api.proto` by build.rs,
 //! gRPC glue for both services written here once (grpcio-compiler would pull in protobuf 2).
 
-#[allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
+// Generated code is not held to our lints.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    missing_docs,
+    unused_qualifications
+)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/proto/mod.rs"));
 }
@@ -42,14 +49,21 @@ const fn method<Req: protobuf::Message, Resp: protobuf::Message>(
 
 pub const REGISTER: Method<RegisterRequest, Empty> =
     method(MethodType::Unary, "/v1beta1.Registration/Register");
-pub const GET_DEVICE_PLUGIN_OPTIONS: Method<Empty, DevicePluginOptions> =
-    method(MethodType::Unary, "/v1beta1.DevicePlugin/GetDevicePluginOptions");
-pub const LIST_AND_WATCH: Method<Empty, ListAndWatchResponse> =
-    method(MethodType::ServerStreaming, "/v1beta1.DevicePlugin/ListAndWatch");
+pub const GET_DEVICE_PLUGIN_OPTIONS: Method<Empty, DevicePluginOptions> = method(
+    MethodType::Unary,
+    "/v1beta1.DevicePlugin/GetDevicePluginOptions",
+);
+pub const LIST_AND_WATCH: Method<Empty, ListAndWatchResponse> = method(
+    MethodType::ServerStreaming,
+    "/v1beta1.DevicePlugin/ListAndWatch",
+);
 pub const GET_PREFERRED_ALLOCATION: Method<
     PreferredAllocationRequest,
     PreferredAllocationResponse,
-> = method(MethodType::Unary, "/v1beta1.DevicePlugin/GetPreferredAllocation");
+> = method(
+    MethodType::Unary,
+    "/v1beta1.DevicePlugin/GetPreferredAllocation",
+);
 pub const ALLOCATE: Method<AllocateRequest, AllocateResponse> =
     method(MethodType::Unary, "/v1beta1.DevicePlugin/Allocate");
 pub const PRE_START_CONTAINER: Method<PreStartContainerRequest, PreStartContainerResponse> =
@@ -75,7 +89,12 @@ pub trait DevicePlugin {
         req: PreferredAllocationRequest,
         sink: UnarySink<PreferredAllocationResponse>,
     );
-    fn allocate(&mut self, ctx: RpcContext<'_>, req: AllocateRequest, sink: UnarySink<AllocateResponse>);
+    fn allocate(
+        &mut self,
+        ctx: RpcContext<'_>,
+        req: AllocateRequest,
+        sink: UnarySink<AllocateResponse>,
+    );
     fn pre_start_container(
         &mut self,
         ctx: RpcContext<'_>,
@@ -143,15 +162,20 @@ impl DevicePluginClient {
         }
     }
 
-    pub fn get_device_plugin_options(&self, opt: CallOption) -> grpcio::Result<DevicePluginOptions> {
-        self.client.unary_call(&GET_DEVICE_PLUGIN_OPTIONS, &Empty::new(), opt)
+    pub fn get_device_plugin_options(
+        &self,
+        opt: CallOption,
+    ) -> grpcio::Result<DevicePluginOptions> {
+        self.client
+            .unary_call(&GET_DEVICE_PLUGIN_OPTIONS, &Empty::new(), opt)
     }
 
     pub fn list_and_watch(
         &self,
         opt: CallOption,
     ) -> grpcio::Result<ClientSStreamReceiver<ListAndWatchResponse>> {
-        self.client.server_streaming(&LIST_AND_WATCH, &Empty::new(), opt)
+        self.client
+            .server_streaming(&LIST_AND_WATCH, &Empty::new(), opt)
     }
 
     pub fn get_preferred_allocation(
@@ -162,7 +186,11 @@ impl DevicePluginClient {
         self.client.unary_call(&GET_PREFERRED_ALLOCATION, req, opt)
     }
 
-    pub fn allocate(&self, req: &AllocateRequest, opt: CallOption) -> grpcio::Result<AllocateResponse> {
+    pub fn allocate(
+        &self,
+        req: &AllocateRequest,
+        opt: CallOption,
+    ) -> grpcio::Result<AllocateResponse> {
         self.client.unary_call(&ALLOCATE, req, opt)
     }
 

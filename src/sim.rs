@@ -1,1 +1,417 @@
-pub fn placeholder() {}
+//! A kubelet stand-in: the kubelet's side of the v1beta1 device-plugin protocol, for the
+//! `kubelet-sim` demo program and the integration tests.
+//!
+//! Like the kubelet's device manager it serves Registration on `kubelet.sock`, checks each
+//! request's version and resource name, then dials the plugin's endpoint (relative to the
+//! directory), calls GetDevicePluginOptions and keeps a ListAndWatch stream open, replacing its
+//! device set with every message. A restart wipes the directory's sockets and re-creates
+//! kubelet.sock, as the real kubelet does.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use futures_util::{FutureExt, StreamExt};
+use grpcio::{
+    CallOption, ChannelBuilder, Environment, RpcContext, RpcStatus, RpcStatusCode, ServerBuilder,
+    ServerCredentials, UnarySink,
+};
+
+use crate::config::ResourceName;
+use crate::proto::{
+    self, AllocateRequest, AllocateResponse, ContainerAllocateRequest, DevicePluginClient,
+    DevicePluginOptions, Empty, RegisterRequest, KUBELET_SOCKET,
+};
+
+/// The kubelet's checkpoint file, which survives a kubelet restart (everything else is wiped).
+const CHECKPOINT: &str = "kubelet_internal_checkpoint";
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the stand-in saw, in order (for printing and for tests that follow a sequence).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Registered {
+        resource: String,
+        endpoint: String,
+    },
+    Refused {
+        resource: String,
+        reason: String,
+    },
+    Devices {
+        resource: String,
+        devices: Vec<(String, String)>,
+    },
+    StreamEnded {
+        resource: String,
+        endpoint: String,
+    },
+}
+
+/// One registered plugin as the stand-in knows it.
+#[derive(Clone)]
+pub struct Plugin {
+    pub endpoint: String,
+    pub options: Option<DevicePluginOptions>,
+    /// The last device list, as (ID, health); `None` before the first message.
+    pub devices: Option<Vec<(String, String)>>,
+    /// ListAndWatch messages received on the current stream.
+    pub updates: usize,
+    pub stream_open: bool,
+    client: Arc<DevicePluginClient>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Every Register call accepted, in order, across restarts.
+    registrations: Vec<(String, String)>,
+    plugins: BTreeMap<String, Plugin>,
+    generation: u64,
+    subscribers: Vec<Sender<Event>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock only happens in a failing test; keep going with the data.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn event(&self, inner: &mut Inner, e: Event) {
+        inner.subscribers.retain(|s| s.send(e.clone()).is_ok());
+        self.changed.notify_all();
+    }
+}
+
+/// A running kubelet stand-in in one device-plugins directory.
+pub struct Kubelet {
+    dir: PathBuf,
+    env: Arc<Environment>,
+    shared: Arc<Shared>,
+    server: Option<grpcio::Server>,
+}
+
+impl Kubelet {
+    /// Starts serving Registration on `dir/kubelet.sock`.
+    pub fn start(dir: &Path) -> io::Result<Kubelet> {
+        let env = Arc::new(
+            grpcio::EnvBuilder::new()
+                .cq_count(1)
+                .name_prefix("sim-grpc")
+                .build(),
+        );
+        let mut k = Kubelet {
+            dir: dir.to_owned(),
+            env,
+            shared: Arc::default(),
+            server: None,
+        };
+        k.listen()?;
+        Ok(k)
+    }
+
+    fn listen(&mut self) -> io::Result<()> {
+        let service = proto::create_registration(RegistrationService {
+            dir: self.dir.clone(),
+            env: self.env.clone(),
+            shared: self.shared.clone(),
+            generation: self.shared.lock().generation,
+        });
+        let mut server = ServerBuilder::new(self.env.clone())
+            .register_service(service)
+            .build()
+            .map_err(io::Error::other)?;
+        let path = self.dir.join(KUBELET_SOCKET);
+        server
+            .add_listening_port(
+                format!("unix:{}", path.display()),
+                ServerCredentials::insecure(),
+            )
+            .map_err(io::Error::other)?;
+        server.start();
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// The device-plugins directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Receives every later event.
+    pub fn subscribe(&self, events: Sender<Event>) {
+        self.shared.lock().subscribers.push(events);
+    }
+
+    /// Stops, wipes every socket in the directory (keeping the checkpoint file, as the kubelet
+    /// does), forgets every plugin and serves kubelet.sock again.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop()?;
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_name() != CHECKPOINT {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        self.listen()
+    }
+
+    /// Stops serving and removes kubelet.sock; plugins are forgotten (their streams dropped).
+    pub fn stop(&mut self) -> io::Result<()> {
+        {
+            let mut inner = self.shared.lock();
+            inner.generation += 1;
+            inner.plugins.clear();
+        }
+        self.server = None;
+        match fs::remove_file(self.dir.join(KUBELET_SOCKET)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every accepted registration so far as (resource, endpoint), in order.
+    pub fn registrations(&self) -> Vec<(String, String)> {
+        self.shared.lock().registrations.clone()
+    }
+
+    /// The registered plugins by resource name.
+    pub fn plugins(&self) -> BTreeMap<String, Plugin> {
+        self.shared.lock().plugins.clone()
+    }
+
+    /// The device IDs of `resource`'s last list (`None` if not registered or nothing received).
+    pub fn device_ids(&self, resource: &str) -> Option<Vec<String>> {
+        let inner = self.shared.lock();
+        let devices = inner.plugins.get(resource)?.devices.as_ref()?;
+        Some(devices.iter().map(|(id, _)| id.clone()).collect())
+    }
+
+    /// Waits up to `timeout` for `done` to hold; returns whether it did.
+    pub fn wait_until(&self, timeout: Duration, mut done: impl FnMut(&Kubelet) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(self) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let inner = self.shared.lock();
+            // Bounded: wakes on any event, or every 50 ms to re-check file-based conditions.
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            drop(self.changed_wait(inner, wait));
+        }
+    }
+
+    fn changed_wait<'a>(
+        &'a self,
+        inner: MutexGuard<'a, Inner>,
+        wait: Duration,
+    ) -> MutexGuard<'a, Inner> {
+        match self.shared.changed.wait_timeout(inner, wait) {
+            Ok((g, _)) => g,
+            Err(e) => e.into_inner().0,
+        }
+    }
+
+    /// Waits until `resource`'s stream shows exactly `ids` (in order); returns the last list seen.
+    pub fn wait_devices(
+        &self,
+        resource: &str,
+        ids: &[&str],
+        timeout: Duration,
+    ) -> Result<(), Option<Vec<String>>> {
+        let want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        if self.wait_until(timeout, |k| k.device_ids(resource).as_ref() == Some(&want)) {
+            Ok(())
+        } else {
+            Err(self.device_ids(resource))
+        }
+    }
+
+    fn client(&self, resource: &str) -> io::Result<Arc<DevicePluginClient>> {
+        let inner = self.shared.lock();
+        let plugin = inner.plugins.get(resource).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{resource} is not registered"),
+            )
+        })?;
+        Ok(plugin.client.clone())
+    }
+
+    /// Allocate, one container per entry of `containers`, on `resource`'s registered endpoint.
+    pub fn allocate(
+        &self,
+        resource: &str,
+        containers: &[&[&str]],
+    ) -> Result<AllocateResponse, grpcio::Error> {
+        let client = self.client(resource).map_err(|e| {
+            grpcio::Error::RpcFailure(RpcStatus::with_message(
+                RpcStatusCode::NOT_FOUND,
+                e.to_string(),
+            ))
+        })?;
+        let mut req = AllocateRequest::new();
+        req.container_requests = containers
+            .iter()
+            .map(|ids| {
+                let mut c = ContainerAllocateRequest::new();
+                c.devices_ids = ids.iter().map(|s| s.to_string()).collect();
+                c
+            })
+            .collect();
+        client.allocate(&req, CallOption::default().timeout(CALL_TIMEOUT))
+    }
+
+    /// A client for `resource`'s registered endpoint, for the other calls.
+    pub fn plugin_client(&self, resource: &str) -> io::Result<Arc<DevicePluginClient>> {
+        self.client(resource)
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+#[derive(Clone)]
+struct RegistrationService {
+    dir: PathBuf,
+    env: Arc<Environment>,
+    shared: Arc<Shared>,
+    generation: u64,
+}
+
+impl proto::Registration for RegistrationService {
+    fn register(&mut self, ctx: RpcContext<'_>, req: RegisterRequest, sink: UnarySink<Empty>) {
+        let resource = req.resource_name.clone();
+        let refusal = if req.version != proto::VERSION {
+            Some(format!("unsupported version {:?}", req.version))
+        } else if ResourceName::try_from(resource.clone()).is_err() {
+            Some(format!("invalid resource name {resource:?}"))
+        } else if req.endpoint.contains('/') {
+            Some(format!(
+                "endpoint {:?} must be a file name in the directory",
+                req.endpoint
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            let mut inner = self.shared.lock();
+            self.shared.event(
+                &mut inner,
+                Event::Refused {
+                    resource,
+                    reason: reason.clone(),
+                },
+            );
+            let status = RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, reason);
+            ctx.spawn(sink.fail(status).map(|_| ()));
+            return;
+        }
+        ctx.spawn(sink.success(Empty::new()).map(|_| ()));
+        // Dial from a thread of our own, as the kubelet does from a goroutine: the handler must
+        // not block the completion queue.
+        let service = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("sim-dial".into())
+            .spawn(move || service.connect(req));
+    }
+}
+
+impl RegistrationService {
+    fn connect(self, req: RegisterRequest) {
+        let resource = req.resource_name.clone();
+        let endpoint = req.endpoint.clone();
+        let path = self.dir.join(&endpoint);
+        let channel = ChannelBuilder::new(self.env.clone())
+            .use_local_subchannel_pool(true)
+            .connect(&format!("unix:{}", path.display()));
+        let client = Arc::new(DevicePluginClient::new(channel));
+        let opt = || CallOption::default().timeout(CALL_TIMEOUT);
+        let options = client.get_device_plugin_options(opt()).ok();
+        let Ok(mut stream) = client.list_and_watch(CallOption::default()) else {
+            return;
+        };
+        {
+            let mut inner = self.shared.lock();
+            if inner.generation != self.generation {
+                return; // restarted meanwhile
+            }
+            inner
+                .registrations
+                .push((resource.clone(), endpoint.clone()));
+            inner.plugins.insert(
+                resource.clone(),
+                Plugin {
+                    endpoint: endpoint.clone(),
+                    options,
+                    devices: None,
+                    updates: 0,
+                    stream_open: true,
+                    client: client.clone(),
+                },
+            );
+            let event = Event::Registered {
+                resource: resource.clone(),
+                endpoint: endpoint.clone(),
+            };
+            self.shared.event(&mut inner, event);
+        }
+        let shared = self.shared.clone();
+        let generation = self.generation;
+        client.spawn(async move {
+            // Only this endpoint's entry is updated: a newer registration replaces it.
+            let current = |inner: &Inner| {
+                inner.generation == generation
+                    && inner
+                        .plugins
+                        .get(&resource)
+                        .is_some_and(|p| p.endpoint == endpoint)
+            };
+            while let Some(Ok(msg)) = stream.next().await {
+                let devices: Vec<(String, String)> = msg
+                    .devices
+                    .iter()
+                    .map(|d| (d.ID.clone(), d.health.clone()))
+                    .collect();
+                let mut inner = shared.lock();
+                if !current(&inner) {
+                    return;
+                }
+                if let Some(p) = inner.plugins.get_mut(&resource) {
+                    p.devices = Some(devices.clone());
+                    p.updates += 1;
+                }
+                shared.event(
+                    &mut inner,
+                    Event::Devices {
+                        resource: resource.clone(),
+                        devices,
+                    },
+                );
+            }
+            let mut inner = shared.lock();
+            if current(&inner) {
+                if let Some(p) = inner.plugins.get_mut(&resource) {
+                    p.stream_open = false;
+                }
+            }
+            shared.event(&mut inner, Event::StreamEnded { resource, endpoint });
+        });
+    }
+}

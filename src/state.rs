@@ -109,7 +109,10 @@ impl fmt::Display for AllocateError {
                 write!(f, "{resource} has no device {id:?}")
             }
             AllocateError::DuplicateDevice { resource, id } => {
-                write!(f, "{resource} device {id:?} requested twice for one container")
+                write!(
+                    f,
+                    "{resource} device {id:?} requested twice for one container"
+                )
             }
             AllocateError::NoDevices { resource } => {
                 write!(f, "a container request for {resource} names no device")
@@ -330,7 +333,11 @@ impl<B: Backend> State<B> {
             "config from {origin} applied: {} resources, {count} devices on node {}{}",
             self.served.len(),
             self.node,
-            if changed == 0 { " (no change here)" } else { "" }
+            if changed == 0 {
+                " (no change here)"
+            } else {
+                ""
+            }
         );
     }
 
@@ -369,7 +376,9 @@ impl<B: Backend> State<B> {
                     _server: server,
                 });
             }
-            Err(e) => error!("{resource}: cannot start its server: {e}; retrying in {FALLBACK_CHECK:?}"),
+            Err(e) => {
+                error!("{resource}: cannot start its server: {e}; retrying in {FALLBACK_CHECK:?}")
+            }
         }
         // Stopped after the new one is up and queued for registration, so a kubelet restart is
         // answered first and the old servers' shutdown comes after.
@@ -384,7 +393,10 @@ impl<B: Backend> State<B> {
             info!("kubelet started; nothing to register");
             return;
         }
-        info!("kubelet started; registering {} resources again", self.served.len());
+        info!(
+            "kubelet started; registering {} resources again",
+            self.served.len()
+        );
         let resources: Vec<ResourceName> = self.served.keys().cloned().collect();
         for resource in resources {
             let served = &self.served[&resource];
@@ -521,7 +533,10 @@ impl<B: Backend> State<B> {
         self.served
             .iter()
             .map(|(r, s)| {
-                let live = s.server.as_ref().map(|l| (l.endpoint.clone(), l.registered));
+                let live = s
+                    .server
+                    .as_ref()
+                    .map(|l| (l.endpoint.clone(), l.registered));
                 (r.clone(), live)
             })
             .collect()
@@ -630,7 +645,10 @@ mod tests {
             Ok((FakeServer(self.0.clone(), endpoint.clone()), endpoint))
         }
         fn register(&mut self, r: &ResourceName, endpoint: &str) {
-            self.0.borrow_mut().registered.push((r.to_string(), endpoint.to_owned()));
+            self.0
+                .borrow_mut()
+                .registered
+                .push((r.to_string(), endpoint.to_owned()));
         }
         fn forget(&mut self, r: &ResourceName) {
             self.0.borrow_mut().forgotten.push(r.to_string());
@@ -670,13 +688,18 @@ mod tests {
 
     fn drain(rx: &mut UnboundedReceiver<Listing>) -> Vec<Vec<String>> {
         let mut out = Vec::new();
-        while let Ok(Some(l)) = rx.try_next() {
+        while let Ok(l) = rx.try_recv() {
             out.push(ids(&l).into_iter().map(str::to_owned).collect());
         }
         out
     }
 
-    fn watch(state: &mut State<FakeBackend>, r: &str, server: u64, now: Instant) -> UnboundedReceiver<Listing> {
+    fn watch(
+        state: &mut State<FakeBackend>,
+        r: &str,
+        server: u64,
+        now: Instant,
+    ) -> UnboundedReceiver<Listing> {
         let (tx, rx) = unbounded();
         state.handle(
             Msg::Watch {
@@ -726,7 +749,10 @@ mod tests {
         assert_eq!(log.borrow().forgotten, ["a.io/x"]);
         s.tick(now + RETIRE_GRACE + Duration::from_millis(1));
         assert_eq!(log.borrow().stopped, ["spookd-0.sock"]);
-        assert!(matches!(rx.try_next(), Ok(None)), "stream must end");
+        assert!(
+            rx.try_recv().is_err_and(|e| e.is_closed()),
+            "stream must end"
+        );
     }
 
     #[test]
@@ -808,10 +834,10 @@ mod tests {
         // The old server is dropped right after (deadline now), and its stream ended.
         s.tick(Instant::now());
         assert!(log.borrow().stopped.contains(&"spookd-0.sock".to_string()));
-        assert!(matches!(old.try_next(), Ok(None)));
+        assert!(old.try_recv().is_err_and(|e| e.is_closed()));
         // A watch on the replaced server is closed; on the new one it gets the list.
         let mut stale = watch(&mut s, "a.io/x", 0, now);
-        assert!(matches!(stale.try_next(), Ok(None)));
+        assert!(stale.try_recv().is_err_and(|e| e.is_closed()));
         let mut fresh = watch(&mut s, "a.io/x", 2, now);
         assert_eq!(drain(&mut fresh), [["1"]]);
     }
@@ -867,9 +893,15 @@ mod tests {
             result: Ok(()),
         };
         s.handle(reg("spookd-old.sock"), now);
-        assert_eq!(s.registrations()[&res("a.io/x")], Some(("spookd-0.sock".into(), false)));
+        assert_eq!(
+            s.registrations()[&res("a.io/x")],
+            Some(("spookd-0.sock".into(), false))
+        );
         s.handle(reg("spookd-0.sock"), now);
-        assert_eq!(s.registrations()[&res("a.io/x")], Some(("spookd-0.sock".into(), true)));
+        assert_eq!(
+            s.registrations()[&res("a.io/x")],
+            Some(("spookd-0.sock".into(), true))
+        );
     }
 
     #[test]

@@ -56,7 +56,10 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         if self.handle.is_some() && !self.join_timeout(STOP_WAIT) {
-            warn!("thread {} did not stop within {STOP_WAIT:?}; leaving it", self.name);
+            warn!(
+                "thread {} did not stop within {STOP_WAIT:?}; leaving it",
+                self.name
+            );
         }
     }
 }

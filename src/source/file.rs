@@ -25,7 +25,9 @@ impl FilePoller {
     /// Reads `path` at once, then every `interval`, and sends each new content to `state`.
     pub fn spawn(path: PathBuf, interval: Duration, state: Sender<Msg>) -> io::Result<Self> {
         let (stop, stopped) = crossbeam_channel::bounded(0);
-        let worker = Worker::spawn("spookd-config-file", move || run(&path, interval, &stopped, &state))?;
+        let worker = Worker::spawn("spookd-config-file", move || {
+            run(&path, interval, &stopped, &state)
+        })?;
         Ok(FilePoller {
             _stop: stop,
             _worker: worker,
@@ -96,7 +98,10 @@ mod tests {
         fs::write(&path, "deviceMapping: []\n").unwrap();
         assert!(matches!(rx.recv_timeout(t).unwrap(), Msg::Config { .. }));
         fs::write(&path, "deviceMapping: [\n").unwrap();
-        assert!(matches!(rx.recv_timeout(t).unwrap(), Msg::ConfigInvalid(ConfigError::Parse { .. })));
+        assert!(matches!(
+            rx.recv_timeout(t).unwrap(),
+            Msg::ConfigInvalid(ConfigError::Parse { .. })
+        ));
         // Unchanged content is not sent again.
         assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
         let start = Instant::now();

@@ -1,0 +1,10 @@
+//! Integration tests: the real spookd binary, real gRPC servers on real Unix sockets in temp dirs,
+//! driven by the kubelet stand-in (`spookd::sim`). Every wait is bounded.
+
+// Test helpers panic on purpose: that is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+mod cli;
+mod daemon;

@@ -1,0 +1,261 @@
+//! The harness: temp dirs, a ConfigMap-style config volume, the spookd process, the kubelet.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use spookd::sim::Kubelet;
+
+/// How long any wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The poll interval tests run spookd with.
+pub const POLL: &str = "50ms";
+
+/// A temporary directory, removed on drop. Kept short: Unix socket paths are limited to 108 bytes.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("spk-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A directory laid out as the kubelet lays out a ConfigMap volume: `config.yaml` links to
+/// `..data/config.yaml`, `..data` links to a timestamped directory, and an update writes a new
+/// directory and renames a new `..data` link over the old one (atomic), then removes the old one.
+pub struct ConfigVolume {
+    dir: PathBuf,
+    version: usize,
+}
+
+impl ConfigVolume {
+    pub fn new(dir: PathBuf, content: &str) -> ConfigVolume {
+        fs::create_dir_all(&dir).unwrap();
+        let mut v = ConfigVolume { dir, version: 0 };
+        v.write(content);
+        symlink("..data/config.yaml", v.dir.join("config.yaml")).unwrap();
+        v
+    }
+
+    /// The path spookd is given.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("config.yaml")
+    }
+
+    /// Swaps in new content the kubelet's way.
+    pub fn write(&mut self, content: &str) {
+        self.write_bytes(content.as_bytes());
+    }
+
+    pub fn write_bytes(&mut self, content: &[u8]) {
+        self.version += 1;
+        let new = format!(
+            "..2026_11_26_00_00_{:02}.{}",
+            self.version % 60,
+            self.version
+        );
+        fs::create_dir(self.dir.join(&new)).unwrap();
+        fs::write(self.dir.join(&new).join("config.yaml"), content).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        symlink(&new, &tmp).unwrap();
+        let old = fs::read_link(self.dir.join("..data")).ok();
+        fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        if let Some(old) = old {
+            fs::remove_dir_all(self.dir.join(old)).unwrap();
+        }
+    }
+}
+
+/// A running spookd; killed on drop. Its stderr (the log) goes to a file.
+pub struct Spookd {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Spookd {
+    /// Starts `spookd --config CONFIG --node-name NODE --device-plugin-dir DIR --poll-interval 50ms`.
+    pub fn start(config: &Path, node: &str, dir: &Path, log: PathBuf) -> Spookd {
+        let args = [
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--node-name".as_ref(),
+            node.as_ref(),
+            "--device-plugin-dir".as_ref(),
+            dir.as_os_str(),
+            "--poll-interval".as_ref(),
+            POLL.as_ref(),
+        ];
+        Spookd::start_args(&args, log)
+    }
+
+    pub fn start_args(args: &[&std::ffi::OsStr], log: PathBuf) -> Spookd {
+        let file = fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_spookd"))
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .env_remove("NODE_NAME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Spookd { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// spookd's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `text` at least `count` times.
+    pub fn wait_log(&self, text: &str, count: usize) -> bool {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.log().matches(text).count() >= count {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        while start.elapsed() < WAIT {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "spookd did not exit within {WAIT:?} of SIGTERM\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Spookd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A whole setup: temp dir, device-plugins dir with a kubelet stand-in, config volume, spookd.
+pub struct Setup {
+    pub tmp: TempDir,
+    pub kubelet: Kubelet,
+    pub config: ConfigVolume,
+    pub spookd: Spookd,
+}
+
+impl Setup {
+    pub fn new(node: &str, config: &str) -> Setup {
+        let tmp = TempDir::new();
+        let dp = tmp.join("dp");
+        fs::create_dir_all(&dp).unwrap();
+        let kubelet = Kubelet::start(&dp).unwrap();
+        let config = ConfigVolume::new(tmp.join("cm"), config);
+        let spookd = Spookd::start(&config.path(), node, &dp, tmp.join("spookd.log"));
+        Setup {
+            tmp,
+            kubelet,
+            config,
+            spookd,
+        }
+    }
+
+    pub fn dp(&self) -> PathBuf {
+        self.tmp.join("dp")
+    }
+
+    /// Waits until `resource` lists exactly `ids`; on failure shows what was seen and the log.
+    pub fn expect_devices(&self, resource: &str, ids: &[&str]) {
+        if let Err(seen) = self.kubelet.wait_devices(resource, ids, WAIT) {
+            panic!(
+                "{resource}: expected devices {ids:?}, last seen {seen:?}\n--- spookd log ---\n{}",
+                self.spookd.log()
+            );
+        }
+    }
+
+    /// Waits until exactly `resources` are registered and have sent a list.
+    pub fn expect_resources(&self, resources: &[&str]) {
+        let ok = self.kubelet.wait_until(WAIT, |k| {
+            let plugins = k.plugins();
+            plugins
+                .keys()
+                .map(String::as_str)
+                .eq(resources.iter().copied())
+                && plugins.values().all(|p| p.devices.is_some())
+        });
+        assert!(
+            ok,
+            "expected resources {resources:?}, have {:?}\n--- spookd log ---\n{}",
+            self.kubelet.plugins().keys().collect::<Vec<_>>(),
+            self.spookd.log()
+        );
+    }
+
+    /// The `spookd-*` files in the device-plugins dir, sorted.
+    pub fn own_sockets(&self) -> Vec<String> {
+        own_sockets(&self.dp())
+    }
+}
+
+pub fn own_sockets(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("spookd-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The seed's example: two resources on node1, one device each, and devices of another node.
+pub const SEED: &str = r#"
+deviceMapping:
+  - hosts: [node1, node2]
+    devices:
+      - resourceName: example.com/widget
+        instanceID: "0001"
+        env:
+          IP: 192.168.0.200
+          PORT: 12345
+      - resourceName: example.com/thingamajig
+        instanceID: "0001"
+  - hosts: [node3]
+    devices:
+      - resourceName: skao.int/oscilloscope
+        instanceID: "0001"
+"#;
