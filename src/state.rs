@@ -146,12 +146,12 @@ pub trait Backend {
     fn kubelet_socket(&self) -> Option<u64>;
 }
 
-/// A resource this node serves.
+/// A resource this node serves. Fields drop in order: streams end before their server shuts down.
 struct Served<S> {
-    devices: Listing,
+    streams: Vec<StreamSender>,
     /// `None` after a failed start; retried at the next check.
     server: Option<Live<S>>,
-    streams: Vec<StreamSender>,
+    devices: Listing,
 }
 
 struct Live<S> {
