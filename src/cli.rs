@@ -6,10 +6,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{InvalidValue, NodeName};
+use crate::source::kube::ApiOptions;
 
 pub const DEFAULT_CONFIG: &str = "/etc/spookd/config.yaml";
 pub const DEFAULT_DEVICE_PLUGIN_DIR: &str = "/var/lib/kubelet/device-plugins";
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_CONFIGMAP_KEY: &str = "config.yaml";
+pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub const DEFAULT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+pub const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub const HELP: &str = "\
 spookd: a Kubernetes device plugin for virtual devices declared in YAML
@@ -28,6 +33,19 @@ Options (each may instead come from the environment variable in brackets; a flag
                              [SPOOKD_DEVICE_PLUGIN_DIR] (default /var/lib/kubelet/device-plugins)
   --poll-interval DURATION   how often the config file is read, e.g. 250ms, 2s, 1m, 1m30s
                              [SPOOKD_POLL_INTERVAL] (default 1s)
+
+Config from a ConfigMap through the Kubernetes API instead of a file (not with --config):
+  --configmap NAMESPACE/NAME the ConfigMap to watch   [SPOOKD_CONFIGMAP]
+  --configmap-key KEY        its key holding the config   [SPOOKD_CONFIGMAP_KEY] (default config.yaml)
+  --api-server URL           https URL of the API server   [SPOOKD_API_SERVER]
+                             (default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)
+  --token-file PATH          bearer token, re-read on every request   [SPOOKD_TOKEN_FILE]
+                             (default /var/run/secrets/kubernetes.io/serviceaccount/token)
+  --ca-file PATH             the only CA trusted for the API server   [SPOOKD_CA_FILE]
+                             (default /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)
+  --watch-timeout DURATION   how long one watch request lasts; a silent connection is dropped
+                             after this plus a quarter   [SPOOKD_WATCH_TIMEOUT] (default 1m)
+
   -h, --help                 print this help
   -V, --version              print the version
 
@@ -52,10 +70,18 @@ pub enum Command {
 /// Options of the daemon.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RunOptions {
-    pub config: PathBuf,
+    pub source: Source,
     pub node_name: NodeName,
     pub device_plugin_dir: PathBuf,
-    pub poll_interval: Duration,
+}
+
+/// Where the config comes from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A file, polled (normally a key of a mounted ConfigMap).
+    File { path: PathBuf, poll_interval: Duration },
+    /// A ConfigMap watched through the API.
+    ConfigMap(ApiOptions),
 }
 
 /// A usage error. `from` names the flag or environment variable a value came from.
@@ -75,6 +101,12 @@ pub enum CliError {
     },
     NoHostName(std::io::Error),
     MissingPath,
+    /// --config and --configmap both given (flags or environment).
+    TwoSources,
+    BadConfigMap { from: &'static str, value: String },
+    BadApiServer { from: &'static str, value: String },
+    /// --configmap without --api-server outside a cluster.
+    NoApiServer,
 }
 
 impl fmt::Display for CliError {
@@ -94,6 +126,23 @@ impl fmt::Display for CliError {
                 "cannot read the host name ({e}); set --node-name or NODE_NAME"
             ),
             CliError::MissingPath => write!(f, "check needs the PATH of a config"),
+            CliError::TwoSources => write!(
+                f,
+                "--config and --configmap (or SPOOKD_CONFIG and SPOOKD_CONFIGMAP) exclude each \
+                 other: choose the file or the API"
+            ),
+            CliError::BadConfigMap { from, value } => write!(
+                f,
+                "{from}: {value:?} is not NAMESPACE/NAME (a namespace and a ConfigMap name)"
+            ),
+            CliError::BadApiServer { from, value } => {
+                write!(f, "{from}: {value:?} is not an https:// URL")
+            }
+            CliError::NoApiServer => write!(
+                f,
+                "--configmap needs --api-server outside a cluster (KUBERNETES_SERVICE_HOST and \
+                 KUBERNETES_SERVICE_PORT are not set)"
+            ),
         }
     }
 }
@@ -115,14 +164,26 @@ enum Flag {
     NodeName,
     DevicePluginDir,
     PollInterval,
+    ConfigMap,
+    ConfigMapKey,
+    ApiServer,
+    TokenFile,
+    CaFile,
+    WatchTimeout,
 }
 
 impl Flag {
-    const ALL: [Flag; 4] = [
+    const ALL: [Flag; 10] = [
         Flag::Config,
         Flag::NodeName,
         Flag::DevicePluginDir,
         Flag::PollInterval,
+        Flag::ConfigMap,
+        Flag::ConfigMapKey,
+        Flag::ApiServer,
+        Flag::TokenFile,
+        Flag::CaFile,
+        Flag::WatchTimeout,
     ];
 
     fn name(self) -> &'static str {
@@ -131,6 +192,12 @@ impl Flag {
             Flag::NodeName => "--node-name",
             Flag::DevicePluginDir => "--device-plugin-dir",
             Flag::PollInterval => "--poll-interval",
+            Flag::ConfigMap => "--configmap",
+            Flag::ConfigMapKey => "--configmap-key",
+            Flag::ApiServer => "--api-server",
+            Flag::TokenFile => "--token-file",
+            Flag::CaFile => "--ca-file",
+            Flag::WatchTimeout => "--watch-timeout",
         }
     }
 
@@ -140,6 +207,12 @@ impl Flag {
             Flag::NodeName => "NODE_NAME",
             Flag::DevicePluginDir => "SPOOKD_DEVICE_PLUGIN_DIR",
             Flag::PollInterval => "SPOOKD_POLL_INTERVAL",
+            Flag::ConfigMap => "SPOOKD_CONFIGMAP",
+            Flag::ConfigMapKey => "SPOOKD_CONFIGMAP_KEY",
+            Flag::ApiServer => "SPOOKD_API_SERVER",
+            Flag::TokenFile => "SPOOKD_TOKEN_FILE",
+            Flag::CaFile => "SPOOKD_CA_FILE",
+            Flag::WatchTimeout => "SPOOKD_WATCH_TIMEOUT",
         }
     }
 }
@@ -216,20 +289,74 @@ pub fn parse(
             node_name("the host name", host.trim().to_lowercase())?
         }
     };
-    let poll_interval = match value(Flag::PollInterval) {
+    let duration = |f: Flag, default: Duration| match value(f) {
         Some((from, v)) => match parse_duration(&v) {
-            Some(d) if !d.is_zero() => d,
-            _ => return Err(CliError::BadDuration { from, value: v }),
+            Some(d) if !d.is_zero() => Ok(d),
+            _ => Err(CliError::BadDuration { from, value: v }),
         },
-        None => DEFAULT_POLL_INTERVAL,
+        None => Ok(default),
+    };
+    let poll_interval = duration(Flag::PollInterval, DEFAULT_POLL_INTERVAL)?;
+    let source = match (value(Flag::Config), value(Flag::ConfigMap)) {
+        (Some(_), Some(_)) => return Err(CliError::TwoSources),
+        (_, Some((from, cm))) => {
+            let (namespace, name) = cm
+                .split_once('/')
+                .filter(|(ns, n)| is_namespace(ns) && is_object_name(n))
+                .ok_or_else(|| CliError::BadConfigMap { from, value: cm.clone() })?;
+            let server = match value(Flag::ApiServer) {
+                Some((from, url)) => api_server(from, url)?,
+                None => in_cluster_server(&env).ok_or(CliError::NoApiServer)?,
+            };
+            Source::ConfigMap(ApiOptions {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                key: value(Flag::ConfigMapKey)
+                    .map_or_else(|| DEFAULT_CONFIGMAP_KEY.to_owned(), |(_, v)| v),
+                server,
+                token_file: value(Flag::TokenFile)
+                    .map_or_else(|| DEFAULT_TOKEN_FILE.into(), |(_, v)| v.into()),
+                ca_file: value(Flag::CaFile).map_or_else(|| DEFAULT_CA_FILE.into(), |(_, v)| v.into()),
+                watch_timeout: duration(Flag::WatchTimeout, DEFAULT_WATCH_TIMEOUT)?,
+            })
+        }
+        (config, None) => Source::File {
+            path: config.map_or_else(|| DEFAULT_CONFIG.into(), |(_, v)| v.into()),
+            poll_interval,
+        },
     };
     Ok(Command::Run(RunOptions {
-        config: value(Flag::Config).map_or_else(|| DEFAULT_CONFIG.into(), |(_, v)| v.into()),
+        source,
         node_name,
         device_plugin_dir: value(Flag::DevicePluginDir)
             .map_or_else(|| DEFAULT_DEVICE_PLUGIN_DIR.into(), |(_, v)| v.into()),
-        poll_interval,
     }))
+}
+
+/// A namespace: an RFC 1123 label.
+fn is_namespace(s: &str) -> bool {
+    NodeName::try_from(s.to_owned()).is_ok() && !s.contains('.')
+}
+
+/// A ConfigMap name: an RFC 1123 subdomain (the same rule as node names).
+fn is_object_name(s: &str) -> bool {
+    NodeName::try_from(s.to_owned()).is_ok()
+}
+
+fn api_server(from: &'static str, url: String) -> Result<String, CliError> {
+    let trimmed = url.trim_end_matches('/');
+    match trimmed.strip_prefix("https://") {
+        Some(rest) if !rest.is_empty() && !rest.contains(['/', '?', '#', ' ']) => Ok(trimmed.to_owned()),
+        _ => Err(CliError::BadApiServer { from, value: url }),
+    }
+}
+
+/// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`, as client-go builds it.
+fn in_cluster_server(env: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    let host = env("KUBERNETES_SERVICE_HOST").filter(|h| !h.is_empty())?;
+    let port = env("KUBERNETES_SERVICE_PORT").filter(|p| !p.is_empty())?;
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    Some(format!("https://{host}:{port}"))
 }
 
 fn node_name(from: &'static str, value: String) -> Result<NodeName, CliError> {
@@ -304,10 +431,12 @@ mod tests {
         assert_eq!(
             opts(&[], &[]),
             RunOptions {
-                config: DEFAULT_CONFIG.into(),
+                source: Source::File {
+                    path: DEFAULT_CONFIG.into(),
+                    poll_interval: Duration::from_secs(1)
+                },
                 node_name: node("my-host"),
                 device_plugin_dir: DEFAULT_DEVICE_PLUGIN_DIR.into(),
-                poll_interval: Duration::from_secs(1),
             }
         );
     }
@@ -323,10 +452,12 @@ mod tests {
         assert_eq!(
             opts(&[], &env),
             RunOptions {
-                config: "/env.yaml".into(),
+                source: Source::File {
+                    path: "/env.yaml".into(),
+                    poll_interval: Duration::from_secs(2)
+                },
                 node_name: node("env-node"),
                 device_plugin_dir: "/env/dp".into(),
-                poll_interval: Duration::from_secs(2),
             }
         );
         let o = opts(
@@ -343,10 +474,12 @@ mod tests {
         assert_eq!(
             o,
             RunOptions {
-                config: "/f.yaml".into(),
+                source: Source::File {
+                    path: "/f.yaml".into(),
+                    poll_interval: Duration::from_millis(250)
+                },
                 node_name: node("flag-node"),
                 device_plugin_dir: "/dp".into(),
-                poll_interval: Duration::from_millis(250),
             }
         );
     }
@@ -380,6 +513,68 @@ mod tests {
             e(&["check", "--config", "x", "a"], &[]),
             "unexpected argument \"--config\" (see --help)"
         );
+    }
+
+    #[test]
+    fn configmap_source_in_cluster_defaults_and_overrides() {
+        let in_cluster = [("KUBERNETES_SERVICE_HOST", "10.96.0.1"), ("KUBERNETES_SERVICE_PORT", "443")];
+        let o = opts(&["--configmap", "spookd/spookd-device-plugin"], &in_cluster);
+        assert_eq!(
+            o.source,
+            Source::ConfigMap(ApiOptions {
+                namespace: "spookd".into(),
+                name: "spookd-device-plugin".into(),
+                key: "config.yaml".into(),
+                server: "https://10.96.0.1:443".into(),
+                token_file: DEFAULT_TOKEN_FILE.into(),
+                ca_file: DEFAULT_CA_FILE.into(),
+                watch_timeout: Duration::from_secs(60),
+            })
+        );
+        let v6 = [("KUBERNETES_SERVICE_HOST", "fd00::1"), ("KUBERNETES_SERVICE_PORT", "443")];
+        let Source::ConfigMap(api) = opts(&["--configmap", "a/b"], &v6).source else { panic!() };
+        assert_eq!(api.server, "https://[fd00::1]:443");
+        let env = [
+            ("SPOOKD_CONFIGMAP", "ns/cm"),
+            ("SPOOKD_CONFIGMAP_KEY", "k.yaml"),
+            ("SPOOKD_API_SERVER", "https://127.0.0.1:6443/"),
+            ("SPOOKD_TOKEN_FILE", "/t"),
+            ("SPOOKD_CA_FILE", "/ca"),
+            ("SPOOKD_WATCH_TIMEOUT", "5s"),
+        ];
+        assert_eq!(
+            opts(&[], &env).source,
+            Source::ConfigMap(ApiOptions {
+                namespace: "ns".into(),
+                name: "cm".into(),
+                key: "k.yaml".into(),
+                server: "https://127.0.0.1:6443".into(),
+                token_file: "/t".into(),
+                ca_file: "/ca".into(),
+                watch_timeout: Duration::from_secs(5),
+            })
+        );
+    }
+
+    #[test]
+    fn configmap_source_errors() {
+        let e = |args: &[&str], env: &[(&str, &str)]| run(args, env).unwrap_err().to_string();
+        assert!(e(&["--config", "a", "--configmap", "n/c"], &[]).starts_with("--config and --configmap"));
+        assert!(e(&["--configmap", "n/c"], &[("SPOOKD_CONFIG", "x")]).starts_with("--config and --configmap"));
+        assert_eq!(
+            e(&["--configmap", "n/c"], &[]),
+            "--configmap needs --api-server outside a cluster (KUBERNETES_SERVICE_HOST and \
+             KUBERNETES_SERVICE_PORT are not set)"
+        );
+        for bad in ["nc", "n/", "/c", "N/c", "n.x/c", "n/c/d"] {
+            assert!(e(&["--configmap", bad, "--api-server", "https://h"], &[]).contains("is not NAMESPACE/NAME"), "{bad}");
+        }
+        for bad in ["http://h:1", "h:1", "https://", "https://h/path"] {
+            assert_eq!(
+                e(&["--configmap", "n/c", "--api-server", bad], &[]),
+                format!("--api-server: {bad:?} is not an https:// URL")
+            );
+        }
     }
 
     #[test]

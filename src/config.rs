@@ -64,6 +64,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The ConfigMap has no such key.
+    MissingKey { origin: String, key: String },
     /// The config is empty (or only whitespace and comments).
     Empty { origin: String },
     /// Not YAML, or not the deviceMapping shape, or a field breaks its rule. serde_yaml's message
@@ -102,6 +104,9 @@ impl fmt::Display for ConfigError {
         match self {
             ConfigError::Read { path, source } => {
                 write!(f, "cannot read config {}: {source}", path.display())
+            }
+            ConfigError::MissingKey { origin, key } => {
+                write!(f, "{origin}: the ConfigMap has no key {key}")
             }
             ConfigError::Empty { origin } => write!(
                 f,
@@ -150,6 +155,7 @@ impl std::error::Error for ConfigError {
             ConfigError::Read { source, .. } => Some(source),
             ConfigError::Parse { source, .. } => Some(source),
             ConfigError::Empty { .. }
+            | ConfigError::MissingKey { .. }
             | ConfigError::UnquotedInstanceId { .. }
             | ConfigError::ConflictingEnv { .. }
             | ConfigError::PrefixCollision { .. } => None,

@@ -10,11 +10,12 @@ use log::{error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use spookd::cli::{self, CliError, Command, RunOptions};
+use spookd::cli::{self, CliError, Command, RunOptions, Source};
 use spookd::config::{Config, ConfigError};
 use spookd::kubelet::Watcher;
 use spookd::plugin::{self, GrpcBackend};
 use spookd::source::file::FilePoller;
+use spookd::source::kube::ApiSource;
 use spookd::state::{self, Msg, State};
 use spookd::worker::Worker;
 use spookd::{check, VERSION};
@@ -115,11 +116,22 @@ fn serve(opts: RunOptions) -> Result<(), MainError> {
         error!("panic: {info}; aborting");
         std::process::abort();
     }));
+    let source = match &opts.source {
+        Source::File {
+            path,
+            poll_interval,
+        } => format!("config file {} (polled every {poll_interval:?})", path.display()),
+        Source::ConfigMap(api) => format!(
+            "{} from {} (CA {}, token {})",
+            api.origin(),
+            api.server,
+            api.ca_file.display(),
+            api.token_file.display()
+        ),
+    };
     info!(
-        "spookd {VERSION} starting: node {}, config file {} (polled every {:?}), device-plugins dir {}",
+        "spookd {VERSION} starting: node {}, {source}, device-plugins dir {}",
         opts.node_name,
-        opts.config.display(),
-        opts.poll_interval,
         opts.device_plugin_dir.display()
     );
     let dir = opts.device_plugin_dir;
@@ -141,18 +153,34 @@ fn serve(opts: RunOptions) -> Result<(), MainError> {
         .map_err(startup("start the state thread"))?;
     let watcher =
         Watcher::spawn(&dir, tx.clone()).map_err(startup("watch the device-plugins dir"))?;
-    let poller = FilePoller::spawn(opts.config, opts.poll_interval, tx.clone())
-        .map_err(startup("start the config file poller"))?;
+    // Exactly one source runs; the handles stop their threads when dropped.
+    let (file_source, api_source) = match opts.source {
+        Source::File {
+            path,
+            poll_interval,
+        } => {
+            let poller = FilePoller::spawn(path, poll_interval, tx.clone())
+                .map_err(startup("start the config file poller"))?;
+            (Some(poller), None)
+        }
+        Source::ConfigMap(api) => {
+            let watch =
+                ApiSource::spawn(api, tx.clone()).map_err(startup("start the API watch"))?;
+            (None, Some(watch))
+        }
+    };
 
     let mut signals = signals;
     if let Some(signal) = signals.forever().next() {
         info!("received signal {signal}; stopping");
     }
-    drop(poller);
-    drop(watcher);
+    // The state thread first: it removes our sockets. Then the inputs, which may be blocked.
     let _ = tx.send(Msg::Shutdown);
     if !state_thread.join_timeout(SHUTDOWN_WAIT) {
         warn!("state thread did not stop within {SHUTDOWN_WAIT:?}; exiting anyway");
     }
+    drop(file_source);
+    drop(api_source);
+    drop(watcher);
     Ok(())
 }

@@ -17,6 +17,7 @@ pub const STOP_WAIT: Duration = Duration::from_millis(500);
 /// A running named thread.
 pub struct Worker {
     name: String,
+    stop_wait: Duration,
     handle: Option<JoinHandle<()>>,
     /// Disconnected once the thread's closure has returned (or unwound).
     done: Receiver<()>,
@@ -34,9 +35,17 @@ impl Worker {
             })?;
         Ok(Worker {
             name: name.to_owned(),
+            stop_wait: STOP_WAIT,
             handle: Some(handle),
             done,
         })
+    }
+
+    /// Sets how long dropping the handle waits (default [`STOP_WAIT`]): shorter for a thread that
+    /// may sit in a blocking network read when the process is exiting anyway.
+    pub fn stop_wait(mut self, wait: Duration) -> Self {
+        self.stop_wait = wait;
+        self
     }
 
     /// Waits up to `timeout` for the thread to end; true if it did.

@@ -2,3 +2,4 @@
 //! sends the result to the state thread; the state thread never parses.
 
 pub mod file;
+pub mod kube;

@@ -1,0 +1,764 @@
+//! The API source: watches one ConfigMap through the Kubernetes API over plain HTTPS.
+//!
+//! A list-then-watch loop on the `spookd-config-api` thread: LIST the one ConfigMap (by
+//! `fieldSelector=metadata.name=NAME`, so a missing ConfigMap still yields a resourceVersion to
+//! watch from), then WATCH from that version with bookmarks, streaming events line by line.
+//! ADDED/MODIFIED carry new content; BOOKMARK advances the version; a 410 (as an ERROR event or an
+//! HTTP status) means the version is too old: list again. A watch that ends normally is resumed
+//! from the last version. Errors back off exponentially with jitter (429 honours Retry-After) and
+//! never end the thread; the last good config stays in force meanwhile.
+//!
+//! The server is trusted only if the CA file vouches for it; the token is read from its file on
+//! every request, so rotated service-account tokens are picked up. Responses are JSON, which
+//! serde_yaml reads (JSON is YAML 1.2), so no JSON crate is needed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use log::{debug, info, warn};
+use serde::Deserialize;
+
+use crate::config::{Config, ConfigError};
+use crate::plugin::random_unit;
+use crate::state::Msg;
+use crate::worker::Worker;
+
+/// Largest single watch event (a ConfigMap is at most 1 MiB of data, JSON-escaped).
+const MAX_LINE: u64 = 4 << 20;
+/// Largest LIST response.
+const MAX_BODY: u64 = 8 << 20;
+/// First wait after a failure, and the longest.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest a 429's Retry-After is honoured for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Connecting and a LIST must finish within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which ConfigMap, which key, and how to reach and trust the API server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiOptions {
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+    /// `https://host:port`, no trailing slash.
+    pub server: String,
+    pub token_file: PathBuf,
+    pub ca_file: PathBuf,
+    /// The watch's `timeoutSeconds`; a read that waits longer than this plus a quarter (and 1 s)
+    /// means the connection is dead.
+    pub watch_timeout: Duration,
+}
+
+impl ApiOptions {
+    /// How config errors name this source.
+    pub fn origin(&self) -> String {
+        format!("ConfigMap {}/{} key {}", self.namespace, self.name, self.key)
+    }
+
+    fn read_timeout(&self) -> Duration {
+        self.watch_timeout + self.watch_timeout / 4 + Duration::from_secs(1)
+    }
+}
+
+/// Why a request to the API server failed.
+#[derive(Debug)]
+pub enum ApiError {
+    /// The token file could not be read.
+    Token { path: PathBuf, source: io::Error },
+    /// The CA file could not be read or holds no certificate.
+    Ca { path: PathBuf, source: io::Error },
+    /// Connecting, TLS (including an untrusted server certificate), or reading failed.
+    Transport { url: String, source: ureq::Error },
+    /// The server answered with an error status.
+    Status {
+        url: String,
+        code: u16,
+        retry_after: Option<Duration>,
+        body: String,
+    },
+    /// The response was not what the API returns.
+    Decode { url: String, source: serde_yaml::Error },
+    /// Reading the watch stream failed.
+    Read { url: String, source: io::Error },
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Token { path, source } => {
+                write!(f, "cannot read the token file {}: {source}", path.display())
+            }
+            ApiError::Ca { path, source } => {
+                write!(f, "cannot load the CA file {}: {source}", path.display())
+            }
+            ApiError::Transport { url, source } => write!(f, "{url}: {source}"),
+            ApiError::Status {
+                url, code, body, ..
+            } => write!(f, "{url}: HTTP {code}: {}", body.trim()),
+            ApiError::Decode { url, source } => write!(f, "{url}: unexpected response: {source}"),
+            ApiError::Read { url, source } => write!(f, "{url}: reading the watch: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ApiError::Token { source, .. }
+            | ApiError::Ca { source, .. }
+            | ApiError::Read { source, .. } => Some(source),
+            ApiError::Transport { source, .. } => Some(source),
+            ApiError::Decode { source, .. } => Some(source),
+            ApiError::Status { .. } => None,
+        }
+    }
+}
+
+impl ApiError {
+    fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A ConfigMap, as much of it as spookd reads.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct ConfigMap {
+    #[serde(default)]
+    pub metadata: Meta,
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    #[serde(default, rename = "resourceVersion")]
+    pub resource_version: String,
+}
+
+#[derive(Deserialize)]
+struct ConfigMapList {
+    #[serde(default)]
+    metadata: Meta,
+    #[serde(default)]
+    items: Vec<ConfigMap>,
+}
+
+/// A `metav1.Status`, as an ERROR watch event carries it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    #[serde(default)]
+    pub code: u16,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// One line of a watch stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Added(ConfigMap),
+    Modified(ConfigMap),
+    Deleted(ConfigMap),
+    Bookmark(String),
+    Error(Status),
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    object: serde_yaml::Value,
+}
+
+/// Parses one watch line.
+pub fn parse_event(line: &str) -> Result<Event, serde_yaml::Error> {
+    let raw: RawEvent = serde_yaml::from_str(line)?;
+    let object = raw.object;
+    Ok(match raw.kind.as_str() {
+        "ADDED" => Event::Added(serde_yaml::from_value(object)?),
+        "MODIFIED" => Event::Modified(serde_yaml::from_value(object)?),
+        "DELETED" => Event::Deleted(serde_yaml::from_value(object)?),
+        "BOOKMARK" => {
+            let cm: ConfigMap = serde_yaml::from_value(object)?;
+            Event::Bookmark(cm.metadata.resource_version)
+        }
+        "ERROR" => Event::Error(serde_yaml::from_value(object)?),
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "unknown watch event type {other:?}"
+            )))
+        }
+    })
+}
+
+/// The API calls the watch loop makes; the real one is [`HttpApi`].
+pub trait Api {
+    /// The ConfigMap (if it exists) and the list's resourceVersion.
+    fn list(&mut self) -> Result<(Option<ConfigMap>, String), ApiError>;
+    /// Opens a watch from `version`; yields events until the server ends it.
+    fn watch(
+        &mut self,
+        version: &str,
+    ) -> Result<Box<dyn Iterator<Item = Result<Event, ApiError>>>, ApiError>;
+}
+
+/// Handle of the API watch thread (`spookd-config-api`). Dropping it stops the thread; a read
+/// blocked on the network is not waited for long (the process is exiting).
+pub struct ApiSource {
+    _stop: Sender<()>,
+    _worker: Worker,
+}
+
+impl ApiSource {
+    pub fn spawn(opts: ApiOptions, state: Sender<Msg>) -> io::Result<Self> {
+        let (stop, stopped) = crossbeam_channel::bounded(0);
+        let worker = Worker::spawn("spookd-config-api", move || {
+            let (origin, key) = (opts.origin(), opts.key.clone());
+            let mut api = HttpApi::new(opts);
+            Watch::new(origin, key, &state, &stopped).run(&mut api);
+        })?
+        .stop_wait(Duration::from_millis(100));
+        Ok(ApiSource {
+            _stop: stop,
+            _worker: worker,
+        })
+    }
+}
+
+/// The list-then-watch loop, generic over the API so it can be tested without a server.
+pub struct Watch<'a> {
+    origin: String,
+    key: String,
+    state: &'a Sender<Msg>,
+    stop: &'a Receiver<()>,
+    /// The content last sent to the state thread (`None`: nothing, or the ConfigMap was absent).
+    last: Option<Option<String>>,
+    backoff: Duration,
+}
+
+/// What to do after the watch on a version ended.
+enum Next {
+    Relist,
+    Rewatch(String),
+}
+
+impl<'a> Watch<'a> {
+    pub fn new(origin: String, key: String, state: &'a Sender<Msg>, stop: &'a Receiver<()>) -> Self {
+        Watch {
+            origin,
+            key,
+            state,
+            stop,
+            last: None,
+            backoff: FIRST_BACKOFF,
+        }
+    }
+
+    /// Runs until stopped or the state thread is gone.
+    pub fn run(&mut self, api: &mut dyn Api) {
+        let mut next = Next::Relist;
+        loop {
+            next = match next {
+                Next::Relist => match api.list() {
+                    Ok((cm, version)) => {
+                        self.backoff = FIRST_BACKOFF;
+                        debug!("{}: listed at resourceVersion {version}", self.origin);
+                        if !self.apply(cm.as_ref()) {
+                            return;
+                        }
+                        Next::Rewatch(version)
+                    }
+                    Err(e) => match self.failed(&e) {
+                        true => Next::Relist,
+                        false => return,
+                    },
+                },
+                Next::Rewatch(version) => match self.watch(api, version) {
+                    Some(next) => next,
+                    None => return,
+                },
+            };
+            if self.stopped(Duration::ZERO) {
+                return;
+            }
+        }
+    }
+
+    /// One watch from `version`. `None` when the thread must end.
+    fn watch(&mut self, api: &mut dyn Api, mut version: String) -> Option<Next> {
+        let events = match api.watch(&version) {
+            Ok(events) => events,
+            Err(e) if e.status() == Some(410) => {
+                info!("{}: resourceVersion {version} expired (410); listing again", self.origin);
+                return Some(Next::Relist);
+            }
+            Err(e) => return self.failed(&e).then_some(Next::Rewatch(version)),
+        };
+        for event in events {
+            let cm = match event {
+                Ok(Event::Added(cm) | Event::Modified(cm)) => Some(cm),
+                Ok(Event::Deleted(cm)) => {
+                    version = cm.metadata.resource_version;
+                    if !self.apply(None) {
+                        return None;
+                    }
+                    continue;
+                }
+                Ok(Event::Bookmark(v)) => {
+                    version = v;
+                    continue;
+                }
+                Ok(Event::Error(status)) if status.code == 410 => {
+                    info!("{}: watch expired ({}); listing again", self.origin, status.reason);
+                    return Some(Next::Relist);
+                }
+                Ok(Event::Error(status)) => {
+                    warn!(
+                        "{}: watch error {} {}: {}",
+                        self.origin, status.code, status.reason, status.message
+                    );
+                    return self.wait().then_some(Next::Relist);
+                }
+                Err(e) => return self.failed(&e).then_some(Next::Rewatch(version)),
+            };
+            if let Some(cm) = cm {
+                version.clone_from(&cm.metadata.resource_version);
+                if !self.apply(Some(&cm)) {
+                    return None;
+                }
+            }
+            self.backoff = FIRST_BACKOFF;
+        }
+        debug!("{}: watch ended; resuming from {version}", self.origin);
+        Some(Next::Rewatch(version))
+    }
+
+    /// Sends new content to the state thread. False when the state thread is gone.
+    fn apply(&mut self, cm: Option<&ConfigMap>) -> bool {
+        let Some(cm) = cm else {
+            if self.last != Some(None) {
+                warn!(
+                    "{}: the ConfigMap does not exist (deleted?); keeping the last good config",
+                    self.origin
+                );
+                self.last = Some(None);
+            }
+            return true;
+        };
+        let text = cm.data.get(&self.key).cloned();
+        if self.last.as_ref() == Some(&text) && text.is_some() {
+            return true;
+        }
+        let msg = match &text {
+            Some(text) => match Config::parse(text.as_bytes(), &self.origin) {
+                Ok(config) => Msg::Config {
+                    origin: self.origin.clone(),
+                    config,
+                },
+                Err(e) => Msg::ConfigInvalid(e),
+            },
+            None => Msg::ConfigInvalid(ConfigError::MissingKey {
+                origin: self.origin.clone(),
+                key: self.key.clone(),
+            }),
+        };
+        self.last = Some(text);
+        self.state.send(msg).is_ok()
+    }
+
+    /// Logs a failure and waits before the next attempt. False when stopped.
+    fn failed(&mut self, e: &ApiError) -> bool {
+        let hint = match e.status() {
+            Some(401) => " (token rejected: it is re-read from its file on the next attempt)",
+            Some(403) => {
+                " (spookd's ServiceAccount needs get, list and watch on this ConfigMap: see the \
+                 Role in manifests/)"
+            }
+            _ => "",
+        };
+        warn!("{}: {e}{hint}; retrying", self.origin);
+        if let ApiError::Status {
+            code: 429,
+            retry_after: Some(after),
+            ..
+        } = e
+        {
+            return !self.stopped((*after).min(MAX_RETRY_AFTER));
+        }
+        self.wait()
+    }
+
+    /// Waits the current backoff (with up to a quarter of jitter) and doubles it.
+    fn wait(&mut self) -> bool {
+        let wait = self.backoff + self.backoff.mul_f64(random_unit() * 0.25);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        !self.stopped(wait)
+    }
+
+    fn stopped(&self, wait: Duration) -> bool {
+        match self.stop.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => false,
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+        }
+    }
+}
+
+/// The real API client: ureq over rustls, trusting only the CA file.
+pub struct HttpApi {
+    opts: ApiOptions,
+}
+
+impl HttpApi {
+    pub fn new(opts: ApiOptions) -> Self {
+        HttpApi { opts }
+    }
+
+    fn url(&self, watch: Option<&str>) -> String {
+        let o = &self.opts;
+        let mut url = format!(
+            "{}/api/v1/namespaces/{}/configmaps?fieldSelector=metadata.name%3D{}",
+            o.server, o.namespace, o.name
+        );
+        if let Some(version) = watch {
+            url.push_str(&format!(
+                "&watch=true&allowWatchBookmarks=true&timeoutSeconds={}&resourceVersion={version}",
+                o.watch_timeout.as_secs().max(1)
+            ));
+        }
+        url
+    }
+
+    /// An agent trusting only the CA file (re-read each time, so a rotated CA is picked up).
+    fn agent(&self, read_timeout: Option<Duration>) -> Result<ureq::Agent, ApiError> {
+        let path = &self.opts.ca_file;
+        let ca_err = |source| ApiError::Ca {
+            path: path.clone(),
+            source,
+        };
+        let pem = std::fs::read(path).map_err(ca_err)?;
+        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(ca_err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no PEM certificate in it",
+            )));
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::Rustls)
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .build();
+        Ok(ureq::Agent::config_builder()
+            .tls_config(tls)
+            .https_only(true)
+            .proxy(None)
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .timeout_connect(Some(REQUEST_TIMEOUT))
+            .timeout_recv_response(Some(REQUEST_TIMEOUT))
+            .timeout_per_read(read_timeout)
+            .build()
+            .new_agent())
+    }
+
+    fn get(
+        &self,
+        url: &str,
+        read_timeout: Duration,
+    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
+        let token_file = &self.opts.token_file;
+        let token = std::fs::read_to_string(token_file).map_err(|source| ApiError::Token {
+            path: token_file.clone(),
+            source,
+        })?;
+        let response = self
+            .agent(Some(read_timeout))?
+            .get(url)
+            .header("Authorization", format!("Bearer {}", token.trim()))
+            .header("Accept", "application/json")
+            .call()
+            .map_err(|source| ApiError::Transport {
+                url: url.to_owned(),
+                source,
+            })?;
+        let code = response.status().as_u16();
+        if (200..300).contains(&code) {
+            return Ok(response);
+        }
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let mut body = String::new();
+        let _ = response
+            .into_body()
+            .into_reader()
+            .take(4096)
+            .read_to_string(&mut body);
+        Err(ApiError::Status {
+            url: url.to_owned(),
+            code,
+            retry_after,
+            body,
+        })
+    }
+}
+
+impl Api for HttpApi {
+    fn list(&mut self) -> Result<(Option<ConfigMap>, String), ApiError> {
+        let url = self.url(None);
+        let response = self.get(&url, REQUEST_TIMEOUT)?;
+        let mut body = Vec::new();
+        response
+            .into_body()
+            .into_reader()
+            .take(MAX_BODY)
+            .read_to_end(&mut body)
+            .map_err(|source| ApiError::Read {
+                url: url.clone(),
+                source,
+            })?;
+        let list: ConfigMapList =
+            serde_yaml::from_slice(&body).map_err(|source| ApiError::Decode { url, source })?;
+        Ok((list.items.into_iter().next(), list.metadata.resource_version))
+    }
+
+    fn watch(
+        &mut self,
+        version: &str,
+    ) -> Result<Box<dyn Iterator<Item = Result<Event, ApiError>>>, ApiError> {
+        let url = self.url(Some(version));
+        let response = self.get(&url, self.opts.read_timeout())?;
+        let reader = BufReader::new(response.into_body().into_reader());
+        Ok(Box::new(Lines { reader, url, done: false }))
+    }
+}
+
+/// The events of a watch response, one JSON object a line.
+struct Lines<R> {
+    reader: BufReader<R>,
+    url: String,
+    done: bool,
+}
+
+impl<R: Read> Iterator for Lines<R> {
+    type Item = Result<Event, ApiError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            let mut line = Vec::new();
+            let read = (&mut self.reader)
+                .take(MAX_LINE)
+                .read_until(b'\n', &mut line);
+            let n = match read {
+                Ok(n) => n,
+                Err(source) => {
+                    self.done = true;
+                    return Some(Err(ApiError::Read {
+                        url: self.url.clone(),
+                        source,
+                    }));
+                }
+            };
+            if n == 0 {
+                self.done = true;
+                return None;
+            }
+            if line.last() != Some(&b'\n') && n as u64 == MAX_LINE {
+                self.done = true;
+                let source = io::Error::new(io::ErrorKind::InvalidData, "event over 4 MiB");
+                return Some(Err(ApiError::Read {
+                    url: self.url.clone(),
+                    source,
+                }));
+            }
+            let text = String::from_utf8_lossy(&line);
+            if text.trim().is_empty() {
+                continue;
+            }
+            return Some(parse_event(&text).map_err(|source| {
+                self.done = true;
+                ApiError::Decode {
+                    url: self.url.clone(),
+                    source,
+                }
+            }));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    #[test]
+    fn parses_watch_events_written_as_json() {
+        let cm = r#"{"type":"MODIFIED","object":{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"c","namespace":"n","resourceVersion":"42","uid":"x","managedFields":[{"a":1}]},"data":{"config.yaml":"deviceMapping:\n- hosts: [\"a\"]\n  devices: []\n# caf\u00e9 \/ \t tab\n"}}}"#;
+        let Event::Modified(cm) = parse_event(cm).unwrap() else { panic!() };
+        assert_eq!(cm.metadata.resource_version, "42");
+        assert_eq!(
+            cm.data["config.yaml"],
+            "deviceMapping:\n- hosts: [\"a\"]\n  devices: []\n# café / \t tab\n"
+        );
+        assert_eq!(
+            parse_event(r#"{"type":"BOOKMARK","object":{"kind":"ConfigMap","metadata":{"resourceVersion":"77"}}}"#).unwrap(),
+            Event::Bookmark("77".into())
+        );
+        assert_eq!(
+            parse_event(r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure","message":"too old resource version: 1 (5)","reason":"Expired","code":410}}"#).unwrap(),
+            Event::Error(Status { code: 410, reason: "Expired".into(), message: "too old resource version: 1 (5)".into() })
+        );
+        assert!(parse_event(r#"{"type":"WHAT","object":{}}"#).is_err());
+        assert!(parse_event("not json at all {").is_err());
+    }
+
+    #[test]
+    fn parses_a_large_value() {
+        let big = "x".repeat(200_000);
+        let line = format!(r#"{{"type":"ADDED","object":{{"metadata":{{"resourceVersion":"1"}},"data":{{"k":"{big}"}}}}}}"#);
+        let Event::Added(cm) = parse_event(&line).unwrap() else { panic!() };
+        assert_eq!(cm.data["k"].len(), 200_000);
+    }
+
+    /// Scripted API: each call takes the next answer; when out of answers it stops the loop.
+    struct Fake {
+        lists: VecDeque<Result<(Option<ConfigMap>, String), ApiError>>,
+        watches: VecDeque<Result<Vec<Result<Event, ApiError>>, ApiError>>,
+        calls: Vec<String>,
+        stop: Option<Sender<()>>,
+    }
+
+    impl Api for Fake {
+        fn list(&mut self) -> Result<(Option<ConfigMap>, String), ApiError> {
+            self.calls.push("list".into());
+            self.lists.pop_front().unwrap_or_else(|| {
+                self.stop = None;
+                Err(status(503))
+            })
+        }
+        fn watch(&mut self, v: &str) -> Result<Box<dyn Iterator<Item = Result<Event, ApiError>>>, ApiError> {
+            self.calls.push(format!("watch {v}"));
+            match self.watches.pop_front() {
+                Some(Ok(events)) => Ok(Box::new(events.into_iter())),
+                Some(Err(e)) => Err(e),
+                None => {
+                    self.stop = None;
+                    Err(status(503))
+                }
+            }
+        }
+    }
+
+    fn status(code: u16) -> ApiError {
+        ApiError::Status { url: "u".into(), code, retry_after: Some(Duration::ZERO), body: String::new() }
+    }
+
+    fn cm(version: &str, text: Option<&str>) -> ConfigMap {
+        let mut data = BTreeMap::new();
+        if let Some(t) = text {
+            data.insert("config.yaml".to_string(), t.to_string());
+        }
+        ConfigMap { metadata: Meta { resource_version: version.into() }, data }
+    }
+
+    const A: &str = "deviceMapping: []\n";
+    const B: &str = "deviceMapping:\n- hosts: [n]\n  devices: []\n";
+
+    /// Runs the loop until the fake runs out of answers; returns what reached the state thread.
+    fn run(fake: &mut Fake) -> Vec<String> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        fake.stop = Some(stop_tx);
+        let mut watch = Watch::new("ConfigMap n/c key config.yaml".into(), "config.yaml".into(), &tx, &stop);
+        watch.backoff = Duration::from_millis(1);
+        watch.run(fake);
+        rx.try_iter()
+            .map(|m| match m {
+                Msg::Config { config, .. } => format!("config {} nodes", config.nodes().count()),
+                Msg::ConfigInvalid(e) => format!("invalid: {e}"),
+                _ => "other".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lists_then_watches_relists_on_410_and_resumes_after_bookmarks() {
+        let mut fake = Fake {
+            lists: VecDeque::from([Ok((Some(cm("5", Some(A))), "5".into())), Err(status(500)), Ok((Some(cm("9", Some(B))), "9".into()))]),
+            watches: VecDeque::from([
+                Ok(vec![Ok(Event::Bookmark("6".into())), Ok(Event::Modified(cm("7", Some(B)))), Ok(Event::Modified(cm("8", Some(B))))]),
+                Ok(vec![Ok(Event::Error(Status { code: 410, reason: "Expired".into(), message: String::new() }))]),
+                Err(status(410)),
+            ]),
+            calls: Vec::new(),
+            stop: None,
+        };
+        let sent = run(&mut fake);
+        assert_eq!(&fake.calls[..7], ["list", "watch 5", "watch 8", "list", "list", "watch 9", "list"]);
+        // A, then B; the same B again is not re-sent (dedupe), nor after the relist.
+        assert_eq!(sent, ["config 0 nodes", "config 1 nodes"]);
+    }
+
+    #[test]
+    fn missing_key_is_invalid_and_deletion_keeps_the_last_config() {
+        let mut fake = Fake {
+            lists: VecDeque::from([Ok((None, "1".into()))]),
+            watches: VecDeque::from([Ok(vec![
+                Ok(Event::Added(cm("2", Some(A)))),
+                Ok(Event::Modified(cm("3", None))),
+                Ok(Event::Deleted(cm("4", None))),
+                Ok(Event::Added(cm("5", Some(A)))),
+            ])]),
+            calls: Vec::new(),
+            stop: None,
+        };
+        let sent = run(&mut fake);
+        assert_eq!(
+            sent,
+            [
+                "config 0 nodes".to_string(),
+                "invalid: ConfigMap n/c key config.yaml: the ConfigMap has no key config.yaml".to_string(),
+                // Deletion sends nothing; the re-created one is applied.
+                "config 0 nodes".to_string(),
+            ]
+        );
+        assert_eq!(&fake.calls[..3], ["list", "watch 1", "watch 5"]);
+    }
+
+    #[test]
+    fn read_timeout_is_a_quarter_over_the_watch_timeout() {
+        let o = ApiOptions {
+            namespace: "n".into(),
+            name: "c".into(),
+            key: "k".into(),
+            server: "https://127.0.0.1:1".into(),
+            token_file: "t".into(),
+            ca_file: "c".into(),
+            watch_timeout: Duration::from_secs(60),
+        };
+        assert_eq!(o.read_timeout(), Duration::from_secs(76));
+        assert_eq!(
+            HttpApi::new(o.clone()).url(Some("9")),
+            "https://127.0.0.1:1/api/v1/namespaces/n/configmaps?fieldSelector=metadata.name%3Dc&watch=true&allowWatchBookmarks=true&timeoutSeconds=60&resourceVersion=9"
+        );
+    }
+}
