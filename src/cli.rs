@@ -79,7 +79,10 @@ pub struct RunOptions {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Source {
     /// A file, polled (normally a key of a mounted ConfigMap).
-    File { path: PathBuf, poll_interval: Duration },
+    File {
+        path: PathBuf,
+        poll_interval: Duration,
+    },
     /// A ConfigMap watched through the API.
     ConfigMap(ApiOptions),
 }
@@ -103,8 +106,14 @@ pub enum CliError {
     MissingPath,
     /// --config and --configmap both given (flags or environment).
     TwoSources,
-    BadConfigMap { from: &'static str, value: String },
-    BadApiServer { from: &'static str, value: String },
+    BadConfigMap {
+        from: &'static str,
+        value: String,
+    },
+    BadApiServer {
+        from: &'static str,
+        value: String,
+    },
     /// --configmap without --api-server outside a cluster.
     NoApiServer,
 }
@@ -303,7 +312,10 @@ pub fn parse(
             let (namespace, name) = cm
                 .split_once('/')
                 .filter(|(ns, n)| is_namespace(ns) && is_object_name(n))
-                .ok_or_else(|| CliError::BadConfigMap { from, value: cm.clone() })?;
+                .ok_or_else(|| CliError::BadConfigMap {
+                    from,
+                    value: cm.clone(),
+                })?;
             let server = match value(Flag::ApiServer) {
                 Some((from, url)) => api_server(from, url)?,
                 None => in_cluster_server(&env).ok_or(CliError::NoApiServer)?,
@@ -316,7 +328,8 @@ pub fn parse(
                 server,
                 token_file: value(Flag::TokenFile)
                     .map_or_else(|| DEFAULT_TOKEN_FILE.into(), |(_, v)| v.into()),
-                ca_file: value(Flag::CaFile).map_or_else(|| DEFAULT_CA_FILE.into(), |(_, v)| v.into()),
+                ca_file: value(Flag::CaFile)
+                    .map_or_else(|| DEFAULT_CA_FILE.into(), |(_, v)| v.into()),
                 watch_timeout: duration(Flag::WatchTimeout, DEFAULT_WATCH_TIMEOUT)?,
             })
         }
@@ -346,7 +359,9 @@ fn is_object_name(s: &str) -> bool {
 fn api_server(from: &'static str, url: String) -> Result<String, CliError> {
     let trimmed = url.trim_end_matches('/');
     match trimmed.strip_prefix("https://") {
-        Some(rest) if !rest.is_empty() && !rest.contains(['/', '?', '#', ' ']) => Ok(trimmed.to_owned()),
+        Some(rest) if !rest.is_empty() && !rest.contains(['/', '?', '#', ' ']) => {
+            Ok(trimmed.to_owned())
+        }
         _ => Err(CliError::BadApiServer { from, value: url }),
     }
 }
@@ -355,7 +370,11 @@ fn api_server(from: &'static str, url: String) -> Result<String, CliError> {
 fn in_cluster_server(env: &impl Fn(&str) -> Option<String>) -> Option<String> {
     let host = env("KUBERNETES_SERVICE_HOST").filter(|h| !h.is_empty())?;
     let port = env("KUBERNETES_SERVICE_PORT").filter(|p| !p.is_empty())?;
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
     Some(format!("https://{host}:{port}"))
 }
 
@@ -517,7 +536,10 @@ mod tests {
 
     #[test]
     fn configmap_source_in_cluster_defaults_and_overrides() {
-        let in_cluster = [("KUBERNETES_SERVICE_HOST", "10.96.0.1"), ("KUBERNETES_SERVICE_PORT", "443")];
+        let in_cluster = [
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+        ];
         let o = opts(&["--configmap", "spookd/spookd-device-plugin"], &in_cluster);
         assert_eq!(
             o.source,
@@ -531,8 +553,13 @@ mod tests {
                 watch_timeout: Duration::from_secs(60),
             })
         );
-        let v6 = [("KUBERNETES_SERVICE_HOST", "fd00::1"), ("KUBERNETES_SERVICE_PORT", "443")];
-        let Source::ConfigMap(api) = opts(&["--configmap", "a/b"], &v6).source else { panic!() };
+        let v6 = [
+            ("KUBERNETES_SERVICE_HOST", "fd00::1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+        ];
+        let Source::ConfigMap(api) = opts(&["--configmap", "a/b"], &v6).source else {
+            panic!()
+        };
         assert_eq!(api.server, "https://[fd00::1]:443");
         let env = [
             ("SPOOKD_CONFIGMAP", "ns/cm"),
@@ -559,15 +586,21 @@ mod tests {
     #[test]
     fn configmap_source_errors() {
         let e = |args: &[&str], env: &[(&str, &str)]| run(args, env).unwrap_err().to_string();
-        assert!(e(&["--config", "a", "--configmap", "n/c"], &[]).starts_with("--config and --configmap"));
-        assert!(e(&["--configmap", "n/c"], &[("SPOOKD_CONFIG", "x")]).starts_with("--config and --configmap"));
+        assert!(e(&["--config", "a", "--configmap", "n/c"], &[])
+            .starts_with("--config and --configmap"));
+        assert!(e(&["--configmap", "n/c"], &[("SPOOKD_CONFIG", "x")])
+            .starts_with("--config and --configmap"));
         assert_eq!(
             e(&["--configmap", "n/c"], &[]),
             "--configmap needs --api-server outside a cluster (KUBERNETES_SERVICE_HOST and \
              KUBERNETES_SERVICE_PORT are not set)"
         );
         for bad in ["nc", "n/", "/c", "N/c", "n.x/c", "n/c/d"] {
-            assert!(e(&["--configmap", bad, "--api-server", "https://h"], &[]).contains("is not NAMESPACE/NAME"), "{bad}");
+            assert!(
+                e(&["--configmap", bad, "--api-server", "https://h"], &[])
+                    .contains("is not NAMESPACE/NAME"),
+                "{bad}"
+            );
         }
         for bad in ["http://h:1", "h:1", "https://", "https://h/path"] {
             assert_eq!(

@@ -120,7 +120,10 @@ fn serve(opts: RunOptions) -> Result<(), MainError> {
         Source::File {
             path,
             poll_interval,
-        } => format!("config file {} (polled every {poll_interval:?})", path.display()),
+        } => format!(
+            "config file {} (polled every {poll_interval:?})",
+            path.display()
+        ),
         Source::ConfigMap(api) => format!(
             "{} from {} (CA {}, token {})",
             api.origin(),

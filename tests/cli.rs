@@ -56,6 +56,10 @@ fn usage_errors_exit_2_with_a_message() {
         (&["--nope"][..], "spookd: unexpected argument \"--nope\" (see --help)\n"),
         (&["--poll-interval", "fast"][..], "spookd: --poll-interval: \"fast\" is not a positive duration (write e.g. 250ms, 2s, 1m or 1m30s)\n"),
         (&["check"][..], "spookd: check needs the PATH of a config\n"),
+        (
+            &["--config", "/c.yaml", "--configmap", "ns/cm", "--api-server", "https://127.0.0.1:1"][..],
+            "spookd: --config and --configmap (or SPOOKD_CONFIG and SPOOKD_CONFIGMAP) exclude each other: choose the file or the API\n",
+        ),
     ] {
         let out = spookd(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

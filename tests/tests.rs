@@ -4,7 +4,9 @@
 // Test helpers panic on purpose: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod apiserver;
 mod util;
 
+mod api;
 mod cli;
 mod daemon;

@@ -58,7 +58,10 @@ pub struct ApiOptions {
 impl ApiOptions {
     /// How config errors name this source.
     pub fn origin(&self) -> String {
-        format!("ConfigMap {}/{} key {}", self.namespace, self.name, self.key)
+        format!(
+            "ConfigMap {}/{} key {}",
+            self.namespace, self.name, self.key
+        )
     }
 
     fn read_timeout(&self) -> Duration {
@@ -83,7 +86,10 @@ pub enum ApiError {
         body: String,
     },
     /// The response was not what the API returns.
-    Decode { url: String, source: serde_yaml::Error },
+    Decode {
+        url: String,
+        source: serde_yaml::Error,
+    },
     /// Reading the watch stream failed.
     Read { url: String, source: io::Error },
 }
@@ -223,9 +229,8 @@ impl ApiSource {
     pub fn spawn(opts: ApiOptions, state: Sender<Msg>) -> io::Result<Self> {
         let (stop, stopped) = crossbeam_channel::bounded(0);
         let worker = Worker::spawn("spookd-config-api", move || {
-            let (origin, key) = (opts.origin(), opts.key.clone());
-            let mut api = HttpApi::new(opts);
-            Watch::new(origin, key, &state, &stopped).run(&mut api);
+            let mut watch = Watch::new(&opts, &state, &stopped);
+            watch.run(&mut HttpApi::new(opts));
         })?
         .stop_wait(Duration::from_millis(100));
         Ok(ApiSource {
@@ -239,6 +244,7 @@ impl ApiSource {
 pub struct Watch<'a> {
     origin: String,
     key: String,
+    ca_file: PathBuf,
     state: &'a Sender<Msg>,
     stop: &'a Receiver<()>,
     /// The content last sent to the state thread (`None`: nothing, or the ConfigMap was absent).
@@ -253,10 +259,11 @@ enum Next {
 }
 
 impl<'a> Watch<'a> {
-    pub fn new(origin: String, key: String, state: &'a Sender<Msg>, stop: &'a Receiver<()>) -> Self {
+    pub fn new(opts: &ApiOptions, state: &'a Sender<Msg>, stop: &'a Receiver<()>) -> Self {
         Watch {
-            origin,
-            key,
+            origin: opts.origin(),
+            key: opts.key.clone(),
+            ca_file: opts.ca_file.clone(),
             state,
             stop,
             last: None,
@@ -299,7 +306,10 @@ impl<'a> Watch<'a> {
         let events = match api.watch(&version) {
             Ok(events) => events,
             Err(e) if e.status() == Some(410) => {
-                info!("{}: resourceVersion {version} expired (410); listing again", self.origin);
+                info!(
+                    "{}: resourceVersion {version} expired (410); listing again",
+                    self.origin
+                );
                 return Some(Next::Relist);
             }
             Err(e) => return self.failed(&e).then_some(Next::Rewatch(version)),
@@ -319,7 +329,10 @@ impl<'a> Watch<'a> {
                     continue;
                 }
                 Ok(Event::Error(status)) if status.code == 410 => {
-                    info!("{}: watch expired ({}); listing again", self.origin, status.reason);
+                    info!(
+                        "{}: watch expired ({}); listing again",
+                        self.origin, status.reason
+                    );
                     return Some(Next::Relist);
                 }
                 Ok(Event::Error(status)) => {
@@ -378,11 +391,20 @@ impl<'a> Watch<'a> {
 
     /// Logs a failure and waits before the next attempt. False when stopped.
     fn failed(&mut self, e: &ApiError) -> bool {
+        let untrusted;
         let hint = match e.status() {
             Some(401) => " (token rejected: it is re-read from its file on the next attempt)",
             Some(403) => {
                 " (spookd's ServiceAccount needs get, list and watch on this ConfigMap: see the \
                  Role in manifests/)"
+            }
+            _ if bad_certificate(e) => {
+                untrusted = format!(
+                    " (the server's certificate is not vouched for by the CA file {}; nothing \
+                     from this server is trusted)",
+                    self.ca_file.display()
+                );
+                &untrusted
             }
             _ => "",
         };
@@ -411,6 +433,20 @@ impl<'a> Watch<'a> {
             Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
         }
     }
+}
+
+/// Whether the TLS handshake failed on the server's certificate. ureq reports rustls' error
+/// directly or inside an io::Error (and its error has no `source()` chain to walk).
+fn bad_certificate(e: &ApiError) -> bool {
+    let ApiError::Transport { source, .. } = e else {
+        return false;
+    };
+    let tls = match source {
+        ureq::Error::Rustls(e) => Some(e),
+        ureq::Error::Io(io) => io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(tls, Some(rustls::Error::InvalidCertificate(_)))
 }
 
 /// The real API client: ureq over rustls, trusting only the CA file.
@@ -537,7 +573,10 @@ impl Api for HttpApi {
             })?;
         let list: ConfigMapList =
             serde_yaml::from_slice(&body).map_err(|source| ApiError::Decode { url, source })?;
-        Ok((list.items.into_iter().next(), list.metadata.resource_version))
+        Ok((
+            list.items.into_iter().next(),
+            list.metadata.resource_version,
+        ))
     }
 
     fn watch(
@@ -547,7 +586,11 @@ impl Api for HttpApi {
         let url = self.url(Some(version));
         let response = self.get(&url, self.opts.read_timeout())?;
         let reader = BufReader::new(response.into_body().into_reader());
-        Ok(Box::new(Lines { reader, url, done: false }))
+        Ok(Box::new(Lines {
+            reader,
+            url,
+            done: false,
+        }))
     }
 }
 
@@ -613,7 +656,9 @@ mod tests {
     #[test]
     fn parses_watch_events_written_as_json() {
         let cm = r#"{"type":"MODIFIED","object":{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"c","namespace":"n","resourceVersion":"42","uid":"x","managedFields":[{"a":1}]},"data":{"config.yaml":"deviceMapping:\n- hosts: [\"a\"]\n  devices: []\n# caf\u00e9 \/ \t tab\n"}}}"#;
-        let Event::Modified(cm) = parse_event(cm).unwrap() else { panic!() };
+        let Event::Modified(cm) = parse_event(cm).unwrap() else {
+            panic!()
+        };
         assert_eq!(cm.metadata.resource_version, "42");
         assert_eq!(
             cm.data["config.yaml"],
@@ -634,8 +679,12 @@ mod tests {
     #[test]
     fn parses_a_large_value() {
         let big = "x".repeat(200_000);
-        let line = format!(r#"{{"type":"ADDED","object":{{"metadata":{{"resourceVersion":"1"}},"data":{{"k":"{big}"}}}}}}"#);
-        let Event::Added(cm) = parse_event(&line).unwrap() else { panic!() };
+        let line = format!(
+            r#"{{"type":"ADDED","object":{{"metadata":{{"resourceVersion":"1"}},"data":{{"k":"{big}"}}}}}}"#
+        );
+        let Event::Added(cm) = parse_event(&line).unwrap() else {
+            panic!()
+        };
         assert_eq!(cm.data["k"].len(), 200_000);
     }
 
@@ -655,7 +704,10 @@ mod tests {
                 Err(status(503))
             })
         }
-        fn watch(&mut self, v: &str) -> Result<Box<dyn Iterator<Item = Result<Event, ApiError>>>, ApiError> {
+        fn watch(
+            &mut self,
+            v: &str,
+        ) -> Result<Box<dyn Iterator<Item = Result<Event, ApiError>>>, ApiError> {
             self.calls.push(format!("watch {v}"));
             match self.watches.pop_front() {
                 Some(Ok(events)) => Ok(Box::new(events.into_iter())),
@@ -669,7 +721,12 @@ mod tests {
     }
 
     fn status(code: u16) -> ApiError {
-        ApiError::Status { url: "u".into(), code, retry_after: Some(Duration::ZERO), body: String::new() }
+        ApiError::Status {
+            url: "u".into(),
+            code,
+            retry_after: Some(Duration::ZERO),
+            body: String::new(),
+        }
     }
 
     fn cm(version: &str, text: Option<&str>) -> ConfigMap {
@@ -677,7 +734,12 @@ mod tests {
         if let Some(t) = text {
             data.insert("config.yaml".to_string(), t.to_string());
         }
-        ConfigMap { metadata: Meta { resource_version: version.into() }, data }
+        ConfigMap {
+            metadata: Meta {
+                resource_version: version.into(),
+            },
+            data,
+        }
     }
 
     const A: &str = "deviceMapping: []\n";
@@ -688,7 +750,7 @@ mod tests {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
         fake.stop = Some(stop_tx);
-        let mut watch = Watch::new("ConfigMap n/c key config.yaml".into(), "config.yaml".into(), &tx, &stop);
+        let mut watch = Watch::new(&options(), &tx, &stop);
         watch.backoff = Duration::from_millis(1);
         watch.run(fake);
         rx.try_iter()
@@ -703,17 +765,32 @@ mod tests {
     #[test]
     fn lists_then_watches_relists_on_410_and_resumes_after_bookmarks() {
         let mut fake = Fake {
-            lists: VecDeque::from([Ok((Some(cm("5", Some(A))), "5".into())), Err(status(500)), Ok((Some(cm("9", Some(B))), "9".into()))]),
+            lists: VecDeque::from([
+                Ok((Some(cm("5", Some(A))), "5".into())),
+                Err(status(500)),
+                Ok((Some(cm("9", Some(B))), "9".into())),
+            ]),
             watches: VecDeque::from([
-                Ok(vec![Ok(Event::Bookmark("6".into())), Ok(Event::Modified(cm("7", Some(B)))), Ok(Event::Modified(cm("8", Some(B))))]),
-                Ok(vec![Ok(Event::Error(Status { code: 410, reason: "Expired".into(), message: String::new() }))]),
+                Ok(vec![
+                    Ok(Event::Bookmark("6".into())),
+                    Ok(Event::Modified(cm("7", Some(B)))),
+                    Ok(Event::Modified(cm("8", Some(B)))),
+                ]),
+                Ok(vec![Ok(Event::Error(Status {
+                    code: 410,
+                    reason: "Expired".into(),
+                    message: String::new(),
+                }))]),
                 Err(status(410)),
             ]),
             calls: Vec::new(),
             stop: None,
         };
         let sent = run(&mut fake);
-        assert_eq!(&fake.calls[..7], ["list", "watch 5", "watch 8", "list", "list", "watch 9", "list"]);
+        assert_eq!(
+            &fake.calls[..7],
+            ["list", "watch 5", "watch 8", "list", "list", "watch 9", "list"]
+        );
         // A, then B; the same B again is not re-sent (dedupe), nor after the relist.
         assert_eq!(sent, ["config 0 nodes", "config 1 nodes"]);
     }
@@ -736,7 +813,8 @@ mod tests {
             sent,
             [
                 "config 0 nodes".to_string(),
-                "invalid: ConfigMap n/c key config.yaml: the ConfigMap has no key config.yaml".to_string(),
+                "invalid: ConfigMap n/c key config.yaml: the ConfigMap has no key config.yaml"
+                    .to_string(),
                 // Deletion sends nothing; the re-created one is applied.
                 "config 0 nodes".to_string(),
             ]
@@ -744,17 +822,21 @@ mod tests {
         assert_eq!(&fake.calls[..3], ["list", "watch 1", "watch 5"]);
     }
 
-    #[test]
-    fn read_timeout_is_a_quarter_over_the_watch_timeout() {
-        let o = ApiOptions {
+    fn options() -> ApiOptions {
+        ApiOptions {
             namespace: "n".into(),
             name: "c".into(),
-            key: "k".into(),
+            key: "config.yaml".into(),
             server: "https://127.0.0.1:1".into(),
             token_file: "t".into(),
             ca_file: "c".into(),
             watch_timeout: Duration::from_secs(60),
-        };
+        }
+    }
+
+    #[test]
+    fn read_timeout_is_a_quarter_over_the_watch_timeout() {
+        let o = options();
         assert_eq!(o.read_timeout(), Duration::from_secs(76));
         assert_eq!(
             HttpApi::new(o.clone()).url(Some("9")),
