@@ -10,3 +10,4 @@ mod util;
 mod api;
 mod cli;
 mod daemon;
+mod manifests;

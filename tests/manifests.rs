@@ -1,0 +1,172 @@
+//! The static manifests: the contract details a schema cannot check. (Schemas are checked
+//! strictly, offline, by scripts/test with kubernetes-validate.)
+
+use serde_yaml::Value;
+use spookd::config::{Config, NodeName};
+
+fn docs(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v:?}"))
+}
+
+#[test]
+fn the_sample_config_is_valid_and_names_the_seed_devices() {
+    let docs = docs("manifests/10-spookd-device-plugin.yaml");
+    let cm = find(&docs, "ConfigMap");
+    let config = Config::parse(s(&cm["data"]["config.yaml"]).as_bytes(), "ConfigMap").unwrap();
+    let node1 = config.for_node(&NodeName::try_from("node1".to_owned()).unwrap());
+    let counts: Vec<(String, usize)> = node1
+        .iter()
+        .map(|(r, d)| (r.to_string(), d.len()))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("example.com/thingamajig".into(), 1),
+            ("example.com/widget".into(), 1)
+        ]
+    );
+}
+
+#[test]
+fn names_and_namespace() {
+    let all: Vec<Value> = [
+        "manifests/00-namespace.yaml",
+        "manifests/10-spookd-device-plugin.yaml",
+        "manifests/20-test-consumer.yaml",
+    ]
+    .iter()
+    .flat_map(|p| docs(p))
+    .collect();
+    for d in &all {
+        let kind = s(&d["kind"]);
+        let name = s(&d["metadata"]["name"]);
+        match kind {
+            "Namespace" => assert_eq!(name, "spookd"),
+            "ResourceQuota" => assert_eq!(name, "spookd-critical-pods"),
+            "Role" => assert_eq!(name, "spookd-device-plugin:watch-configmaps"),
+            "Deployment" => assert_eq!(name, "spookd-test-consumer"),
+            _ => assert_eq!(name, "spookd-device-plugin", "{kind}"),
+        }
+        if kind != "Namespace" {
+            assert_eq!(d["metadata"]["namespace"], "spookd", "{kind} {name}");
+        }
+    }
+}
+
+#[test]
+fn the_role_grants_only_reading_the_one_configmap() {
+    let docs = docs("manifests/10-spookd-device-plugin.yaml");
+    let rules = find(&docs, "Role")["rules"].as_sequence().unwrap();
+    assert_eq!(rules.len(), 1);
+    let r = &rules[0];
+    assert_eq!(
+        r["apiGroups"],
+        serde_yaml::from_str::<Value>(r#"[""]"#).unwrap()
+    );
+    assert_eq!(
+        r["resources"],
+        serde_yaml::from_str::<Value>("[configmaps]").unwrap()
+    );
+    assert_eq!(
+        r["resourceNames"],
+        serde_yaml::from_str::<Value>("[spookd-device-plugin]").unwrap()
+    );
+    assert_eq!(
+        r["verbs"],
+        serde_yaml::from_str::<Value>("[get, list, watch]").unwrap()
+    );
+    let binding = find(&docs, "RoleBinding");
+    assert_eq!(
+        binding["roleRef"]["name"],
+        "spookd-device-plugin:watch-configmaps"
+    );
+    assert_eq!(binding["subjects"][0]["name"], "spookd-device-plugin");
+}
+
+fn check_daemonset(ds: &Value, file_source: bool) {
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(ds["spec"]["updateStrategy"]["type"], "RollingUpdate");
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert_eq!(pod["tolerations"][0]["operator"], "Exists");
+    assert!(pod["hostNetwork"].is_null() || pod["hostNetwork"] == false);
+    assert_eq!(pod["serviceAccountName"], "spookd-device-plugin");
+    let c = &pod["containers"][0];
+    let env = c["env"].as_sequence().unwrap();
+    let node = env.iter().find(|e| e["name"] == "NODE_NAME").unwrap();
+    assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    let sc = &c["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert!(c["resources"]["requests"]["memory"].is_string());
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    let mounts = c["volumeMounts"].as_sequence().unwrap();
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    let dp = mounts
+        .iter()
+        .find(|m| m["mountPath"] == "/var/lib/kubelet/device-plugins")
+        .unwrap();
+    let dp_volume = volumes.iter().find(|v| v["name"] == dp["name"]).unwrap();
+    assert_eq!(
+        dp_volume["hostPath"]["path"],
+        "/var/lib/kubelet/device-plugins"
+    );
+    let config = mounts.iter().find(|m| m["mountPath"] == "/etc/spookd");
+    let configmap_env = env.iter().find(|e| e["name"] == "SPOOKD_CONFIGMAP");
+    if file_source {
+        let config = config.expect("the ConfigMap is mounted at /etc/spookd");
+        assert!(config["subPath"].is_null(), "a subPath mount never updates");
+        let v = volumes
+            .iter()
+            .find(|v| v["name"] == config["name"])
+            .unwrap();
+        assert_eq!(v["configMap"]["name"], "spookd-device-plugin");
+        assert!(configmap_env.is_none());
+    } else {
+        assert!(config.is_none());
+        assert_eq!(
+            configmap_env.unwrap()["value"],
+            "spookd/spookd-device-plugin"
+        );
+        assert_eq!(pod["automountServiceAccountToken"], true);
+    }
+    // spookd's args, if any, never set --config (that would conflict with the API source).
+    assert!(c["args"].is_null());
+}
+
+#[test]
+fn daemonsets_follow_the_deploy_contract() {
+    check_daemonset(
+        find(&docs("manifests/10-spookd-device-plugin.yaml"), "DaemonSet"),
+        true,
+    );
+    check_daemonset(
+        find(&docs("manifests/api-source/daemonset.yaml"), "DaemonSet"),
+        false,
+    );
+}
+
+#[test]
+fn the_test_consumer_wants_one_widget_and_one_thingamajig_twice() {
+    let docs = docs("manifests/20-test-consumer.yaml");
+    let d = find(&docs, "Deployment");
+    assert_eq!(d["spec"]["replicas"], 2);
+    let limits = &d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"];
+    assert_eq!(limits["example.com/widget"], 1);
+    assert_eq!(limits["example.com/thingamajig"], 1);
+}
