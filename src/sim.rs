@@ -69,6 +69,8 @@ pub struct Plugin {
 struct Inner {
     /// Every Register call accepted, in order, across restarts.
     registrations: Vec<(String, String)>,
+    /// When each accepted Register call arrived (before the stand-in dials the plugin back).
+    register_calls: Vec<(String, Instant)>,
     plugins: BTreeMap<String, Plugin>,
     generation: u64,
     subscribers: Vec<Sender<Event>>,
@@ -153,8 +155,9 @@ impl Kubelet {
     }
 
     /// Stops, wipes every socket in the directory (keeping the checkpoint file, as the kubelet
-    /// does), forgets every plugin and serves kubelet.sock again.
-    pub fn restart(&mut self) -> io::Result<()> {
+    /// does), forgets every plugin and serves kubelet.sock again. Returns when kubelet.sock was
+    /// about to be created.
+    pub fn restart(&mut self) -> io::Result<Instant> {
         self.stop()?;
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
@@ -162,7 +165,9 @@ impl Kubelet {
                 fs::remove_file(entry.path())?;
             }
         }
-        self.listen()
+        let at = Instant::now();
+        self.listen()?;
+        Ok(at)
     }
 
     /// Stops serving and removes kubelet.sock; plugins are forgotten (their streams dropped).
@@ -177,6 +182,11 @@ impl Kubelet {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// When each accepted Register call arrived, as (resource, instant), in order.
+    pub fn register_calls(&self) -> Vec<(String, Instant)> {
+        self.shared.lock().register_calls.clone()
     }
 
     /// Every accepted registration so far as (resource, endpoint), in order.
@@ -323,6 +333,10 @@ impl proto::Registration for RegistrationService {
             ctx.spawn(sink.fail(status).map(|_| ()));
             return;
         }
+        self.shared
+            .lock()
+            .register_calls
+            .push((resource, Instant::now()));
         ctx.spawn(sink.success(Empty::new()).map(|_| ()));
         // Dial from a thread of our own, as the kubelet does from a goroutine: the handler must
         // not block the completion queue.

@@ -1,0 +1,666 @@
+//! spookd's benchmark: the figures that matter on an edge node, measured on the real binary
+//! against the kubelet stand-in over real Unix sockets. Run by `scripts/bench` (release build,
+//! static binary). Prints a table, then one machine-readable `BENCH {...}` line.
+//!
+//! Process figures (RSS, threads, CPU, context switches) are read from /proc from outside. Times
+//! are medians/percentiles over repeated runs. This never fails on a figure: it reports them.
+
+// Bench helpers panic on a broken setup, which is a bug to fix, not a figure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/apiserver.rs"]
+#[allow(dead_code)]
+mod apiserver;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use grpcio::CallOption;
+use spookd::config::{Config, NodeName, ResourceName};
+use spookd::proto::{AllocateRequest, ContainerAllocateRequest, DevicePluginClient};
+use spookd::sim::{Event, Kubelet};
+use spookd::state::{Backend, Msg, State};
+
+const NODE: &str = "bench-node";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn seed() -> String {
+    format!(
+        "deviceMapping:\n  - hosts: [{NODE}]\n    devices:\n      - resourceName: example.com/widget\n        instanceID: \"0001\"\n        env: {{IP: 192.168.0.200, PORT: \"12345\"}}\n      - resourceName: example.com/thingamajig\n        instanceID: \"0001\"\n"
+    )
+}
+
+/// `resources` resources of `devices` devices each, all on NODE.
+fn big(resources: usize, devices: usize) -> String {
+    let mut s = format!("deviceMapping:\n  - hosts: [{NODE}]\n    devices:\n");
+    for r in 0..resources {
+        for d in 0..devices {
+            s.push_str(&format!(
+                "      - {{resourceName: bench.example.com/r{r:03}, instanceID: \"d{d:02}\", env: {{IP: 127.0.0.1, PORT: \"{}\"}}}}\n",
+                9000 + d
+            ));
+        }
+    }
+    s
+}
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!("spkb-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(p.join("dp")).unwrap();
+        Dir(p)
+    }
+    fn dp(&self) -> PathBuf {
+        self.0.join("dp")
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A ConfigMap-style volume: updates swap the `..data` link atomically.
+struct Volume {
+    dir: PathBuf,
+    n: usize,
+}
+
+impl Volume {
+    fn new(dir: PathBuf, content: &str) -> Volume {
+        fs::create_dir_all(&dir).unwrap();
+        let mut v = Volume { dir, n: 0 };
+        v.write(content);
+        symlink("..data/config.yaml", v.dir.join("config.yaml")).unwrap();
+        v
+    }
+    fn path(&self) -> PathBuf {
+        self.dir.join("config.yaml")
+    }
+    /// Returns when the swap happened.
+    fn write(&mut self, content: &str) -> Instant {
+        self.n += 1;
+        let new = format!("..v{}", self.n);
+        fs::create_dir(self.dir.join(&new)).unwrap();
+        fs::write(self.dir.join(&new).join("config.yaml"), content).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        symlink(&new, &tmp).unwrap();
+        let old = fs::read_link(self.dir.join("..data")).ok();
+        fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        let at = Instant::now();
+        if let Some(old) = old {
+            let _ = fs::remove_dir_all(self.dir.join(old));
+        }
+        at
+    }
+}
+
+/// The spookd process under test.
+struct Proc(Child);
+
+impl Proc {
+    fn start(bin: &Path, args: &[&str], log: &Path) -> Proc {
+        let child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc(child)
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    fn status_field(&self, field: &str) -> u64 {
+        let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+    fn rss_kib(&self) -> u64 {
+        self.status_field("VmRSS:")
+    }
+    fn threads(&self) -> u64 {
+        self.status_field("Threads:")
+    }
+    /// (ns on CPU, context switches), summed over the process's threads.
+    fn cpu_and_switches(&self) -> (u64, u64) {
+        let mut cpu = 0;
+        let mut switches = 0;
+        for task in fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .unwrap()
+            .flatten()
+        {
+            let p = task.path();
+            if let Ok(s) = fs::read_to_string(p.join("schedstat")) {
+                cpu += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            if let Ok(s) = fs::read_to_string(p.join("status")) {
+                for l in s.lines() {
+                    if let Some(v) = l
+                        .strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                    {
+                        switches += v.trim().parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+        }
+        (cpu, switches)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn file_args<'a>(config: &'a str, dp: &'a str, poll: &'a str) -> Vec<&'a str> {
+    vec![
+        "--config",
+        config,
+        "--node-name",
+        NODE,
+        "--device-plugin-dir",
+        dp,
+        "--poll-interval",
+        poll,
+    ]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Waits until the stand-in has had `n` Register calls in all; returns the last one's time.
+fn wait_register_calls(k: &Kubelet, n: usize) -> Instant {
+    assert!(
+        k.wait_until(WAIT, |k| k.register_calls().len() >= n),
+        "only {} registrations",
+        k.register_calls().len()
+    );
+    k.register_calls()[n - 1].1
+}
+
+/// Waits for a Devices event for `resource` listing exactly `ids`.
+fn wait_devices_event(
+    events: &crossbeam_channel::Receiver<Event>,
+    resource: &str,
+    ids: &[String],
+) -> Instant {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("no device list in time");
+        if let Event::Devices {
+            resource: r,
+            devices,
+        } = events.recv_timeout(left).unwrap()
+        {
+            if r == resource && devices.iter().map(|(id, _)| id).eq(ids.iter()) {
+                return Instant::now();
+            }
+        }
+    }
+}
+
+struct Row {
+    figure: String,
+    value: String,
+    goal: &'static str,
+}
+
+fn main() {
+    let bin = std::env::var_os("SPOOKD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_spookd")));
+    let mut rows: Vec<Row> = Vec::new();
+    let mut json: BTreeMap<&str, String> = BTreeMap::new();
+    let mut row = |figure: String, value: String, goal: &'static str| {
+        eprintln!("  {figure}: {value}");
+        rows.push(Row {
+            figure,
+            value,
+            goal,
+        });
+    };
+
+    let binary = fs::metadata(&bin).unwrap().len();
+    row(
+        "binary size (stripped, static)".into(),
+        format!("{:.2} MiB", binary as f64 / 1048576.0),
+        "≤ 8 MiB",
+    );
+    json.insert("binary_bytes", binary.to_string());
+
+    // Start → all registered (seed config: 2 resources), fresh process each time.
+    let mut starts = Vec::new();
+    for _ in 0..10 {
+        let d = Dir::new("start");
+        let k = Kubelet::start(&d.dp()).unwrap();
+        let v = Volume::new(d.0.join("cm"), &seed());
+        let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
+        let t0 = Instant::now();
+        let p = Proc::start(&bin, &file_args(&c, &dp, "1s"), &d.0.join("log"));
+        let last = wait_register_calls(&k, 2);
+        starts.push(last - t0);
+        drop(p);
+    }
+    starts.sort();
+    row(
+        "start → all registered (exec included), median of 10".into(),
+        format!("{:.1} ms", ms(percentile(&starts, 0.5))),
+        "≤ 10 ms",
+    );
+    json.insert(
+        "start_registered_ms_p50",
+        format!("{:.2}", ms(percentile(&starts, 0.5))),
+    );
+
+    // Idle with the seed config at the default poll interval.
+    let d = Dir::new("idle");
+    let mut k = Kubelet::start(&d.dp()).unwrap();
+    let v = Volume::new(d.0.join("cm"), &seed());
+    let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
+    let p = Proc::start(&bin, &file_args(&c, &dp, "1s"), &d.0.join("log"));
+    wait_register_calls(&k, 2);
+    assert!(k.wait_until(WAIT, |k| k
+        .plugins()
+        .values()
+        .filter(|p| p.devices.is_some())
+        .count()
+        == 2));
+    eprintln!("  (idling 10 s, then measuring CPU for 30 s)");
+    std::thread::sleep(Duration::from_secs(10));
+    let (rss, threads) = (p.rss_kib(), p.threads());
+    row(
+        "idle RSS after 10 s (seed config)".into(),
+        format!("{:.2} MiB", rss as f64 / 1024.0),
+        "≤ 4 MiB",
+    );
+    row(
+        "threads, idle (seed config)".into(),
+        threads.to_string(),
+        "report",
+    );
+    json.insert("idle_rss_kib", rss.to_string());
+    json.insert("idle_threads", threads.to_string());
+    let (cpu0, sw0) = p.cpu_and_switches();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(30));
+    let (cpu1, sw1) = p.cpu_and_switches();
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu_pct = (cpu1 - cpu0) as f64 / 1e9 / secs * 100.0;
+    let wakeups = (sw1 - sw0) as f64 / secs;
+    row(
+        "idle CPU over 30 s (poll 1 s)".into(),
+        format!("{cpu_pct:.4} % of a core"),
+        "≤ 0.01 %",
+    );
+    row(
+        "idle wakeups (context switches)".into(),
+        format!("{wakeups:.2} /s"),
+        "≤ 1.5 /s",
+    );
+    json.insert("idle_cpu_percent", format!("{cpu_pct:.5}"));
+    json.insert("idle_wakeups_per_s", format!("{wakeups:.3}"));
+
+    // Kubelet restarts: kubelet.sock re-created → every resource registered again.
+    let mut restarts = Vec::new();
+    for _ in 0..25 {
+        let before = k.register_calls().len();
+        let at = k.restart().unwrap();
+        let last = wait_register_calls(&k, before + 2);
+        restarts.push(last.saturating_duration_since(at));
+        assert!(k.wait_until(WAIT, |k| k.plugins().len() == 2));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    restarts.sort();
+    let (med, max) = (percentile(&restarts, 0.5), *restarts.last().unwrap());
+    row(
+        "kubelet.sock re-created → all re-registered (25 restarts)".into(),
+        format!("median {:.1} ms, max {:.1} ms", ms(med), ms(max)),
+        "≤ 10 ms median, ≤ 50 ms max",
+    );
+    json.insert("reregister_ms_p50", format!("{:.2}", ms(med)));
+    json.insert("reregister_ms_max", format!("{:.2}", ms(max)));
+
+    // Allocate from a Rust client on one connection.
+    assert!(k.wait_until(WAIT, |k| k.plugins().values().all(|p| p.devices.is_some())));
+    let client: Arc<DevicePluginClient> = k.plugin_client("example.com/widget").unwrap();
+    let mut req = AllocateRequest::new();
+    let mut c = ContainerAllocateRequest::new();
+    c.devices_ids = vec!["0001".into()];
+    req.container_requests.push(c);
+    let call = |client: &DevicePluginClient| {
+        client
+            .allocate(&req, CallOption::default().timeout(WAIT))
+            .unwrap();
+    };
+    for _ in 0..200 {
+        call(&client);
+    }
+    let n = 5000;
+    let mut lat = Vec::with_capacity(n);
+    let t = Instant::now();
+    for _ in 0..n {
+        let s = Instant::now();
+        call(&client);
+        lat.push(s.elapsed());
+    }
+    let seq_rate = n as f64 / t.elapsed().as_secs_f64();
+    lat.sort();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..n / 4 {
+                    call(&client);
+                }
+            });
+        }
+    });
+    let conc_rate = n as f64 / t.elapsed().as_secs_f64();
+    row(
+        "Allocate latency, sequential, one connection".into(),
+        format!(
+            "p50 {:.3} ms, p99 {:.3} ms",
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99))
+        ),
+        "p99 ≤ 1 ms",
+    );
+    row(
+        "Allocate calls/s, sequential / 4 concurrent".into(),
+        format!("{seq_rate:.0} / {conc_rate:.0}"),
+        "≥ 5,000/s",
+    );
+    json.insert(
+        "allocate_ms_p50",
+        format!("{:.4}", ms(percentile(&lat, 0.5))),
+    );
+    json.insert(
+        "allocate_ms_p99",
+        format!("{:.4}", ms(percentile(&lat, 0.99))),
+    );
+    json.insert("allocate_per_s_seq", format!("{seq_rate:.0}"));
+    json.insert("allocate_per_s_4", format!("{conc_rate:.0}"));
+    drop(client);
+    drop(p);
+    drop(k);
+
+    // File edit → ListAndWatch push at --poll-interval 100ms.
+    let d = Dir::new("edit");
+    let k = Kubelet::start(&d.dp()).unwrap();
+    let (tx, events) = crossbeam_channel::unbounded();
+    k.subscribe(tx);
+    let mut v = Volume::new(d.0.join("cm"), &seed());
+    let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
+    let p = Proc::start(&bin, &file_args(&c, &dp, "100ms"), &d.0.join("log"));
+    wait_devices_event(&events, "example.com/widget", &["0001".into()]);
+    let mut edits = Vec::new();
+    for i in 0..60 {
+        // Land edits at varying points of the poll cycle.
+        std::thread::sleep(Duration::from_millis(37 + (i * 13) % 100));
+        let id = format!("e{i:03}");
+        let t0 =
+            v.write(&seed().replace("\"0001\"\n        env", &format!("\"{id}\"\n        env")));
+        let t1 = wait_devices_event(&events, "example.com/widget", &[id]);
+        edits.push(t1 - t0);
+    }
+    edits.sort();
+    row(
+        "file edit → ListAndWatch push (poll 100 ms, 60 edits)".into(),
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms",
+            ms(percentile(&edits, 0.5)),
+            ms(percentile(&edits, 0.99))
+        ),
+        "p99 ≤ 150 ms",
+    );
+    json.insert(
+        "file_push_ms_p50",
+        format!("{:.2}", ms(percentile(&edits, 0.5))),
+    );
+    json.insert(
+        "file_push_ms_p99",
+        format!("{:.2}", ms(percentile(&edits, 0.99))),
+    );
+    drop(p);
+    drop(k);
+
+    // API event → ListAndWatch push, with the HTTPS API stand-in.
+    let d = Dir::new("api");
+    let k = Kubelet::start(&d.dp()).unwrap();
+    let (tx, events) = crossbeam_channel::unbounded();
+    k.subscribe(tx);
+    let pki = apiserver::Pki::new("bench CA");
+    let api = apiserver::ApiServer::start(&pki, "spookd", "cm", "t");
+    api.set(&seed());
+    fs::write(d.0.join("token"), "t").unwrap();
+    fs::write(d.0.join("ca.crt"), &pki.ca_pem).unwrap();
+    let (url, dp) = (api.url(), d.dp().display().to_string());
+    let (token, ca) = (
+        d.0.join("token").display().to_string(),
+        d.0.join("ca.crt").display().to_string(),
+    );
+    let args = [
+        "--configmap",
+        "spookd/cm",
+        "--api-server",
+        &url,
+        "--token-file",
+        &token,
+        "--ca-file",
+        &ca,
+        "--node-name",
+        NODE,
+        "--device-plugin-dir",
+        &dp,
+    ];
+    let p = Proc::start(&bin, &args, &d.0.join("log"));
+    wait_devices_event(&events, "example.com/widget", &["0001".into()]);
+    assert!(api.wait_watchers(1, WAIT));
+    let mut pushes = Vec::new();
+    for i in 0..60 {
+        std::thread::sleep(Duration::from_millis(20));
+        let id = format!("a{i:03}");
+        let t0 = Instant::now();
+        api.set(&seed().replace("\"0001\"\n        env", &format!("\"{id}\"\n        env")));
+        let t1 = wait_devices_event(&events, "example.com/widget", &[id]);
+        pushes.push(t1 - t0);
+    }
+    pushes.sort();
+    row(
+        "API event → ListAndWatch push (60 events)".into(),
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms",
+            ms(percentile(&pushes, 0.5)),
+            ms(percentile(&pushes, 0.99))
+        ),
+        "p99 ≤ 50 ms",
+    );
+    json.insert(
+        "api_push_ms_p50",
+        format!("{:.3}", ms(percentile(&pushes, 0.5))),
+    );
+    json.insert(
+        "api_push_ms_p99",
+        format!("{:.3}", ms(percentile(&pushes, 0.99))),
+    );
+    drop(p);
+    drop(api);
+    drop(k);
+
+    // 200 resources × 50 devices, all registered.
+    let d = Dir::new("big");
+    let k = Kubelet::start(&d.dp()).unwrap();
+    let v = Volume::new(d.0.join("cm"), &big(200, 50));
+    let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
+    let t0 = Instant::now();
+    let p = Proc::start(&bin, &file_args(&c, &dp, "1s"), &d.0.join("log"));
+    let last = wait_register_calls(&k, 200);
+    let big_start = last - t0;
+    assert!(k.wait_until(WAIT, |k| k
+        .plugins()
+        .values()
+        .filter(|p| p.devices.as_ref().is_some_and(|d| d.len() == 50))
+        .count()
+        == 200));
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss, threads) = (p.rss_kib(), p.threads());
+    row(
+        "RSS, 200 resources × 50 devices, all registered".into(),
+        format!("{:.2} MiB", rss as f64 / 1024.0),
+        "≤ 24 MiB",
+    );
+    row(
+        "threads at 200 resources".into(),
+        threads.to_string(),
+        "no growth per resource",
+    );
+    row(
+        "start → 200 resources registered".into(),
+        format!("{:.1} ms", ms(big_start)),
+        "report",
+    );
+    json.insert("big_rss_kib", rss.to_string());
+    json.insert("big_threads", threads.to_string());
+    json.insert("big_start_registered_ms", format!("{:.1}", ms(big_start)));
+    drop(p);
+    drop(k);
+
+    // Reload cost at 10,000 devices: parse + validate + diff + push, in process.
+    let (small, large) = (big(200, 49), big(200, 50));
+    let mut reloads = Vec::new();
+    for i in 0..10 {
+        let mut state = State::new(
+            NodeName::try_from(NODE.to_owned()).unwrap(),
+            NullBackend,
+            Instant::now(),
+        );
+        let first = Config::parse(small.as_bytes(), "bench").unwrap();
+        state.handle(
+            Msg::Config {
+                origin: "bench".into(),
+                config: first,
+            },
+            Instant::now(),
+        );
+        let mut streams = Vec::new();
+        for r in 0..200 {
+            let (stx, srx) = futures_channel::mpsc::unbounded();
+            let resource = ResourceName::try_from(format!("bench.example.com/r{r:03}")).unwrap();
+            state.handle(
+                Msg::Watch {
+                    resource,
+                    server: r,
+                    stream: stx,
+                },
+                Instant::now(),
+            );
+            streams.push(srx);
+        }
+        let text = if i % 2 == 0 { &large } else { &small };
+        let t = Instant::now();
+        let config = Config::parse(text.as_bytes(), "bench").unwrap();
+        state.handle(
+            Msg::Config {
+                origin: "bench".into(),
+                config,
+            },
+            Instant::now(),
+        );
+        reloads.push(t.elapsed());
+        assert!(streams.iter_mut().all(|s| s.try_recv().is_ok()));
+    }
+    reloads.sort();
+    row(
+        "reload at 10,000 devices (parse+validate+diff+push), median".into(),
+        format!("{:.1} ms", ms(percentile(&reloads, 0.5))),
+        "≤ 50 ms",
+    );
+    json.insert(
+        "reload_10k_ms_p50",
+        format!("{:.2}", ms(percentile(&reloads, 0.5))),
+    );
+
+    // The table.
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!(
+        "\nspookd benchmark — {} ({cores} cores, {cpu})\n",
+        bin.display()
+    );
+    let w = rows
+        .iter()
+        .map(|r| r.figure.chars().count())
+        .max()
+        .unwrap_or(0);
+    let wv = rows
+        .iter()
+        .map(|r| r.value.chars().count())
+        .max()
+        .unwrap_or(0);
+    println!("| {:w$} | {:wv$} | goal |", "figure", "value");
+    println!("|{}|{}|------|", "-".repeat(w + 2), "-".repeat(wv + 2));
+    for r in &rows {
+        println!("| {:w$} | {:wv$} | {} |", r.figure, r.value, r.goal);
+    }
+    let line: Vec<String> = json.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    println!("\nBENCH {{{}}}", line.join(","));
+}
+
+/// Side effects that cost nothing, for the in-process reload figure.
+struct NullBackend;
+
+impl Backend for NullBackend {
+    type Server = ();
+    type Error = std::convert::Infallible;
+    fn start(&mut self, _: &ResourceName, id: u64) -> Result<((), String), Self::Error> {
+        Ok(((), format!("s-{id}")))
+    }
+    fn register(&mut self, _: &ResourceName, _: &str) {}
+    fn forget(&mut self, _: &ResourceName) {}
+    fn socket_exists(&self, _: &str) -> bool {
+        true
+    }
+    fn kubelet_socket(&self) -> Option<u64> {
+        Some(1)
+    }
+}
