@@ -235,6 +235,15 @@ struct Row {
     goal: &'static str,
 }
 
+/// Sections to run: all, or those named on the command line (e.g. `scripts/bench idle big`).
+fn wanted(section: &str) -> bool {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    named.is_empty() || named.iter().any(|n| n == section)
+}
+
 fn main() {
     let bin = std::env::var_os("SPOOKD_BIN")
         .map(PathBuf::from)
@@ -258,357 +267,370 @@ fn main() {
     );
     json.insert("binary_bytes", binary.to_string());
 
-    // Start → all registered (seed config: 2 resources), fresh process each time.
-    let mut starts = Vec::new();
-    for _ in 0..10 {
-        let d = Dir::new("start");
-        let k = Kubelet::start(&d.dp()).unwrap();
+    if wanted("start") {
+        // Start → all registered (seed config: 2 resources), fresh process each time.
+        let mut starts = Vec::new();
+        for _ in 0..10 {
+            let d = Dir::new("start");
+            let k = Kubelet::start(&d.dp()).unwrap();
+            let v = Volume::new(d.0.join("cm"), &seed());
+            let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
+            let t0 = Instant::now();
+            let p = Proc::start(&bin, &file_args(&c, &dp, "1s"), &d.0.join("log"));
+            let last = wait_register_calls(&k, 2);
+            starts.push(last - t0);
+            drop(p);
+        }
+        starts.sort();
+        row(
+            "start → all registered (exec included), median of 10".into(),
+            format!("{:.1} ms", ms(percentile(&starts, 0.5))),
+            "≤ 10 ms",
+        );
+        json.insert(
+            "start_registered_ms_p50",
+            format!("{:.2}", ms(percentile(&starts, 0.5))),
+        );
+    }
+
+    if wanted("idle") {
+        // Idle with the seed config at the default poll interval.
+        let d = Dir::new("idle");
+        let mut k = Kubelet::start(&d.dp()).unwrap();
         let v = Volume::new(d.0.join("cm"), &seed());
+        let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
+        let p = Proc::start(&bin, &file_args(&c, &dp, "1s"), &d.0.join("log"));
+        wait_register_calls(&k, 2);
+        assert!(k.wait_until(WAIT, |k| k
+            .plugins()
+            .values()
+            .filter(|p| p.devices.is_some())
+            .count()
+            == 2));
+        eprintln!("  (idling 10 s, then measuring CPU for 30 s)");
+        std::thread::sleep(Duration::from_secs(10));
+        let (rss, threads) = (p.rss_kib(), p.threads());
+        row(
+            "idle RSS after 10 s (seed config)".into(),
+            format!("{:.2} MiB", rss as f64 / 1024.0),
+            "≤ 4 MiB",
+        );
+        row(
+            "threads, idle (seed config)".into(),
+            threads.to_string(),
+            "report",
+        );
+        json.insert("idle_rss_kib", rss.to_string());
+        json.insert("idle_threads", threads.to_string());
+        let (cpu0, sw0) = p.cpu_and_switches();
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(30));
+        let (cpu1, sw1) = p.cpu_and_switches();
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu_pct = (cpu1 - cpu0) as f64 / 1e9 / secs * 100.0;
+        let wakeups = (sw1 - sw0) as f64 / secs;
+        row(
+            "idle CPU over 30 s (poll 1 s)".into(),
+            format!("{cpu_pct:.4} % of a core"),
+            "≤ 0.01 %",
+        );
+        row(
+            "idle wakeups (context switches)".into(),
+            format!("{wakeups:.2} /s"),
+            "≤ 1.5 /s",
+        );
+        json.insert("idle_cpu_percent", format!("{cpu_pct:.5}"));
+        json.insert("idle_wakeups_per_s", format!("{wakeups:.3}"));
+
+        // Kubelet restarts: kubelet.sock re-created → every resource registered again.
+        let mut restarts = Vec::new();
+        for _ in 0..25 {
+            let before = k.register_calls().len();
+            let at = k.restart().unwrap();
+            let last = wait_register_calls(&k, before + 2);
+            restarts.push(last.saturating_duration_since(at));
+            assert!(k.wait_until(WAIT, |k| k.plugins().len() == 2));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        restarts.sort();
+        let (med, max) = (percentile(&restarts, 0.5), *restarts.last().unwrap());
+        row(
+            "kubelet.sock re-created → all re-registered (25 restarts)".into(),
+            format!("median {:.1} ms, max {:.1} ms", ms(med), ms(max)),
+            "≤ 10 ms median, ≤ 50 ms max",
+        );
+        json.insert("reregister_ms_p50", format!("{:.2}", ms(med)));
+        json.insert("reregister_ms_max", format!("{:.2}", ms(max)));
+
+        // Allocate from a Rust client on one connection.
+        assert!(k.wait_until(WAIT, |k| k.plugins().values().all(|p| p.devices.is_some())));
+        let client: Arc<DevicePluginClient> = k.plugin_client("example.com/widget").unwrap();
+        let mut req = AllocateRequest::new();
+        let mut c = ContainerAllocateRequest::new();
+        c.devices_ids = vec!["0001".into()];
+        req.container_requests.push(c);
+        let call = |client: &DevicePluginClient| {
+            client
+                .allocate(&req, CallOption::default().timeout(WAIT))
+                .unwrap();
+        };
+        for _ in 0..200 {
+            call(&client);
+        }
+        let n = 5000;
+        let mut lat = Vec::with_capacity(n);
+        let t = Instant::now();
+        for _ in 0..n {
+            let s = Instant::now();
+            call(&client);
+            lat.push(s.elapsed());
+        }
+        let seq_rate = n as f64 / t.elapsed().as_secs_f64();
+        lat.sort();
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..n / 4 {
+                        call(&client);
+                    }
+                });
+            }
+        });
+        let conc_rate = n as f64 / t.elapsed().as_secs_f64();
+        row(
+            "Allocate latency, sequential, one connection".into(),
+            format!(
+                "p50 {:.3} ms, p99 {:.3} ms",
+                ms(percentile(&lat, 0.5)),
+                ms(percentile(&lat, 0.99))
+            ),
+            "p99 ≤ 1 ms",
+        );
+        row(
+            "Allocate calls/s, sequential / 4 concurrent".into(),
+            format!("{seq_rate:.0} / {conc_rate:.0}"),
+            "≥ 5,000/s",
+        );
+        json.insert(
+            "allocate_ms_p50",
+            format!("{:.4}", ms(percentile(&lat, 0.5))),
+        );
+        json.insert(
+            "allocate_ms_p99",
+            format!("{:.4}", ms(percentile(&lat, 0.99))),
+        );
+        json.insert("allocate_per_s_seq", format!("{seq_rate:.0}"));
+        json.insert("allocate_per_s_4", format!("{conc_rate:.0}"));
+        drop(client);
+        drop(p);
+        drop(k);
+    }
+
+    if wanted("file") {
+        // File edit → ListAndWatch push at --poll-interval 100ms.
+        let d = Dir::new("edit");
+        let k = Kubelet::start(&d.dp()).unwrap();
+        let (tx, events) = crossbeam_channel::unbounded();
+        k.subscribe(tx);
+        let mut v = Volume::new(d.0.join("cm"), &seed());
+        let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
+        let p = Proc::start(&bin, &file_args(&c, &dp, "100ms"), &d.0.join("log"));
+        wait_devices_event(&events, "example.com/widget", &["0001".into()]);
+        let mut edits = Vec::new();
+        for i in 0..60 {
+            // Land edits at varying points of the poll cycle.
+            std::thread::sleep(Duration::from_millis(37 + (i * 13) % 100));
+            let id = format!("e{i:03}");
+            let t0 = v
+                .write(&seed().replace("\"0001\"\n        env", &format!("\"{id}\"\n        env")));
+            let t1 = wait_devices_event(&events, "example.com/widget", &[id]);
+            edits.push(t1 - t0);
+        }
+        edits.sort();
+        row(
+            "file edit → ListAndWatch push (poll 100 ms, 60 edits)".into(),
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms",
+                ms(percentile(&edits, 0.5)),
+                ms(percentile(&edits, 0.99))
+            ),
+            "p99 ≤ 150 ms",
+        );
+        json.insert(
+            "file_push_ms_p50",
+            format!("{:.2}", ms(percentile(&edits, 0.5))),
+        );
+        json.insert(
+            "file_push_ms_p99",
+            format!("{:.2}", ms(percentile(&edits, 0.99))),
+        );
+        drop(p);
+        drop(k);
+    }
+
+    if wanted("api") {
+        // API event → ListAndWatch push, with the HTTPS API stand-in.
+        let d = Dir::new("api");
+        let k = Kubelet::start(&d.dp()).unwrap();
+        let (tx, events) = crossbeam_channel::unbounded();
+        k.subscribe(tx);
+        let pki = apiserver::Pki::new("bench CA");
+        let api = apiserver::ApiServer::start(&pki, "spookd", "cm", "t");
+        api.set(&seed());
+        fs::write(d.0.join("token"), "t").unwrap();
+        fs::write(d.0.join("ca.crt"), &pki.ca_pem).unwrap();
+        let (url, dp) = (api.url(), d.dp().display().to_string());
+        let (token, ca) = (
+            d.0.join("token").display().to_string(),
+            d.0.join("ca.crt").display().to_string(),
+        );
+        let args = [
+            "--configmap",
+            "spookd/cm",
+            "--api-server",
+            &url,
+            "--token-file",
+            &token,
+            "--ca-file",
+            &ca,
+            "--node-name",
+            NODE,
+            "--device-plugin-dir",
+            &dp,
+        ];
+        let p = Proc::start(&bin, &args, &d.0.join("log"));
+        wait_devices_event(&events, "example.com/widget", &["0001".into()]);
+        assert!(api.wait_watchers(1, WAIT));
+        let mut pushes = Vec::new();
+        for i in 0..60 {
+            std::thread::sleep(Duration::from_millis(20));
+            let id = format!("a{i:03}");
+            let t0 = Instant::now();
+            api.set(&seed().replace("\"0001\"\n        env", &format!("\"{id}\"\n        env")));
+            let t1 = wait_devices_event(&events, "example.com/widget", &[id]);
+            pushes.push(t1 - t0);
+        }
+        pushes.sort();
+        row(
+            "API event → ListAndWatch push (60 events)".into(),
+            format!(
+                "p50 {:.2} ms, p99 {:.2} ms",
+                ms(percentile(&pushes, 0.5)),
+                ms(percentile(&pushes, 0.99))
+            ),
+            "p99 ≤ 50 ms",
+        );
+        json.insert(
+            "api_push_ms_p50",
+            format!("{:.3}", ms(percentile(&pushes, 0.5))),
+        );
+        json.insert(
+            "api_push_ms_p99",
+            format!("{:.3}", ms(percentile(&pushes, 0.99))),
+        );
+        drop(p);
+        drop(api);
+        drop(k);
+    }
+
+    if wanted("big") {
+        // 200 resources × 50 devices, all registered.
+        let d = Dir::new("big");
+        let k = Kubelet::start(&d.dp()).unwrap();
+        let v = Volume::new(d.0.join("cm"), &big(200, 50));
         let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
         let t0 = Instant::now();
         let p = Proc::start(&bin, &file_args(&c, &dp, "1s"), &d.0.join("log"));
-        let last = wait_register_calls(&k, 2);
-        starts.push(last - t0);
+        let last = wait_register_calls(&k, 200);
+        let big_start = last - t0;
+        assert!(k.wait_until(WAIT, |k| k
+            .plugins()
+            .values()
+            .filter(|p| p.devices.as_ref().is_some_and(|d| d.len() == 50))
+            .count()
+            == 200));
+        std::thread::sleep(Duration::from_secs(2));
+        let (rss, threads) = (p.rss_kib(), p.threads());
+        row(
+            "RSS, 200 resources × 50 devices, all registered".into(),
+            format!("{:.2} MiB", rss as f64 / 1024.0),
+            "≤ 24 MiB",
+        );
+        row(
+            "threads at 200 resources".into(),
+            threads.to_string(),
+            "no growth per resource",
+        );
+        row(
+            "start → 200 resources registered".into(),
+            format!("{:.1} ms", ms(big_start)),
+            "report",
+        );
+        json.insert("big_rss_kib", rss.to_string());
+        json.insert("big_threads", threads.to_string());
+        json.insert("big_start_registered_ms", format!("{:.1}", ms(big_start)));
         drop(p);
+        drop(k);
     }
-    starts.sort();
-    row(
-        "start → all registered (exec included), median of 10".into(),
-        format!("{:.1} ms", ms(percentile(&starts, 0.5))),
-        "≤ 10 ms",
-    );
-    json.insert(
-        "start_registered_ms_p50",
-        format!("{:.2}", ms(percentile(&starts, 0.5))),
-    );
 
-    // Idle with the seed config at the default poll interval.
-    let d = Dir::new("idle");
-    let mut k = Kubelet::start(&d.dp()).unwrap();
-    let v = Volume::new(d.0.join("cm"), &seed());
-    let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
-    let p = Proc::start(&bin, &file_args(&c, &dp, "1s"), &d.0.join("log"));
-    wait_register_calls(&k, 2);
-    assert!(k.wait_until(WAIT, |k| k
-        .plugins()
-        .values()
-        .filter(|p| p.devices.is_some())
-        .count()
-        == 2));
-    eprintln!("  (idling 10 s, then measuring CPU for 30 s)");
-    std::thread::sleep(Duration::from_secs(10));
-    let (rss, threads) = (p.rss_kib(), p.threads());
-    row(
-        "idle RSS after 10 s (seed config)".into(),
-        format!("{:.2} MiB", rss as f64 / 1024.0),
-        "≤ 4 MiB",
-    );
-    row(
-        "threads, idle (seed config)".into(),
-        threads.to_string(),
-        "report",
-    );
-    json.insert("idle_rss_kib", rss.to_string());
-    json.insert("idle_threads", threads.to_string());
-    let (cpu0, sw0) = p.cpu_and_switches();
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(30));
-    let (cpu1, sw1) = p.cpu_and_switches();
-    let secs = t0.elapsed().as_secs_f64();
-    let cpu_pct = (cpu1 - cpu0) as f64 / 1e9 / secs * 100.0;
-    let wakeups = (sw1 - sw0) as f64 / secs;
-    row(
-        "idle CPU over 30 s (poll 1 s)".into(),
-        format!("{cpu_pct:.4} % of a core"),
-        "≤ 0.01 %",
-    );
-    row(
-        "idle wakeups (context switches)".into(),
-        format!("{wakeups:.2} /s"),
-        "≤ 1.5 /s",
-    );
-    json.insert("idle_cpu_percent", format!("{cpu_pct:.5}"));
-    json.insert("idle_wakeups_per_s", format!("{wakeups:.3}"));
-
-    // Kubelet restarts: kubelet.sock re-created → every resource registered again.
-    let mut restarts = Vec::new();
-    for _ in 0..25 {
-        let before = k.register_calls().len();
-        let at = k.restart().unwrap();
-        let last = wait_register_calls(&k, before + 2);
-        restarts.push(last.saturating_duration_since(at));
-        assert!(k.wait_until(WAIT, |k| k.plugins().len() == 2));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    restarts.sort();
-    let (med, max) = (percentile(&restarts, 0.5), *restarts.last().unwrap());
-    row(
-        "kubelet.sock re-created → all re-registered (25 restarts)".into(),
-        format!("median {:.1} ms, max {:.1} ms", ms(med), ms(max)),
-        "≤ 10 ms median, ≤ 50 ms max",
-    );
-    json.insert("reregister_ms_p50", format!("{:.2}", ms(med)));
-    json.insert("reregister_ms_max", format!("{:.2}", ms(max)));
-
-    // Allocate from a Rust client on one connection.
-    assert!(k.wait_until(WAIT, |k| k.plugins().values().all(|p| p.devices.is_some())));
-    let client: Arc<DevicePluginClient> = k.plugin_client("example.com/widget").unwrap();
-    let mut req = AllocateRequest::new();
-    let mut c = ContainerAllocateRequest::new();
-    c.devices_ids = vec!["0001".into()];
-    req.container_requests.push(c);
-    let call = |client: &DevicePluginClient| {
-        client
-            .allocate(&req, CallOption::default().timeout(WAIT))
-            .unwrap();
-    };
-    for _ in 0..200 {
-        call(&client);
-    }
-    let n = 5000;
-    let mut lat = Vec::with_capacity(n);
-    let t = Instant::now();
-    for _ in 0..n {
-        let s = Instant::now();
-        call(&client);
-        lat.push(s.elapsed());
-    }
-    let seq_rate = n as f64 / t.elapsed().as_secs_f64();
-    lat.sort();
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..4 {
-            s.spawn(|| {
-                for _ in 0..n / 4 {
-                    call(&client);
-                }
-            });
-        }
-    });
-    let conc_rate = n as f64 / t.elapsed().as_secs_f64();
-    row(
-        "Allocate latency, sequential, one connection".into(),
-        format!(
-            "p50 {:.3} ms, p99 {:.3} ms",
-            ms(percentile(&lat, 0.5)),
-            ms(percentile(&lat, 0.99))
-        ),
-        "p99 ≤ 1 ms",
-    );
-    row(
-        "Allocate calls/s, sequential / 4 concurrent".into(),
-        format!("{seq_rate:.0} / {conc_rate:.0}"),
-        "≥ 5,000/s",
-    );
-    json.insert(
-        "allocate_ms_p50",
-        format!("{:.4}", ms(percentile(&lat, 0.5))),
-    );
-    json.insert(
-        "allocate_ms_p99",
-        format!("{:.4}", ms(percentile(&lat, 0.99))),
-    );
-    json.insert("allocate_per_s_seq", format!("{seq_rate:.0}"));
-    json.insert("allocate_per_s_4", format!("{conc_rate:.0}"));
-    drop(client);
-    drop(p);
-    drop(k);
-
-    // File edit → ListAndWatch push at --poll-interval 100ms.
-    let d = Dir::new("edit");
-    let k = Kubelet::start(&d.dp()).unwrap();
-    let (tx, events) = crossbeam_channel::unbounded();
-    k.subscribe(tx);
-    let mut v = Volume::new(d.0.join("cm"), &seed());
-    let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
-    let p = Proc::start(&bin, &file_args(&c, &dp, "100ms"), &d.0.join("log"));
-    wait_devices_event(&events, "example.com/widget", &["0001".into()]);
-    let mut edits = Vec::new();
-    for i in 0..60 {
-        // Land edits at varying points of the poll cycle.
-        std::thread::sleep(Duration::from_millis(37 + (i * 13) % 100));
-        let id = format!("e{i:03}");
-        let t0 =
-            v.write(&seed().replace("\"0001\"\n        env", &format!("\"{id}\"\n        env")));
-        let t1 = wait_devices_event(&events, "example.com/widget", &[id]);
-        edits.push(t1 - t0);
-    }
-    edits.sort();
-    row(
-        "file edit → ListAndWatch push (poll 100 ms, 60 edits)".into(),
-        format!(
-            "p50 {:.1} ms, p99 {:.1} ms",
-            ms(percentile(&edits, 0.5)),
-            ms(percentile(&edits, 0.99))
-        ),
-        "p99 ≤ 150 ms",
-    );
-    json.insert(
-        "file_push_ms_p50",
-        format!("{:.2}", ms(percentile(&edits, 0.5))),
-    );
-    json.insert(
-        "file_push_ms_p99",
-        format!("{:.2}", ms(percentile(&edits, 0.99))),
-    );
-    drop(p);
-    drop(k);
-
-    // API event → ListAndWatch push, with the HTTPS API stand-in.
-    let d = Dir::new("api");
-    let k = Kubelet::start(&d.dp()).unwrap();
-    let (tx, events) = crossbeam_channel::unbounded();
-    k.subscribe(tx);
-    let pki = apiserver::Pki::new("bench CA");
-    let api = apiserver::ApiServer::start(&pki, "spookd", "cm", "t");
-    api.set(&seed());
-    fs::write(d.0.join("token"), "t").unwrap();
-    fs::write(d.0.join("ca.crt"), &pki.ca_pem).unwrap();
-    let (url, dp) = (api.url(), d.dp().display().to_string());
-    let (token, ca) = (
-        d.0.join("token").display().to_string(),
-        d.0.join("ca.crt").display().to_string(),
-    );
-    let args = [
-        "--configmap",
-        "spookd/cm",
-        "--api-server",
-        &url,
-        "--token-file",
-        &token,
-        "--ca-file",
-        &ca,
-        "--node-name",
-        NODE,
-        "--device-plugin-dir",
-        &dp,
-    ];
-    let p = Proc::start(&bin, &args, &d.0.join("log"));
-    wait_devices_event(&events, "example.com/widget", &["0001".into()]);
-    assert!(api.wait_watchers(1, WAIT));
-    let mut pushes = Vec::new();
-    for i in 0..60 {
-        std::thread::sleep(Duration::from_millis(20));
-        let id = format!("a{i:03}");
-        let t0 = Instant::now();
-        api.set(&seed().replace("\"0001\"\n        env", &format!("\"{id}\"\n        env")));
-        let t1 = wait_devices_event(&events, "example.com/widget", &[id]);
-        pushes.push(t1 - t0);
-    }
-    pushes.sort();
-    row(
-        "API event → ListAndWatch push (60 events)".into(),
-        format!(
-            "p50 {:.2} ms, p99 {:.2} ms",
-            ms(percentile(&pushes, 0.5)),
-            ms(percentile(&pushes, 0.99))
-        ),
-        "p99 ≤ 50 ms",
-    );
-    json.insert(
-        "api_push_ms_p50",
-        format!("{:.3}", ms(percentile(&pushes, 0.5))),
-    );
-    json.insert(
-        "api_push_ms_p99",
-        format!("{:.3}", ms(percentile(&pushes, 0.99))),
-    );
-    drop(p);
-    drop(api);
-    drop(k);
-
-    // 200 resources × 50 devices, all registered.
-    let d = Dir::new("big");
-    let k = Kubelet::start(&d.dp()).unwrap();
-    let v = Volume::new(d.0.join("cm"), &big(200, 50));
-    let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
-    let t0 = Instant::now();
-    let p = Proc::start(&bin, &file_args(&c, &dp, "1s"), &d.0.join("log"));
-    let last = wait_register_calls(&k, 200);
-    let big_start = last - t0;
-    assert!(k.wait_until(WAIT, |k| k
-        .plugins()
-        .values()
-        .filter(|p| p.devices.as_ref().is_some_and(|d| d.len() == 50))
-        .count()
-        == 200));
-    std::thread::sleep(Duration::from_secs(2));
-    let (rss, threads) = (p.rss_kib(), p.threads());
-    row(
-        "RSS, 200 resources × 50 devices, all registered".into(),
-        format!("{:.2} MiB", rss as f64 / 1024.0),
-        "≤ 24 MiB",
-    );
-    row(
-        "threads at 200 resources".into(),
-        threads.to_string(),
-        "no growth per resource",
-    );
-    row(
-        "start → 200 resources registered".into(),
-        format!("{:.1} ms", ms(big_start)),
-        "report",
-    );
-    json.insert("big_rss_kib", rss.to_string());
-    json.insert("big_threads", threads.to_string());
-    json.insert("big_start_registered_ms", format!("{:.1}", ms(big_start)));
-    drop(p);
-    drop(k);
-
-    // Reload cost at 10,000 devices: parse + validate + diff + push, in process.
-    let (small, large) = (big(200, 49), big(200, 50));
-    let mut reloads = Vec::new();
-    for i in 0..10 {
-        let mut state = State::new(
-            NodeName::try_from(NODE.to_owned()).unwrap(),
-            NullBackend,
-            Instant::now(),
-        );
-        let first = Config::parse(small.as_bytes(), "bench").unwrap();
-        state.handle(
-            Msg::Config {
-                origin: "bench".into(),
-                config: first,
-            },
-            Instant::now(),
-        );
-        let mut streams = Vec::new();
-        for r in 0..200 {
-            let (stx, srx) = futures_channel::mpsc::unbounded();
-            let resource = ResourceName::try_from(format!("bench.example.com/r{r:03}")).unwrap();
+    if wanted("reload") {
+        // Reload cost at 10,000 devices: parse + validate + diff + push, in process.
+        let (small, large) = (big(200, 49), big(200, 50));
+        let mut reloads = Vec::new();
+        for i in 0..10 {
+            let mut state = State::new(
+                NodeName::try_from(NODE.to_owned()).unwrap(),
+                NullBackend,
+                Instant::now(),
+            );
+            let first = Config::parse(small.as_bytes(), "bench").unwrap();
             state.handle(
-                Msg::Watch {
-                    resource,
-                    server: r,
-                    stream: stx,
+                Msg::Config {
+                    origin: "bench".into(),
+                    config: first,
                 },
                 Instant::now(),
             );
-            streams.push(srx);
+            let mut streams = Vec::new();
+            for r in 0..200 {
+                let (stx, srx) = futures_channel::mpsc::unbounded();
+                let resource =
+                    ResourceName::try_from(format!("bench.example.com/r{r:03}")).unwrap();
+                state.handle(
+                    Msg::Watch {
+                        resource,
+                        server: r,
+                        stream: stx,
+                    },
+                    Instant::now(),
+                );
+                streams.push(srx);
+            }
+            let text = if i % 2 == 0 { &large } else { &small };
+            let t = Instant::now();
+            let config = Config::parse(text.as_bytes(), "bench").unwrap();
+            state.handle(
+                Msg::Config {
+                    origin: "bench".into(),
+                    config,
+                },
+                Instant::now(),
+            );
+            reloads.push(t.elapsed());
+            assert!(streams.iter_mut().all(|s| s.try_recv().is_ok()));
         }
-        let text = if i % 2 == 0 { &large } else { &small };
-        let t = Instant::now();
-        let config = Config::parse(text.as_bytes(), "bench").unwrap();
-        state.handle(
-            Msg::Config {
-                origin: "bench".into(),
-                config,
-            },
-            Instant::now(),
+        reloads.sort();
+        row(
+            "reload at 10,000 devices (parse+validate+diff+push), median".into(),
+            format!("{:.1} ms", ms(percentile(&reloads, 0.5))),
+            "≤ 50 ms",
         );
-        reloads.push(t.elapsed());
-        assert!(streams.iter_mut().all(|s| s.try_recv().is_ok()));
+        json.insert(
+            "reload_10k_ms_p50",
+            format!("{:.2}", ms(percentile(&reloads, 0.5))),
+        );
     }
-    reloads.sort();
-    row(
-        "reload at 10,000 devices (parse+validate+diff+push), median".into(),
-        format!("{:.1} ms", ms(percentile(&reloads, 0.5))),
-        "≤ 50 ms",
-    );
-    json.insert(
-        "reload_10k_ms_p50",
-        format!("{:.2}", ms(percentile(&reloads, 0.5))),
-    );
 
     // The table.
     let cpu = fs::read_to_string("/proc/cpuinfo")
