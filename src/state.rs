@@ -567,20 +567,21 @@ fn id_list(devices: &[Device]) -> String {
 
 /// `+added -removed ~env-changed`, by instanceID.
 fn difference(old: &[Device], new: &[Device]) -> String {
-    let find = |list: &[Device], id: &InstanceId| list.iter().find(|d| d.id == *id).cloned();
+    let old: BTreeMap<&InstanceId, &Device> = old.iter().map(|d| (&d.id, d)).collect();
+    let new: BTreeMap<&InstanceId, &Device> = new.iter().map(|d| (&d.id, d)).collect();
     let mut parts = Vec::new();
-    for d in new {
-        match find(old, &d.id) {
-            None => parts.push(format!("+{}", d.id)),
-            Some(o) if o.env != d.env => parts.push(format!("~{}", d.id)),
+    for (id, d) in &new {
+        match old.get(id) {
+            None => parts.push(format!("+{id}")),
+            Some(o) if o.env != d.env => parts.push(format!("~{id}")),
             Some(_) => {}
         }
     }
-    for d in old {
-        if find(new, &d.id).is_none() {
-            parts.push(format!("-{}", d.id));
-        }
-    }
+    parts.extend(
+        old.keys()
+            .filter(|id| !new.contains_key(*id))
+            .map(|id| format!("-{id}")),
+    );
     parts.join(" ")
 }
 
@@ -902,6 +903,18 @@ mod tests {
             s.registrations()[&res("a.io/x")],
             Some(("spookd-0.sock".into(), true))
         );
+    }
+
+    #[test]
+    fn difference_names_added_changed_and_removed_devices() {
+        let c = |yaml: &str| {
+            let n = NodeName::try_from("n1".to_owned()).unwrap();
+            let c = Config::parse(yaml.as_bytes(), "t").unwrap();
+            c.for_node(&n).pop_first().unwrap().1
+        };
+        let old = c("deviceMapping:\n- hosts: [n1]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"1\"}\n  - {resourceName: a.io/x, instanceID: \"2\", env: {K: a}}\n  - {resourceName: a.io/x, instanceID: \"3\"}\n");
+        let new = c("deviceMapping:\n- hosts: [n1]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"2\", env: {K: b}}\n  - {resourceName: a.io/x, instanceID: \"3\"}\n  - {resourceName: a.io/x, instanceID: \"4\"}\n");
+        assert_eq!(difference(&old, &new), "~2 +4 -1");
     }
 
     #[test]

@@ -36,7 +36,6 @@ impl FilePoller {
 }
 
 /// What one read saw: the content, or the kind of error (so a lasting error is logged once).
-#[derive(PartialEq, Eq)]
 enum Seen {
     Content(Vec<u8>),
     Error(io::ErrorKind),
@@ -46,26 +45,33 @@ fn run(path: &PathBuf, interval: Duration, stop: &Receiver<()>, state: &Sender<M
     let origin = path.display().to_string();
     let mut last: Option<Seen> = None;
     loop {
-        let (seen, msg) = match fs::read(path) {
-            Ok(bytes) => {
-                let msg = match Config::parse(&bytes, &origin) {
-                    Ok(config) => Msg::Config {
-                        origin: origin.clone(),
-                        config,
-                    },
-                    Err(e) => Msg::ConfigInvalid(e),
-                };
-                (Seen::Content(bytes), msg)
-            }
-            Err(source) => (
-                Seen::Error(source.kind()),
-                Msg::ConfigInvalid(ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                }),
-            ),
+        let read = fs::read(path);
+        // Only a change is parsed: an idle poll is one read and a comparison.
+        let changed = match (&read, &last) {
+            (Ok(bytes), Some(Seen::Content(before))) => bytes != before,
+            (Err(e), Some(Seen::Error(before))) => e.kind() != *before,
+            _ => true,
         };
-        if last.as_ref() != Some(&seen) {
+        if changed {
+            let (seen, msg) = match read {
+                Ok(bytes) => {
+                    let msg = match Config::parse(&bytes, &origin) {
+                        Ok(config) => Msg::Config {
+                            origin: origin.clone(),
+                            config,
+                        },
+                        Err(e) => Msg::ConfigInvalid(e),
+                    };
+                    (Seen::Content(bytes), msg)
+                }
+                Err(source) => (
+                    Seen::Error(source.kind()),
+                    Msg::ConfigInvalid(ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    }),
+                ),
+            };
             if state.send(msg).is_err() {
                 return;
             }
