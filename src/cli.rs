@@ -46,6 +46,8 @@ Config from a ConfigMap through the Kubernetes API instead of a file (not with -
   --watch-timeout DURATION   how long one watch request lasts; a silent connection is dropped
                              after this plus a quarter   [SPOOKD_WATCH_TIMEOUT] (default 1m)
 
+  --metrics-addr ADDR:PORT   serve /healthz, /readyz and Prometheus /metrics over HTTP there,
+                             e.g. 0.0.0.0:9470   [SPOOKD_METRICS_ADDR] (default: off)
   -h, --help                 print this help
   -V, --version              print the version
 
@@ -73,6 +75,8 @@ pub struct RunOptions {
     pub source: Source,
     pub node_name: NodeName,
     pub device_plugin_dir: PathBuf,
+    /// Where to serve /healthz, /readyz and /metrics; `None`: not at all.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Where the config comes from.
@@ -114,6 +118,10 @@ pub enum CliError {
         from: &'static str,
         value: String,
     },
+    BadAddress {
+        from: &'static str,
+        value: String,
+    },
     /// --configmap without --api-server outside a cluster.
     NoApiServer,
 }
@@ -147,6 +155,10 @@ impl fmt::Display for CliError {
             CliError::BadApiServer { from, value } => {
                 write!(f, "{from}: {value:?} is not an https:// URL")
             }
+            CliError::BadAddress { from, value } => write!(
+                f,
+                "{from}: {value:?} is not ADDR:PORT (e.g. 0.0.0.0:9470, 127.0.0.1:9470, [::]:9470)"
+            ),
             CliError::NoApiServer => write!(
                 f,
                 "--configmap needs --api-server outside a cluster (KUBERNETES_SERVICE_HOST and \
@@ -179,10 +191,11 @@ enum Flag {
     TokenFile,
     CaFile,
     WatchTimeout,
+    MetricsAddr,
 }
 
 impl Flag {
-    const ALL: [Flag; 10] = [
+    const ALL: [Flag; 11] = [
         Flag::Config,
         Flag::NodeName,
         Flag::DevicePluginDir,
@@ -193,6 +206,7 @@ impl Flag {
         Flag::TokenFile,
         Flag::CaFile,
         Flag::WatchTimeout,
+        Flag::MetricsAddr,
     ];
 
     fn name(self) -> &'static str {
@@ -207,6 +221,7 @@ impl Flag {
             Flag::TokenFile => "--token-file",
             Flag::CaFile => "--ca-file",
             Flag::WatchTimeout => "--watch-timeout",
+            Flag::MetricsAddr => "--metrics-addr",
         }
     }
 
@@ -222,6 +237,7 @@ impl Flag {
             Flag::TokenFile => "SPOOKD_TOKEN_FILE",
             Flag::CaFile => "SPOOKD_CA_FILE",
             Flag::WatchTimeout => "SPOOKD_WATCH_TIMEOUT",
+            Flag::MetricsAddr => "SPOOKD_METRICS_ADDR",
         }
     }
 }
@@ -338,9 +354,17 @@ pub fn parse(
             poll_interval,
         },
     };
+    let metrics_addr = match value(Flag::MetricsAddr) {
+        Some((from, v)) => Some(v.parse().map_err(|_| CliError::BadAddress {
+            from,
+            value: v.clone(),
+        })?),
+        None => None,
+    };
     Ok(Command::Run(RunOptions {
         source,
         node_name,
+        metrics_addr,
         device_plugin_dir: value(Flag::DevicePluginDir)
             .map_or_else(|| DEFAULT_DEVICE_PLUGIN_DIR.into(), |(_, v)| v.into()),
     }))
@@ -456,6 +480,7 @@ mod tests {
                 },
                 node_name: node("my-host"),
                 device_plugin_dir: DEFAULT_DEVICE_PLUGIN_DIR.into(),
+                metrics_addr: None,
             }
         );
     }
@@ -467,6 +492,7 @@ mod tests {
             ("NODE_NAME", "env-node"),
             ("SPOOKD_DEVICE_PLUGIN_DIR", "/env/dp"),
             ("SPOOKD_POLL_INTERVAL", "2s"),
+            ("SPOOKD_METRICS_ADDR", "127.0.0.1:9470"),
         ];
         assert_eq!(
             opts(&[], &env),
@@ -477,6 +503,7 @@ mod tests {
                 },
                 node_name: node("env-node"),
                 device_plugin_dir: "/env/dp".into(),
+                metrics_addr: Some("127.0.0.1:9470".parse().unwrap()),
             }
         );
         let o = opts(
@@ -487,6 +514,7 @@ mod tests {
                 "--device-plugin-dir",
                 "/dp",
                 "--poll-interval=250ms",
+                "--metrics-addr=[::1]:0",
             ],
             &env,
         );
@@ -499,6 +527,7 @@ mod tests {
                 },
                 node_name: node("flag-node"),
                 device_plugin_dir: "/dp".into(),
+                metrics_addr: Some("[::1]:0".parse().unwrap()),
             }
         );
     }
@@ -524,6 +553,10 @@ mod tests {
         assert!(e(&["--node-name", "Bad_Node"], &[])
             .starts_with("--node-name: invalid host \"Bad_Node\""));
         assert_eq!(e(&["check"], &[]), "check needs the PATH of a config");
+        assert_eq!(
+            e(&["--metrics-addr", "9470"], &[]),
+            "--metrics-addr: \"9470\" is not ADDR:PORT (e.g. 0.0.0.0:9470, 127.0.0.1:9470, [::]:9470)"
+        );
         assert_eq!(
             e(&["check", "a", "b"], &[]),
             "unexpected argument \"b\" (see --help)"

@@ -115,10 +115,35 @@ struct Pending {
     reported: bool,
 }
 
+/// An identity of the kubelet's socket file, `None` when absent. Inode numbers are reused (tmpfs),
+/// so the change time is part of it: a re-created kubelet.sock gets a new identity.
+pub fn kubelet_identity(dir: &Path) -> Option<u64> {
+    use std::hash::Hasher;
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir.join(KUBELET_SOCKET)).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write_u64(m.ino());
+    h.write_i64(m.ctime());
+    h.write_i64(m.ctime_nsec());
+    Some(h.finish())
+}
+
 fn run_registrar(env: &Arc<Environment>, dir: &Path, jobs: &Receiver<Job>, state: &Sender<Msg>) {
     let mut pending: BTreeMap<ResourceName, Pending> = BTreeMap::new();
-    let apply = |pending: &mut BTreeMap<ResourceName, Pending>, job: Job| match job {
+    // What is registered with which kubelet.sock: a kubelet restart is seen both as our socket
+    // deleted and as kubelet.sock created, and must not register the same endpoint twice (the
+    // kubelet would drop and re-dial it).
+    let mut done: BTreeMap<ResourceName, (String, Option<u64>)> = BTreeMap::new();
+    let apply = |pending: &mut BTreeMap<ResourceName, Pending>,
+                 done: &mut BTreeMap<ResourceName, (String, Option<u64>)>,
+                 job: Job| match job {
         Job::Register { resource, endpoint } => {
+            let kubelet = kubelet_identity(dir);
+            if kubelet.is_some() && done.get(&resource) == Some(&(endpoint.clone(), kubelet)) {
+                debug!("{resource}: {endpoint} is registered with this kubelet already");
+                pending.remove(&resource);
+                return;
+            }
             pending.insert(
                 resource,
                 Pending {
@@ -131,6 +156,7 @@ fn run_registrar(env: &Arc<Environment>, dir: &Path, jobs: &Receiver<Job>, state
         }
         Job::Forget(resource) => {
             pending.remove(&resource);
+            done.remove(&resource);
         }
     };
     loop {
@@ -140,13 +166,13 @@ fn run_registrar(env: &Arc<Environment>, dir: &Path, jobs: &Receiver<Job>, state
             None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match job {
-            Ok(job) => apply(&mut pending, job),
+            Ok(job) => apply(&mut pending, &mut done, job),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
         // A kubelet restart queues every resource at once: take them all before dialling.
         while let Ok(job) = jobs.try_recv() {
-            apply(&mut pending, job);
+            apply(&mut pending, &mut done, job);
         }
         let now = Instant::now();
         let due: Vec<ResourceName> = pending
@@ -158,11 +184,19 @@ fn run_registrar(env: &Arc<Environment>, dir: &Path, jobs: &Receiver<Job>, state
             let Some(p) = pending.get_mut(&resource) else {
                 continue;
             };
+            debug!(
+                "{resource}: registering {} (attempt {})",
+                p.endpoint,
+                p.attempt + 1
+            );
             let result = register(env, dir, &resource, &p.endpoint);
             let endpoint = p.endpoint.clone();
             match result {
                 Ok(()) => {
                     pending.remove(&resource);
+                    // The kubelet.sock that just answered: if it is replaced later, a new
+                    // kubelet started and registering again is right.
+                    done.insert(resource.clone(), (endpoint.clone(), kubelet_identity(dir)));
                     send(state, resource, endpoint, Ok(()));
                 }
                 Err(e) => {

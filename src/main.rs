@@ -13,6 +13,7 @@ use signal_hook::iterator::Signals;
 use spookd::cli::{self, CliError, Command, RunOptions, Source};
 use spookd::config::{Config, ConfigError};
 use spookd::kubelet::Watcher;
+use spookd::metrics::MetricsServer;
 use spookd::plugin::{self, GrpcBackend};
 use spookd::source::file::FilePoller;
 use spookd::source::kube::ApiSource;
@@ -173,6 +174,13 @@ fn serve(opts: RunOptions) -> Result<(), MainError> {
         }
     };
 
+    let metrics = match opts.metrics_addr {
+        Some(addr) => {
+            Some(MetricsServer::spawn(addr, tx.clone()).map_err(startup("serve --metrics-addr"))?)
+        }
+        None => None,
+    };
+
     let mut signals = signals;
     if let Some(signal) = signals.forever().next() {
         info!("received signal {signal}; stopping");
@@ -182,6 +190,7 @@ fn serve(opts: RunOptions) -> Result<(), MainError> {
     if !state_thread.join_timeout(SHUTDOWN_WAIT) {
         warn!("state thread did not stop within {SHUTDOWN_WAIT:?}; exiting anyway");
     }
+    drop(metrics);
     drop(file_source);
     drop(api_source);
     drop(watcher);

@@ -8,7 +8,7 @@ use std::fmt;
 use std::fs;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use crate::proto::{
     self, AllocateRequest, AllocateResponse, ContainerAllocateResponse,
     ContainerPreferredAllocationResponse, DevicePluginOptions, Empty, ListAndWatchResponse,
     PreStartContainerRequest, PreStartContainerResponse, PreferredAllocationRequest,
-    PreferredAllocationResponse, KUBELET_SOCKET,
+    PreferredAllocationResponse,
 };
 use crate::state::{AllocateError, Backend, Listing, Msg};
 
@@ -193,13 +193,7 @@ impl Backend for GrpcBackend {
     }
 
     fn kubelet_socket(&self) -> Option<u64> {
-        let m = fs::metadata(self.dir.join(KUBELET_SOCKET)).ok()?;
-        // Inode numbers are reused on tmpfs; the change time tells a re-created socket apart.
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        h.write_u64(m.ino());
-        h.write_i64(m.ctime());
-        h.write_i64(m.ctime_nsec());
-        Some(h.finish())
+        crate::kubelet::kubelet_identity(&self.dir)
     }
 }
 

@@ -38,6 +38,7 @@ use log::{debug, error, info, warn};
 use crate::config::{Config, ConfigError, Device, InstanceId, NodeName, ResourceName};
 use crate::env;
 use crate::kubelet::RegisterError;
+use crate::metrics::Snapshot;
 
 /// How long a removed resource's server lives after pushing its empty list, so the kubelet reads it.
 pub const RETIRE_GRACE: Duration = Duration::from_millis(250);
@@ -81,6 +82,10 @@ pub enum Msg {
         resource: ResourceName,
         endpoint: String,
         result: Result<(), RegisterError>,
+    },
+    /// What operators see (/metrics, /healthz): answered with a snapshot of the counters.
+    Snapshot {
+        reply: crossbeam_channel::Sender<Snapshot>,
     },
     /// Stop serving: stop every server, remove our sockets, end the thread.
     Shutdown,
@@ -179,6 +184,8 @@ pub struct State<B: Backend> {
     kubelet: Option<u64>,
     have_config: bool,
     next_check: Instant,
+    /// Counters for /metrics; devices and registration are read from `served`.
+    stats: Snapshot,
 }
 
 impl<B: Backend> State<B> {
@@ -193,14 +200,23 @@ impl<B: Backend> State<B> {
             kubelet,
             have_config: false,
             next_check: now + FALLBACK_CHECK,
+            stats: Snapshot::default(),
         }
     }
 
     /// Handles one message.
     pub fn handle(&mut self, msg: Msg, now: Instant) -> Flow {
         match msg {
-            Msg::Config { origin, config } => self.apply(&origin, &config, now),
+            Msg::Config { origin, config } => {
+                self.stats.reloads_ok += 1;
+                self.stats.last_reload_success = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs_f64());
+                self.apply(&origin, &config, now);
+            }
             Msg::ConfigInvalid(e) => {
+                self.stats.reloads_error += 1;
                 if self.have_config {
                     error!("{e}; keeping the last good config");
                 } else {
@@ -220,6 +236,12 @@ impl<B: Backend> State<B> {
                 reply,
             } => {
                 let result = self.allocate(&resource, &containers);
+                let outcome = if result.is_ok() { "ok" } else { "error" };
+                *self
+                    .stats
+                    .allocations
+                    .entry((resource.to_string(), outcome))
+                    .or_default() += 1;
                 // The kubelet may have given up (deadline): nothing to do then.
                 let _ = reply.send(result);
             }
@@ -227,7 +249,18 @@ impl<B: Backend> State<B> {
                 resource,
                 endpoint,
                 result,
-            } => self.registered(&resource, &endpoint, result),
+            } => {
+                let outcome = if result.is_ok() { "ok" } else { "error" };
+                *self
+                    .stats
+                    .registrations
+                    .entry((resource.to_string(), outcome))
+                    .or_default() += 1;
+                self.registered(&resource, &endpoint, result);
+            }
+            Msg::Snapshot { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
             Msg::Shutdown => return Flow::Stop,
         }
         self.reap(now);
@@ -526,6 +559,21 @@ impl<B: Backend> State<B> {
     /// Drops retired servers whose deadline passed.
     fn reap(&mut self, now: Instant) {
         self.retiring.retain(|(at, _)| *at > now);
+    }
+
+    /// The counters, and per resource its devices and whether it is registered.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = self.stats.clone();
+        s.configured = self.have_config;
+        s.resources = self
+            .served
+            .iter()
+            .map(|(r, served)| {
+                let registered = served.server.as_ref().is_some_and(|l| l.registered);
+                (r.to_string(), (served.devices.len(), 0, registered))
+            })
+            .collect();
+        s
     }
 
     /// Resources served and whether each is registered (for tests and, later, health checks).
@@ -903,6 +951,43 @@ mod tests {
             s.registrations()[&res("a.io/x")],
             Some(("spookd-0.sock".into(), true))
         );
+    }
+
+    #[test]
+    fn snapshot_counts_reloads_allocations_and_registrations() {
+        let (mut s, _log, now) = setup();
+        assert!(!s.snapshot().configured);
+        s.handle(config(TWO), now);
+        let err = Config::parse(b"deviceMapping: [", "t").unwrap_err();
+        s.handle(Msg::ConfigInvalid(err), now);
+        s.handle(
+            Msg::Registered {
+                resource: res("a.io/x"),
+                endpoint: "spookd-0.sock".into(),
+                result: Ok(()),
+            },
+            now,
+        );
+        for ids in [vec!["1".to_string()], vec!["9".to_string()]] {
+            let (tx, _rx) = oneshot::channel();
+            let msg = Msg::Allocate {
+                resource: res("a.io/x"),
+                containers: vec![ids],
+                reply: tx,
+            };
+            s.handle(msg, now);
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        s.handle(Msg::Snapshot { reply: tx }, now);
+        let snap = rx.try_recv().unwrap();
+        assert!(snap.configured);
+        assert_eq!((snap.reloads_ok, snap.reloads_error), (1, 1));
+        assert!(snap.last_reload_success.is_some());
+        assert_eq!(snap.resources["a.io/x"], (1, 0, true));
+        assert_eq!(snap.resources["b.io/y"], (1, 0, false));
+        assert_eq!(snap.allocations[&("a.io/x".to_string(), "ok")], 1);
+        assert_eq!(snap.allocations[&("a.io/x".to_string(), "error")], 1);
+        assert_eq!(snap.registrations[&("a.io/x".to_string(), "ok")], 1);
     }
 
     #[test]

@@ -11,3 +11,4 @@ mod api;
 mod cli;
 mod daemon;
 mod manifests;
+mod metrics;

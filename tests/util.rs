@@ -94,7 +94,18 @@ pub struct Spookd {
 impl Spookd {
     /// Starts `spookd --config CONFIG --node-name NODE --device-plugin-dir DIR --poll-interval 50ms`.
     pub fn start(config: &Path, node: &str, dir: &Path, log: PathBuf) -> Spookd {
-        let args = [
+        Spookd::start_extra(config, node, dir, log, &[])
+    }
+
+    /// As [`Spookd::start`], with more arguments.
+    pub fn start_extra(
+        config: &Path,
+        node: &str,
+        dir: &Path,
+        log: PathBuf,
+        extra: &[&str],
+    ) -> Spookd {
+        let mut args = vec![
             "--config".as_ref(),
             config.as_os_str(),
             "--node-name".as_ref(),
@@ -104,6 +115,7 @@ impl Spookd {
             "--poll-interval".as_ref(),
             POLL.as_ref(),
         ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
         Spookd::start_args(&args, log)
     }
 
@@ -180,12 +192,16 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(node: &str, config: &str) -> Setup {
+        Setup::with_args(node, config, &[])
+    }
+
+    pub fn with_args(node: &str, config: &str, extra: &[&str]) -> Setup {
         let tmp = TempDir::new();
         let dp = tmp.join("dp");
         fs::create_dir_all(&dp).unwrap();
         let kubelet = Kubelet::start(&dp).unwrap();
         let config = ConfigVolume::new(tmp.join("cm"), config);
-        let spookd = Spookd::start(&config.path(), node, &dp, tmp.join("spookd.log"));
+        let spookd = Spookd::start_extra(&config.path(), node, &dp, tmp.join("spookd.log"), extra);
         Setup {
             tmp,
             kubelet,
