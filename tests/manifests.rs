@@ -145,6 +145,15 @@ fn check_daemonset(ds: &Value, file_source: bool) {
         );
         assert_eq!(pod["automountServiceAccountToken"], true);
     }
+    let metrics = env
+        .iter()
+        .find(|e| e["name"] == "SPOOKD_METRICS_ADDR")
+        .unwrap();
+    assert_eq!(metrics["value"], "0.0.0.0:9470");
+    assert_eq!(c["ports"][0]["containerPort"], 9470);
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], c["ports"][0]["name"]);
     // spookd's args, if any, never set --config (that would conflict with the API source).
     assert!(c["args"].is_null());
 }
