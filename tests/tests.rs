@@ -12,3 +12,4 @@ mod cli;
 mod daemon;
 mod manifests;
 mod metrics;
+mod soak;
