@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod env;
 pub mod kubelet;
+pub mod latest;
 pub mod metrics;
 pub mod plugin;
 pub mod proto;

@@ -266,7 +266,7 @@ impl proto::DevicePlugin for PluginService {
         _req: Empty,
         mut sink: ServerStreamingSink<ListAndWatchResponse>,
     ) {
-        let (tx, rx) = futures_channel::mpsc::unbounded::<Listing>();
+        let (tx, rx) = crate::latest::channel::<Listing>();
         let watch = Msg::Watch {
             resource: self.resource.clone(),
             server: self.server,

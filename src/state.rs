@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use futures_channel::mpsc::UnboundedSender;
 use futures_channel::oneshot;
 use log::{debug, error, info, warn};
 
@@ -49,8 +48,8 @@ pub const FALLBACK_CHECK: Duration = Duration::from_secs(5);
 /// The device list pushed on a ListAndWatch stream: always the resource's full list.
 pub type Listing = Arc<[Device]>;
 
-/// The sending half of one ListAndWatch stream.
-pub type StreamSender = UnboundedSender<Listing>;
+/// The sending half of one ListAndWatch stream: it keeps only the newest list (see `latest`).
+pub type StreamSender = crate::latest::Sender<Listing>;
 
 /// One container's env, as Allocate answers it.
 pub type Env = BTreeMap<String, String>;
@@ -465,7 +464,7 @@ impl<B: Backend> State<B> {
             debug!("{resource}: ListAndWatch on replaced server {server}; closing it");
             return;
         }
-        if stream.unbounded_send(served.devices.clone()).is_ok() {
+        if stream.send(served.devices.clone()).is_ok() {
             debug!(
                 "{resource}: ListAndWatch stream opened ({} open)",
                 served.streams.len() + 1
@@ -596,7 +595,7 @@ fn push<S>(resource: &ResourceName, served: &mut Served<S>) {
     let before = served.streams.len();
     served
         .streams
-        .retain(|s| s.unbounded_send(served.devices.clone()).is_ok());
+        .retain(|s| s.send(served.devices.clone()).is_ok());
     if served.streams.len() != before {
         debug!(
             "{resource}: dropped {} closed ListAndWatch streams",
@@ -652,7 +651,7 @@ pub fn run<B: Backend>(mut state: State<B>, rx: &Receiver<Msg>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_channel::mpsc::{unbounded, UnboundedReceiver};
+    use crate::latest::{channel, Receiver};
     use std::cell::RefCell;
     use std::collections::BTreeSet;
     use std::rc::Rc;
@@ -735,9 +734,9 @@ mod tests {
         l.iter().map(|d| d.id.as_str()).collect()
     }
 
-    fn drain(rx: &mut UnboundedReceiver<Listing>) -> Vec<Vec<String>> {
+    fn drain(rx: &mut Receiver<Listing>) -> Vec<Vec<String>> {
         let mut out = Vec::new();
-        while let Ok(l) = rx.try_recv() {
+        while let Some(l) = rx.newest() {
             out.push(ids(&l).into_iter().map(str::to_owned).collect());
         }
         out
@@ -748,8 +747,8 @@ mod tests {
         r: &str,
         server: u64,
         now: Instant,
-    ) -> UnboundedReceiver<Listing> {
-        let (tx, rx) = unbounded();
+    ) -> Receiver<Listing> {
+        let (tx, rx) = channel();
         state.handle(
             Msg::Watch {
                 resource: res(r),
@@ -798,10 +797,7 @@ mod tests {
         assert_eq!(log.borrow().forgotten, ["a.io/x"]);
         s.tick(now + RETIRE_GRACE + Duration::from_millis(1));
         assert_eq!(log.borrow().stopped, ["spookd-0.sock"]);
-        assert!(
-            rx.try_recv().is_err_and(|e| e.is_closed()),
-            "stream must end"
-        );
+        assert!(rx.is_closed(), "stream must end");
     }
 
     #[test]
@@ -883,10 +879,10 @@ mod tests {
         // The old server is dropped right after (deadline now), and its stream ended.
         s.tick(Instant::now());
         assert!(log.borrow().stopped.contains(&"spookd-0.sock".to_string()));
-        assert!(old.try_recv().is_err_and(|e| e.is_closed()));
+        assert!(old.is_closed());
         // A watch on the replaced server is closed; on the new one it gets the list.
-        let mut stale = watch(&mut s, "a.io/x", 0, now);
-        assert!(stale.try_recv().is_err_and(|e| e.is_closed()));
+        let stale = watch(&mut s, "a.io/x", 0, now);
+        assert!(stale.is_closed());
         let mut fresh = watch(&mut s, "a.io/x", 2, now);
         assert_eq!(drain(&mut fresh), [["1"]]);
     }

@@ -509,3 +509,38 @@ fn sigterm_stops_serving_removes_own_sockets_and_exits_zero() {
     assert!(ok, "streams must end");
     assert!(own_sockets(&s.dp()).is_empty());
 }
+
+#[test]
+fn a_kubelet_that_stops_reading_a_stream_holds_up_nothing() {
+    let mut s = Setup::new("node1", SEED);
+    s.expect_devices("example.com/widget", &["0001"]);
+    // A second ListAndWatch on widget that is never read: its HTTP/2 window fills up.
+    let client = s.kubelet.plugin_client("example.com/widget").unwrap();
+    let _stalled = client.list_and_watch(CallOption::default()).unwrap();
+    // Large lists, many times: far more than a stream's flow-control window.
+    let mut last = String::new();
+    for round in 0..40 {
+        let mut config = String::from("deviceMapping:\n  - hosts: [node1]\n    devices:\n");
+        for d in 0..200 {
+            config.push_str(&format!(
+                "      - {{resourceName: example.com/widget, instanceID: \"r{round:02}-{d:03}-{}\"}}\n",
+                "x".repeat(40)
+            ));
+        }
+        config.push_str(&format!(
+            "      - {{resourceName: example.com/thingamajig, instanceID: \"t{round:02}\"}}\n"
+        ));
+        s.config.write(&config);
+        last = format!("t{round:02}");
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    // The reading streams kept up; the state thread and the other resource were never held up.
+    s.expect_devices("example.com/thingamajig", &[&last]);
+    let widgets = s.kubelet.device_ids("example.com/widget").unwrap();
+    assert_eq!(widgets.len(), 200);
+    assert!(widgets[0].starts_with("r39-000-"), "{}", widgets[0]);
+    assert!(s
+        .kubelet
+        .allocate("example.com/thingamajig", &[&[last.as_str()]])
+        .is_ok());
+}
