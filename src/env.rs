@@ -53,7 +53,7 @@ fn fields<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, NodeName};
+    use crate::config::{Config, EnvKey, EnvValue, InstanceId, NodeName};
 
     fn devices(yaml: &str) -> (ResourceName, Vec<Device>) {
         let c = Config::parse(yaml.as_bytes(), "t").unwrap();
@@ -64,6 +64,49 @@ mod tests {
 
     fn pairs(env: &BTreeMap<String, String>) -> Vec<(&str, &str)> {
         env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
+    proptest::proptest! {
+        /// For any valid resource, devices and env: every generated name is distinct (the count
+        /// is exact), DEV<n> follow instanceID order whatever order the kubelet asked in, and the
+        /// un-indexed names copy DEV0.
+        #[test]
+        fn layout_invariants(
+            domain in "[a-z][a-z0-9]{0,8}(\\.[a-z][a-z0-9-]{0,6}[a-z0-9])?",
+            name in "[A-Za-z0-9]([A-Za-z0-9._-]{0,12}[A-Za-z0-9])?",
+            ids in proptest::collection::btree_set("[A-Za-z0-9._:/-]{1,12}", 1..6),
+            vars in proptest::collection::btree_map("[A-Za-z_][A-Za-z0-9_]{0,8}", "[ -~]{0,10}", 0..4),
+            rotate in 0usize..6,
+        ) {
+            let resource = ResourceName::try_from(format!("{domain}/{name}")).unwrap();
+            let vars: BTreeMap<EnvKey, EnvValue> = vars
+                .into_iter()
+                .filter_map(|(k, v)| Some((EnvKey::try_from(k).ok()?, EnvValue::try_from(v).ok()?)))
+                .collect();
+            let devices: Vec<Device> = ids
+                .iter()
+                .map(|id| Device { id: InstanceId::try_from(id.clone()).unwrap(), env: vars.clone() })
+                .collect();
+            let mut asked: Vec<&Device> = devices.iter().collect();
+            let r = rotate % asked.len();
+            asked.rotate_left(r);
+            let out = render(&resource, &asked);
+            let p = prefix(&resource);
+            let n = devices.len();
+            proptest::prop_assert_eq!(out.len(), n * (2 + vars.len()) + 1 + 2 + vars.len());
+            proptest::prop_assert_eq!(&out[&format!("{p}_NUM_DEVICES")], &n.to_string());
+            // `devices` is in instanceID order (from a BTreeSet).
+            for (i, d) in devices.iter().enumerate() {
+                proptest::prop_assert_eq!(&out[&format!("{p}_DEV{i}_ID")], d.id.as_str());
+                proptest::prop_assert_eq!(&out[&format!("{p}_DEV{i}_TYPE")], resource.as_str());
+                for (k, v) in &d.env {
+                    proptest::prop_assert_eq!(&out[&format!("{p}_DEV{i}_{k}")], v.as_str());
+                    proptest::prop_assert_eq!(&out[&format!("{p}_{k}")], v.as_str());
+                }
+            }
+            proptest::prop_assert_eq!(&out[&format!("{p}_ID")], devices[0].id.as_str());
+            proptest::prop_assert!(p.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'));
+        }
     }
 
     #[test]
