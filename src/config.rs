@@ -242,11 +242,12 @@ impl Config {
                     Some(env) if *env != device.env => {
                         return Err(ConfigError::ConflictingEnv {
                             origin: origin.to_owned(),
+                            // Set whenever `devices` gets the key (the None arm below).
                             first_mapping: first_seen[&key],
                             mapping: index,
                             resource: key.0,
                             instance: key.1,
-                        })
+                        });
                     }
                     Some(_) => {}
                     None => {
@@ -272,6 +273,7 @@ impl Config {
         let mut out: BTreeMap<ResourceName, Vec<Device>> = BTreeMap::new();
         // BTreeSet order is (resource, instanceID): each list comes out sorted by instanceID.
         for key in self.hosts.get(node).into_iter().flatten() {
+            // Every key in `hosts` was inserted into `devices` first (see `check`).
             let env = self.devices[key].clone();
             out.entry(key.0.clone()).or_default().push(Device {
                 id: key.1.clone(),

@@ -431,6 +431,7 @@ impl<B: Backend> State<B> {
         );
         let resources: Vec<ResourceName> = self.served.keys().cloned().collect();
         for resource in resources {
+            // `resources` are the keys of `served`, and only `restart` runs in between (it keeps them).
             let served = &self.served[&resource];
             match &served.server {
                 Some(live) if self.backend.socket_exists(&live.endpoint) => {
