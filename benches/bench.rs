@@ -11,10 +11,12 @@
 #[path = "../tests/apiserver.rs"]
 #[allow(dead_code)]
 mod apiserver;
+#[path = "../tests/util.rs"]
+#[allow(dead_code)]
+mod util;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -66,41 +68,6 @@ impl Dir {
 impl Drop for Dir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A ConfigMap-style volume: updates swap the `..data` link atomically.
-struct Volume {
-    dir: PathBuf,
-    n: usize,
-}
-
-impl Volume {
-    fn new(dir: PathBuf, content: &str) -> Volume {
-        fs::create_dir_all(&dir).unwrap();
-        let mut v = Volume { dir, n: 0 };
-        v.write(content);
-        symlink("..data/config.yaml", v.dir.join("config.yaml")).unwrap();
-        v
-    }
-    fn path(&self) -> PathBuf {
-        self.dir.join("config.yaml")
-    }
-    /// Returns when the swap happened.
-    fn write(&mut self, content: &str) -> Instant {
-        self.n += 1;
-        let new = format!("..v{}", self.n);
-        fs::create_dir(self.dir.join(&new)).unwrap();
-        fs::write(self.dir.join(&new).join("config.yaml"), content).unwrap();
-        let tmp = self.dir.join("..data_tmp");
-        symlink(&new, &tmp).unwrap();
-        let old = fs::read_link(self.dir.join("..data")).ok();
-        fs::rename(&tmp, self.dir.join("..data")).unwrap();
-        let at = Instant::now();
-        if let Some(old) = old {
-            let _ = fs::remove_dir_all(self.dir.join(old));
-        }
-        at
     }
 }
 
@@ -273,7 +240,7 @@ fn main() {
         for _ in 0..10 {
             let d = Dir::new("start");
             let k = Kubelet::start(&d.dp()).unwrap();
-            let v = Volume::new(d.0.join("cm"), &seed());
+            let v = util::ConfigVolume::new(d.0.join("cm"), &seed());
             let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
             let t0 = Instant::now();
             let p = Proc::start(&bin, &file_args(&c, &dp, "1s"), &d.0.join("log"));
@@ -297,7 +264,7 @@ fn main() {
         // Idle with the seed config at the default poll interval.
         let d = Dir::new("idle");
         let mut k = Kubelet::start(&d.dp()).unwrap();
-        let v = Volume::new(d.0.join("cm"), &seed());
+        let v = util::ConfigVolume::new(d.0.join("cm"), &seed());
         let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
         let p = Proc::start(&bin, &file_args(&c, &dp, "1s"), &d.0.join("log"));
         wait_register_calls(&k, 2);
@@ -433,7 +400,7 @@ fn main() {
         let k = Kubelet::start(&d.dp()).unwrap();
         let (tx, events) = crossbeam_channel::unbounded();
         k.subscribe(tx);
-        let mut v = Volume::new(d.0.join("cm"), &seed());
+        let mut v = util::ConfigVolume::new(d.0.join("cm"), &seed());
         let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
         let p = Proc::start(&bin, &file_args(&c, &dp, "100ms"), &d.0.join("log"));
         wait_devices_event(&events, "example.com/widget", &["0001".into()]);
@@ -538,7 +505,7 @@ fn main() {
         // 200 resources × 50 devices, all registered.
         let d = Dir::new("big");
         let k = Kubelet::start(&d.dp()).unwrap();
-        let v = Volume::new(d.0.join("cm"), &big(200, 50));
+        let v = util::ConfigVolume::new(d.0.join("cm"), &big(200, 50));
         let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
         let t0 = Instant::now();
         let p = Proc::start(&bin, &file_args(&c, &dp, "1s"), &d.0.join("log"));

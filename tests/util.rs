@@ -61,12 +61,12 @@ impl ConfigVolume {
         self.dir.join("config.yaml")
     }
 
-    /// Swaps in new content the kubelet's way.
-    pub fn write(&mut self, content: &str) {
-        self.write_bytes(content.as_bytes());
+    /// Swaps in new content the kubelet's way; returns when the swap happened.
+    pub fn write(&mut self, content: &str) -> Instant {
+        self.write_bytes(content.as_bytes())
     }
 
-    pub fn write_bytes(&mut self, content: &[u8]) {
+    pub fn write_bytes(&mut self, content: &[u8]) -> Instant {
         self.version += 1;
         let new = format!(
             "..2026_11_26_00_00_{:02}.{}",
@@ -79,9 +79,11 @@ impl ConfigVolume {
         symlink(&new, &tmp).unwrap();
         let old = fs::read_link(self.dir.join("..data")).ok();
         fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        let swapped = Instant::now();
         if let Some(old) = old {
             fs::remove_dir_all(self.dir.join(old)).unwrap();
         }
+        swapped
     }
 }
 
