@@ -194,6 +194,15 @@ impl DevicePluginClient {
         self.client.unary_call(&ALLOCATE, req, opt)
     }
 
+    /// Starts an Allocate without waiting for its answer.
+    pub fn allocate_async(
+        &self,
+        req: &AllocateRequest,
+        opt: CallOption,
+    ) -> grpcio::Result<grpcio::ClientUnaryReceiver<AllocateResponse>> {
+        self.client.unary_call_async(&ALLOCATE, req, opt)
+    }
+
     pub fn pre_start_container(
         &self,
         req: &PreStartContainerRequest,

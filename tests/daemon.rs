@@ -544,3 +544,31 @@ fn a_kubelet_that_stops_reading_a_stream_holds_up_nothing() {
         .allocate("example.com/thingamajig", &[&[last.as_str()]])
         .is_ok());
 }
+
+#[test]
+fn a_kubelet_that_never_reads_allocate_answers_holds_up_nothing() {
+    let mut s = Setup::new("node1", SEED);
+    s.expect_resources(&["example.com/thingamajig", "example.com/widget"]);
+    let client = s.kubelet.plugin_client("example.com/widget").unwrap();
+    let mut req = spookd::proto::AllocateRequest::new();
+    let mut c = spookd::proto::ContainerAllocateRequest::new();
+    c.devices_ids = vec!["0001".into()];
+    req.container_requests.push(c);
+    // 500 Allocates in flight whose answers are never read.
+    let pending: Vec<_> = (0..500)
+        .map(|_| client.allocate_async(&req, CallOption::default()).unwrap())
+        .collect();
+    // The other resource, the state thread and config pushes carry on.
+    assert!(s
+        .kubelet
+        .allocate("example.com/thingamajig", &[&["0001"]])
+        .is_ok());
+    s.config
+        .write(&SEED.replace("\"0001\"\n        env", "\"0005\"\n        env"));
+    s.expect_devices("example.com/widget", &["0005"]);
+    assert!(s
+        .kubelet
+        .allocate("example.com/widget", &[&["0005"]])
+        .is_ok());
+    drop(pending);
+}
