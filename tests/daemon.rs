@@ -535,10 +535,19 @@ fn a_kubelet_that_stops_reading_a_stream_holds_up_nothing() {
         std::thread::sleep(Duration::from_millis(60));
     }
     // The reading streams kept up; the state thread and the other resource were never held up.
+    // (The two resources' lists travel on different connections: wait for each.)
     s.expect_devices("example.com/thingamajig", &[&last]);
-    let widgets = s.kubelet.device_ids("example.com/widget").unwrap();
-    assert_eq!(widgets.len(), 200);
-    assert!(widgets[0].starts_with("r39-000-"), "{}", widgets[0]);
+    let newest = |k: &Kubelet| {
+        k.device_ids("example.com/widget")
+            .is_some_and(|w| w.len() == 200 && w[0].starts_with("r39-000-"))
+    };
+    assert!(
+        s.kubelet.wait_until(WAIT, newest),
+        "{:?}",
+        s.kubelet
+            .device_ids("example.com/widget")
+            .map(|w| w[0].clone())
+    );
     assert!(s
         .kubelet
         .allocate("example.com/thingamajig", &[&[last.as_str()]])

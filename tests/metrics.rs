@@ -185,20 +185,18 @@ fn metrics_and_health_follow_events() {
     for f in s.own_sockets() {
         std::fs::remove_file(s.dp().join(f)).unwrap();
     }
+    // Both sockets' deletions are seen one after the other: wait for the answer naming both.
+    let expected = (
+        503,
+        "not registered with the kubelet: example.com/thingamajig, example.com/widget\n".to_owned(),
+    );
     let deadline = std::time::Instant::now() + WAIT;
     let mut health = get(&addr, "/healthz");
-    while health.0 != 503 && std::time::Instant::now() < deadline {
+    while health != expected && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
         health = get(&addr, "/healthz");
     }
-    assert_eq!(
-        health,
-        (
-            503,
-            "not registered with the kubelet: example.com/thingamajig, example.com/widget\n"
-                .to_owned()
-        )
-    );
+    assert_eq!(health, expected);
     assert_eq!(get(&addr, "/readyz").0, 503);
     s.kubelet.restart().unwrap();
     s.expect_resources(&["example.com/thingamajig", "example.com/widget"]);
