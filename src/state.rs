@@ -2,7 +2,7 @@
 //!
 //! Every other thread only sends [`Msg`]s here; nothing else mutates state. The protocol:
 //!
-//! 1. A config source (file poller, later the API watch) reads the config, parses and checks it
+//! 1. A config source (the file poller or the API watch) reads the config, parses and checks it
 //!    at its edge, and sends [`Msg::Config`] or [`Msg::ConfigInvalid`]. An invalid one is logged
 //!    and dropped: the last good config stays in force.
 //! 2. On a good config the state thread computes this node's resources and diffs them against what
@@ -22,7 +22,9 @@
 //!    wiped ours) and our sockets being deleted ([`Msg::SocketRemoved`]: restart that server).
 //!    Every [`FALLBACK_CHECK`] the thread also stats the same files itself, in case an event was
 //!    missed.
-//! 6. [`Msg::Shutdown`] stops every server, removes our sockets and ends the thread.
+//! 6. The metrics thread asks with [`Msg::Snapshot`] (carrying its reply channel) for the
+//!    counters and each resource's devices and registration, for /metrics and /healthz.
+//! 7. [`Msg::Shutdown`] stops every server, removes our sockets and ends the thread.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -576,8 +578,9 @@ impl<B: Backend> State<B> {
         s
     }
 
-    /// Resources served and whether each is registered (for tests and, later, health checks).
-    pub fn registrations(&self) -> BTreeMap<ResourceName, Option<(String, bool)>> {
+    /// Resources served, with their endpoint and whether it is registered.
+    #[cfg(test)]
+    fn registrations(&self) -> BTreeMap<ResourceName, Option<(String, bool)>> {
         self.served
             .iter()
             .map(|(r, s)| {
