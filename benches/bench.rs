@@ -196,6 +196,28 @@ fn wait_devices_event(
     }
 }
 
+/// Times 60 config changes, each giving widget the single device `{tag}NNN`: `pause(i)` waits
+/// before change i, `change(config)` makes it and returns when; the push is seen on `events`.
+/// Returns the latencies, sorted.
+fn time_pushes(
+    events: &crossbeam_channel::Receiver<Event>,
+    tag: &str,
+    mut pause: impl FnMut(usize),
+    mut change: impl FnMut(&str) -> Instant,
+) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for i in 0..60 {
+        pause(i);
+        let id = format!("{tag}{i:03}");
+        let t0 =
+            change(&seed().replace("\"0001\"\n        env", &format!("\"{id}\"\n        env")));
+        let t1 = wait_devices_event(events, "example.com/widget", &[id]);
+        times.push(t1 - t0);
+    }
+    times.sort();
+    times
+}
+
 struct Row {
     figure: String,
     value: String,
@@ -404,17 +426,15 @@ fn main() {
         let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
         let p = Proc::start(&bin, &file_args(&c, &dp, "100ms"), &d.0.join("log"));
         wait_devices_event(&events, "example.com/widget", &["0001".into()]);
-        let mut edits = Vec::new();
-        for i in 0..60 {
-            // Land edits at varying points of the poll cycle.
-            std::thread::sleep(Duration::from_millis(37 + (i * 13) % 100));
-            let id = format!("e{i:03}");
-            let t0 = v
-                .write(&seed().replace("\"0001\"\n        env", &format!("\"{id}\"\n        env")));
-            let t1 = wait_devices_event(&events, "example.com/widget", &[id]);
-            edits.push(t1 - t0);
-        }
-        edits.sort();
+        // Land edits at varying points of the poll cycle.
+        let edits = time_pushes(
+            &events,
+            "e",
+            |i| {
+                std::thread::sleep(Duration::from_millis(37 + (i as u64 * 13) % 100));
+            },
+            |config| v.write(config),
+        );
         row(
             "file edit → ListAndWatch push (poll 100 ms, 60 edits)".into(),
             format!(
@@ -469,16 +489,16 @@ fn main() {
         let p = Proc::start(&bin, &args, &d.0.join("log"));
         wait_devices_event(&events, "example.com/widget", &["0001".into()]);
         assert!(api.wait_watchers(1, WAIT));
-        let mut pushes = Vec::new();
-        for i in 0..60 {
-            std::thread::sleep(Duration::from_millis(20));
-            let id = format!("a{i:03}");
-            let t0 = Instant::now();
-            api.set(&seed().replace("\"0001\"\n        env", &format!("\"{id}\"\n        env")));
-            let t1 = wait_devices_event(&events, "example.com/widget", &[id]);
-            pushes.push(t1 - t0);
-        }
-        pushes.sort();
+        let pushes = time_pushes(
+            &events,
+            "a",
+            |_| std::thread::sleep(Duration::from_millis(20)),
+            |config| {
+                let t0 = Instant::now();
+                api.set(config);
+                t0
+            },
+        );
         row(
             "API event → ListAndWatch push (60 events)".into(),
             format!(
