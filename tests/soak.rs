@@ -47,18 +47,40 @@ fn settles_to(pid: u32, before: (usize, usize)) -> Result<(), (usize, usize)> {
     }
 }
 
-/// (open fds, threads) of a process.
+/// Threads of gRPC core's EventEngine pool: elastic (it grows under CPU load and shrinks after a
+/// long idle time) and bounded by gRPC, so they are counted apart from spookd's own threads.
+const GRPC_POOL: &str = "event_engine";
+
+/// The most pool threads accepted: gRPC sizes the pool from the core count and load.
+const GRPC_POOL_MAX: usize = 16;
+
+/// (open fds, threads other than gRPC's elastic pool) of a process.
 fn footprint(pid: u32) -> (usize, usize) {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let threads = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
-    (fds, threads)
+    let own = threads(pid)
+        .iter()
+        .filter(|t| t.as_str() != GRPC_POOL)
+        .count();
+    (fds, own)
+}
+
+/// The names of a process's threads.
+fn threads(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect()
+}
+
+fn assert_grpc_pool_bounded(pid: u32) {
+    let pool = threads(pid)
+        .iter()
+        .filter(|t| t.as_str() == GRPC_POOL)
+        .count();
+    assert!(pool <= GRPC_POOL_MAX, "{pool} gRPC pool threads");
 }
 
 fn config(ids: &[String]) -> String {
@@ -106,8 +128,9 @@ fn kubelet_restarts_leak_nothing_and_always_reregister() {
     assert_eq!(
         settles_to(s.spookd.pid(), before),
         Ok(()),
-        "(fds, threads) after {restarts} kubelet restarts; before: {before:?}"
+        "(fds, own threads) after {restarts} kubelet restarts; before: {before:?}"
     );
+    assert_grpc_pool_bounded(s.spookd.pid());
 }
 
 #[test]
@@ -161,6 +184,7 @@ fn config_churn_never_applies_a_broken_config_and_ends_on_the_last_good_one() {
     assert_eq!(
         settles_to(s.spookd.pid(), before),
         Ok(()),
-        "(fds, threads) after {writes} writes; before: {before:?}"
+        "(fds, own threads) after {writes} writes; before: {before:?}"
     );
+    assert_grpc_pool_bounded(s.spookd.pid());
 }
