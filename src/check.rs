@@ -5,8 +5,8 @@ use std::fmt::Write;
 use crate::config::{Config, NodeName};
 use crate::env;
 
-/// What each node (or only `only`) would serve, with every device's env as Allocate would set it
-/// for that device alone.
+/// What each node (or only `only`) would serve, with every device's probe settings and its env as
+/// Allocate would set it for that device alone.
 pub fn describe(config: &Config, only: Option<&NodeName>) -> String {
     let mut out = String::new();
     let nodes: Vec<&NodeName> = match only {
@@ -27,6 +27,9 @@ pub fn describe(config: &Config, only: Option<&NodeName>) -> String {
             let _ = writeln!(out, "  {resource} ({} devices)", list.len());
             for device in list.iter() {
                 let _ = writeln!(out, "    {}", device.id);
+                if let Some(check) = &device.health_check {
+                    let _ = writeln!(out, "      healthCheck: {check}");
+                }
                 for (k, v) in env::render(resource, &[device]) {
                     if k.contains("_DEV0_") {
                         let _ = writeln!(out, "      {k}={v}");
@@ -63,5 +66,19 @@ mod tests {
         );
         let other = NodeName::try_from("h3".to_owned()).unwrap();
         assert!(describe(&c, Some(&other)).starts_with("node h3: in no mapping, serves nothing\n"));
+    }
+
+    #[test]
+    fn shows_probe_settings_with_defaults_filled_in() {
+        let c = Config::parse(
+            b"deviceMapping:\n- hosts: [h1]\n  devices:\n  - {resourceName: example.com/widget, instanceID: \"0001\", healthCheck: {tcp: \"127.0.0.1:5025\", timeout: 500ms}}\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            describe(&c, None),
+            "node h1:\n  example.com/widget (1 devices)\n    0001\n      healthCheck: tcp 127.0.0.1:5025 every 10s, timeout 500ms, Unhealthy after 3 failures, Healthy after 1 successes\n      EXAMPLECOM_WIDGET_DEV0_ID=0001\n      EXAMPLECOM_WIDGET_DEV0_TYPE=example.com/widget\n\
+             config is valid: 1 nodes, 1 node resources\n"
+        );
     }
 }

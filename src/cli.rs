@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{InvalidValue, NodeName};
+use crate::config::{parse_duration, InvalidValue, NodeName};
 use crate::source::kube::ApiOptions;
 
 pub const DEFAULT_CONFIG: &str = "/etc/spookd/config.yaml";
@@ -404,37 +404,6 @@ fn in_cluster_server(env: &impl Fn(&str) -> Option<String>) -> Option<String> {
 
 fn node_name(from: &'static str, value: String) -> Result<NodeName, CliError> {
     NodeName::try_from(value).map_err(|source| CliError::BadNodeName { from, source })
-}
-
-/// Parses `250ms`, `2s`, `1m`, `1h`, `1.5s`, `1m30s`: one or more number-unit pairs.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let (number, tail) = rest.split_at(split);
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let seconds_per_unit = match unit {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
-            return None;
-        }
-        let n: f64 = number.parse().ok()?;
-        total = total.checked_add(Duration::try_from_secs_f64(n * seconds_per_unit).ok()?)?;
-        rest = tail;
-    }
-    Some(total)
 }
 
 /// The host name as the kernel has it.

@@ -4,12 +4,15 @@
 //! already checked types ([`ResourceName`], [`InstanceId`], [`EnvKey`], [`EnvValue`], [`NodeName`])
 //! whose `Deserialize` refuses bad values, so serde_yaml reports them with their path
 //! (`deviceMapping[0].devices[1].instanceID`) and line/column. Stage two, `Config::try_from`, applies
-//! the rules that span several entries (one env per device, env prefixes that must not collide).
+//! the rules that span several entries (one env and health check per device, env prefixes that
+//! must not collide).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -44,6 +47,51 @@ pub struct EnvValue(String);
 pub struct Device {
     pub id: InstanceId,
     pub env: BTreeMap<EnvKey, EnvValue>,
+    /// `None`: the device is always Healthy.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A device's TCP health probe: Healthy while `tcp` accepts connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    /// An IP address and port; names are refused (see [`RawHealthCheck`]).
+    pub tcp: SocketAddr,
+    pub interval: Duration,
+    /// At most `interval`.
+    pub timeout: Duration,
+    /// Consecutive failures that make a Healthy device Unhealthy; at least 1.
+    pub failure_threshold: u32,
+    /// Consecutive successes that make an Unhealthy device Healthy; at least 1.
+    pub success_threshold: u32,
+}
+
+impl HealthCheck {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+    pub const DEFAULT_SUCCESS_THRESHOLD: u32 = 1;
+    /// Shortest interval: more often would cost the node more than it tells.
+    pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+    /// Shortest timeout: a connect on a LAN needs at least this much.
+    pub const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+}
+
+impl fmt::Display for HealthCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tcp {} every {:?}, timeout {:?}, Unhealthy after {} failures, Healthy after {} \
+             successes",
+            self.tcp, self.interval, self.timeout, self.failure_threshold, self.success_threshold
+        )
+    }
+}
+
+/// What one appearance of a device declares; every appearance must declare the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Spec {
+    env: BTreeMap<EnvKey, EnvValue>,
+    health_check: Option<HealthCheck>,
 }
 
 /// The devices one node serves: per resource, its devices sorted by instanceID.
@@ -52,7 +100,7 @@ pub type NodeDevices = BTreeMap<ResourceName, Arc<[Device]>>;
 /// A checked config: every rule holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    devices: BTreeMap<(ResourceName, InstanceId), BTreeMap<EnvKey, EnvValue>>,
+    devices: BTreeMap<(ResourceName, InstanceId), Spec>,
     hosts: BTreeMap<NodeName, BTreeSet<(ResourceName, InstanceId)>>,
 }
 
@@ -82,9 +130,10 @@ pub enum ConfigError {
         column: usize,
         value: String,
     },
-    /// The same device appears twice with different env.
-    ConflictingEnv {
+    /// The same device appears twice with a different `field` (env or healthCheck).
+    ConflictingDevice {
         origin: String,
+        field: &'static str,
         resource: ResourceName,
         instance: InstanceId,
         first_mapping: usize,
@@ -123,8 +172,9 @@ impl fmt::Display for ConfigError {
                 "{origin}: line {line} column {column}: instanceID {value} must be a quoted \
                  string (YAML readers may take it for a number): write instanceID: \"{value}\""
             ),
-            ConfigError::ConflictingEnv {
+            ConfigError::ConflictingDevice {
                 origin,
+                field,
                 resource,
                 instance,
                 first_mapping,
@@ -132,8 +182,8 @@ impl fmt::Display for ConfigError {
             } => write!(
                 f,
                 "{origin}: deviceMapping[{mapping}]: device {resource} instanceID \"{instance}\" has \
-                 different env than in deviceMapping[{first_mapping}]; a device must carry identical \
-                 env wherever it appears"
+                 different {field} than in deviceMapping[{first_mapping}]; a device must carry \
+                 identical {field} wherever it appears"
             ),
             ConfigError::PrefixCollision {
                 origin,
@@ -157,7 +207,7 @@ impl std::error::Error for ConfigError {
             ConfigError::Empty { .. }
             | ConfigError::MissingKey { .. }
             | ConfigError::UnquotedInstanceId { .. }
-            | ConfigError::ConflictingEnv { .. }
+            | ConfigError::ConflictingDevice { .. }
             | ConfigError::PrefixCollision { .. } => None,
         }
     }
@@ -185,6 +235,67 @@ struct RawDevice {
     instance_id: InstanceId,
     #[serde(default, deserialize_with = "unique_keys")]
     env: BTreeMap<EnvKey, EnvValue>,
+    #[serde(default)]
+    health_check: Option<HealthCheck>,
+}
+
+/// `healthCheck` as written; `tcp` is required, the rest have Kubernetes-probe-like defaults.
+///
+/// `tcp` takes an IP address, not a name: resolving a name blocks in the C library with no
+/// timeout we control, and one hanging lookup would stall every other device's probe.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawHealthCheck {
+    tcp: TcpTarget,
+    interval: Option<ProbeDuration>,
+    timeout: Option<ProbeDuration>,
+    failure_threshold: Option<Threshold>,
+    success_threshold: Option<Threshold>,
+}
+
+/// `IP:PORT` (`[IPv6]:PORT`), port not 0.
+#[derive(Debug)]
+struct TcpTarget(SocketAddr);
+
+/// A duration written as the CLI takes it (`500ms`, `10s`, `1m`), at least 10 ms.
+#[derive(Debug)]
+struct ProbeDuration(Duration);
+
+/// A count of at least 1.
+#[derive(Debug)]
+struct Threshold(u32);
+
+impl RawHealthCheck {
+    /// The rule across fields: a probe must end before the next is due.
+    fn check(self) -> Result<HealthCheck, InvalidValue> {
+        let interval = self.interval.map_or(HealthCheck::DEFAULT_INTERVAL, |d| d.0);
+        let timeout = self.timeout.map_or(HealthCheck::DEFAULT_TIMEOUT, |d| d.0);
+        if interval < HealthCheck::MIN_INTERVAL {
+            return Err(invalid(
+                "healthCheck.interval",
+                &format!("{interval:?}"),
+                "must be at least 100ms",
+            ));
+        }
+        if timeout > interval {
+            return Err(invalid(
+                "healthCheck.timeout",
+                &format!("{timeout:?}"),
+                "must not be longer than the interval",
+            ));
+        }
+        Ok(HealthCheck {
+            tcp: self.tcp.0,
+            interval,
+            timeout,
+            failure_threshold: self
+                .failure_threshold
+                .map_or(HealthCheck::DEFAULT_FAILURE_THRESHOLD, |t| t.0),
+            success_threshold: self
+                .success_threshold
+                .map_or(HealthCheck::DEFAULT_SUCCESS_THRESHOLD, |t| t.0),
+        })
+    }
 }
 
 impl Config {
@@ -223,6 +334,10 @@ impl Config {
             let mut keys = BTreeSet::new();
             for device in mapping.devices {
                 let key = (device.resource_name, device.instance_id);
+                let spec = Spec {
+                    env: device.env,
+                    health_check: device.health_check,
+                };
                 let prefix = env::prefix(&key.0);
                 match prefixes.get(&prefix) {
                     Some(other) if *other != key.0 => {
@@ -239,9 +354,14 @@ impl Config {
                     }
                 }
                 match config.devices.get(&key) {
-                    Some(env) if *env != device.env => {
-                        return Err(ConfigError::ConflictingEnv {
+                    Some(first) if *first != spec => {
+                        return Err(ConfigError::ConflictingDevice {
                             origin: origin.to_owned(),
+                            field: if first.env != spec.env {
+                                "env"
+                            } else {
+                                "healthCheck"
+                            },
                             // Set whenever `devices` gets the key (the None arm below).
                             first_mapping: first_seen[&key],
                             mapping: index,
@@ -252,7 +372,7 @@ impl Config {
                     Some(_) => {}
                     None => {
                         first_seen.insert(key.clone(), index);
-                        config.devices.insert(key.clone(), device.env);
+                        config.devices.insert(key.clone(), spec);
                     }
                 }
                 keys.insert(key);
@@ -274,10 +394,11 @@ impl Config {
         // BTreeSet order is (resource, instanceID): each list comes out sorted by instanceID.
         for key in self.hosts.get(node).into_iter().flatten() {
             // Every key in `hosts` was inserted into `devices` first (see `check`).
-            let env = self.devices[key].clone();
+            let spec = &self.devices[key];
             out.entry(key.0.clone()).or_default().push(Device {
                 id: key.1.clone(),
-                env,
+                env: spec.env.clone(),
+                health_check: spec.health_check,
             });
         }
         out.into_iter().map(|(r, d)| (r, d.into())).collect()
@@ -292,6 +413,37 @@ impl Config {
     pub fn has_node(&self, node: &NodeName) -> bool {
         self.hosts.contains_key(node)
     }
+}
+
+/// Parses a duration as the config and the command line take it: `250ms`, `2s`, `1m`, `1h`, `1.5s`, `1m30s`: one or more number-unit pairs.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, tail) = rest.split_at(split);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds_per_unit = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+            return None;
+        }
+        let n: f64 = number.parse().ok()?;
+        total = total.checked_add(Duration::try_from_secs_f64(n * seconds_per_unit).ok()?)?;
+        rest = tail;
+    }
+    Some(total)
 }
 
 /// Finds an `instanceID` whose value is a plain scalar of digits (and `_`), such as `0001`.
@@ -536,6 +688,85 @@ impl TryFrom<String> for EnvValue {
 
     fn try_from(s: String) -> Result<Self, InvalidValue> {
         Ok(EnvValue(s))
+    }
+}
+
+/// Through [`RawHealthCheck`], so serde_yaml places a cross-field error at the healthCheck.
+impl<'de> Deserialize<'de> for HealthCheck {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        RawHealthCheck::deserialize(d)?
+            .check()
+            .map_err(de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for TcpTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const WHAT: &str = "healthCheck.tcp";
+        let s = String::deserialize(d)?;
+        let addr: SocketAddr = s.parse().map_err(|_| {
+            de::Error::custom(invalid(
+                WHAT,
+                &s,
+                "must be IP:PORT, e.g. 10.0.10.215:5025 or [fd00::1]:5025 (an address, not a \
+                 name: lookups could stall every probe)",
+            ))
+        })?;
+        if addr.port() == 0 {
+            return Err(de::Error::custom(invalid(WHAT, &s, "port 0 is not a port")));
+        }
+        Ok(TcpTarget(addr))
+    }
+}
+
+impl<'de> Deserialize<'de> for ProbeDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ProbeDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 500ms, 10s or 1m")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ProbeDuration, E> {
+                match parse_duration(s) {
+                    Some(d) if d >= HealthCheck::MIN_TIMEOUT => Ok(ProbeDuration(d)),
+                    Some(_) => Err(E::custom(invalid("duration", s, "must be at least 10ms"))),
+                    None => Err(E::custom(invalid(
+                        "duration",
+                        s,
+                        "write a number and a unit (ms, s, m, h), e.g. 500ms, 10s, 1m30s",
+                    ))),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ProbeDuration, E> {
+                Err(E::custom(format!(
+                    "a duration needs a unit: write {v}s or {v}ms"
+                )))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ProbeDuration, E> {
+                Err(E::custom(format!(
+                    "a duration needs a unit: write {v}s or {v}ms"
+                )))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<ProbeDuration, E> {
+                Err(E::custom(format!("a duration needs a unit: write {v}s")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Threshold {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u32::deserialize(d)?;
+        if n == 0 {
+            return Err(de::Error::custom(invalid(
+                "threshold",
+                "0",
+                "must be at least 1",
+            )));
+        }
+        Ok(Threshold(n))
     }
 }
 
@@ -918,5 +1149,121 @@ deviceMapping:
         assert!(err("deviceMapping:\n  - devices: []\n").contains("missing field `hosts`"));
         let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n");
         assert!(e.contains("missing field `instanceID`"), "{e}");
+    }
+
+    fn probe(health_check: &str) -> Result<Config, ConfigError> {
+        parse(&format!(
+            "deviceMapping:\n- hosts: [a]\n  devices:\n  - resourceName: a.io/x\n    instanceID: \"1\"\n    healthCheck: {health_check}\n"
+        ))
+    }
+
+    fn check_of(c: &Config) -> Option<HealthCheck> {
+        c.for_node(&node("a")).pop_first().unwrap().1[0].health_check
+    }
+
+    #[test]
+    fn health_checks_with_defaults_and_every_field() {
+        let c = probe(r#"{tcp: "127.0.0.1:5025"}"#).unwrap();
+        assert_eq!(
+            check_of(&c),
+            Some(HealthCheck {
+                tcp: "127.0.0.1:5025".parse().unwrap(),
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(1),
+                failure_threshold: 3,
+                success_threshold: 1,
+            })
+        );
+        let c = probe(r#"{tcp: "[::1]:80", interval: 1m30s, timeout: 250ms, failureThreshold: 5, successThreshold: 2}"#).unwrap();
+        assert_eq!(
+            check_of(&c),
+            Some(HealthCheck {
+                tcp: "[::1]:80".parse().unwrap(),
+                interval: Duration::from_secs(90),
+                timeout: Duration::from_millis(250),
+                failure_threshold: 5,
+                success_threshold: 2,
+            })
+        );
+        let devices = parse(SEED).unwrap().for_node(&node("lab1-host1"));
+        assert!(devices
+            .values()
+            .flat_map(|d| d.iter())
+            .all(|d| d.health_check.is_none()));
+    }
+
+    #[test]
+    fn bad_health_checks_are_refused_where_they_are() {
+        // serde_yaml places field errors at the field, cross-field ones at the device.
+        let at = "deviceMapping[0].devices[0]";
+        for (text, wanted) in [
+            (r#"{}"#, "missing field `tcp`"),
+            (r#"{tcp: "lab-scope.local:5025"}"#, "an address, not a name"),
+            (r#"{tcp: "127.0.0.1"}"#, "must be IP:PORT"),
+            (r#"{tcp: "127.0.0.1:0"}"#, "port 0 is not a port"),
+            (r#"{tcp: "127.0.0.1:70000"}"#, "must be IP:PORT"),
+            (
+                r#"{tcp: "127.0.0.1:1", interval: 10}"#,
+                "a duration needs a unit: write 10s or 10ms",
+            ),
+            (
+                r#"{tcp: "127.0.0.1:1", interval: 10 s}"#,
+                "write a number and a unit",
+            ),
+            (
+                r#"{tcp: "127.0.0.1:1", timeout: 5ms}"#,
+                "must be at least 10ms",
+            ),
+            (
+                r#"{tcp: "127.0.0.1:1", interval: 50ms, timeout: 20ms}"#,
+                "interval \"50ms\": must be at least 100ms",
+            ),
+            (
+                r#"{tcp: "127.0.0.1:1", interval: 1s, timeout: 2s}"#,
+                "must not be longer than the interval",
+            ),
+            (
+                r#"{tcp: "127.0.0.1:1", failureThreshold: 0}"#,
+                "must be at least 1",
+            ),
+            (
+                r#"{tcp: "127.0.0.1:1", successThreshold: -1}"#,
+                "expected u32",
+            ),
+            (r#"{tcp: "127.0.0.1:1", http: "/"}"#, "unknown field `http`"),
+        ] {
+            let e = probe(text).expect_err(text).to_string();
+            assert!(e.contains(wanted), "{text}: {e}");
+            assert!(e.contains(at) && e.contains("healthCheck"), "{text}: {e}");
+            assert!(e.contains("line 6") || e.contains("line 4"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_device_must_have_the_same_health_check_wherever_it_appears() {
+        let e = err(r#"
+deviceMapping:
+  - hosts: [a]
+    devices:
+      - {resourceName: a.io/x, instanceID: "1", healthCheck: {tcp: "127.0.0.1:1"}}
+  - hosts: [b]
+    devices:
+      - {resourceName: a.io/x, instanceID: "1", healthCheck: {tcp: "127.0.0.1:1", interval: 5s}}
+"#);
+        assert_eq!(
+            e,
+            "test.yaml: deviceMapping[1]: device a.io/x instanceID \"1\" has different healthCheck \
+             than in deviceMapping[0]; a device must carry identical healthCheck wherever it appears"
+        );
+        // Written differently, meaning the same: accepted.
+        parse(r#"
+deviceMapping:
+  - hosts: [a]
+    devices:
+      - {resourceName: a.io/x, instanceID: "1", healthCheck: {tcp: "127.0.0.1:1"}}
+  - hosts: [b]
+    devices:
+      - {resourceName: a.io/x, instanceID: "1", healthCheck: {tcp: "127.0.0.1:1", interval: 10000ms, failureThreshold: 3}}
+"#).unwrap();
     }
 }

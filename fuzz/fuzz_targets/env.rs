@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
                 vars.insert(k, v);
             }
         }
-        devices.push(Device { id, env: vars });
+        devices.push(Device { id, env: vars, health_check: None });
     }
     if devices.is_empty() {
         return;
