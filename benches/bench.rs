@@ -672,4 +672,5 @@ impl Backend for NullBackend {
     fn kubelet_socket(&self) -> Option<u64> {
         Some(1)
     }
+    fn set_probes(&mut self, _: spookd::health::ProbeSet) {}
 }

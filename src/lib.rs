@@ -8,6 +8,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod env;
+pub mod health;
 pub mod kubelet;
 pub mod latest;
 pub mod metrics;

@@ -42,6 +42,10 @@ pub struct Snapshot {
     pub allocations: BTreeMap<(String, &'static str), u64>,
     /// (resource, "ok" | "error") → count.
     pub registrations: BTreeMap<(String, &'static str), u64>,
+    /// (resource, device) → Healthy.
+    pub devices: BTreeMap<(String, String), bool>,
+    /// Changes of a device's health seen by the probes.
+    pub health_changes: u64,
 }
 
 /// Handle of the metrics thread; dropping it stops the thread.
@@ -242,6 +246,29 @@ pub fn render(s: &Snapshot) -> String {
             .collect(),
     );
     family(
+        "spookd_device_healthy",
+        "gauge",
+        "Whether the device is advertised Healthy (1) or Unhealthy (0); devices without a \
+         healthCheck are always 1.",
+        s.devices
+            .iter()
+            .map(|((r, d), healthy)| {
+                format!(
+                    "{{resource=\"{}\",device=\"{}\"}} {}",
+                    label(r),
+                    label(d),
+                    u8::from(*healthy)
+                )
+            })
+            .collect(),
+    );
+    family(
+        "spookd_device_health_changes_total",
+        "counter",
+        "Changes of a device's health seen by its probe.",
+        vec![format!(" {}", s.health_changes)],
+    );
+    family(
         "spookd_resource_registered",
         "gauge",
         "Whether the resource is registered with the kubelet.",
@@ -302,6 +329,11 @@ mod tests {
         };
         s.resources
             .insert("example.com/widget".into(), (2, 0, true));
+        s.devices
+            .insert(("example.com/widget".into(), "0001".into()), true);
+        s.devices
+            .insert(("example.com/widget".into(), "0\"2".into()), false);
+        s.health_changes = 4;
         s.allocations.insert(("example.com/widget".into(), "ok"), 3);
         s.registrations
             .insert(("example.com/widget".into(), "error"), 1);
@@ -312,6 +344,10 @@ mod tests {
             "spookd_devices{resource=\"example.com/widget\",health=\"Healthy\"} 2",
             "spookd_devices{resource=\"example.com/widget\",health=\"Unhealthy\"} 0",
             "spookd_resource_registered{resource=\"example.com/widget\"} 1",
+            "# TYPE spookd_device_healthy gauge",
+            "spookd_device_healthy{resource=\"example.com/widget\",device=\"0001\"} 1",
+            "spookd_device_healthy{resource=\"example.com/widget\",device=\"0\\\"2\"} 0",
+            "spookd_device_health_changes_total 4",
             "spookd_config_reloads_total{result=\"ok\"} 2",
             "spookd_config_reloads_total{result=\"error\"} 1",
             "spookd_config_last_reload_success_timestamp_seconds 1700000000.500",

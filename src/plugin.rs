@@ -22,6 +22,7 @@ use grpcio::{
 use log::{debug, info, warn};
 
 use crate::config::ResourceName;
+use crate::health::{ProbeSet, Prober};
 use crate::kubelet::Registrar;
 use crate::proto::{
     self, AllocateRequest, AllocateResponse, ContainerAllocateResponse,
@@ -94,7 +95,7 @@ impl std::error::Error for PluginError {
     }
 }
 
-/// The real side effects: gRPC servers on Unix sockets and the registrar thread.
+/// The real side effects: gRPC servers on Unix sockets, the registrar and the prober threads.
 pub struct GrpcBackend {
     env: Arc<Environment>,
     dir: PathBuf,
@@ -102,11 +103,13 @@ pub struct GrpcBackend {
     instance: String,
     state: Sender<Msg>,
     registrar: Registrar,
+    prober: Prober,
 }
 
 impl GrpcBackend {
     pub fn new(env: Arc<Environment>, dir: PathBuf, state: Sender<Msg>) -> io::Result<Self> {
         let registrar = Registrar::spawn(env.clone(), dir.clone(), state.clone())?;
+        let prober = Prober::spawn(state.clone())?;
         let instance = format!("{:08x}", RandomState::new().build_hasher().finish() as u32);
         Ok(GrpcBackend {
             env,
@@ -114,6 +117,7 @@ impl GrpcBackend {
             instance,
             state,
             registrar,
+            prober,
         })
     }
 }
@@ -195,6 +199,10 @@ impl Backend for GrpcBackend {
     fn kubelet_socket(&self) -> Option<u64> {
         crate::kubelet::kubelet_identity(&self.dir)
     }
+
+    fn set_probes(&mut self, probes: ProbeSet) {
+        self.prober.set(probes);
+    }
 }
 
 /// Removes `spookd-*.sock` sockets in `dir` that nobody listens on (left by a dead instance).
@@ -236,7 +244,12 @@ fn listing_response(devices: &Listing) -> ListAndWatchResponse {
         .map(|d| {
             let mut device = proto::Device::new();
             device.ID = d.id.to_string();
-            device.health = proto::HEALTHY.to_owned();
+            device.health = if d.healthy {
+                proto::HEALTHY
+            } else {
+                proto::UNHEALTHY
+            }
+            .to_owned();
             device
         })
         .collect();

@@ -22,11 +22,15 @@
 //!    wiped ours) and our sockets being deleted ([`Msg::SocketRemoved`]: restart that server).
 //!    Every [`FALLBACK_CHECK`] the thread also stats the same files itself, in case an event was
 //!    missed.
-//! 6. The metrics thread asks with [`Msg::Snapshot`] (carrying its reply channel) for the
+//! 6. The prober thread ([`crate::health`]) gets the set of health checks of the devices served
+//!    after every config that changes it ([`Backend::set_probes`]) and reports each change of a
+//!    device's health ([`Msg::Health`]); the resource's list, with each device's health, is pushed
+//!    at once. Allocate of an Unhealthy device still answers (the kubelet decides) and warns.
+//! 7. The metrics thread asks with [`Msg::Snapshot`] (carrying its reply channel) for the
 //!    counters and each resource's devices and registration, for /metrics and /healthz.
-//! 7. [`Msg::Shutdown`] stops every server, removes our sockets and ends the thread.
+//! 8. [`Msg::Shutdown`] stops every server, removes our sockets and ends the thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt;
 use std::sync::Arc;
@@ -38,6 +42,7 @@ use log::{debug, error, info, warn};
 
 use crate::config::{Config, ConfigError, Device, InstanceId, NodeName, ResourceName};
 use crate::env;
+use crate::health::ProbeSet;
 use crate::kubelet::RegisterError;
 use crate::metrics::Snapshot;
 
@@ -48,7 +53,14 @@ pub const RETIRE_GRACE: Duration = Duration::from_millis(250);
 pub const FALLBACK_CHECK: Duration = Duration::from_secs(5);
 
 /// The device list pushed on a ListAndWatch stream: always the resource's full list.
-pub type Listing = Arc<[Device]>;
+pub type Listing = Arc<[Listed]>;
+
+/// One device as ListAndWatch reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub id: InstanceId,
+    pub healthy: bool,
+}
 
 /// The sending half of one ListAndWatch stream: it keeps only the newest list (see `latest`).
 pub type StreamSender = crate::latest::Sender<Listing>;
@@ -66,6 +78,13 @@ pub enum Msg {
     KubeletStarted,
     /// A file in the device-plugins dir was deleted; if it is one of our sockets, restart it.
     SocketRemoved(OsString),
+    /// The prober saw a device's health change (`detail` says what it saw).
+    Health {
+        resource: ResourceName,
+        id: InstanceId,
+        healthy: bool,
+        detail: String,
+    },
     /// The kubelet opened a ListAndWatch stream on server number `server` of `resource`.
     Watch {
         resource: ResourceName,
@@ -150,6 +169,8 @@ pub trait Backend {
     fn socket_exists(&self, endpoint: &str) -> bool;
     /// An identity of the kubelet's socket (its inode), `None` when absent.
     fn kubelet_socket(&self) -> Option<u64>;
+    /// Replaces the set of health probes.
+    fn set_probes(&mut self, probes: ProbeSet);
 }
 
 /// A resource this node serves. Fields drop in order: streams end before their server shuts down.
@@ -157,7 +178,9 @@ struct Served<S> {
     streams: Vec<StreamSender>,
     /// `None` after a failed start; retried at the next check.
     server: Option<Live<S>>,
-    devices: Listing,
+    devices: Arc<[Device]>,
+    /// Devices whose probe says Unhealthy; every other device is Healthy.
+    unhealthy: BTreeSet<InstanceId>,
 }
 
 struct Live<S> {
@@ -184,6 +207,8 @@ pub struct State<B: Backend> {
     next_server: u64,
     kubelet: Option<u64>,
     have_config: bool,
+    /// The probes last given to the backend.
+    probes: ProbeSet,
     next_check: Instant,
     /// Counters for /metrics; devices and registration are read from `served`.
     stats: Snapshot,
@@ -200,6 +225,7 @@ impl<B: Backend> State<B> {
             next_server: 0,
             kubelet,
             have_config: false,
+            probes: ProbeSet::new(),
             next_check: now + FALLBACK_CHECK,
             stats: Snapshot::default(),
         }
@@ -226,6 +252,12 @@ impl<B: Backend> State<B> {
             }
             Msg::KubeletStarted => self.kubelet_started(),
             Msg::SocketRemoved(name) => self.socket_removed(&name),
+            Msg::Health {
+                resource,
+                id,
+                healthy,
+                detail,
+            } => self.health(&resource, &id, healthy, &detail),
             Msg::Watch {
                 resource,
                 server,
@@ -343,6 +375,12 @@ impl<B: Backend> State<B> {
                         id_list(&devices),
                         difference(&served.devices, &devices)
                     );
+                    // Health stays only for devices still probed; the prober keeps their counters.
+                    served.unhealthy.retain(|id| {
+                        devices
+                            .iter()
+                            .any(|d| d.id == *id && d.health_check.is_some())
+                    });
                     served.devices = devices;
                     push(&resource, served);
                     changed += 1;
@@ -353,6 +391,7 @@ impl<B: Backend> State<B> {
                         resource.clone(),
                         Served {
                             devices,
+                            unhealthy: BTreeSet::new(),
                             server: None,
                             streams: Vec::new(),
                         },
@@ -361,6 +400,21 @@ impl<B: Backend> State<B> {
                     changed += 1;
                 }
             }
+        }
+        let probes: ProbeSet = self
+            .served
+            .iter()
+            .flat_map(|(r, s)| {
+                s.devices.iter().filter_map(|d| {
+                    d.health_check
+                        .map(|check| ((r.clone(), d.id.clone()), check))
+                })
+            })
+            .collect();
+        if probes != self.probes {
+            info!("probing {} devices", probes.len());
+            self.probes = probes.clone();
+            self.backend.set_probes(probes);
         }
         let count: usize = self.served.values().map(|s| s.devices.len()).sum();
         info!(
@@ -396,6 +450,7 @@ impl<B: Backend> State<B> {
         // Streams of the old server end with it; the kubelet opens new ones on the new socket.
         let old = Served {
             devices: served.devices.clone(),
+            unhealthy: BTreeSet::new(),
             server: served.server.take(),
             streams: std::mem::take(&mut served.streams),
         };
@@ -457,6 +512,30 @@ impl<B: Backend> State<B> {
         }
     }
 
+    fn health(&mut self, resource: &ResourceName, id: &InstanceId, healthy: bool, detail: &str) {
+        let probed = self.probes.contains_key(&(resource.clone(), id.clone()));
+        let Some(served) = self.served.get_mut(resource).filter(|_| probed) else {
+            debug!("{resource} {id}: health of a device no longer probed");
+            return;
+        };
+        let changed = if healthy {
+            served.unhealthy.remove(id)
+        } else {
+            served.unhealthy.insert(id.clone())
+        };
+        if !changed {
+            debug!("{resource} {id}: probe: {detail}");
+            return;
+        }
+        if healthy {
+            info!("{resource} {id}: Healthy again ({detail})");
+        } else {
+            warn!("{resource} {id}: Unhealthy ({detail}); the kubelet stops counting it");
+        }
+        self.stats.health_changes += 1;
+        push(resource, served);
+    }
+
     fn watch(&mut self, resource: ResourceName, server: u64, stream: StreamSender) {
         let Some(served) = self.served.get_mut(&resource) else {
             debug!("{resource}: ListAndWatch on a retired server; closing it");
@@ -467,7 +546,7 @@ impl<B: Backend> State<B> {
             debug!("{resource}: ListAndWatch on replaced server {server}; closing it");
             return;
         }
-        if stream.send(served.devices.clone()).is_ok() {
+        if stream.send(listing(served)).is_ok() {
             debug!(
                 "{resource}: ListAndWatch stream opened ({} open)",
                 served.streams.len() + 1
@@ -486,6 +565,12 @@ impl<B: Backend> State<B> {
             Ok(_) => {
                 for ids in containers {
                     info!("{resource}: allocated {} to a container", ids.join(", "));
+                }
+                let unhealthy = self.served.get(resource).map(|s| &s.unhealthy);
+                for id in containers.iter().flatten() {
+                    if unhealthy.is_some_and(|u| u.iter().any(|x| x.as_str() == id)) {
+                        warn!("{resource} {id}: allocated while Unhealthy (the kubelet chose it)");
+                    }
                 }
             }
             Err(e) => warn!("Allocate refused: {e}"),
@@ -572,7 +657,19 @@ impl<B: Backend> State<B> {
             .iter()
             .map(|(r, served)| {
                 let registered = served.server.as_ref().is_some_and(|l| l.registered);
-                (r.to_string(), (served.devices.len(), 0, registered))
+                let unhealthy = served.unhealthy.len();
+                let healthy = served.devices.len() - unhealthy;
+                (r.to_string(), (healthy, unhealthy, registered))
+            })
+            .collect();
+        s.devices = self
+            .served
+            .iter()
+            .flat_map(|(r, served)| {
+                served.devices.iter().map(move |d| {
+                    let healthy = !served.unhealthy.contains(&d.id);
+                    ((r.to_string(), d.id.to_string()), healthy)
+                })
             })
             .collect();
         s
@@ -594,12 +691,23 @@ impl<B: Backend> State<B> {
     }
 }
 
+/// The resource's devices with their health, as ListAndWatch sends them.
+fn listing<S>(served: &Served<S>) -> Listing {
+    served
+        .devices
+        .iter()
+        .map(|d| Listed {
+            id: d.id.clone(),
+            healthy: !served.unhealthy.contains(&d.id),
+        })
+        .collect()
+}
+
 /// Sends the current list on every open stream, dropping streams whose client went away.
 fn push<S>(resource: &ResourceName, served: &mut Served<S>) {
     let before = served.streams.len();
-    served
-        .streams
-        .retain(|s| s.send(served.devices.clone()).is_ok());
+    let list = listing(served);
+    served.streams.retain(|s| s.send(list.clone()).is_ok());
     if served.streams.len() != before {
         debug!(
             "{resource}: dropped {} closed ListAndWatch streams",
@@ -670,6 +778,7 @@ mod tests {
         sockets: BTreeSet<String>,
         kubelet: Option<u64>,
         fail_start: bool,
+        probes: Vec<ProbeSet>,
     }
 
     struct FakeBackend(Rc<RefCell<Log>>);
@@ -710,6 +819,9 @@ mod tests {
         }
         fn kubelet_socket(&self) -> Option<u64> {
             self.0.borrow().kubelet
+        }
+        fn set_probes(&mut self, probes: ProbeSet) {
+            self.0.borrow_mut().probes.push(probes);
         }
     }
 
@@ -988,6 +1100,72 @@ mod tests {
         assert_eq!(snap.allocations[&("a.io/x".to_string(), "ok")], 1);
         assert_eq!(snap.allocations[&("a.io/x".to_string(), "error")], 1);
         assert_eq!(snap.registrations[&("a.io/x".to_string(), "ok")], 1);
+    }
+
+    fn listed(l: &Listing) -> Vec<(String, bool)> {
+        l.iter().map(|d| (d.id.to_string(), d.healthy)).collect()
+    }
+
+    fn health(r: &str, id: &str, healthy: bool) -> Msg {
+        Msg::Health {
+            resource: res(r),
+            id: InstanceId::try_from(id.to_owned()).unwrap(),
+            healthy,
+            detail: "test".into(),
+        }
+    }
+
+    const PROBED: &str = "deviceMapping:\n- hosts: [n1]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"1\", healthCheck: {tcp: \"127.0.0.1:7\"}}\n  - {resourceName: a.io/x, instanceID: \"2\"}\n";
+
+    #[test]
+    fn health_changes_are_pushed_and_only_for_probed_devices() {
+        let (mut s, log, now) = setup();
+        s.handle(config(PROBED), now);
+        let probes = log.borrow().probes.clone();
+        assert_eq!(probes.len(), 1);
+        let keys: Vec<String> = probes[0]
+            .iter()
+            .map(|((r, id), c)| format!("{r} {id} {}", c.tcp))
+            .collect();
+        assert_eq!(keys, ["a.io/x 1 127.0.0.1:7"]);
+        let mut rx = watch(&mut s, "a.io/x", 0, now);
+        let both = |one: bool, other: &str| vec![("1".to_string(), one), (other.to_string(), true)];
+        assert_eq!(listed(&rx.newest().unwrap()), both(true, "2"));
+        s.handle(health("a.io/x", "1", false), now);
+        assert_eq!(listed(&rx.newest().unwrap()), both(false, "2"));
+        // The same again: nothing pushed. An unprobed device's report is ignored.
+        s.handle(health("a.io/x", "1", false), now);
+        s.handle(health("a.io/x", "2", false), now);
+        assert!(rx.newest().is_none());
+        assert_eq!(s.snapshot().resources["a.io/x"], (1, 1, false));
+        assert!(!s.snapshot().devices[&("a.io/x".to_string(), "1".to_string())]);
+        assert_eq!(s.snapshot().health_changes, 1);
+        // A reload that keeps the probe keeps the health and sends no new probe set.
+        s.handle(config(&PROBED.replace("\"2\"}", "\"3\"}")), now);
+        assert_eq!(listed(&rx.newest().unwrap()), both(false, "3"));
+        assert_eq!(log.borrow().probes.len(), 1);
+        // Allocate of an Unhealthy device still answers.
+        let (reply, mut answer) = oneshot::channel();
+        let containers = vec![vec!["1".to_string()]];
+        s.handle(
+            Msg::Allocate {
+                resource: res("a.io/x"),
+                containers,
+                reply,
+            },
+            now,
+        );
+        assert!(answer.try_recv().unwrap().unwrap().is_ok());
+        // Dropping the healthCheck: Healthy at once, and the prober is told.
+        s.handle(
+            config(&PROBED.replace(", healthCheck: {tcp: \"127.0.0.1:7\"}", "")),
+            now,
+        );
+        assert_eq!(log.borrow().probes.len(), 2);
+        assert!(log.borrow().probes[1].is_empty());
+        assert_eq!(listed(&rx.newest().unwrap()), both(true, "2"));
+        s.handle(health("a.io/x", "1", false), now);
+        assert!(rx.newest().is_none(), "no longer probed");
     }
 
     #[test]

@@ -179,3 +179,33 @@ fn the_test_consumer_wants_one_widget_and_one_thingamajig_twice() {
     assert_eq!(limits["example.com/widget"], 1);
     assert_eq!(limits["example.com/thingamajig"], 1);
 }
+
+/// Shipped samples and docs never probe a real network: a `healthCheck` that is not commented out
+/// targets 127.0.0.1.
+#[test]
+fn shipped_configs_probe_only_localhost() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut files = vec![format!("{root}/README.md")];
+    for dir in ["manifests", "manifests/api-source", "scripts"] {
+        for entry in std::fs::read_dir(format!("{root}/{dir}")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                files.push(path.display().to_string());
+            }
+        }
+    }
+    let mut probes = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for line in text.lines() {
+            let code = line.split('#').next().unwrap_or_default();
+            // Flow (`healthCheck: {tcp: "…"}`) and block (`tcp: "…"`) style alike.
+            let Some((_, rest)) = code.split_once("tcp: \"") else {
+                continue;
+            };
+            probes += 1;
+            assert!(rest.starts_with("127.0.0.1:"), "{file}: {line}");
+        }
+    }
+    assert!(probes >= 2, "the README and the demo show a probe");
+}

@@ -4,24 +4,29 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::util::{Setup, SEED, WAIT};
+use crate::util::{Setup, Spookd, SEED, WAIT};
 
 fn start() -> (Setup, String) {
     let s = Setup::with_args("node1", SEED, &["--metrics-addr", "127.0.0.1:0"]);
     s.expect_resources(&["example.com/thingamajig", "example.com/widget"]);
+    let addr = metrics_addr(&s.spookd);
+    (s, addr)
+}
+
+/// The address a spookd started with `--metrics-addr 127.0.0.1:0` serves on, from its log.
+pub(crate) fn metrics_addr(spookd: &Spookd) -> String {
     assert!(
-        s.spookd.wait_log("/metrics on http://", 1),
+        spookd.wait_log("/metrics on http://", 1),
         "{}",
-        s.spookd.log()
+        spookd.log()
     );
-    let log = s.spookd.log();
-    let addr = log
+    spookd
+        .log()
         .split("/metrics on http://")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap()
-        .to_owned();
-    (s, addr)
+        .to_owned()
 }
 
 /// Sends raw bytes, returns (status, body).
@@ -44,7 +49,7 @@ fn raw(addr: &str, request: &[u8]) -> (u16, String) {
     (status, body)
 }
 
-fn get(addr: &str, path: &str) -> (u16, String) {
+pub(crate) fn get(addr: &str, path: &str) -> (u16, String) {
     raw(
         addr,
         format!("GET {path} HTTP/1.1\r\nHost: spookd\r\n\r\n").as_bytes(),
@@ -52,7 +57,7 @@ fn get(addr: &str, path: &str) -> (u16, String) {
 }
 
 /// The value of the sample line starting with `series` in /metrics.
-fn metric(addr: &str, series: &str) -> Option<String> {
+pub(crate) fn metric(addr: &str, series: &str) -> Option<String> {
     let (status, body) = get(addr, "/metrics");
     assert_eq!(status, 200);
     body.lines()
@@ -63,7 +68,7 @@ fn metric(addr: &str, series: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn wait_metric(addr: &str, series: &str, value: &str) {
+pub(crate) fn wait_metric(addr: &str, series: &str, value: &str) {
     let deadline = std::time::Instant::now() + WAIT;
     while std::time::Instant::now() < deadline {
         if metric(addr, series).as_deref() == Some(value) {

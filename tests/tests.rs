@@ -10,6 +10,7 @@ mod util;
 mod api;
 mod cli;
 mod daemon;
+mod health;
 mod manifests;
 mod metrics;
 mod soak;
