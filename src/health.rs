@@ -2,8 +2,9 @@
 //!
 //! The state thread sends the whole set of probes ([`Prober::set`]) after every config that changes
 //! it; [`Schedule`] keeps unchanged probes as they are, retunes changed ones and drops removed ones.
-//! The thread starts due probes as non-blocking connects (at most [`MAX_IN_FLIGHT`] at once),
-//! waits for them with `poll(2)`, and reports a device's health to the state thread
+//! The thread starts due probes as non-blocking connects (at most [`MAX_IN_FLIGHT`] at once) and
+//! sleeps in one `poll(2)` on those sockets and an eventfd that [`Prober::set`] and the handle's
+//! drop write to, so it wakes only for work. It reports a device's health to the state thread
 //! ([`Msg::Health`]) only when it changes:
 //!
 //! - a probed device is Healthy until its first probe, whose result sets its health at once;
@@ -14,17 +15,20 @@
 //! probe does the same); the connection is then reset rather than closed, so thousands of probes
 //! leave no TIME_WAIT sockets behind. First probes are spread over up to [`FIRST_SPREAD`] and every
 //! later one is jittered by ±[`JITTER`] of its interval, so a thousand devices never probe in the
-//! same millisecond.
+//! same millisecond. A probe may also start up to [`JITTER`] of its interval late ("timer slack"):
+//! the thread wakes when the first probe's slack runs out and starts every probe already due, so
+//! probes share wakeups (a thousand probes at 10 s intervals: about two wakeups a second, not 100).
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use log::debug;
-use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
@@ -48,21 +52,26 @@ pub const FIRST_SPREAD: Duration = Duration::from_secs(2);
 /// Each next probe is due after its interval times 1 ± this.
 pub const JITTER: f64 = 0.05;
 
-/// Longest the thread sits in `poll(2)` before looking at its channel again.
-const POLL_SLICE: Duration = Duration::from_millis(50);
-
 /// Handle of the prober thread; dropping it stops the thread.
 pub struct Prober {
     tx: Sender<ProbeSet>,
+    /// Wakes the thread's `poll(2)` after a send (or the channel's disconnection).
+    waker: Arc<OwnedFd>,
     _worker: Worker,
 }
 
 impl Prober {
     pub fn spawn(state: Sender<Msg>) -> io::Result<Prober> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let worker = Worker::spawn("spookd-probe", move || run(&rx, &state))?;
+        let waker = Arc::new(rustix::event::eventfd(
+            0,
+            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+        )?);
+        let thread_waker = waker.clone();
+        let worker = Worker::spawn("spookd-probe", move || run(&rx, &thread_waker, &state))?;
         Ok(Prober {
             tx,
+            waker,
             _worker: worker,
         })
     }
@@ -71,7 +80,22 @@ impl Prober {
     pub fn set(&self, probes: ProbeSet) {
         // Fails only once the thread has ended, at shutdown.
         let _ = self.tx.send(probes);
+        wake(&self.waker);
     }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        // Disconnect the channel and wake the thread, so it ends before `_worker` waits for it.
+        let (closed, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.tx, closed));
+        wake(&self.waker);
+    }
+}
+
+fn wake(waker: &OwnedFd) {
+    // Fails only if the counter would overflow: the thread is then already due to wake.
+    let _ = rustix::io::write(waker, &1u64.to_ne_bytes());
 }
 
 /// One probe's schedule and counters.
@@ -135,9 +159,13 @@ impl Schedule {
         }
     }
 
-    /// When the next probe not yet started is due.
-    pub fn next_due(&self) -> Option<Instant> {
-        self.probes.values().map(|p| p.next).min()
+    /// When the thread must wake to start probes: the earliest end of a waiting probe's slack
+    /// ([`JITTER`] of its interval after it is due).
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.probes
+            .values()
+            .map(|p| p.next + p.check.interval.mul_f64(JITTER))
+            .min()
     }
 
     /// Takes up to `limit` probes due at `now`, earliest first; each is not due again until its
@@ -242,11 +270,18 @@ fn begin(addr: SocketAddr) -> Begun {
 }
 
 /// The thread: start due probes, wait for connects, report changes; ends when its handle drops.
-fn run(rx: &Receiver<ProbeSet>, state: &Sender<Msg>) {
+fn run(rx: &Receiver<ProbeSet>, waker: &OwnedFd, state: &Sender<Msg>) {
     let mut schedule = Schedule::default();
     let mut in_flight: Vec<InFlight> = Vec::new();
     let mut random = random_unit;
     loop {
+        loop {
+            match rx.try_recv() {
+                Ok(set) => schedule.set(set, Instant::now(), &mut random),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        }
         let now = Instant::now();
         let free = MAX_IN_FLIGHT - in_flight.len();
         for due in schedule.take_due(now, free) {
@@ -262,64 +297,43 @@ fn run(rx: &Receiver<ProbeSet>, state: &Sender<Msg>) {
                 }
             }
         }
-        if in_flight.is_empty() {
-            let message = match schedule.next_due() {
-                Some(at) => rx.recv_deadline(at),
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match message {
-                Ok(set) => schedule.set(set, Instant::now(), &mut random),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-            continue;
-        }
-        wait(&mut in_flight, &mut schedule, state, &mut random);
-        match rx.try_recv() {
-            Ok(set) => schedule.set(set, Instant::now(), &mut random),
-            Err(TryRecvError::Empty) => {}
-            Err(TryRecvError::Disconnected) => return,
-        }
+        wait(&mut in_flight, waker, &mut schedule, state, &mut random);
     }
 }
 
-/// Polls the connects in flight until one finishes, a deadline or the next due probe (at most
-/// [`POLL_SLICE`]), then records every finished or timed-out one.
+/// Sleeps in `poll(2)` on the waker and the connects in flight until one of them is ready, a
+/// connect's deadline passes or probes must start; then records every finished or timed-out one.
 fn wait(
     in_flight: &mut Vec<InFlight>,
+    waker: &OwnedFd,
     schedule: &mut Schedule,
     state: &Sender<Msg>,
     random: &mut impl FnMut() -> f64,
 ) {
     let now = Instant::now();
-    let mut until = in_flight
-        .iter()
-        .map(|f| f.deadline)
-        .fold(now + POLL_SLICE, Instant::min);
+    let mut until = in_flight.iter().map(|f| f.deadline).min();
     if in_flight.len() < MAX_IN_FLIGHT {
-        if let Some(next) = schedule.next_due() {
-            until = until.min(next);
-        }
+        until = until.into_iter().chain(schedule.next_wake()).min();
     }
     let ready: Vec<bool> = {
-        let mut fds: Vec<PollFd<'_>> = in_flight
-            .iter()
-            .map(|f| PollFd::new(&f.fd, PollFlags::OUT))
-            .collect();
-        let left = until.saturating_duration_since(now);
-        // A Duration under a year always fits a Timespec.
-        let timeout = Timespec::try_from(left).unwrap_or(Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        });
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
+        let mut fds = Vec::with_capacity(1 + in_flight.len());
+        fds.push(PollFd::new(waker, PollFlags::IN));
+        fds.extend(in_flight.iter().map(|f| PollFd::new(&f.fd, PollFlags::OUT)));
+        // Beyond what a Timespec holds (never, in practice): wait for an event.
+        let timeout =
+            until.and_then(|at| Timespec::try_from(at.saturating_duration_since(now)).ok());
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
             Ok(_) => fds.iter().map(|p| !p.revents().is_empty()).collect(),
             // EINTR: look again on the next turn.
             Err(_) => vec![false; fds.len()],
         }
     };
-    let now = Instant::now();
     let mut ready = ready.into_iter();
+    if ready.next().unwrap_or(false) {
+        // Reset the eventfd's counter; the caller reads the channel.
+        let _ = rustix::io::read(waker, &mut [0u8; 8]);
+    }
+    let now = Instant::now();
     let mut finished = Vec::new();
     // `ready` has one entry per connect, in order; dropping a finished one closes its socket.
     in_flight.retain(|f| {
@@ -409,14 +423,14 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Schedule::default();
         s.set([(key("1"), check(1, 1000, 3, 2))].into(), t0, &mut half);
-        // Spread: half of min(interval, FIRST_SPREAD).
-        assert_eq!(s.next_due(), Some(t0 + Duration::from_millis(500)));
+        // Spread: half of min(interval, FIRST_SPREAD); the wake comes at the end of the slack.
+        assert_eq!(s.next_wake(), Some(t0 + Duration::from_millis(550)));
         assert!(s.take_due(t0, 10).is_empty());
         let mut t = t0 + Duration::from_millis(500);
         assert_eq!(probe(&mut s, t, true), Some(true));
-        // Jitter at 0.5 is none: exactly one interval later.
+        // Jitter at 0.5 is none: due exactly one interval later, woken within the slack.
         t += Duration::from_millis(1000);
-        assert_eq!(s.next_due(), Some(t));
+        assert_eq!(s.next_wake(), Some(t + Duration::from_millis(50)));
         assert_eq!(probe(&mut s, t, false), None);
         t += Duration::from_secs(1);
         assert_eq!(probe(&mut s, t, false), None);
@@ -516,10 +530,10 @@ mod tests {
         for r in [0.0, 0.999_999] {
             let due = s.take_due(t0 + Duration::from_secs(100), 1);
             s.record(&due[0], true, t0, &mut || r);
-            let after = s.next_due().unwrap() - t0;
+            let due = s.probes[&key("1")].next - t0;
             assert!(
-                after >= Duration::from_millis(950) && after <= Duration::from_millis(1050),
-                "{after:?}"
+                due >= Duration::from_millis(950) && due <= Duration::from_millis(1050),
+                "{due:?}"
             );
         }
     }
