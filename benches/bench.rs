@@ -740,4 +740,5 @@ impl Backend for NullBackend {
         Some(1)
     }
     fn set_probes(&mut self, _: spookd::health::ProbeSet) {}
+    fn served(&mut self, _: std::collections::BTreeSet<ResourceName>) {}
 }

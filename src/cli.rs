@@ -5,7 +5,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::api::Connection;
 use crate::config::{parse_duration, InvalidValue, NodeName};
+use crate::prune::PruneOptions;
 use crate::source::kube::ApiOptions;
 
 pub const DEFAULT_CONFIG: &str = "/etc/spookd/config.yaml";
@@ -15,6 +17,9 @@ pub const DEFAULT_CONFIGMAP_KEY: &str = "config.yaml";
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 pub const DEFAULT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 pub const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// The kubelet keeps a resource whose plugin is gone for 5 minutes (`endpointStopGracePeriod`)
+/// before it reports it at 0: wait a little longer.
+pub const DEFAULT_PRUNE_AFTER: Duration = Duration::from_secs(330);
 
 pub const HELP: &str = "\
 spookd: a Kubernetes device plugin for virtual devices declared in YAML
@@ -46,6 +51,14 @@ Config from a ConfigMap through the Kubernetes API instead of a file (not with -
   --watch-timeout DURATION   how long one watch request lasts; a silent connection is dropped
                              after this plus a quarter   [SPOOKD_WATCH_TIMEOUT] (default 1m)
 
+Removing resources spookd no longer serves from the node's status (needs RBAC on nodes; uses
+--api-server, --token-file and --ca-file as above, with the same in-cluster defaults):
+  --prune-stale-resources    remove a resource this spookd advertised and no longer serves from
+                             the node's capacity and allocatable once the kubelet shows it at 0
+                             [SPOOKD_PRUNE_STALE_RESOURCES=true] (default: off)
+  --prune-after DURATION     how long after it stopped serving a resource spookd re-checks and
+                             removes it   [SPOOKD_PRUNE_AFTER] (default 5m30s)
+
   --metrics-addr ADDR:PORT   serve /healthz, /readyz and Prometheus /metrics over HTTP there,
                              e.g. 0.0.0.0:9470   [SPOOKD_METRICS_ADDR] (default: off)
   -h, --help                 print this help
@@ -60,7 +73,7 @@ Exit status: 0 success; 1 error (for check: the config is invalid); 2 usage erro
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    Run(RunOptions),
+    Run(Box<RunOptions>),
     Check {
         node: Option<NodeName>,
         path: PathBuf,
@@ -77,6 +90,8 @@ pub struct RunOptions {
     pub device_plugin_dir: PathBuf,
     /// Where to serve /healthz, /readyz and /metrics; `None`: not at all.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `--prune-stale-resources`: `None` when off.
+    pub prune: Option<PruneOptions>,
 }
 
 /// Where the config comes from.
@@ -122,8 +137,18 @@ pub enum CliError {
         from: &'static str,
         value: String,
     },
-    /// --configmap without --api-server outside a cluster.
-    NoApiServer,
+    /// --configmap or --prune-stale-resources without --api-server outside a cluster.
+    NoApiServer {
+        by: &'static str,
+    },
+    BadSwitch {
+        from: &'static str,
+        value: String,
+    },
+    /// --prune-after without --prune-stale-resources.
+    PruneAfterAlone {
+        from: &'static str,
+    },
 }
 
 impl fmt::Display for CliError {
@@ -159,11 +184,17 @@ impl fmt::Display for CliError {
                 f,
                 "{from}: {value:?} is not ADDR:PORT (e.g. 0.0.0.0:9470, 127.0.0.1:9470, [::]:9470)"
             ),
-            CliError::NoApiServer => write!(
+            CliError::NoApiServer { by } => write!(
                 f,
-                "--configmap needs --api-server outside a cluster (KUBERNETES_SERVICE_HOST and \
+                "{by} needs --api-server outside a cluster (KUBERNETES_SERVICE_HOST and \
                  KUBERNETES_SERVICE_PORT are not set)"
             ),
+            CliError::BadSwitch { from, value } => {
+                write!(f, "{from}: {value:?} is not true or false")
+            }
+            CliError::PruneAfterAlone { from } => {
+                write!(f, "{from} only has a meaning with --prune-stale-resources")
+            }
         }
     }
 }
@@ -192,10 +223,12 @@ enum Flag {
     CaFile,
     WatchTimeout,
     MetricsAddr,
+    PruneStaleResources,
+    PruneAfter,
 }
 
 impl Flag {
-    const ALL: [Flag; 11] = [
+    const ALL: [Flag; 13] = [
         Flag::Config,
         Flag::NodeName,
         Flag::DevicePluginDir,
@@ -207,7 +240,14 @@ impl Flag {
         Flag::CaFile,
         Flag::WatchTimeout,
         Flag::MetricsAddr,
+        Flag::PruneStaleResources,
+        Flag::PruneAfter,
     ];
+
+    /// A switch is given alone (`--flag`, or `--flag=false`); every other flag takes a value.
+    fn is_switch(self) -> bool {
+        self == Flag::PruneStaleResources
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -222,6 +262,8 @@ impl Flag {
             Flag::CaFile => "--ca-file",
             Flag::WatchTimeout => "--watch-timeout",
             Flag::MetricsAddr => "--metrics-addr",
+            Flag::PruneStaleResources => "--prune-stale-resources",
+            Flag::PruneAfter => "--prune-after",
         }
     }
 
@@ -238,6 +280,8 @@ impl Flag {
             Flag::CaFile => "SPOOKD_CA_FILE",
             Flag::WatchTimeout => "SPOOKD_WATCH_TIMEOUT",
             Flag::MetricsAddr => "SPOOKD_METRICS_ADDR",
+            Flag::PruneStaleResources => "SPOOKD_PRUNE_STALE_RESOURCES",
+            Flag::PruneAfter => "SPOOKD_PRUNE_AFTER",
         }
     }
 }
@@ -276,6 +320,7 @@ pub fn parse(
             Some(&flag) => {
                 let value = match inline {
                     Some(v) => v,
+                    None if flag.is_switch() => "true".to_owned(),
                     None => args.next().ok_or(CliError::MissingValue(flag.name()))?,
                 };
                 if values.iter().any(|(f, _)| *f == flag) {
@@ -322,6 +367,18 @@ pub fn parse(
         None => Ok(default),
     };
     let poll_interval = duration(Flag::PollInterval, DEFAULT_POLL_INTERVAL)?;
+    // The API server and credentials, for whichever feature needs them (`by` names it).
+    let connection = |by: &'static str| -> Result<Connection, CliError> {
+        Ok(Connection {
+            server: match value(Flag::ApiServer) {
+                Some((from, url)) => api_server(from, url)?,
+                None => in_cluster_server(&env).ok_or(CliError::NoApiServer { by })?,
+            },
+            token_file: value(Flag::TokenFile)
+                .map_or_else(|| DEFAULT_TOKEN_FILE.into(), |(_, v)| v.into()),
+            ca_file: value(Flag::CaFile).map_or_else(|| DEFAULT_CA_FILE.into(), |(_, v)| v.into()),
+        })
+    };
     let source = match (value(Flag::Config), value(Flag::ConfigMap)) {
         (Some(_), Some(_)) => return Err(CliError::TwoSources),
         (_, Some((from, cm))) => {
@@ -332,20 +389,12 @@ pub fn parse(
                     from,
                     value: cm.clone(),
                 })?;
-            let server = match value(Flag::ApiServer) {
-                Some((from, url)) => api_server(from, url)?,
-                None => in_cluster_server(&env).ok_or(CliError::NoApiServer)?,
-            };
             Source::ConfigMap(ApiOptions {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
                 key: value(Flag::ConfigMapKey)
                     .map_or_else(|| DEFAULT_CONFIGMAP_KEY.to_owned(), |(_, v)| v),
-                server,
-                token_file: value(Flag::TokenFile)
-                    .map_or_else(|| DEFAULT_TOKEN_FILE.into(), |(_, v)| v.into()),
-                ca_file: value(Flag::CaFile)
-                    .map_or_else(|| DEFAULT_CA_FILE.into(), |(_, v)| v.into()),
+                conn: connection(Flag::ConfigMap.name())?,
                 watch_timeout: duration(Flag::WatchTimeout, DEFAULT_WATCH_TIMEOUT)?,
             })
         }
@@ -361,13 +410,30 @@ pub fn parse(
         })?),
         None => None,
     };
-    Ok(Command::Run(RunOptions {
+    let prune = match value(Flag::PruneStaleResources) {
+        Some((from, v)) => match v.as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => return Err(CliError::BadSwitch { from, value: v }),
+        },
+        None => false,
+    };
+    let prune = match (prune, value(Flag::PruneAfter)) {
+        (false, Some((from, _))) => return Err(CliError::PruneAfterAlone { from }),
+        (false, None) => None,
+        (true, _) => Some(PruneOptions {
+            conn: connection(Flag::PruneStaleResources.name())?,
+            after: duration(Flag::PruneAfter, DEFAULT_PRUNE_AFTER)?,
+        }),
+    };
+    Ok(Command::Run(Box::new(RunOptions {
         source,
         node_name,
         metrics_addr,
+        prune,
         device_plugin_dir: value(Flag::DevicePluginDir)
             .map_or_else(|| DEFAULT_DEVICE_PLUGIN_DIR.into(), |(_, v)| v.into()),
-    }))
+    })))
 }
 
 /// A namespace: an RFC 1123 label.
@@ -429,7 +495,7 @@ mod tests {
 
     fn opts(args: &[&str], env: &[(&str, &str)]) -> RunOptions {
         match run(args, env).unwrap() {
-            Command::Run(o) => o,
+            Command::Run(o) => *o,
             other => panic!("expected Run, got {other:?}"),
         }
     }
@@ -450,6 +516,7 @@ mod tests {
                 node_name: node("my-host"),
                 device_plugin_dir: DEFAULT_DEVICE_PLUGIN_DIR.into(),
                 metrics_addr: None,
+                prune: None,
             }
         );
     }
@@ -473,6 +540,7 @@ mod tests {
                 node_name: node("env-node"),
                 device_plugin_dir: "/env/dp".into(),
                 metrics_addr: Some("127.0.0.1:9470".parse().unwrap()),
+                prune: None,
             }
         );
         let o = opts(
@@ -497,6 +565,7 @@ mod tests {
                 node_name: node("flag-node"),
                 device_plugin_dir: "/dp".into(),
                 metrics_addr: Some("[::1]:0".parse().unwrap()),
+                prune: None,
             }
         );
     }
@@ -549,9 +618,11 @@ mod tests {
                 namespace: "spookd".into(),
                 name: "spookd-device-plugin".into(),
                 key: "config.yaml".into(),
-                server: "https://10.96.0.1:443".into(),
-                token_file: DEFAULT_TOKEN_FILE.into(),
-                ca_file: DEFAULT_CA_FILE.into(),
+                conn: Connection {
+                    server: "https://10.96.0.1:443".into(),
+                    token_file: DEFAULT_TOKEN_FILE.into(),
+                    ca_file: DEFAULT_CA_FILE.into(),
+                },
                 watch_timeout: Duration::from_secs(60),
             })
         );
@@ -562,7 +633,7 @@ mod tests {
         let Source::ConfigMap(api) = opts(&["--configmap", "a/b"], &v6).source else {
             panic!()
         };
-        assert_eq!(api.server, "https://[fd00::1]:443");
+        assert_eq!(api.conn.server, "https://[fd00::1]:443");
         let env = [
             ("SPOOKD_CONFIGMAP", "ns/cm"),
             ("SPOOKD_CONFIGMAP_KEY", "k.yaml"),
@@ -577,11 +648,80 @@ mod tests {
                 namespace: "ns".into(),
                 name: "cm".into(),
                 key: "k.yaml".into(),
-                server: "https://127.0.0.1:6443".into(),
-                token_file: "/t".into(),
-                ca_file: "/ca".into(),
+                conn: Connection {
+                    server: "https://127.0.0.1:6443".into(),
+                    token_file: "/t".into(),
+                    ca_file: "/ca".into(),
+                },
                 watch_timeout: Duration::from_secs(5),
             })
+        );
+    }
+
+    #[test]
+    fn prune_is_off_by_default_and_takes_the_api_flags() {
+        let in_cluster = [
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+        ];
+        assert_eq!(opts(&[], &in_cluster).prune, None);
+        assert_eq!(
+            opts(&["--prune-stale-resources"], &in_cluster).prune,
+            Some(PruneOptions {
+                conn: Connection {
+                    server: "https://10.96.0.1:443".into(),
+                    token_file: DEFAULT_TOKEN_FILE.into(),
+                    ca_file: DEFAULT_CA_FILE.into(),
+                },
+                after: Duration::from_secs(330),
+            })
+        );
+        let env = [
+            ("SPOOKD_PRUNE_STALE_RESOURCES", "true"),
+            ("SPOOKD_PRUNE_AFTER", "2s"),
+            ("SPOOKD_API_SERVER", "https://127.0.0.1:6443"),
+            ("SPOOKD_TOKEN_FILE", "/t"),
+            ("SPOOKD_CA_FILE", "/ca"),
+        ];
+        let o = opts(&["--config", "/c.yaml"], &env);
+        assert_eq!(
+            o.prune,
+            Some(PruneOptions {
+                conn: Connection {
+                    server: "https://127.0.0.1:6443".into(),
+                    token_file: "/t".into(),
+                    ca_file: "/ca".into(),
+                },
+                after: Duration::from_secs(2),
+            })
+        );
+        // The file source stays the source.
+        assert!(matches!(o.source, Source::File { .. }));
+        // A flag wins over the variable, both ways.
+        assert_eq!(
+            opts(&["--prune-stale-resources=false"], &env[..1]).prune,
+            None
+        );
+        let e = |args: &[&str], env: &[(&str, &str)]| run(args, env).unwrap_err().to_string();
+        assert_eq!(
+            e(&["--prune-stale-resources"], &[]),
+            "--prune-stale-resources needs --api-server outside a cluster \
+             (KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set)"
+        );
+        assert_eq!(
+            e(&["--prune-after", "1m"], &in_cluster),
+            "--prune-after only has a meaning with --prune-stale-resources"
+        );
+        assert_eq!(
+            e(&[], &[("SPOOKD_PRUNE_STALE_RESOURCES", "yes")]),
+            "SPOOKD_PRUNE_STALE_RESOURCES: \"yes\" is not true or false"
+        );
+        assert_eq!(
+            e(
+                &["--prune-stale-resources", "--prune-after", "0s"],
+                &in_cluster
+            ),
+            "--prune-after: \"0s\" is not a positive duration (write e.g. 250ms, 2s, 1m or 1m30s)"
         );
     }
 

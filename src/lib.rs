@@ -4,6 +4,7 @@
 //! (see [`state`]): config sources ([`source`]), the kubelet registrar and watcher ([`kubelet`]),
 //! and one gRPC server per resource ([`plugin`]) on gRPC's completion-queue threads.
 
+pub mod api;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod latest;
 pub mod metrics;
 pub mod plugin;
 pub mod proto;
+pub mod prune;
 pub mod sim;
 pub mod source;
 pub mod state;

@@ -15,6 +15,7 @@ use spookd::config::{Config, ConfigError};
 use spookd::kubelet::Watcher;
 use spookd::metrics::MetricsServer;
 use spookd::plugin::{self, GrpcBackend};
+use spookd::prune::Pruner;
 use spookd::source::file::FilePoller;
 use spookd::source::kube::ApiSource;
 use spookd::state::{self, Msg, State};
@@ -74,7 +75,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Ok(Command::Check { node, path }) => run_check(node.as_ref(), &path),
-        Ok(Command::Run(opts)) => serve(opts),
+        Ok(Command::Run(opts)) => serve(*opts),
         Err(e) => Err(MainError::Usage(e)),
     };
     match result {
@@ -128,9 +129,9 @@ fn serve(opts: RunOptions) -> Result<(), MainError> {
         Source::ConfigMap(api) => format!(
             "{} from {} (CA {}, token {})",
             api.origin(),
-            api.server,
-            api.ca_file.display(),
-            api.token_file.display()
+            api.conn.server,
+            api.conn.ca_file.display(),
+            api.conn.token_file.display()
         ),
     };
     info!(
@@ -150,7 +151,19 @@ fn serve(opts: RunOptions) -> Result<(), MainError> {
             .build(),
     );
     let (tx, rx) = crossbeam_channel::unbounded();
-    let backend = GrpcBackend::new(env, dir.clone(), tx.clone())
+    let pruner = match opts.prune {
+        Some(prune) => {
+            info!(
+                "pruning resources no longer served from node {}'s status {:?} after they stop \
+                 (API server {})",
+                opts.node_name, prune.after, prune.conn.server
+            );
+            let node = opts.node_name.clone();
+            Some(Pruner::spawn(prune, node).map_err(startup("start the prune thread"))?)
+        }
+        None => None,
+    };
+    let backend = GrpcBackend::new(env, dir.clone(), tx.clone(), pruner)
         .map_err(startup("start the registrar thread"))?;
     let state = State::new(opts.node_name, backend, Instant::now());
     let mut state_thread = Worker::spawn("spookd-state", move || state::run(state, &rx))

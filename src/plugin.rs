@@ -4,6 +4,7 @@
 //! thread ([`Msg::Watch`], [`Msg::Allocate`]) and finish asynchronously when it answers.
 
 use std::collections::hash_map::RandomState;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::hash::{BuildHasher, Hasher};
@@ -30,6 +31,7 @@ use crate::proto::{
     PreStartContainerRequest, PreStartContainerResponse, PreferredAllocationRequest,
     PreferredAllocationResponse,
 };
+use crate::prune::Pruner;
 use crate::state::{AllocateError, Backend, Listing, Msg};
 
 /// Calls a server keeps pre-posted per completion queue (more wait in gRPC core until one is
@@ -104,10 +106,17 @@ pub struct GrpcBackend {
     state: Sender<Msg>,
     registrar: Registrar,
     prober: Prober,
+    pruner: Option<Pruner>,
 }
 
 impl GrpcBackend {
-    pub fn new(env: Arc<Environment>, dir: PathBuf, state: Sender<Msg>) -> io::Result<Self> {
+    /// `pruner`: told the resources served, when `--prune-stale-resources` is on.
+    pub fn new(
+        env: Arc<Environment>,
+        dir: PathBuf,
+        state: Sender<Msg>,
+        pruner: Option<Pruner>,
+    ) -> io::Result<Self> {
         let registrar = Registrar::spawn(env.clone(), dir.clone(), state.clone())?;
         let prober = Prober::spawn(state.clone())?;
         let instance = format!("{:08x}", RandomState::new().build_hasher().finish() as u32);
@@ -118,6 +127,7 @@ impl GrpcBackend {
             state,
             registrar,
             prober,
+            pruner,
         })
     }
 }
@@ -202,6 +212,12 @@ impl Backend for GrpcBackend {
 
     fn set_probes(&mut self, probes: ProbeSet) {
         self.prober.set(probes);
+    }
+
+    fn served(&mut self, resources: BTreeSet<ResourceName>) {
+        if let Some(pruner) = &self.pruner {
+            pruner.served(resources);
+        }
     }
 }
 

@@ -171,6 +171,8 @@ pub trait Backend {
     fn kubelet_socket(&self) -> Option<u64>;
     /// Replaces the set of health probes.
     fn set_probes(&mut self, probes: ProbeSet);
+    /// The resources served now (after every config that changes them, and the first).
+    fn served(&mut self, resources: BTreeSet<ResourceName>);
 }
 
 /// A resource this node serves. Fields drop in order: streams end before their server shuts down.
@@ -209,6 +211,8 @@ pub struct State<B: Backend> {
     have_config: bool,
     /// The probes last given to the backend.
     probes: ProbeSet,
+    /// The resources last given to the backend (`None`: before the first config).
+    announced: Option<BTreeSet<ResourceName>>,
     next_check: Instant,
     /// Counters for /metrics; devices and registration are read from `served`.
     stats: Snapshot,
@@ -226,6 +230,7 @@ impl<B: Backend> State<B> {
             kubelet,
             have_config: false,
             probes: ProbeSet::new(),
+            announced: None,
             next_check: now + FALLBACK_CHECK,
             stats: Snapshot::default(),
         }
@@ -415,6 +420,11 @@ impl<B: Backend> State<B> {
             info!("probing {} devices", probes.len());
             self.probes = probes.clone();
             self.backend.set_probes(probes);
+        }
+        let names: BTreeSet<ResourceName> = self.served.keys().cloned().collect();
+        if self.announced.as_ref() != Some(&names) {
+            self.announced = Some(names.clone());
+            self.backend.served(names);
         }
         let count: usize = self.served.values().map(|s| s.devices.len()).sum();
         info!(
@@ -779,6 +789,7 @@ mod tests {
         kubelet: Option<u64>,
         fail_start: bool,
         probes: Vec<ProbeSet>,
+        served: Vec<Vec<String>>,
     }
 
     struct FakeBackend(Rc<RefCell<Log>>);
@@ -822,6 +833,10 @@ mod tests {
         }
         fn set_probes(&mut self, probes: ProbeSet) {
             self.0.borrow_mut().probes.push(probes);
+        }
+        fn served(&mut self, resources: BTreeSet<ResourceName>) {
+            let names = resources.iter().map(ToString::to_string).collect();
+            self.0.borrow_mut().served.push(names);
         }
     }
 
@@ -1178,6 +1193,27 @@ mod tests {
         let old = c("deviceMapping:\n- hosts: [n1]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"1\"}\n  - {resourceName: a.io/x, instanceID: \"2\", env: {K: a}}\n  - {resourceName: a.io/x, instanceID: \"3\"}\n");
         let new = c("deviceMapping:\n- hosts: [n1]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"2\", env: {K: b}}\n  - {resourceName: a.io/x, instanceID: \"3\"}\n  - {resourceName: a.io/x, instanceID: \"4\"}\n");
         assert_eq!(difference(&old, &new), "~2 +4 -1");
+    }
+
+    #[test]
+    fn the_served_names_are_announced_on_the_first_config_and_each_change() {
+        let (mut s, log, now) = setup();
+        s.handle(config("deviceMapping: []"), now);
+        s.handle(config(TWO), now);
+        // The same names with other devices: nothing new to announce.
+        s.handle(config(&TWO.replace("\"9\"", "\"8\"")), now);
+        s.handle(
+            config(&TWO.replace("  - {resourceName: b.io/y, instanceID: \"9\"}\n", "")),
+            now,
+        );
+        assert_eq!(
+            log.borrow().served,
+            [
+                vec![],
+                vec!["a.io/x".to_string(), "b.io/y".to_string()],
+                vec!["a.io/x".to_string()]
+            ]
+        );
     }
 
     #[test]

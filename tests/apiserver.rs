@@ -1,10 +1,12 @@
-//! A Kubernetes API server stand-in for one ConfigMap, over real HTTPS on 127.0.0.1.
+//! A Kubernetes API server stand-in for one ConfigMap and one Node, over real HTTPS on 127.0.0.1.
 //!
 //! It speaks the parts of the protocol spookd uses: LIST with a `metadata.name` field selector,
 //! WATCH from a resourceVersion with chunked JSON events (ADDED, MODIFIED, DELETED, BOOKMARK,
 //! ERROR 410 after a compaction), bearer tokens (401 on a wrong one), and injected faults: an
 //! error status (500, 429 with Retry-After, 410), a connection that is accepted and never
-//! answered, a watch dropped mid-stream. Certificates come from a test CA made at test time.
+//! answered, a watch dropped mid-stream. For the Node: GET, a merge patch of its annotations,
+//! and a JSON patch of its status with `test` and `remove` ops (a failed test is 422, as the real
+//! server answers). Certificates come from a test CA made at test time.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
@@ -69,8 +71,21 @@ pub enum Fault {
 /// One request as the server saw it.
 #[derive(Clone, Debug)]
 pub struct Request {
+    pub method: String,
     pub target: String,
     pub authorization: String,
+    pub content_type: String,
+    pub body: String,
+    pub at: Instant,
+}
+
+/// The Node the server holds: annotations, and status capacity and allocatable.
+#[derive(Clone, Debug, Default)]
+pub struct Node {
+    pub name: String,
+    pub annotations: BTreeMap<String, String>,
+    pub capacity: BTreeMap<String, String>,
+    pub allocatable: BTreeMap<String, String>,
 }
 
 impl Request {
@@ -94,7 +109,9 @@ struct State {
     version: u64,
     /// Watches from a version below this get 410.
     compacted: u64,
-    faults: VecDeque<Fault>,
+    /// Faults for the next requests; one with a matcher waits for a request matching it.
+    faults: VecDeque<(Option<(String, String)>, Fault)>,
+    node: Option<Node>,
     watchers: Vec<Sender<WatchMsg>>,
     /// Watch connections being served now.
     open_watches: usize,
@@ -133,6 +150,7 @@ impl ApiServer {
                 version: 100,
                 compacted: 0,
                 faults: VecDeque::new(),
+                node: None,
                 watchers: Vec::new(),
                 open_watches: 0,
                 requests: Vec::new(),
@@ -232,7 +250,47 @@ impl ApiServer {
 
     /// The next requests get these answers, in order.
     pub fn fail_next(&self, faults: &[Fault]) {
-        self.shared.lock().faults.extend(faults.iter().cloned());
+        let faults = faults.iter().map(|f| (None, f.clone()));
+        self.shared.lock().faults.extend(faults);
+    }
+
+    /// The next request with `method` whose path ends with `suffix` gets `fault`.
+    pub fn fail_when(&self, method: &str, suffix: &str, fault: Fault) {
+        let matcher = Some((method.to_owned(), suffix.to_owned()));
+        self.shared.lock().faults.push_back((matcher, fault));
+    }
+
+    /// Creates (or replaces) the Node.
+    pub fn set_node(&self, node: Node) {
+        self.shared.lock().node = Some(node);
+    }
+
+    /// The Node now.
+    pub fn node(&self) -> Option<Node> {
+        self.shared.lock().node.clone()
+    }
+
+    /// Sets `resource` to `quantity` in capacity and allocatable, as the kubelet does.
+    pub fn set_count(&self, resource: &str, quantity: &str) {
+        let mut st = self.shared.lock();
+        if let Some(node) = &mut st.node {
+            node.capacity.insert(resource.into(), quantity.into());
+            node.allocatable.insert(resource.into(), quantity.into());
+        }
+    }
+
+    /// Waits until `done` holds for the Node (bounded).
+    pub fn wait_node(&self, timeout: Duration, done: impl Fn(&Node) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.node().is_some_and(|n| done(&n)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Changes the accepted token (the old one gets 401 from now on).
@@ -350,6 +408,84 @@ fn configmap_json(st: &State) -> String {
     )
 }
 
+fn node_json(node: &Node) -> String {
+    let map = |m: &BTreeMap<String, String>| -> String {
+        let entries: Vec<String> = m
+            .iter()
+            .map(|(k, v)| format!("{}:{}", json_string(k), json_string(v)))
+            .collect();
+        format!("{{{}}}", entries.join(","))
+    };
+    format!(
+        r#"{{"kind":"Node","apiVersion":"v1","metadata":{{"name":"{}","uid":"n-1","resourceVersion":"7","labels":{{"kubernetes.io/os":"linux"}},"annotations":{}}},"spec":{{}},"status":{{"capacity":{},"allocatable":{},"conditions":[{{"type":"Ready","status":"True"}}],"images":[{{"names":["x"],"sizeBytes":1}}]}}}}"#,
+        node.name,
+        map(&node.annotations),
+        map(&node.capacity),
+        map(&node.allocatable)
+    )
+}
+
+/// A JSON Pointer token back to its text.
+fn unescape_token(t: &str) -> String {
+    t.replace("~1", "/").replace("~0", "~")
+}
+
+/// Applies a merge patch of `metadata.annotations` (a null value removes the key).
+fn merge_annotations(node: &mut Node, body: &str) -> Result<(), String> {
+    let patch: serde_yaml::Value = serde_yaml::from_str(body).map_err(|e| e.to_string())?;
+    let Some(annotations) = patch["metadata"]["annotations"].as_mapping() else {
+        return Err("expected metadata.annotations".into());
+    };
+    for (k, v) in annotations {
+        let k = k.as_str().ok_or("annotation key")?.to_owned();
+        match v {
+            serde_yaml::Value::Null => {
+                node.annotations.remove(&k);
+            }
+            serde_yaml::Value::String(v) => {
+                node.annotations.insert(k, v.clone());
+            }
+            other => return Err(format!("annotation value {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// Applies a JSON patch of `test` and `remove` ops on /status/{capacity,allocatable}/NAME, all or
+/// nothing; a failed test or a missing path is an error (422 from the real server).
+fn json_patch_status(node: &mut Node, body: &str) -> Result<(), String> {
+    let ops: Vec<BTreeMap<String, String>> =
+        serde_yaml::from_str(body).map_err(|e| e.to_string())?;
+    let mut next = node.clone();
+    for op in ops {
+        let path = op.get("path").ok_or("op without path")?;
+        let mut parts = path
+            .strip_prefix("/status/")
+            .ok_or("not a status path")?
+            .splitn(2, '/');
+        let field = parts.next().unwrap_or_default();
+        let name = unescape_token(parts.next().ok_or("no name")?);
+        let map = match field {
+            "capacity" => &mut next.capacity,
+            "allocatable" => &mut next.allocatable,
+            other => return Err(format!("unexpected field {other}")),
+        };
+        match op.get("op").map(String::as_str) {
+            Some("test") => {
+                if map.get(&name) != op.get("value") {
+                    return Err(format!("testing value {path} failed"));
+                }
+            }
+            Some("remove") => {
+                map.remove(&name).ok_or(format!("no {path} to remove"))?;
+            }
+            other => return Err(format!("unexpected op {other:?}")),
+        }
+    }
+    *node = next;
+    Ok(())
+}
+
 fn status_json(code: u16, reason: &str) -> String {
     format!(
         r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","message":"{reason}","reason":"{reason}","code":{code}}}"#
@@ -396,24 +532,41 @@ fn serve(shared: &Arc<Shared>, config: Arc<rustls::ServerConfig>, tcp: TcpStream
         }
     }
     let head = String::from_utf8_lossy(&head).into_owned();
+    let method = head
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let target = head
         .split_whitespace()
         .nth(1)
         .unwrap_or_default()
         .to_owned();
-    let authorization = head
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("authorization: ")
-                .or_else(|| l.strip_prefix("Authorization: "))
-        })
-        .unwrap_or_default()
-        .to_owned();
+    let header = |name: &str| -> String {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+            .unwrap_or_default()
+    };
+    let authorization = header("authorization");
+    let content_type = header("content-type");
+    let length: usize = header("content-length").parse().unwrap_or(0);
+    let mut body = vec![0u8; length.min(1 << 20)];
+    if tls.read_exact(&mut body).is_err() {
+        return;
+    }
+    let body = String::from_utf8_lossy(&body).into_owned();
     let (fault, token_ok, path_ok, list_body, watch_from) = {
         let mut st = shared.lock();
         st.requests.push(Request {
+            method: method.clone(),
             target: target.clone(),
             authorization: authorization.clone(),
+            content_type: content_type.clone(),
+            body: body.clone(),
+            at: Instant::now(),
         });
         shared.changed.notify_all();
         let path = format!(
@@ -437,8 +590,13 @@ fn serve(shared: &Arc<Shared>, config: Arc<rustls::ServerConfig>, tcp: TcpStream
             r#"{{"kind":"ConfigMapList","apiVersion":"v1","metadata":{{"resourceVersion":"{}"}},"items":[{items}]}}"#,
             st.version
         );
+        let path_only = target.split('?').next().unwrap_or_default();
+        let hit = st.faults.iter().position(|(matcher, _)| match matcher {
+            None => true,
+            Some((m, suffix)) => *m == method && path_only.ends_with(suffix.as_str()),
+        });
         (
-            st.faults.pop_front(),
+            hit.and_then(|i| st.faults.remove(i)).map(|(_, f)| f),
             authorization == format!("Bearer {}", st.token),
             target.starts_with(&path),
             list,
@@ -462,6 +620,41 @@ fn serve(shared: &Arc<Shared>, config: Arc<rustls::ServerConfig>, tcp: TcpStream
     }
     if !token_ok {
         return respond(&mut tls, 401, "", &status_json(401, "Unauthorized"));
+    }
+    if let Some(rest) = target.strip_prefix("/api/v1/nodes/") {
+        let mut st = shared.lock();
+        let (name, status) = match rest.strip_suffix("/status") {
+            Some(name) => (name, true),
+            None => (rest, false),
+        };
+        let Some(node) = st.node.as_mut().filter(|n| n.name == name) else {
+            return respond(&mut tls, 404, "", &status_json(404, "NotFound"));
+        };
+        let result = match (method.as_str(), status) {
+            ("GET", false) => Ok(()),
+            ("PATCH", false) if content_type == "application/merge-patch+json" => {
+                merge_annotations(node, &body)
+            }
+            ("PATCH", true) if content_type == "application/json-patch+json" => {
+                json_patch_status(node, &body)
+            }
+            ("PATCH", _) => {
+                return respond(&mut tls, 415, "", &status_json(415, "UnsupportedMediaType"))
+            }
+            _ => return respond(&mut tls, 405, "", &status_json(405, "MethodNotAllowed")),
+        };
+        return match result {
+            Ok(()) => {
+                let json = node_json(node);
+                shared.changed.notify_all();
+                drop(st);
+                respond(&mut tls, 200, "", &json)
+            }
+            Err(e) => {
+                drop(st);
+                respond(&mut tls, 422, "", &status_json(422, &e.replace('"', "'")))
+            }
+        };
     }
     if !path_ok {
         return respond(&mut tls, 404, "", &status_json(404, "NotFound"));

@@ -143,8 +143,13 @@ fn check_daemonset(ds: &Value, file_source: bool) {
             configmap_env.unwrap()["value"],
             "spookd/spookd-device-plugin"
         );
-        assert_eq!(pod["automountServiceAccountToken"], true);
     }
+    // The API source and the optional pruning authenticate with the ServiceAccount's token.
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    // manifests/prune/ switches pruning on through this optional ConfigMap.
+    let from = &c["envFrom"][0]["configMapRef"];
+    assert_eq!(from["name"], "spookd-prune");
+    assert_eq!(from["optional"], true);
     let metrics = env
         .iter()
         .find(|e| e["name"] == "SPOOKD_METRICS_ADDR")
@@ -208,4 +213,37 @@ fn shipped_configs_probe_only_localhost() {
         }
     }
     assert!(probes >= 2, "the README and the demo show a probe");
+}
+
+#[test]
+fn the_prune_overlay_switches_pruning_on_with_only_the_node_rights_it_needs() {
+    let docs = docs("manifests/prune/prune.yaml");
+    let cm = find(&docs, "ConfigMap");
+    assert_eq!(cm["metadata"]["name"], "spookd-prune");
+    assert_eq!(cm["metadata"]["namespace"], "spookd");
+    assert_eq!(cm["data"]["SPOOKD_PRUNE_STALE_RESOURCES"], "true");
+    let after = s(&cm["data"]["SPOOKD_PRUNE_AFTER"]);
+    assert!(
+        spookd::config::parse_duration(after).unwrap() > std::time::Duration::from_secs(300),
+        "longer than the kubelet's grace period: {after}"
+    );
+    let rules = find(&docs, "ClusterRole")["rules"].as_sequence().unwrap();
+    let rule = |resources: &str, verbs: &str| {
+        let parse = |y: &str| serde_yaml::from_str::<Value>(y).unwrap();
+        rules.iter().any(|r| {
+            r["apiGroups"] == parse(r#"[""]"#)
+                && r["resources"] == parse(resources)
+                && r["verbs"] == parse(verbs)
+        })
+    };
+    assert_eq!(rules.len(), 2);
+    assert!(rule("[nodes]", "[get, patch]"));
+    assert!(rule("[nodes/status]", "[patch]"));
+    let binding = find(&docs, "ClusterRoleBinding");
+    assert_eq!(
+        binding["roleRef"]["name"],
+        "spookd-device-plugin:prune-stale-resources"
+    );
+    assert_eq!(binding["subjects"][0]["name"], "spookd-device-plugin");
+    assert_eq!(binding["subjects"][0]["namespace"], "spookd");
 }

@@ -13,4 +13,5 @@ mod daemon;
 mod health;
 mod manifests;
 mod metrics;
+mod prune;
 mod soak;

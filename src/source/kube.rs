@@ -9,22 +9,20 @@
 //! never end the thread; the last good config stays in force meanwhile.
 //!
 //! The server is trusted only if the CA file vouches for it; the token is read from its file on
-//! every request, so rotated service-account tokens are picked up. Responses are JSON, which
-//! serde_yaml reads (JSON is YAML 1.2), so no JSON crate is needed.
+//! every request, so rotated service-account tokens are picked up (see [`crate::api`]).
+//! Responses are JSON, which serde_yaml reads (JSON is YAML 1.2), so no JSON crate is needed.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, info, warn};
 use serde::Deserialize;
 
+use crate::api::{bad_certificate, ApiError, Backoff, Client, Connection, REQUEST_TIMEOUT};
 use crate::config::{Config, ConfigError};
-use crate::plugin::random_unit;
 use crate::state::Msg;
 use crate::worker::Worker;
 
@@ -32,13 +30,8 @@ use crate::worker::Worker;
 const MAX_LINE: u64 = 4 << 20;
 /// Largest LIST response.
 const MAX_BODY: u64 = 8 << 20;
-/// First wait after a failure, and the longest.
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Longest a 429's Retry-After is honoured for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
-/// Connecting and a LIST must finish within this.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which ConfigMap, which key, and how to reach and trust the API server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,10 +39,7 @@ pub struct ApiOptions {
     pub namespace: String,
     pub name: String,
     pub key: String,
-    /// `https://host:port`, no trailing slash.
-    pub server: String,
-    pub token_file: PathBuf,
-    pub ca_file: PathBuf,
+    pub conn: Connection,
     /// The watch's `timeoutSeconds`; a read that waits longer than this plus a quarter (and 1 s)
     /// means the connection is dead.
     pub watch_timeout: Duration,
@@ -66,72 +56,6 @@ impl ApiOptions {
 
     fn read_timeout(&self) -> Duration {
         self.watch_timeout + self.watch_timeout / 4 + Duration::from_secs(1)
-    }
-}
-
-/// Why a request to the API server failed.
-#[derive(Debug)]
-pub enum ApiError {
-    /// The token file could not be read.
-    Token { path: PathBuf, source: io::Error },
-    /// The CA file could not be read or holds no certificate.
-    Ca { path: PathBuf, source: io::Error },
-    /// Connecting, TLS (including an untrusted server certificate), or reading failed.
-    Transport { url: String, source: ureq::Error },
-    /// The server answered with an error status.
-    Status {
-        url: String,
-        code: u16,
-        retry_after: Option<Duration>,
-        body: String,
-    },
-    /// The response was not what the API returns.
-    Decode {
-        url: String,
-        source: serde_yaml::Error,
-    },
-    /// Reading the watch stream failed.
-    Read { url: String, source: io::Error },
-}
-
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ApiError::Token { path, source } => {
-                write!(f, "cannot read the token file {}: {source}", path.display())
-            }
-            ApiError::Ca { path, source } => {
-                write!(f, "cannot load the CA file {}: {source}", path.display())
-            }
-            ApiError::Transport { url, source } => write!(f, "{url}: {source}"),
-            ApiError::Status {
-                url, code, body, ..
-            } => write!(f, "{url}: HTTP {code}: {}", body.trim()),
-            ApiError::Decode { url, source } => write!(f, "{url}: unexpected response: {source}"),
-            ApiError::Read { url, source } => write!(f, "{url}: reading the watch: {source}"),
-        }
-    }
-}
-
-impl std::error::Error for ApiError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ApiError::Token { source, .. }
-            | ApiError::Ca { source, .. }
-            | ApiError::Read { source, .. } => Some(source),
-            ApiError::Transport { source, .. } => Some(source),
-            ApiError::Decode { source, .. } => Some(source),
-            ApiError::Status { .. } => None,
-        }
-    }
-}
-
-impl ApiError {
-    fn status(&self) -> Option<u16> {
-        match self {
-            ApiError::Status { code, .. } => Some(*code),
-            _ => None,
-        }
     }
 }
 
@@ -249,7 +173,7 @@ pub struct Watch<'a> {
     stop: &'a Receiver<()>,
     /// The content last sent to the state thread (`None`: nothing, or the ConfigMap was absent).
     last: Option<Option<String>>,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 /// What to do after the watch on a version ended.
@@ -263,11 +187,11 @@ impl<'a> Watch<'a> {
         Watch {
             origin: opts.origin(),
             key: opts.key.clone(),
-            ca_file: opts.ca_file.clone(),
+            ca_file: opts.conn.ca_file.clone(),
             state,
             stop,
             last: None,
-            backoff: FIRST_BACKOFF,
+            backoff: Backoff::default(),
         }
     }
 
@@ -278,7 +202,7 @@ impl<'a> Watch<'a> {
             next = match next {
                 Next::Relist => match api.list() {
                     Ok((cm, version)) => {
-                        self.backoff = FIRST_BACKOFF;
+                        self.backoff.reset();
                         debug!("{}: listed at resourceVersion {version}", self.origin);
                         if !self.apply(cm.as_ref()) {
                             return;
@@ -350,7 +274,7 @@ impl<'a> Watch<'a> {
                     return None;
                 }
             }
-            self.backoff = FIRST_BACKOFF;
+            self.backoff.reset();
         }
         debug!("{}: watch ended; resuming from {version}", self.origin);
         Some(Next::Rewatch(version))
@@ -422,8 +346,7 @@ impl<'a> Watch<'a> {
 
     /// Waits the current backoff (with up to a quarter of jitter) and doubles it.
     fn wait(&mut self) -> bool {
-        let wait = self.backoff + self.backoff.mul_f64(random_unit() * 0.25);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        let wait = self.backoff.wait();
         !self.stopped(wait)
     }
 
@@ -435,35 +358,23 @@ impl<'a> Watch<'a> {
     }
 }
 
-/// Whether the TLS handshake failed on the server's certificate. ureq reports rustls' error
-/// directly or inside an io::Error (and its error has no `source()` chain to walk).
-fn bad_certificate(e: &ApiError) -> bool {
-    let ApiError::Transport { source, .. } = e else {
-        return false;
-    };
-    let tls = match source {
-        ureq::Error::Rustls(e) => Some(e),
-        ureq::Error::Io(io) => io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
-        _ => None,
-    };
-    matches!(tls, Some(rustls::Error::InvalidCertificate(_)))
-}
-
 /// The real API client: ureq over rustls, trusting only the CA file.
 pub struct HttpApi {
     opts: ApiOptions,
+    client: Client,
 }
 
 impl HttpApi {
     pub fn new(opts: ApiOptions) -> Self {
-        HttpApi { opts }
+        let client = Client::new(opts.conn.clone());
+        HttpApi { opts, client }
     }
 
     fn url(&self, watch: Option<&str>) -> String {
         let o = &self.opts;
         let mut url = format!(
             "{}/api/v1/namespaces/{}/configmaps?fieldSelector=metadata.name%3D{}",
-            o.server, o.namespace, o.name
+            o.conn.server, o.namespace, o.name
         );
         if let Some(version) = watch {
             url.push_str(&format!(
@@ -473,94 +384,12 @@ impl HttpApi {
         }
         url
     }
-
-    /// An agent trusting only the CA file (re-read each time, so a rotated CA is picked up).
-    fn agent(&self, read_timeout: Option<Duration>) -> Result<ureq::Agent, ApiError> {
-        let path = &self.opts.ca_file;
-        let ca_err = |source| ApiError::Ca {
-            path: path.clone(),
-            source,
-        };
-        let pem = std::fs::read(path).map_err(ca_err)?;
-        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
-        if certs.is_empty() {
-            return Err(ca_err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "no PEM certificate in it",
-            )));
-        }
-        let tls = ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::Rustls)
-            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .build();
-        Ok(ureq::Agent::config_builder()
-            .tls_config(tls)
-            .https_only(true)
-            .proxy(None)
-            .max_redirects(0)
-            .http_status_as_error(false)
-            .timeout_connect(Some(REQUEST_TIMEOUT))
-            .timeout_recv_response(Some(REQUEST_TIMEOUT))
-            .timeout_per_read(read_timeout)
-            .build()
-            .new_agent())
-    }
-
-    fn get(
-        &self,
-        url: &str,
-        read_timeout: Duration,
-    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
-        let token_file = &self.opts.token_file;
-        let token = std::fs::read_to_string(token_file).map_err(|source| ApiError::Token {
-            path: token_file.clone(),
-            source,
-        })?;
-        let response = self
-            .agent(Some(read_timeout))?
-            .get(url)
-            .header("Authorization", format!("Bearer {}", token.trim()))
-            .header("Accept", "application/json")
-            .call()
-            .map_err(|source| ApiError::Transport {
-                url: url.to_owned(),
-                source,
-            })?;
-        let code = response.status().as_u16();
-        if (200..300).contains(&code) {
-            return Ok(response);
-        }
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let mut body = String::new();
-        let _ = response
-            .into_body()
-            .into_reader()
-            .take(4096)
-            .read_to_string(&mut body);
-        Err(ApiError::Status {
-            url: url.to_owned(),
-            code,
-            retry_after,
-            body,
-        })
-    }
 }
 
 impl Api for HttpApi {
     fn list(&mut self) -> Result<(Option<ConfigMap>, String), ApiError> {
         let url = self.url(None);
-        let response = self.get(&url, REQUEST_TIMEOUT)?;
+        let response = self.client.get(&url, REQUEST_TIMEOUT)?;
         let mut body = Vec::new();
         response
             .into_body()
@@ -584,7 +413,7 @@ impl Api for HttpApi {
         version: &str,
     ) -> Result<Box<dyn Iterator<Item = Result<Event, ApiError>>>, ApiError> {
         let url = self.url(Some(version));
-        let response = self.get(&url, self.opts.read_timeout())?;
+        let response = self.client.get(&url, self.opts.read_timeout())?;
         let reader = BufReader::new(response.into_body().into_reader());
         Ok(Box::new(Lines {
             reader,
@@ -751,7 +580,7 @@ mod tests {
         let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
         fake.stop = Some(stop_tx);
         let mut watch = Watch::new(&options(), &tx, &stop);
-        watch.backoff = Duration::from_millis(1);
+        watch.backoff = Backoff::starting_at(Duration::from_millis(1));
         watch.run(fake);
         rx.try_iter()
             .map(|m| match m {
@@ -827,9 +656,11 @@ mod tests {
             namespace: "n".into(),
             name: "c".into(),
             key: "config.yaml".into(),
-            server: "https://127.0.0.1:1".into(),
-            token_file: "t".into(),
-            ca_file: "c".into(),
+            conn: Connection {
+                server: "https://127.0.0.1:1".into(),
+                token_file: "t".into(),
+                ca_file: "c".into(),
+            },
             watch_timeout: Duration::from_secs(60),
         }
     }

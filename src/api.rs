@@ -1,0 +1,285 @@
+//! The Kubernetes API over plain HTTPS: how to reach and trust the server, and its errors.
+//!
+//! ureq over rustls (ring), trusting only the CA file, re-read on every request like the token, so
+//! rotated service-account credentials are picked up. Used by the ConfigMap source
+//! ([`crate::source::kube`]) and the pruning of stale resources ([`crate::prune`]).
+
+use std::fmt;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::plugin::random_unit;
+
+/// Connecting and a whole non-watch request must finish within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// First wait after a failure, and the longest.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How to reach and trust the API server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connection {
+    /// `https://host:port`, no trailing slash.
+    pub server: String,
+    pub token_file: PathBuf,
+    pub ca_file: PathBuf,
+}
+
+/// Why a request to the API server failed.
+#[derive(Debug)]
+pub enum ApiError {
+    /// The token file could not be read.
+    Token { path: PathBuf, source: io::Error },
+    /// The CA file could not be read or holds no certificate.
+    Ca { path: PathBuf, source: io::Error },
+    /// Connecting, TLS (including an untrusted server certificate), or reading failed.
+    Transport { url: String, source: ureq::Error },
+    /// The server answered with an error status.
+    Status {
+        url: String,
+        code: u16,
+        retry_after: Option<Duration>,
+        body: String,
+    },
+    /// The response was not what the API returns.
+    Decode {
+        url: String,
+        source: serde_yaml::Error,
+    },
+    /// Reading the response (or the watch stream) failed.
+    Read { url: String, source: io::Error },
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Token { path, source } => {
+                write!(f, "cannot read the token file {}: {source}", path.display())
+            }
+            ApiError::Ca { path, source } => {
+                write!(f, "cannot load the CA file {}: {source}", path.display())
+            }
+            ApiError::Transport { url, source } => write!(f, "{url}: {source}"),
+            ApiError::Status {
+                url, code, body, ..
+            } => write!(f, "{url}: HTTP {code}: {}", body.trim()),
+            ApiError::Decode { url, source } => write!(f, "{url}: unexpected response: {source}"),
+            ApiError::Read { url, source } => write!(f, "{url}: reading the response: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ApiError::Token { source, .. }
+            | ApiError::Ca { source, .. }
+            | ApiError::Read { source, .. } => Some(source),
+            ApiError::Transport { source, .. } => Some(source),
+            ApiError::Decode { source, .. } => Some(source),
+            ApiError::Status { .. } => None,
+        }
+    }
+}
+
+impl ApiError {
+    /// The HTTP status of a [`ApiError::Status`].
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the TLS handshake failed on the server's certificate. ureq reports rustls' error
+/// directly or inside an io::Error (and its error has no `source()` chain to walk).
+pub fn bad_certificate(e: &ApiError) -> bool {
+    let ApiError::Transport { source, .. } = e else {
+        return false;
+    };
+    let tls = match source {
+        ureq::Error::Rustls(e) => Some(e),
+        ureq::Error::Io(io) => io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(tls, Some(rustls::Error::InvalidCertificate(_)))
+}
+
+/// Requests to the API server as the token file's holder.
+pub struct Client {
+    pub conn: Connection,
+}
+
+impl Client {
+    pub fn new(conn: Connection) -> Self {
+        Client { conn }
+    }
+
+    /// An agent trusting only the CA file (re-read each time, so a rotated CA is picked up).
+    fn agent(&self, read_timeout: Option<Duration>) -> Result<ureq::Agent, ApiError> {
+        let path = &self.conn.ca_file;
+        let ca_err = |source| ApiError::Ca {
+            path: path.clone(),
+            source,
+        };
+        let pem = std::fs::read(path).map_err(ca_err)?;
+        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(ca_err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no PEM certificate in it",
+            )));
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::Rustls)
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .build();
+        Ok(ureq::Agent::config_builder()
+            .tls_config(tls)
+            .https_only(true)
+            .proxy(None)
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .timeout_connect(Some(REQUEST_TIMEOUT))
+            .timeout_recv_response(Some(REQUEST_TIMEOUT))
+            .timeout_per_read(read_timeout)
+            .build()
+            .new_agent())
+    }
+
+    /// GET `url` (a path on the server, or a full URL); a non-2xx status is an error.
+    pub fn get(
+        &self,
+        url: &str,
+        read_timeout: Duration,
+    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
+        self.request(url, read_timeout, None)
+    }
+
+    /// PATCH `url` with `body` of `content_type`; a non-2xx status is an error.
+    pub fn patch(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: &str,
+    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
+        self.request(url, REQUEST_TIMEOUT, Some((content_type, body)))
+    }
+
+    fn request(
+        &self,
+        url: &str,
+        read_timeout: Duration,
+        patch: Option<(&str, &str)>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
+        let token_file = &self.conn.token_file;
+        let token = std::fs::read_to_string(token_file).map_err(|source| ApiError::Token {
+            path: token_file.clone(),
+            source,
+        })?;
+        let agent = self.agent(Some(read_timeout))?;
+        let authorization = format!("Bearer {}", token.trim());
+        let sent = match patch {
+            None => agent
+                .get(url)
+                .header("Authorization", &authorization)
+                .header("Accept", "application/json")
+                .call(),
+            Some((content_type, body)) => agent
+                .patch(url)
+                .header("Authorization", &authorization)
+                .header("Accept", "application/json")
+                .header("Content-Type", content_type)
+                .send(body),
+        };
+        let response = sent.map_err(|source| ApiError::Transport {
+            url: url.to_owned(),
+            source,
+        })?;
+        let code = response.status().as_u16();
+        if (200..300).contains(&code) {
+            return Ok(response);
+        }
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let mut body = String::new();
+        let _ = response
+            .into_body()
+            .into_reader()
+            .take(4096)
+            .read_to_string(&mut body);
+        Err(ApiError::Status {
+            url: url.to_owned(),
+            code,
+            retry_after,
+            body,
+        })
+    }
+}
+
+/// Waits between retries: 250 ms doubling to 30 s, each with up to a quarter more of jitter.
+#[derive(Debug)]
+pub struct Backoff {
+    first: Duration,
+    current: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::starting_at(FIRST_BACKOFF)
+    }
+}
+
+impl Backoff {
+    /// A backoff whose first wait (and the one after a reset) is `first`.
+    pub fn starting_at(first: Duration) -> Self {
+        Backoff {
+            first,
+            current: first,
+        }
+    }
+
+    /// The next wait; doubles the one after.
+    pub fn wait(&mut self) -> Duration {
+        let wait = self.current + self.current.mul_f64(random_unit() * 0.25);
+        self.current = (self.current * 2).min(MAX_BACKOFF);
+        wait
+    }
+
+    /// After a success: the next failure waits the shortest again.
+    pub fn reset(&mut self) {
+        self.current = self.first;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::default();
+        let first = b.wait();
+        assert!(first >= FIRST_BACKOFF && first <= FIRST_BACKOFF.mul_f64(1.25));
+        for _ in 0..20 {
+            b.wait();
+        }
+        let capped = b.wait();
+        assert!(capped >= MAX_BACKOFF && capped <= MAX_BACKOFF.mul_f64(1.25));
+        b.reset();
+        assert!(b.wait() <= FIRST_BACKOFF.mul_f64(1.25));
+    }
+}
