@@ -108,6 +108,16 @@ pub fn bad_certificate(e: &ApiError) -> bool {
     matches!(tls, Some(rustls::Error::InvalidCertificate(_)))
 }
 
+/// The HTTP methods spookd uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
 /// Requests to the API server as the token file's holder.
 pub struct Client {
     pub conn: Connection,
@@ -156,13 +166,13 @@ impl Client {
             .new_agent())
     }
 
-    /// GET `url` (a path on the server, or a full URL); a non-2xx status is an error.
+    /// GET `url`; a non-2xx status is an error.
     pub fn get(
         &self,
         url: &str,
         read_timeout: Duration,
     ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
-        self.request(url, read_timeout, None)
+        self.request(Method::Get, url, read_timeout, None)
     }
 
     /// PATCH `url` with `body` of `content_type`; a non-2xx status is an error.
@@ -172,14 +182,45 @@ impl Client {
         content_type: &str,
         body: &str,
     ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
-        self.request(url, REQUEST_TIMEOUT, Some((content_type, body)))
+        self.send(Method::Patch, url, content_type, body)
+    }
+
+    /// `method` on `url` with a JSON (or `content_type`) body; a non-2xx status is an error.
+    pub fn send(
+        &self,
+        method: Method,
+        url: &str,
+        content_type: &str,
+        body: &str,
+    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
+        self.request(method, url, REQUEST_TIMEOUT, Some((content_type, body)))
+    }
+
+    /// Reads a whole response body of at most `limit` bytes.
+    pub fn read_body(
+        url: &str,
+        response: ureq::http::Response<ureq::Body>,
+        limit: u64,
+    ) -> Result<Vec<u8>, ApiError> {
+        let mut body = Vec::new();
+        response
+            .into_body()
+            .into_reader()
+            .take(limit)
+            .read_to_end(&mut body)
+            .map_err(|source| ApiError::Read {
+                url: url.to_owned(),
+                source,
+            })?;
+        Ok(body)
     }
 
     fn request(
         &self,
+        method: Method,
         url: &str,
         read_timeout: Duration,
-        patch: Option<(&str, &str)>,
+        body: Option<(&str, &str)>,
     ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
         let token_file = &self.conn.token_file;
         let token = std::fs::read_to_string(token_file).map_err(|source| ApiError::Token {
@@ -188,18 +229,23 @@ impl Client {
         })?;
         let agent = self.agent(Some(read_timeout))?;
         let authorization = format!("Bearer {}", token.trim());
-        let sent = match patch {
-            None => agent
+        let with_body = |b: ureq::RequestBuilder<ureq::typestate::WithBody>| {
+            let (content_type, body) = body.unwrap_or(("application/json", ""));
+            b.header("Authorization", &authorization)
+                .header("Accept", "application/json")
+                .header("Content-Type", content_type)
+                .send(body)
+        };
+        let sent = match method {
+            Method::Get => agent
                 .get(url)
                 .header("Authorization", &authorization)
                 .header("Accept", "application/json")
                 .call(),
-            Some((content_type, body)) => agent
-                .patch(url)
-                .header("Authorization", &authorization)
-                .header("Accept", "application/json")
-                .header("Content-Type", content_type)
-                .send(body),
+            Method::Post => with_body(agent.post(url)),
+            Method::Put => with_body(agent.put(url)),
+            Method::Patch => with_body(agent.patch(url)),
+            Method::Delete => with_body(agent.delete(url).force_send_body()),
         };
         let response = sent.map_err(|source| ApiError::Transport {
             url: url.to_owned(),

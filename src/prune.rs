@@ -20,7 +20,7 @@
 //! sends the set of names it serves.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, Read};
+use std::io;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -339,16 +339,7 @@ impl NodeApi for HttpNodeApi {
     fn get(&mut self) -> Result<NodeView, ApiError> {
         let url = &self.url;
         let response = self.client.get(url, crate::api::REQUEST_TIMEOUT)?;
-        let mut body = Vec::new();
-        response
-            .into_body()
-            .into_reader()
-            .take(MAX_NODE)
-            .read_to_end(&mut body)
-            .map_err(|source| ApiError::Read {
-                url: url.clone(),
-                source,
-            })?;
+        let body = Client::read_body(url, response, MAX_NODE)?;
         let mut node: NodeJson =
             serde_yaml::from_slice(&body).map_err(|source| ApiError::Decode {
                 url: url.clone(),

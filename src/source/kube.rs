@@ -390,16 +390,7 @@ impl Api for HttpApi {
     fn list(&mut self) -> Result<(Option<ConfigMap>, String), ApiError> {
         let url = self.url(None);
         let response = self.client.get(&url, REQUEST_TIMEOUT)?;
-        let mut body = Vec::new();
-        response
-            .into_body()
-            .into_reader()
-            .take(MAX_BODY)
-            .read_to_end(&mut body)
-            .map_err(|source| ApiError::Read {
-                url: url.clone(),
-                source,
-            })?;
+        let body = Client::read_body(&url, response, MAX_BODY)?;
         let list: ConfigMapList =
             serde_yaml::from_slice(&body).map_err(|source| ApiError::Decode { url, source })?;
         Ok((
