@@ -12,6 +12,7 @@ pub mod env;
 pub mod health;
 pub mod kubelet;
 pub mod latest;
+pub mod lease;
 pub mod metrics;
 pub mod plugin;
 pub mod proto;

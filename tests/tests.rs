@@ -11,6 +11,7 @@ mod api;
 mod cli;
 mod daemon;
 mod health;
+mod lease_model;
 mod manifests;
 mod metrics;
 mod prune;
