@@ -24,9 +24,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::api::ApiError;
+use serde::Deserialize;
+
+use crate::api::{ApiError, Client, Connection, Method};
 use crate::config::{InstanceId, ResourceName};
 
 /// Label on every Lease spookd makes, to list and watch them.
@@ -95,13 +97,17 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 }
 
 /// A Lease as spookd reads it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lease {
     pub name: String,
     /// `None` (or empty) when released.
     pub holder: Option<String>,
     pub duration: Duration,
     pub resource_version: String,
+    /// `spec.acquireTime` as written (informational; kept across renewals).
+    pub acquire_time: Option<String>,
+    /// `spec.leaseTransitions`: how often the holder changed.
+    pub transitions: u32,
 }
 
 /// Lease calls; the real one speaks HTTP, the model's is in memory. A version conflict or an
@@ -236,6 +242,178 @@ pub fn release(api: &mut dyn LeaseApi, held: &Lease, me: &str) -> Result<(), Api
     }
 }
 
+/// The Leases of one namespace over HTTPS (`coordination.k8s.io/v1`).
+pub struct HttpLeaseApi {
+    client: Client,
+    /// `https://server/apis/coordination.k8s.io/v1/namespaces/NS/leases`
+    base: String,
+    namespace: String,
+}
+
+/// Largest Lease read.
+const MAX_LEASE: u64 = 64 << 10;
+
+#[derive(Deserialize)]
+struct LeaseJson {
+    #[serde(default)]
+    metadata: LeaseMeta,
+    #[serde(default)]
+    spec: LeaseSpec,
+}
+
+#[derive(Default, Deserialize)]
+struct LeaseMeta {
+    #[serde(default)]
+    name: String,
+    #[serde(default, rename = "resourceVersion")]
+    resource_version: String,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeaseSpec {
+    #[serde(default)]
+    holder_identity: Option<String>,
+    #[serde(default)]
+    lease_duration_seconds: Option<u64>,
+    #[serde(default)]
+    acquire_time: Option<String>,
+    #[serde(default)]
+    lease_transitions: Option<u32>,
+}
+
+impl From<LeaseJson> for Lease {
+    fn from(j: LeaseJson) -> Lease {
+        Lease {
+            name: j.metadata.name,
+            holder: j.spec.holder_identity.filter(|h| !h.is_empty()),
+            duration: Duration::from_secs(j.spec.lease_duration_seconds.unwrap_or(0)),
+            resource_version: j.metadata.resource_version,
+            acquire_time: j.spec.acquire_time,
+            transitions: j.spec.lease_transitions.unwrap_or(0),
+        }
+    }
+}
+
+impl HttpLeaseApi {
+    pub fn new(conn: Connection, namespace: &str) -> Self {
+        let base = format!(
+            "{}/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases",
+            conn.server
+        );
+        HttpLeaseApi {
+            client: Client::new(conn),
+            base,
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    fn decode(url: &str, response: ureq::http::Response<ureq::Body>) -> Result<Lease, ApiError> {
+        let body = Client::read_body(url, response, MAX_LEASE)?;
+        let json: LeaseJson = serde_yaml::from_slice(&body).map_err(|source| ApiError::Decode {
+            url: url.to_owned(),
+            source,
+        })?;
+        Ok(json.into())
+    }
+
+    /// The whole Lease object. Names, holders (node names) and versions need no JSON escaping:
+    /// they are DNS names and decimal numbers.
+    fn body(&self, lease: &Lease, holder: &str, acquire_time: &str, now: &str) -> String {
+        let version = if lease.resource_version.is_empty() {
+            String::new()
+        } else {
+            format!(r#","resourceVersion":"{}""#, lease.resource_version)
+        };
+        format!(
+            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"name":"{}","namespace":"{}","labels":{{"{}":"{}"}}{version}}},"spec":{{"holderIdentity":"{holder}","leaseDurationSeconds":{},"acquireTime":"{acquire_time}","renewTime":"{now}","leaseTransitions":{}}}}}"#,
+            lease.name,
+            self.namespace,
+            MANAGED_BY.0,
+            MANAGED_BY.1,
+            lease.duration.as_secs().max(1),
+            lease.transitions
+        )
+    }
+}
+
+impl LeaseApi for HttpLeaseApi {
+    fn create(&mut self, name: &str, holder: &str, duration: Duration) -> Result<Lease, ApiError> {
+        let now = micro_time(SystemTime::now());
+        let lease = Lease {
+            name: name.to_owned(),
+            duration,
+            ..Lease::default()
+        };
+        let body = self.body(&lease, holder, &now, &now);
+        let response = self
+            .client
+            .send(Method::Post, &self.base, "application/json", &body)?;
+        Self::decode(&self.base, response)
+    }
+
+    fn get(&mut self, name: &str) -> Result<Option<Lease>, ApiError> {
+        let url = format!("{}/{name}", self.base);
+        match self.client.get(&url, crate::api::REQUEST_TIMEOUT) {
+            Ok(response) => Self::decode(&url, response).map(Some),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn update(&mut self, lease: &Lease, holder: &str) -> Result<Lease, ApiError> {
+        let now = micro_time(SystemTime::now());
+        let mut next = lease.clone();
+        let acquire_time = if lease.holder.as_deref() == Some(holder) {
+            lease.acquire_time.clone().unwrap_or_else(|| now.clone())
+        } else {
+            next.transitions += 1;
+            now.clone()
+        };
+        let url = format!("{}/{}", self.base, lease.name);
+        let body = self.body(&next, holder, &acquire_time, &now);
+        let response = self
+            .client
+            .send(Method::Put, &url, "application/json", &body)?;
+        Self::decode(&url, response)
+    }
+
+    fn delete(&mut self, lease: &Lease) -> Result<(), ApiError> {
+        let url = format!("{}/{}", self.base, lease.name);
+        let body = format!(
+            r#"{{"apiVersion":"v1","kind":"DeleteOptions","preconditions":{{"resourceVersion":"{}"}}}}"#,
+            lease.resource_version
+        );
+        self.client
+            .send(Method::Delete, &url, "application/json", &body)
+            .map(drop)
+    }
+}
+
+/// A `metav1.MicroTime`: RFC 3339 in UTC with microseconds.
+pub fn micro_time(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        since.subsec_micros()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +503,7 @@ mod tests {
                 holder: Some(holder.into()),
                 duration: d,
                 resource_version: self.version.to_string(),
+                ..Lease::default()
             };
             self.leases.insert(name.into(), lease.clone());
             Ok(lease)
@@ -389,6 +568,19 @@ mod tests {
         // B asks again (a restart, say): its own Lease is renewed, not refused.
         let again = acquire(&mut api, &mut b_seen, "l", "node-b", D, t).unwrap();
         assert!(matches!(again, Acquired::Won(l) if l.resource_version != b_held.resource_version));
+    }
+
+    #[test]
+    fn micro_times_are_rfc3339_utc_with_microseconds() {
+        let t = |secs: u64, micros: u32| {
+            micro_time(
+                UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros.into()),
+            )
+        };
+        assert_eq!(t(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(t(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
+        assert_eq!(t(1_795_719_600, 123_456), "2026-11-26T19:00:00.123456Z");
+        assert_eq!(t(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! error status (500, 429 with Retry-After, 410), a connection that is accepted and never
 //! answered, a watch dropped mid-stream. For the Node: GET, a merge patch of its annotations,
 //! and a JSON patch of its status with `test` and `remove` ops (a failed test is 422, as the real
-//! server answers). Certificates come from a test CA made at test time.
+//! server answers). Leases (`coordination.k8s.io/v1`) with the real optimistic concurrency: create
+//! (409 if it exists), get, replace at a `resourceVersion` (409 if it moved), delete with a
+//! `resourceVersion` precondition (409). Certificates come from a test CA made at test time.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
@@ -79,6 +81,18 @@ pub struct Request {
     pub at: Instant,
 }
 
+/// A Lease the server holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredLease {
+    pub version: u64,
+    pub holder: String,
+    pub duration: u64,
+    pub acquire_time: String,
+    pub renew_time: String,
+    pub transitions: u64,
+    pub managed_by: String,
+}
+
 /// The Node the server holds: annotations, and status capacity and allocatable.
 #[derive(Clone, Debug, Default)]
 pub struct Node {
@@ -112,6 +126,7 @@ struct State {
     /// Faults for the next requests; one with a matcher waits for a request matching it.
     faults: VecDeque<(Option<(String, String)>, Fault)>,
     node: Option<Node>,
+    leases: BTreeMap<String, StoredLease>,
     watchers: Vec<Sender<WatchMsg>>,
     /// Watch connections being served now.
     open_watches: usize,
@@ -151,6 +166,7 @@ impl ApiServer {
                 compacted: 0,
                 faults: VecDeque::new(),
                 node: None,
+                leases: BTreeMap::new(),
                 watchers: Vec::new(),
                 open_watches: 0,
                 requests: Vec::new(),
@@ -258,6 +274,11 @@ impl ApiServer {
     pub fn fail_when(&self, method: &str, suffix: &str, fault: Fault) {
         let matcher = Some((method.to_owned(), suffix.to_owned()));
         self.shared.lock().faults.push_back((matcher, fault));
+    }
+
+    /// The Leases now, by name.
+    pub fn leases(&self) -> BTreeMap<String, StoredLease> {
+        self.shared.lock().leases.clone()
     }
 
     /// Creates (or replaces) the Node.
@@ -406,6 +427,108 @@ fn configmap_json(st: &State) -> String {
         st.namespace,
         data.join(",")
     )
+}
+
+fn lease_json(namespace: &str, name: &str, l: &StoredLease) -> String {
+    format!(
+        r#"{{"kind":"Lease","apiVersion":"coordination.k8s.io/v1","metadata":{{"name":"{name}","namespace":"{namespace}","resourceVersion":"{}","labels":{{"app.kubernetes.io/managed-by":{}}}}},"spec":{{"holderIdentity":{},"leaseDurationSeconds":{},"acquireTime":{},"renewTime":{},"leaseTransitions":{}}}}}"#,
+        l.version,
+        json_string(&l.managed_by),
+        json_string(&l.holder),
+        l.duration,
+        json_string(&l.acquire_time),
+        json_string(&l.renew_time),
+        l.transitions
+    )
+}
+
+/// A Lease from a request body; `Err` names what is wrong.
+fn parse_lease(body: &str) -> Result<(String, Option<u64>, StoredLease), String> {
+    let v: serde_yaml::Value = serde_yaml::from_str(body).map_err(|e| e.to_string())?;
+    if v["apiVersion"].as_str() != Some("coordination.k8s.io/v1")
+        || v["kind"].as_str() != Some("Lease")
+    {
+        return Err("not a coordination.k8s.io/v1 Lease".into());
+    }
+    let text = |x: &serde_yaml::Value| x.as_str().unwrap_or_default().to_owned();
+    let name = text(&v["metadata"]["name"]);
+    let version = v["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|r| r.parse().ok());
+    let spec = &v["spec"];
+    Ok((
+        name,
+        version,
+        StoredLease {
+            version: 0,
+            holder: text(&spec["holderIdentity"]),
+            duration: spec["leaseDurationSeconds"]
+                .as_u64()
+                .ok_or("leaseDurationSeconds")?,
+            acquire_time: text(&spec["acquireTime"]),
+            renew_time: text(&spec["renewTime"]),
+            transitions: spec["leaseTransitions"].as_u64().unwrap_or(0),
+            managed_by: text(&v["metadata"]["labels"]["app.kubernetes.io/managed-by"]),
+        },
+    ))
+}
+
+/// Serves the Lease API with optimistic concurrency; `(status, body)`.
+fn serve_leases(st: &mut State, method: &str, rest: &str, body: &str) -> (u16, String) {
+    let ns = st.namespace.clone();
+    let conflict = |what: &str| (409, status_json(409, what));
+    match (method, rest) {
+        ("POST", "") => {
+            let (name, _, mut lease) = match parse_lease(body) {
+                Ok(l) => l,
+                Err(e) => return (422, status_json(422, &e)),
+            };
+            if st.leases.contains_key(&name) {
+                return conflict("AlreadyExists");
+            }
+            st.version += 1;
+            lease.version = st.version;
+            let json = lease_json(&ns, &name, &lease);
+            st.leases.insert(name, lease);
+            (201, json)
+        }
+        ("GET", name) if !name.is_empty() => match st.leases.get(name) {
+            Some(l) => (200, lease_json(&ns, name, l)),
+            None => (404, status_json(404, "NotFound")),
+        },
+        ("PUT", name) => {
+            let (body_name, version, mut lease) = match parse_lease(body) {
+                Ok(l) => l,
+                Err(e) => return (422, status_json(422, &e)),
+            };
+            let Some(current) = st.leases.get(name) else {
+                return (404, status_json(404, "NotFound"));
+            };
+            if body_name != name || version != Some(current.version) {
+                return conflict("Conflict");
+            }
+            st.version += 1;
+            lease.version = st.version;
+            let json = lease_json(&ns, name, &lease);
+            st.leases.insert(name.to_owned(), lease);
+            (200, json)
+        }
+        ("DELETE", name) => {
+            let v: serde_yaml::Value = serde_yaml::from_str(body).unwrap_or_default();
+            let precondition = v["preconditions"]["resourceVersion"]
+                .as_str()
+                .and_then(|r| r.parse::<u64>().ok());
+            let Some(current) = st.leases.get(name) else {
+                return (404, status_json(404, "NotFound"));
+            };
+            if precondition.is_some_and(|p| p != current.version) {
+                return conflict("Conflict");
+            }
+            st.leases.remove(name);
+            (200, status_json(200, "Success"))
+        }
+        _ => (405, status_json(405, "MethodNotAllowed")),
+    }
 }
 
 fn node_json(node: &Node) -> String {
@@ -620,6 +743,20 @@ fn serve(shared: &Arc<Shared>, config: Arc<rustls::ServerConfig>, tcp: TcpStream
     }
     if !token_ok {
         return respond(&mut tls, 401, "", &status_json(401, "Unauthorized"));
+    }
+    let leases = format!(
+        "/apis/coordination.k8s.io/v1/namespaces/{}/leases",
+        shared.lock().namespace
+    );
+    if let Some(rest) = target.strip_prefix(&leases) {
+        let rest = rest.trim_start_matches('/').to_owned();
+        let (code, json) = {
+            let mut st = shared.lock();
+            let answer = serve_leases(&mut st, &method, &rest, &body);
+            shared.changed.notify_all();
+            answer
+        };
+        return respond(&mut tls, code, "", &json);
     }
     if let Some(rest) = target.strip_prefix("/api/v1/nodes/") {
         let mut st = shared.lock();

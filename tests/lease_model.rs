@@ -80,6 +80,7 @@ impl LeaseApi for Store {
                 holder: Some(holder.into()),
                 duration: d,
                 resource_version: st.version.to_string(),
+                ..Lease::default()
             };
             st.leases.insert(name.into(), lease.clone());
             Ok(lease)

@@ -12,6 +12,7 @@ mod cli;
 mod daemon;
 mod health;
 mod lease_model;
+mod leases;
 mod manifests;
 mod metrics;
 mod prune;
