@@ -15,6 +15,7 @@ pub mod latest;
 pub mod lease;
 pub mod metrics;
 pub mod plugin;
+pub mod podresources;
 pub mod proto;
 pub mod prune;
 pub mod sim;

@@ -14,6 +14,51 @@ mod generated {
 }
 pub use generated::api::*;
 
+/// The kubelet's podresources API v1 (only `List`).
+pub mod podresources {
+    pub use super::generated::podresources::*;
+    use grpcio::{CallOption, Channel, Client, Method, MethodType, Service, ServiceBuilder};
+
+    pub const LIST: Method<ListPodResourcesRequest, ListPodResourcesResponse> =
+        super::method(MethodType::Unary, "/v1.PodResourcesLister/List");
+
+    /// The kubelet side (for the simulator and tests).
+    pub trait PodResourcesLister {
+        fn list(
+            &mut self,
+            ctx: grpcio::RpcContext<'_>,
+            req: ListPodResourcesRequest,
+            sink: grpcio::UnarySink<ListPodResourcesResponse>,
+        );
+    }
+
+    pub fn create_pod_resources_lister<S: PodResourcesLister + Send + Clone + 'static>(
+        mut s: S,
+    ) -> Service {
+        ServiceBuilder::new()
+            .add_unary_handler(&LIST, move |ctx, req, sink| s.list(ctx, req, sink))
+            .build()
+    }
+
+    /// Calls the kubelet's podresources service.
+    pub struct PodResourcesListerClient {
+        client: Client,
+    }
+
+    impl PodResourcesListerClient {
+        pub fn new(channel: Channel) -> Self {
+            PodResourcesListerClient {
+                client: Client::new(channel),
+            }
+        }
+
+        pub fn list(&self, opt: CallOption) -> grpcio::Result<ListPodResourcesResponse> {
+            self.client
+                .unary_call(&LIST, &ListPodResourcesRequest::new(), opt)
+        }
+    }
+}
+
 use grpcio::{
     CallOption, Channel, Client, ClientSStreamReceiver, Marshaller, Method, MethodType, RpcContext,
     ServerStreamingSink, Service, ServiceBuilder, UnarySink,

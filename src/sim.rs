@@ -5,7 +5,9 @@
 //! request's version and resource name, then dials the plugin's endpoint (relative to the
 //! directory), calls GetDevicePluginOptions and keeps a ListAndWatch stream open, replacing its
 //! device set with every message. A restart wipes the directory's sockets and re-creates
-//! kubelet.sock, as the real kubelet does.
+//! kubelet.sock, as the real kubelet does. It also serves the podresources API (v1 `List`) at
+//! `../pod-resources/kubelet.sock` beside the directory, as the kubelet lays them out, answering
+//! with the pods a test sets ([`Kubelet::set_pod`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -22,6 +24,10 @@ use grpcio::{
 };
 
 use crate::config::ResourceName;
+use crate::proto::podresources::{
+    self, ContainerDevices, ContainerResources, ListPodResourcesRequest, ListPodResourcesResponse,
+    PodResources,
+};
 use crate::proto::{
     self, AllocateRequest, AllocateResponse, ContainerAllocateRequest, DevicePluginClient,
     DevicePluginOptions, Empty, RegisterRequest, KUBELET_SOCKET,
@@ -72,6 +78,10 @@ struct Inner {
     /// When each accepted Register call arrived (before the stand-in dials the plugin back).
     register_calls: Vec<(String, Instant)>,
     plugins: BTreeMap<String, Plugin>,
+    /// Pod name → its devices as (resource, IDs), for podresources List.
+    pods: BTreeMap<String, Vec<(String, Vec<String>)>>,
+    /// When set, podresources List fails with UNAVAILABLE.
+    pod_resources_down: bool,
     generation: u64,
     subscribers: Vec<Sender<Event>>,
 }
@@ -128,14 +138,29 @@ impl Kubelet {
             shared: self.shared.clone(),
             generation: self.shared.lock().generation,
         });
+        let lister = podresources::create_pod_resources_lister(PodResourcesService {
+            shared: self.shared.clone(),
+        });
         let mut server = ServerBuilder::new(self.env.clone())
             .register_service(service)
+            .register_service(lister)
             .build()
             .map_err(io::Error::other)?;
         let path = self.dir.join(KUBELET_SOCKET);
         server
             .add_listening_port(
                 format!("unix:{}", path.display()),
+                ServerCredentials::insecure(),
+            )
+            .map_err(io::Error::other)?;
+        let pod_resources = self.pod_resources_socket();
+        if let Some(parent) = pod_resources.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let _ = fs::remove_file(&pod_resources);
+        server
+            .add_listening_port(
+                format!("unix:{}", pod_resources.display()),
                 ServerCredentials::insecure(),
             )
             .map_err(io::Error::other)?;
@@ -147,6 +172,31 @@ impl Kubelet {
     /// The device-plugins directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where podresources is served: `pod-resources/kubelet.sock` beside the directory.
+    pub fn pod_resources_socket(&self) -> PathBuf {
+        let parent = self.dir.parent().unwrap_or(&self.dir);
+        parent.join("pod-resources").join(KUBELET_SOCKET)
+    }
+
+    /// Sets pod `name`'s assigned devices as (resource, IDs); an empty list removes the pod.
+    pub fn set_pod(&self, name: &str, devices: &[(&str, &[&str])]) {
+        let mut inner = self.shared.lock();
+        if devices.is_empty() {
+            inner.pods.remove(name);
+            return;
+        }
+        let devices = devices
+            .iter()
+            .map(|(r, ids)| (r.to_string(), ids.iter().map(|i| i.to_string()).collect()))
+            .collect();
+        inner.pods.insert(name.to_owned(), devices);
+    }
+
+    /// Makes podresources List fail (true) or answer again (false).
+    pub fn set_pod_resources_down(&self, down: bool) {
+        self.shared.lock().pod_resources_down = down;
     }
 
     /// Receives every later event.
@@ -178,6 +228,7 @@ impl Kubelet {
             inner.plugins.clear();
         }
         self.server = None;
+        let _ = fs::remove_file(self.pod_resources_socket());
         match fs::remove_file(self.dir.join(KUBELET_SOCKET)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -427,5 +478,45 @@ impl RegistrationService {
             }
             shared.event(&mut inner, Event::StreamEnded { resource, endpoint });
         });
+    }
+}
+
+/// The podresources List the stand-in serves.
+#[derive(Clone)]
+struct PodResourcesService {
+    shared: Arc<Shared>,
+}
+
+impl podresources::PodResourcesLister for PodResourcesService {
+    fn list(
+        &mut self,
+        ctx: RpcContext<'_>,
+        _req: ListPodResourcesRequest,
+        sink: UnarySink<ListPodResourcesResponse>,
+    ) {
+        let inner = self.shared.lock();
+        if inner.pod_resources_down {
+            let status = RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, "down".into());
+            ctx.spawn(sink.fail(status).map(|_| ()));
+            return;
+        }
+        let mut response = ListPodResourcesResponse::new();
+        for (name, devices) in &inner.pods {
+            let mut pod = PodResources::new();
+            pod.name = name.clone();
+            pod.namespace = "default".into();
+            let mut container = ContainerResources::new();
+            container.name = "main".into();
+            for (resource, ids) in devices {
+                let mut d = ContainerDevices::new();
+                d.resource_name = resource.clone();
+                d.device_ids = ids.clone();
+                container.devices.push(d);
+            }
+            pod.containers.push(container);
+            response.pod_resources.push(pod);
+        }
+        drop(inner);
+        ctx.spawn(sink.success(response).map(|_| ()));
     }
 }

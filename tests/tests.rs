@@ -15,5 +15,6 @@ mod lease_model;
 mod leases;
 mod manifests;
 mod metrics;
+mod podresources;
 mod prune;
 mod soak;

@@ -1,0 +1,70 @@
+//! The kubelet's podresources API (v1 `List`): which device IDs are assigned to containers on
+//! this node. The device-plugin API has no "deallocate"; this is how a plugin learns that a device
+//! was released (used by the exclusive Leases of issue #10, not yet wired into the daemon).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use grpcio::{CallOption, ChannelBuilder, Environment};
+
+use crate::proto::podresources::PodResourcesListerClient;
+
+/// Where the kubelet serves it (fixed in the kubelet, like the device-plugins dir).
+pub const DEFAULT_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+
+/// Longest a List may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resource name → the device IDs assigned to any container on the node.
+pub type Assigned = BTreeMap<String, BTreeSet<String>>;
+
+/// Why the assignments could not be read: nothing may be released then.
+#[derive(Debug)]
+pub struct PodResourcesError {
+    pub path: PathBuf,
+    pub source: grpcio::Error,
+}
+
+impl fmt::Display for PodResourcesError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot list pod resources at {}: {}",
+            self.path.display(),
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for PodResourcesError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Reads every device assigned on the node. A fresh channel each time: the kubelet restarts, and
+/// a reused channel would wait out gRPC's reconnect backoff.
+pub fn assigned(env: &Arc<Environment>, path: &Path) -> Result<Assigned, PodResourcesError> {
+    let channel = ChannelBuilder::new(env.clone()).connect(&format!("unix:{}", path.display()));
+    let client = PodResourcesListerClient::new(channel);
+    let response = client
+        .list(CallOption::default().timeout(CALL_TIMEOUT))
+        .map_err(|source| PodResourcesError {
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut out = Assigned::new();
+    for pod in &response.pod_resources {
+        for container in &pod.containers {
+            for devices in &container.devices {
+                out.entry(devices.resource_name.clone())
+                    .or_default()
+                    .extend(devices.device_ids.iter().cloned());
+            }
+        }
+    }
+    Ok(out)
+}
