@@ -741,4 +741,8 @@ impl Backend for NullBackend {
     }
     fn set_probes(&mut self, _: spookd::health::ProbeSet) {}
     fn served(&mut self, _: std::collections::BTreeSet<ResourceName>) {}
+    fn exclusive(&self) -> bool {
+        false
+    }
+    fn leases(&mut self, _: spookd::exclusive::LeaseCmd) {}
 }

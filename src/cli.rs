@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use crate::api::Connection;
 use crate::config::{parse_duration, InvalidValue, NodeName};
+use crate::exclusive::LeaseOptions;
+use crate::podresources;
 use crate::prune::PruneOptions;
 use crate::source::kube::ApiOptions;
 
@@ -20,6 +22,8 @@ pub const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// The kubelet keeps a resource whose plugin is gone for 5 minutes (`endpointStopGracePeriod`)
 /// before it reports it at 0: wait a little longer.
 pub const DEFAULT_PRUNE_AFTER: Duration = Duration::from_secs(330);
+/// How long a shared device's Lease lasts without renewal.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(40);
 
 pub const HELP: &str = "\
 spookd: a Kubernetes device plugin for virtual devices declared in YAML
@@ -59,6 +63,17 @@ Removing resources spookd no longer serves from the node's status (needs RBAC on
   --prune-after DURATION     how long after it stopped serving a resource spookd re-checks and
                              removes it   [SPOOKD_PRUNE_AFTER] (default 5m30s)
 
+Exclusive access to devices mapped to several hosts, through coordination.k8s.io Leases (uses
+the API flags above; needs a Role on leases and the kubelet's podresources socket):
+  --exclusive-leases         hold a shared device's Lease while a container on this node has it;
+                             one held by another node is advertised Unhealthy here
+                             [SPOOKD_EXCLUSIVE_LEASES=true] (default: off)
+  --lease-namespace NS       where the Leases live   [SPOOKD_LEASE_NAMESPACE]
+                             (default: the namespace of spookd's ServiceAccount)
+  --lease-duration DURATION  how long a Lease lasts unrenewed   [SPOOKD_LEASE_DURATION] (default 40s)
+  --pod-resources-socket PATH  the kubelet's podresources API   [SPOOKD_POD_RESOURCES_SOCKET]
+                             (default /var/lib/kubelet/pod-resources/kubelet.sock)
+
   --metrics-addr ADDR:PORT   serve /healthz, /readyz and Prometheus /metrics over HTTP there,
                              e.g. 0.0.0.0:9470   [SPOOKD_METRICS_ADDR] (default: off)
   -h, --help                 print this help
@@ -92,6 +107,8 @@ pub struct RunOptions {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// `--prune-stale-resources`: `None` when off.
     pub prune: Option<PruneOptions>,
+    /// `--exclusive-leases`: `None` when off.
+    pub leases: Option<LeaseOptions>,
 }
 
 /// Where the config comes from.
@@ -145,9 +162,14 @@ pub enum CliError {
         from: &'static str,
         value: String,
     },
-    /// --prune-after without --prune-stale-resources.
-    PruneAfterAlone {
+    BadNamespace {
         from: &'static str,
+        value: String,
+    },
+    /// A flag that only means something with a switch that is off.
+    Alone {
+        from: &'static str,
+        needs: &'static str,
     },
 }
 
@@ -192,8 +214,12 @@ impl fmt::Display for CliError {
             CliError::BadSwitch { from, value } => {
                 write!(f, "{from}: {value:?} is not true or false")
             }
-            CliError::PruneAfterAlone { from } => {
-                write!(f, "{from} only has a meaning with --prune-stale-resources")
+            CliError::BadNamespace { from, value } => write!(
+                f,
+                "{from}: {value:?} is not a namespace (a lowercase DNS label)"
+            ),
+            CliError::Alone { from, needs } => {
+                write!(f, "{from} only has a meaning with {needs}")
             }
         }
     }
@@ -225,10 +251,14 @@ enum Flag {
     MetricsAddr,
     PruneStaleResources,
     PruneAfter,
+    ExclusiveLeases,
+    LeaseNamespace,
+    LeaseDuration,
+    PodResourcesSocket,
 }
 
 impl Flag {
-    const ALL: [Flag; 13] = [
+    const ALL: [Flag; 17] = [
         Flag::Config,
         Flag::NodeName,
         Flag::DevicePluginDir,
@@ -242,11 +272,15 @@ impl Flag {
         Flag::MetricsAddr,
         Flag::PruneStaleResources,
         Flag::PruneAfter,
+        Flag::ExclusiveLeases,
+        Flag::LeaseNamespace,
+        Flag::LeaseDuration,
+        Flag::PodResourcesSocket,
     ];
 
     /// A switch is given alone (`--flag`, or `--flag=false`); every other flag takes a value.
     fn is_switch(self) -> bool {
-        self == Flag::PruneStaleResources
+        matches!(self, Flag::PruneStaleResources | Flag::ExclusiveLeases)
     }
 
     fn name(self) -> &'static str {
@@ -264,6 +298,10 @@ impl Flag {
             Flag::MetricsAddr => "--metrics-addr",
             Flag::PruneStaleResources => "--prune-stale-resources",
             Flag::PruneAfter => "--prune-after",
+            Flag::ExclusiveLeases => "--exclusive-leases",
+            Flag::LeaseNamespace => "--lease-namespace",
+            Flag::LeaseDuration => "--lease-duration",
+            Flag::PodResourcesSocket => "--pod-resources-socket",
         }
     }
 
@@ -282,6 +320,10 @@ impl Flag {
             Flag::MetricsAddr => "SPOOKD_METRICS_ADDR",
             Flag::PruneStaleResources => "SPOOKD_PRUNE_STALE_RESOURCES",
             Flag::PruneAfter => "SPOOKD_PRUNE_AFTER",
+            Flag::ExclusiveLeases => "SPOOKD_EXCLUSIVE_LEASES",
+            Flag::LeaseNamespace => "SPOOKD_LEASE_NAMESPACE",
+            Flag::LeaseDuration => "SPOOKD_LEASE_DURATION",
+            Flag::PodResourcesSocket => "SPOOKD_POD_RESOURCES_SOCKET",
         }
     }
 }
@@ -410,27 +452,62 @@ pub fn parse(
         })?),
         None => None,
     };
-    let prune = match value(Flag::PruneStaleResources) {
+    let switch = |f: Flag| match value(f) {
         Some((from, v)) => match v.as_str() {
-            "true" | "1" => true,
-            "false" | "0" => false,
-            _ => return Err(CliError::BadSwitch { from, value: v }),
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(CliError::BadSwitch { from, value: v }),
         },
-        None => false,
+        None => Ok(false),
     };
-    let prune = match (prune, value(Flag::PruneAfter)) {
-        (false, Some((from, _))) => return Err(CliError::PruneAfterAlone { from }),
-        (false, None) => None,
-        (true, _) => Some(PruneOptions {
+    // A flag that belongs to a switch that is off is a mistake worth stopping for.
+    let alone = |switch: Flag, flags: &[Flag]| -> Result<(), CliError> {
+        match flags.iter().find_map(|f| value(*f)) {
+            Some((from, _)) => Err(CliError::Alone {
+                from,
+                needs: switch.name(),
+            }),
+            None => Ok(()),
+        }
+    };
+    let prune = if switch(Flag::PruneStaleResources)? {
+        Some(PruneOptions {
             conn: connection(Flag::PruneStaleResources.name())?,
             after: duration(Flag::PruneAfter, DEFAULT_PRUNE_AFTER)?,
-        }),
+        })
+    } else {
+        alone(Flag::PruneStaleResources, &[Flag::PruneAfter])?;
+        None
+    };
+    let lease_flags = [
+        Flag::LeaseNamespace,
+        Flag::LeaseDuration,
+        Flag::PodResourcesSocket,
+    ];
+    let leases = if switch(Flag::ExclusiveLeases)? {
+        let namespace = match value(Flag::LeaseNamespace) {
+            Some((from, ns)) if !is_namespace(&ns) => {
+                return Err(CliError::BadNamespace { from, value: ns })
+            }
+            other => other.map(|(_, ns)| ns),
+        };
+        Some(LeaseOptions {
+            conn: connection(Flag::ExclusiveLeases.name())?,
+            namespace,
+            duration: duration(Flag::LeaseDuration, DEFAULT_LEASE_DURATION)?,
+            pod_resources_socket: value(Flag::PodResourcesSocket)
+                .map_or_else(|| podresources::DEFAULT_SOCKET.into(), |(_, v)| v.into()),
+        })
+    } else {
+        alone(Flag::ExclusiveLeases, &lease_flags)?;
+        None
     };
     Ok(Command::Run(Box::new(RunOptions {
         source,
         node_name,
         metrics_addr,
         prune,
+        leases,
         device_plugin_dir: value(Flag::DevicePluginDir)
             .map_or_else(|| DEFAULT_DEVICE_PLUGIN_DIR.into(), |(_, v)| v.into()),
     })))
@@ -517,6 +594,7 @@ mod tests {
                 device_plugin_dir: DEFAULT_DEVICE_PLUGIN_DIR.into(),
                 metrics_addr: None,
                 prune: None,
+                leases: None,
             }
         );
     }
@@ -541,6 +619,7 @@ mod tests {
                 device_plugin_dir: "/env/dp".into(),
                 metrics_addr: Some("127.0.0.1:9470".parse().unwrap()),
                 prune: None,
+                leases: None,
             }
         );
         let o = opts(
@@ -566,6 +645,7 @@ mod tests {
                 device_plugin_dir: "/dp".into(),
                 metrics_addr: Some("[::1]:0".parse().unwrap()),
                 prune: None,
+                leases: None,
             }
         );
     }
@@ -722,6 +802,56 @@ mod tests {
                 &in_cluster
             ),
             "--prune-after: \"0s\" is not a positive duration (write e.g. 250ms, 2s, 1m or 1m30s)"
+        );
+    }
+
+    #[test]
+    fn exclusive_leases_are_off_by_default_and_take_their_flags() {
+        let in_cluster = [
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+        ];
+        assert_eq!(opts(&[], &in_cluster).leases, None);
+        assert_eq!(
+            opts(&["--exclusive-leases"], &in_cluster).leases,
+            Some(LeaseOptions {
+                conn: Connection {
+                    server: "https://10.96.0.1:443".into(),
+                    token_file: DEFAULT_TOKEN_FILE.into(),
+                    ca_file: DEFAULT_CA_FILE.into(),
+                },
+                namespace: None,
+                duration: Duration::from_secs(40),
+                pod_resources_socket: "/var/lib/kubelet/pod-resources/kubelet.sock".into(),
+            })
+        );
+        let env = [
+            ("SPOOKD_EXCLUSIVE_LEASES", "1"),
+            ("SPOOKD_LEASE_NAMESPACE", "devices"),
+            ("SPOOKD_LEASE_DURATION", "15s"),
+            ("SPOOKD_POD_RESOURCES_SOCKET", "/pr.sock"),
+            ("SPOOKD_API_SERVER", "https://127.0.0.1:6443"),
+        ];
+        let leases = opts(&[], &env).leases.unwrap();
+        assert_eq!(leases.namespace.as_deref(), Some("devices"));
+        assert_eq!(leases.duration, Duration::from_secs(15));
+        assert_eq!(leases.pod_resources_socket, PathBuf::from("/pr.sock"));
+        let e = |args: &[&str], env: &[(&str, &str)]| run(args, env).unwrap_err().to_string();
+        assert_eq!(
+            e(&["--lease-duration", "1m"], &in_cluster),
+            "--lease-duration only has a meaning with --exclusive-leases"
+        );
+        assert_eq!(
+            e(
+                &["--exclusive-leases", "--lease-namespace", "Bad_NS"],
+                &in_cluster
+            ),
+            "--lease-namespace: \"Bad_NS\" is not a namespace (a lowercase DNS label)"
+        );
+        assert_eq!(
+            e(&["--exclusive-leases"], &[]),
+            "--exclusive-leases needs --api-server outside a cluster (KUBERNETES_SERVICE_HOST \
+             and KUBERNETES_SERVICE_PORT are not set)"
         );
     }
 

@@ -413,6 +413,20 @@ impl Config {
     pub fn has_node(&self, node: &NodeName) -> bool {
         self.hosts.contains_key(node)
     }
+
+    /// The devices mapped to more than one host: those that need a Lease for exclusive access
+    /// (one host's devices are already serialised by its kubelet).
+    pub fn shared_devices(&self) -> BTreeSet<(ResourceName, InstanceId)> {
+        let mut count: BTreeMap<&(ResourceName, InstanceId), usize> = BTreeMap::new();
+        for key in self.hosts.values().flatten() {
+            *count.entry(key).or_default() += 1;
+        }
+        count
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
 }
 
 /// Parses a duration as the config and the command line take it: `250ms`, `2s`, `1m`, `1h`, `1.5s`, `1m30s`: one or more number-unit pairs.
@@ -907,6 +921,21 @@ deviceMapping:
         let env = &h1[&ResourceName::try_from("skao.int/oscilloscope".to_owned()).unwrap()][0].env;
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(env, [("IP", "10.0.10.215"), ("PORT", "5025")]);
+    }
+
+    #[test]
+    fn shared_devices_are_those_of_several_hosts() {
+        let c = parse(SEED).unwrap();
+        let shared: Vec<String> = c
+            .shared_devices()
+            .iter()
+            .map(|(r, i)| format!("{r} {i}"))
+            .collect();
+        // 0001 is reached twice by host2 and once by host1: two hosts. sg-1 has one host.
+        assert_eq!(
+            shared,
+            ["skao.int/oscilloscope 0001", "skao.int/oscilloscope 0002"]
+        );
     }
 
     #[test]

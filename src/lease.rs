@@ -121,6 +121,8 @@ pub trait LeaseApi {
     fn update(&mut self, lease: &Lease, holder: &str) -> Result<Lease, ApiError>;
     /// Deletes `lease` if it is still at its version.
     fn delete(&mut self, lease: &Lease) -> Result<(), ApiError>;
+    /// Every Lease spookd made in the namespace (by the [`MANAGED_BY`] label).
+    fn list(&mut self) -> Result<Vec<Lease>, ApiError>;
 }
 
 /// When this node first saw each Lease version: a version unchanged for the Lease's duration, by
@@ -252,6 +254,14 @@ pub struct HttpLeaseApi {
 
 /// Largest Lease read.
 const MAX_LEASE: u64 = 64 << 10;
+/// Largest Lease list read (thousands of shared devices).
+const MAX_LEASE_LIST: u64 = 32 << 20;
+
+#[derive(Deserialize)]
+struct LeaseList {
+    #[serde(default)]
+    items: Vec<LeaseJson>,
+}
 
 #[derive(Deserialize)]
 struct LeaseJson {
@@ -378,6 +388,22 @@ impl LeaseApi for HttpLeaseApi {
         Self::decode(&url, response)
     }
 
+    fn list(&mut self) -> Result<Vec<Lease>, ApiError> {
+        let url = format!(
+            "{}?labelSelector={}%3D{}",
+            self.base,
+            MANAGED_BY.0.replace('/', "%2F"),
+            MANAGED_BY.1
+        );
+        let response = self.client.get(&url, crate::api::REQUEST_TIMEOUT)?;
+        let body = Client::read_body(&url, response, MAX_LEASE_LIST)?;
+        let list: LeaseList = serde_yaml::from_slice(&body).map_err(|source| ApiError::Decode {
+            url: url.clone(),
+            source,
+        })?;
+        Ok(list.items.into_iter().map(Lease::from).collect())
+    }
+
     fn delete(&mut self, lease: &Lease) -> Result<(), ApiError> {
         let url = format!("{}/{}", self.base, lease.name);
         let body = format!(
@@ -412,6 +438,70 @@ pub fn micro_time(t: SystemTime) -> String {
         rest % 60,
         since.subsec_micros()
     )
+}
+
+/// Leases in memory with the API server's optimistic concurrency, for tests and models.
+#[derive(Debug, Default)]
+pub struct MemoryLeases {
+    pub leases: BTreeMap<String, Lease>,
+    version: u64,
+}
+
+fn memory_status(code: u16) -> ApiError {
+    ApiError::Status {
+        url: "memory".into(),
+        code,
+        retry_after: None,
+        body: String::new(),
+    }
+}
+
+impl LeaseApi for MemoryLeases {
+    fn create(&mut self, name: &str, holder: &str, d: Duration) -> Result<Lease, ApiError> {
+        if self.leases.contains_key(name) {
+            return Err(memory_status(409));
+        }
+        self.version += 1;
+        let lease = Lease {
+            name: name.into(),
+            holder: Some(holder.into()),
+            duration: d,
+            resource_version: self.version.to_string(),
+            ..Lease::default()
+        };
+        self.leases.insert(name.into(), lease.clone());
+        Ok(lease)
+    }
+    fn get(&mut self, name: &str) -> Result<Option<Lease>, ApiError> {
+        Ok(self.leases.get(name).cloned())
+    }
+    fn update(&mut self, lease: &Lease, holder: &str) -> Result<Lease, ApiError> {
+        let current = self
+            .leases
+            .get_mut(&lease.name)
+            .ok_or_else(|| memory_status(404))?;
+        if current.resource_version != lease.resource_version {
+            return Err(memory_status(409));
+        }
+        self.version += 1;
+        current.holder = Some(holder.into());
+        current.resource_version = self.version.to_string();
+        Ok(current.clone())
+    }
+    fn delete(&mut self, lease: &Lease) -> Result<(), ApiError> {
+        let current = self
+            .leases
+            .get(&lease.name)
+            .ok_or_else(|| memory_status(404))?;
+        if current.resource_version != lease.resource_version {
+            return Err(memory_status(409));
+        }
+        self.leases.remove(&lease.name);
+        Ok(())
+    }
+    fn list(&mut self) -> Result<Vec<Lease>, ApiError> {
+        Ok(self.leases.values().cloned().collect())
+    }
 }
 
 #[cfg(test)]
@@ -476,70 +566,12 @@ mod tests {
         assert_eq!(fnv1a(&[b"a"]), 0xaf63_dc4c_8601_ec8c);
     }
 
-    /// A Lease store with the API server's optimistic concurrency.
-    #[derive(Default)]
-    struct Store {
-        leases: BTreeMap<String, Lease>,
-        version: u64,
-    }
-
-    fn status(code: u16) -> ApiError {
-        ApiError::Status {
-            url: "store".into(),
-            code,
-            retry_after: None,
-            body: String::new(),
-        }
-    }
-
-    impl LeaseApi for Store {
-        fn create(&mut self, name: &str, holder: &str, d: Duration) -> Result<Lease, ApiError> {
-            if self.leases.contains_key(name) {
-                return Err(status(409));
-            }
-            self.version += 1;
-            let lease = Lease {
-                name: name.into(),
-                holder: Some(holder.into()),
-                duration: d,
-                resource_version: self.version.to_string(),
-                ..Lease::default()
-            };
-            self.leases.insert(name.into(), lease.clone());
-            Ok(lease)
-        }
-        fn get(&mut self, name: &str) -> Result<Option<Lease>, ApiError> {
-            Ok(self.leases.get(name).cloned())
-        }
-        fn update(&mut self, lease: &Lease, holder: &str) -> Result<Lease, ApiError> {
-            let current = self
-                .leases
-                .get_mut(&lease.name)
-                .ok_or_else(|| status(404))?;
-            if current.resource_version != lease.resource_version {
-                return Err(status(409));
-            }
-            self.version += 1;
-            current.holder = Some(holder.into());
-            current.resource_version = self.version.to_string();
-            Ok(current.clone())
-        }
-        fn delete(&mut self, lease: &Lease) -> Result<(), ApiError> {
-            let current = self.leases.get(&lease.name).ok_or_else(|| status(404))?;
-            if current.resource_version != lease.resource_version {
-                return Err(status(409));
-            }
-            self.leases.remove(&lease.name);
-            Ok(())
-        }
-    }
-
     const D: Duration = Duration::from_secs(40);
 
     #[test]
     fn a_live_lease_is_refused_an_expired_one_taken_and_ours_renewed() {
         let t0 = Instant::now();
-        let mut api = Store::default();
+        let mut api = MemoryLeases::default();
         let (mut a_seen, mut b_seen) = (Observations::default(), Observations::default());
         let won = acquire(&mut api, &mut a_seen, "l", "node-a", D, t0).unwrap();
         let Acquired::Won(held) = won else { panic!() };
@@ -586,7 +618,7 @@ mod tests {
     #[test]
     fn release_deletes_only_our_own_lease() {
         let t0 = Instant::now();
-        let mut api = Store::default();
+        let mut api = MemoryLeases::default();
         let mut seen = Observations::default();
         let Acquired::Won(held) = acquire(&mut api, &mut seen, "l", "a", D, t0).unwrap() else {
             panic!()

@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod env;
+pub mod exclusive;
 pub mod health;
 pub mod kubelet;
 pub mod latest;

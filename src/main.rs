@@ -12,6 +12,7 @@ use signal_hook::iterator::Signals;
 
 use spookd::cli::{self, CliError, Command, RunOptions, Source};
 use spookd::config::{Config, ConfigError};
+use spookd::exclusive::LeaseKeeper;
 use spookd::kubelet::Watcher;
 use spookd::metrics::MetricsServer;
 use spookd::plugin::{self, GrpcBackend};
@@ -21,6 +22,9 @@ use spookd::source::kube::ApiSource;
 use spookd::state::{self, Msg, State};
 use spookd::worker::Worker;
 use spookd::{check, VERSION};
+
+/// The namespace of the pod's ServiceAccount, the default home of the Leases.
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 /// How long shutdown waits for the state thread to stop the servers and remove the sockets.
 const SHUTDOWN_WAIT: Duration = Duration::from_millis(1500);
@@ -163,7 +167,32 @@ fn serve(opts: RunOptions) -> Result<(), MainError> {
         }
         None => None,
     };
-    let backend = GrpcBackend::new(env, dir.clone(), tx.clone(), pruner)
+    let keeper = match opts.leases {
+        Some(leases) => {
+            let namespace = match leases.namespace.clone() {
+                Some(ns) => ns,
+                None => std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+                    .map(|ns| ns.trim().to_owned())
+                    .map_err(startup(
+                        "read the ServiceAccount's namespace for the Leases (set --lease-namespace)",
+                    ))?,
+            };
+            info!(
+                "exclusive Leases for shared devices in namespace {namespace}, {:?} each \
+                 (API server {}, podresources {})",
+                leases.duration,
+                leases.conn.server,
+                leases.pod_resources_socket.display()
+            );
+            let node = opts.node_name.clone();
+            Some(
+                LeaseKeeper::spawn(leases, namespace, node, env.clone(), tx.clone())
+                    .map_err(startup("start the Lease thread"))?,
+            )
+        }
+        None => None,
+    };
+    let backend = GrpcBackend::new(env, dir.clone(), tx.clone(), pruner, keeper)
         .map_err(startup("start the registrar thread"))?;
     let state = State::new(opts.node_name, backend, Instant::now());
     let mut state_thread = Worker::spawn("spookd-state", move || state::run(state, &rx))

@@ -46,6 +46,10 @@ pub struct Snapshot {
     pub devices: BTreeMap<(String, String), bool>,
     /// Changes of a device's health seen by the probes.
     pub health_changes: u64,
+    /// `--exclusive-leases`: Leases this node holds, and acquisitions won and lost.
+    pub leases_held: u64,
+    pub lease_acquisitions_won: u64,
+    pub lease_acquisitions_lost: u64,
 }
 
 /// Handle of the metrics thread; dropping it stops the thread.
@@ -267,6 +271,21 @@ pub fn render(s: &Snapshot) -> String {
         "counter",
         "Changes of a device's health seen by its probe.",
         vec![format!(" {}", s.health_changes)],
+    );
+    family(
+        "spookd_leases_held",
+        "gauge",
+        "Leases of shared devices this node holds (--exclusive-leases).",
+        vec![format!(" {}", s.leases_held)],
+    );
+    family(
+        "spookd_lease_acquisitions_total",
+        "counter",
+        "Lease acquisitions for an Allocate, by result: won, or lost (held elsewhere, API error).",
+        vec![
+            format!("{{result=\"won\"}} {}", s.lease_acquisitions_won),
+            format!("{{result=\"lost\"}} {}", s.lease_acquisitions_lost),
+        ],
     );
     family(
         "spookd_resource_registered",

@@ -23,6 +23,7 @@ use grpcio::{
 use log::{debug, info, warn};
 
 use crate::config::ResourceName;
+use crate::exclusive::{LeaseCmd, LeaseKeeper, LeaseRefusal};
 use crate::health::{ProbeSet, Prober};
 use crate::kubelet::Registrar;
 use crate::proto::{
@@ -107,6 +108,8 @@ pub struct GrpcBackend {
     registrar: Registrar,
     prober: Prober,
     pruner: Option<Pruner>,
+    /// The Lease thread, with `--exclusive-leases`.
+    keeper: Option<LeaseKeeper>,
 }
 
 impl GrpcBackend {
@@ -116,6 +119,7 @@ impl GrpcBackend {
         dir: PathBuf,
         state: Sender<Msg>,
         pruner: Option<Pruner>,
+        keeper: Option<LeaseKeeper>,
     ) -> io::Result<Self> {
         let registrar = Registrar::spawn(env.clone(), dir.clone(), state.clone())?;
         let prober = Prober::spawn(state.clone())?;
@@ -128,6 +132,7 @@ impl GrpcBackend {
             registrar,
             prober,
             pruner,
+            keeper,
         })
     }
 }
@@ -217,6 +222,16 @@ impl Backend for GrpcBackend {
     fn served(&mut self, resources: BTreeSet<ResourceName>) {
         if let Some(pruner) = &self.pruner {
             pruner.served(resources);
+        }
+    }
+
+    fn exclusive(&self) -> bool {
+        self.keeper.is_some()
+    }
+
+    fn leases(&mut self, cmd: LeaseCmd) {
+        if let Some(keeper) = &self.keeper {
+            keeper.send(cmd);
         }
     }
 }
@@ -377,7 +392,13 @@ impl proto::DevicePlugin for PluginService {
                 }
                 Ok(Err(e)) => {
                     let code = match e {
-                        AllocateError::NotServed { .. } => RpcStatusCode::UNAVAILABLE,
+                        AllocateError::NotServed { .. }
+                        | AllocateError::Lease(LeaseRefusal::Unavailable { .. }) => {
+                            RpcStatusCode::UNAVAILABLE
+                        }
+                        AllocateError::Lease(LeaseRefusal::HeldBy { .. }) => {
+                            RpcStatusCode::FAILED_PRECONDITION
+                        }
                         _ => RpcStatusCode::INVALID_ARGUMENT,
                     };
                     sink.fail(RpcStatus::with_message(code, e.to_string()))

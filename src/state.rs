@@ -26,9 +26,15 @@
 //!    after every config that changes it ([`Backend::set_probes`]) and reports each change of a
 //!    device's health ([`Msg::Health`]); the resource's list, with each device's health, is pushed
 //!    at once. Allocate of an Unhealthy device still answers (the kubelet decides) and warns.
-//! 7. The metrics thread asks with [`Msg::Snapshot`] (carrying its reply channel) for the
+//! 7. With `--exclusive-leases` ([`crate::exclusive`]), the devices this node serves that are
+//!    mapped to several hosts are given to the `spookd-lease` thread after each config
+//!    ([`LeaseCmd::Shared`]). An Allocate naming one is parked and its Leases requested
+//!    ([`LeaseCmd::Acquire`]); [`Msg::LeasesTaken`] answers it (all taken: the env; else the
+//!    refusal, naming the holder). [`Msg::Leases`] reports devices held by other nodes: they are
+//!    advertised Unhealthy here until released or expired.
+//! 8. The metrics thread asks with [`Msg::Snapshot`] (carrying its reply channel) for the
 //!    counters and each resource's devices and registration, for /metrics and /healthz.
-//! 8. [`Msg::Shutdown`] stops every server, removes our sockets and ends the thread.
+//! 9. [`Msg::Shutdown`] stops every server, removes our sockets and ends the thread.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -42,6 +48,7 @@ use log::{debug, error, info, warn};
 
 use crate::config::{Config, ConfigError, Device, InstanceId, NodeName, ResourceName};
 use crate::env;
+use crate::exclusive::{DeviceKey, LeaseCmd, LeaseRefusal, LeaseReport};
 use crate::health::ProbeSet;
 use crate::kubelet::RegisterError;
 use crate::metrics::Snapshot;
@@ -67,6 +74,17 @@ pub type StreamSender = crate::latest::Sender<Listing>;
 
 /// One container's env, as Allocate answers it.
 pub type Env = BTreeMap<String, String>;
+
+/// Where an Allocate's answer goes.
+pub type AllocateReply = oneshot::Sender<Result<Vec<Env>, AllocateError>>;
+
+/// An Allocate waiting for its Leases.
+struct Pending {
+    resource: ResourceName,
+    containers: Vec<Vec<String>>,
+    envs: Vec<Env>,
+    reply: AllocateReply,
+}
 
 /// Everything the state thread is told. Requests that need an answer carry their reply channel.
 pub enum Msg {
@@ -95,7 +113,7 @@ pub enum Msg {
     Allocate {
         resource: ResourceName,
         containers: Vec<Vec<String>>,
-        reply: oneshot::Sender<Result<Vec<Env>, AllocateError>>,
+        reply: AllocateReply,
     },
     /// The registrar's outcome for `endpoint`; failures are reported once per endpoint.
     Registered {
@@ -103,6 +121,13 @@ pub enum Msg {
         endpoint: String,
         result: Result<(), RegisterError>,
     },
+    /// The Leases of Allocate number `request` were all taken (or refused).
+    LeasesTaken {
+        request: u64,
+        result: Result<(), LeaseRefusal>,
+    },
+    /// Which shared devices other nodes hold now, and this node's Lease counts.
+    Leases(LeaseReport),
     /// What operators see (/metrics, /healthz): answered with a snapshot of the counters.
     Snapshot {
         reply: crossbeam_channel::Sender<Snapshot>,
@@ -122,6 +147,8 @@ pub enum AllocateError {
     DuplicateDevice { resource: ResourceName, id: String },
     /// A container request named no device.
     NoDevices { resource: ResourceName },
+    /// A device shared with other hosts could not be taken (`--exclusive-leases`).
+    Lease(LeaseRefusal),
 }
 
 impl fmt::Display for AllocateError {
@@ -142,6 +169,7 @@ impl fmt::Display for AllocateError {
             AllocateError::NoDevices { resource } => {
                 write!(f, "a container request for {resource} names no device")
             }
+            AllocateError::Lease(refusal) => write!(f, "{refusal}"),
         }
     }
 }
@@ -171,6 +199,10 @@ pub trait Backend {
     fn kubelet_socket(&self) -> Option<u64>;
     /// Replaces the set of health probes.
     fn set_probes(&mut self, probes: ProbeSet);
+    /// Whether `--exclusive-leases` is on (then [`Backend::leases`] has a taker).
+    fn exclusive(&self) -> bool;
+    /// Tells the Lease thread.
+    fn leases(&mut self, cmd: LeaseCmd);
     /// The resources served now (after every config that changes them, and the first).
     fn served(&mut self, resources: BTreeSet<ResourceName>);
 }
@@ -183,6 +215,8 @@ struct Served<S> {
     devices: Arc<[Device]>,
     /// Devices whose probe says Unhealthy; every other device is Healthy.
     unhealthy: BTreeSet<InstanceId>,
+    /// Shared devices another node holds a Lease on: advertised Unhealthy here.
+    elsewhere: BTreeSet<InstanceId>,
 }
 
 struct Live<S> {
@@ -213,6 +247,13 @@ pub struct State<B: Backend> {
     probes: ProbeSet,
     /// The resources last given to the backend (`None`: before the first config).
     announced: Option<BTreeSet<ResourceName>>,
+    /// Served devices mapped to several hosts (`--exclusive-leases`), as last given to the backend.
+    shared: BTreeSet<DeviceKey>,
+    /// The last Lease report: devices held by other nodes.
+    held_elsewhere: BTreeMap<DeviceKey, String>,
+    /// Allocates waiting for their Leases, by request number.
+    pending: BTreeMap<u64, Pending>,
+    next_request: u64,
     next_check: Instant,
     /// Counters for /metrics; devices and registration are read from `served`.
     stats: Snapshot,
@@ -231,6 +272,10 @@ impl<B: Backend> State<B> {
             have_config: false,
             probes: ProbeSet::new(),
             announced: None,
+            shared: BTreeSet::new(),
+            held_elsewhere: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            next_request: 0,
             next_check: now + FALLBACK_CHECK,
             stats: Snapshot::default(),
         }
@@ -273,16 +318,37 @@ impl<B: Backend> State<B> {
                 containers,
                 reply,
             } => {
-                let result = self.allocate(&resource, &containers);
-                let outcome = if result.is_ok() { "ok" } else { "error" };
-                *self
-                    .stats
-                    .allocations
-                    .entry((resource.to_string(), outcome))
-                    .or_default() += 1;
-                // The kubelet may have given up (deadline): nothing to do then.
-                let _ = reply.send(result);
+                let result = self.try_allocate(&resource, &containers);
+                let shared = self.lease_devices(&resource, &containers);
+                match result {
+                    Ok(envs) if !shared.is_empty() && self.backend.exclusive() => {
+                        let request = self.next_request;
+                        self.next_request += 1;
+                        debug!("{resource}: Allocate {request} waits for its Leases");
+                        self.pending.insert(
+                            request,
+                            Pending {
+                                resource,
+                                containers,
+                                envs,
+                                reply,
+                            },
+                        );
+                        self.backend.leases(LeaseCmd::Acquire {
+                            request,
+                            devices: shared,
+                        });
+                    }
+                    result => self.answer(&resource, &containers, result, reply),
+                }
             }
+            Msg::LeasesTaken { request, result } => {
+                if let Some(p) = self.pending.remove(&request) {
+                    let result = result.map(|()| p.envs).map_err(AllocateError::Lease);
+                    self.answer(&p.resource, &p.containers, result, p.reply);
+                }
+            }
+            Msg::Leases(report) => self.lease_report(report),
             Msg::Registered {
                 resource,
                 endpoint,
@@ -397,6 +463,7 @@ impl<B: Backend> State<B> {
                         Served {
                             devices,
                             unhealthy: BTreeSet::new(),
+                            elsewhere: BTreeSet::new(),
                             server: None,
                             streams: Vec::new(),
                         },
@@ -420,6 +487,26 @@ impl<B: Backend> State<B> {
             info!("probing {} devices", probes.len());
             self.probes = probes.clone();
             self.backend.set_probes(probes);
+        }
+        if self.backend.exclusive() {
+            let shared: BTreeSet<DeviceKey> = config
+                .shared_devices()
+                .into_iter()
+                .filter(|(r, id)| {
+                    self.served
+                        .get(r)
+                        .is_some_and(|s| s.devices.iter().any(|d| d.id == *id))
+                })
+                .collect();
+            if shared != self.shared {
+                info!(
+                    "{} devices served here are shared with other hosts",
+                    shared.len()
+                );
+                self.shared = shared.clone();
+                self.backend.leases(LeaseCmd::Shared(shared));
+            }
+            self.refresh_elsewhere();
         }
         let names: BTreeSet<ResourceName> = self.served.keys().cloned().collect();
         if self.announced.as_ref() != Some(&names) {
@@ -461,6 +548,7 @@ impl<B: Backend> State<B> {
         let old = Served {
             devices: served.devices.clone(),
             unhealthy: BTreeSet::new(),
+            elsewhere: BTreeSet::new(),
             server: served.server.take(),
             streams: std::mem::take(&mut served.streams),
         };
@@ -565,27 +653,91 @@ impl<B: Backend> State<B> {
         }
     }
 
-    fn allocate(
-        &self,
+    /// Answers an Allocate, logging and counting it. The kubelet may have given up (deadline):
+    /// nothing to do then.
+    fn answer(
+        &mut self,
         resource: &ResourceName,
         containers: &[Vec<String>],
-    ) -> Result<Vec<Env>, AllocateError> {
-        let result = self.try_allocate(resource, containers);
+        result: Result<Vec<Env>, AllocateError>,
+        reply: AllocateReply,
+    ) {
         match &result {
             Ok(_) => {
                 for ids in containers {
                     info!("{resource}: allocated {} to a container", ids.join(", "));
                 }
-                let unhealthy = self.served.get(resource).map(|s| &s.unhealthy);
+                let served = self.served.get(resource);
                 for id in containers.iter().flatten() {
-                    if unhealthy.is_some_and(|u| u.iter().any(|x| x.as_str() == id)) {
+                    let unhealthy =
+                        |set: &BTreeSet<InstanceId>| set.iter().any(|x| x.as_str() == id);
+                    if served.is_some_and(|s| unhealthy(&s.unhealthy)) {
                         warn!("{resource} {id}: allocated while Unhealthy (the kubelet chose it)");
                     }
                 }
             }
             Err(e) => warn!("Allocate refused: {e}"),
         }
-        result
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        *self
+            .stats
+            .allocations
+            .entry((resource.to_string(), outcome))
+            .or_default() += 1;
+        let _ = reply.send(result);
+    }
+
+    /// The requested devices that need a Lease.
+    fn lease_devices(&self, resource: &ResourceName, containers: &[Vec<String>]) -> Vec<DeviceKey> {
+        self.shared
+            .iter()
+            .filter(|(r, id)| {
+                r == resource && containers.iter().flatten().any(|x| x == id.as_str())
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn lease_report(&mut self, report: LeaseReport) {
+        self.stats.leases_held = report.held_here as u64;
+        self.stats.lease_acquisitions_won = report.won;
+        self.stats.lease_acquisitions_lost = report.lost;
+        if report.held_elsewhere == self.held_elsewhere {
+            return;
+        }
+        self.held_elsewhere = report.held_elsewhere;
+        self.refresh_elsewhere();
+    }
+
+    /// Sets each resource's devices held elsewhere from the last report; pushes what changed.
+    fn refresh_elsewhere(&mut self) {
+        for (resource, served) in &mut self.served {
+            let elsewhere: BTreeSet<InstanceId> = self
+                .held_elsewhere
+                .iter()
+                .filter(|((r, id), _)| r == resource && served.devices.iter().any(|d| d.id == *id))
+                .map(|((_, id), holder)| {
+                    debug!("{resource} {id}: held by node {holder}");
+                    id.clone()
+                })
+                .collect();
+            if elsewhere != served.elsewhere {
+                info!(
+                    "{resource}: held by other nodes now: {}",
+                    if elsewhere.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        elsewhere
+                            .iter()
+                            .map(InstanceId::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                );
+                served.elsewhere = elsewhere;
+                push(resource, served);
+            }
+        }
     }
 
     fn try_allocate(
@@ -708,7 +860,7 @@ fn listing<S>(served: &Served<S>) -> Listing {
         .iter()
         .map(|d| Listed {
             id: d.id.clone(),
-            healthy: !served.unhealthy.contains(&d.id),
+            healthy: !served.unhealthy.contains(&d.id) && !served.elsewhere.contains(&d.id),
         })
         .collect()
 }
@@ -790,6 +942,8 @@ mod tests {
         fail_start: bool,
         probes: Vec<ProbeSet>,
         served: Vec<Vec<String>>,
+        exclusive: bool,
+        leases: Vec<LeaseCmd>,
     }
 
     struct FakeBackend(Rc<RefCell<Log>>);
@@ -837,6 +991,12 @@ mod tests {
         fn served(&mut self, resources: BTreeSet<ResourceName>) {
             let names = resources.iter().map(ToString::to_string).collect();
             self.0.borrow_mut().served.push(names);
+        }
+        fn exclusive(&self) -> bool {
+            self.0.borrow().exclusive
+        }
+        fn leases(&mut self, cmd: LeaseCmd) {
+            self.0.borrow_mut().leases.push(cmd);
         }
     }
 
@@ -1181,6 +1341,118 @@ mod tests {
         assert_eq!(listed(&rx.newest().unwrap()), both(true, "2"));
         s.handle(health("a.io/x", "1", false), now);
         assert!(rx.newest().is_none(), "no longer probed");
+    }
+
+    const SHARED: &str = "deviceMapping:\n- hosts: [n1, n2]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"1\"}\n- hosts: [n1]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"2\"}\n";
+
+    fn allocate(
+        s: &mut State<FakeBackend>,
+        ids: &[&str],
+        now: Instant,
+    ) -> oneshot::Receiver<Result<Vec<Env>, AllocateError>> {
+        let (reply, answer) = oneshot::channel();
+        let containers = vec![ids.iter().map(|s| s.to_string()).collect()];
+        s.handle(
+            Msg::Allocate {
+                resource: res("a.io/x"),
+                containers,
+                reply,
+            },
+            now,
+        );
+        answer
+    }
+
+    #[test]
+    fn shared_devices_wait_for_their_leases_and_are_unhealthy_when_held_elsewhere() {
+        let (mut s, log, now) = setup();
+        log.borrow_mut().exclusive = true;
+        s.handle(config(SHARED), now);
+        let key = (res("a.io/x"), InstanceId::try_from("1".to_owned()).unwrap());
+        assert!(
+            matches!(&log.borrow().leases[..], [LeaseCmd::Shared(set)] if set.iter().eq([&key]))
+        );
+        // Device 2 is this node's alone: answered at once, no Lease.
+        let mut answer = allocate(&mut s, &["2"], now);
+        assert!(answer.try_recv().unwrap().unwrap().is_ok());
+        assert_eq!(log.borrow().leases.len(), 1);
+        // Device 1 is shared: parked until its Lease is taken.
+        let mut answer = allocate(&mut s, &["1"], now);
+        assert_eq!(answer.try_recv().unwrap(), None);
+        let request = match log.borrow().leases.last().unwrap() {
+            LeaseCmd::Acquire { request, devices } => {
+                assert_eq!(devices, std::slice::from_ref(&key));
+                *request
+            }
+            other => panic!("{other:?}"),
+        };
+        s.handle(
+            Msg::LeasesTaken {
+                request,
+                result: Ok(()),
+            },
+            now,
+        );
+        let envs = answer.try_recv().unwrap().unwrap().unwrap();
+        assert_eq!(envs[0]["AIO_X_ID"], "1");
+        // Refused: the Allocate fails naming the holder.
+        let mut answer = allocate(&mut s, &["1", "2"], now);
+        let refusal = LeaseRefusal::HeldBy {
+            device: key.clone(),
+            holder: "n2".into(),
+        };
+        s.handle(
+            Msg::LeasesTaken {
+                request: request + 1,
+                result: Err(refusal.clone()),
+            },
+            now,
+        );
+        assert_eq!(
+            answer.try_recv().unwrap().unwrap(),
+            Err(AllocateError::Lease(refusal))
+        );
+        // Held by n2: advertised Unhealthy here until released.
+        let mut rx = watch(&mut s, "a.io/x", 0, now);
+        rx.newest();
+        let report = |held: &[(DeviceKey, &str)]| LeaseReport {
+            held_elsewhere: held
+                .iter()
+                .map(|(k, h)| (k.clone(), h.to_string()))
+                .collect(),
+            held_here: 1,
+            won: 1,
+            lost: 1,
+        };
+        s.handle(Msg::Leases(report(&[(key.clone(), "n2")])), now);
+        assert_eq!(
+            listed(&rx.newest().unwrap()),
+            [("1".to_string(), false), ("2".to_string(), true)]
+        );
+        let snap = s.snapshot();
+        assert_eq!(
+            (
+                snap.leases_held,
+                snap.lease_acquisitions_won,
+                snap.lease_acquisitions_lost
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(snap.allocations[&("a.io/x".to_string(), "error")], 1);
+        s.handle(Msg::Leases(report(&[])), now);
+        assert_eq!(
+            listed(&rx.newest().unwrap()),
+            [("1".to_string(), true), ("2".to_string(), true)]
+        );
+    }
+
+    #[test]
+    fn without_exclusive_leases_shared_devices_are_answered_at_once() {
+        let (mut s, log, now) = setup();
+        s.handle(config(SHARED), now);
+        let mut answer = allocate(&mut s, &["1"], now);
+        assert!(answer.try_recv().unwrap().unwrap().is_ok());
+        assert!(log.borrow().leases.is_empty());
     }
 
     #[test]

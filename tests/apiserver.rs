@@ -492,6 +492,21 @@ fn serve_leases(st: &mut State, method: &str, rest: &str, body: &str) -> (u16, S
             st.leases.insert(name, lease);
             (201, json)
         }
+        ("GET", selector) if selector.starts_with('?') => {
+            let wanted = selector.contains("app.kubernetes.io%2Fmanaged-by%3Dspookd");
+            let items: Vec<String> = st
+                .leases
+                .iter()
+                .filter(|(_, l)| !wanted || l.managed_by == "spookd")
+                .map(|(n, l)| lease_json(&ns, n, l))
+                .collect();
+            let list = format!(
+                r#"{{"kind":"LeaseList","apiVersion":"coordination.k8s.io/v1","metadata":{{"resourceVersion":"{}"}},"items":[{}]}}"#,
+                st.version,
+                items.join(",")
+            );
+            (200, list)
+        }
         ("GET", name) if !name.is_empty() => match st.leases.get(name) {
             Some(l) => (200, lease_json(&ns, name, l)),
             None => (404, status_json(404, "NotFound")),

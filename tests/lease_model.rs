@@ -102,6 +102,9 @@ impl LeaseApi for Store {
             Ok(current.clone())
         })
     }
+    fn list(&mut self) -> Result<Vec<Lease>, ApiError> {
+        self.call(|st| Ok(st.leases.values().cloned().collect()))
+    }
     fn delete(&mut self, lease: &Lease) -> Result<(), ApiError> {
         self.call(|st| {
             let current = st.leases.get(&lease.name).ok_or_else(|| status(404))?;

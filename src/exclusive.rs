@@ -1,0 +1,584 @@
+//! `--exclusive-leases`: a device mapped to several hosts is held by at most one node at a time.
+//!
+//! The `spookd-lease` thread owns this node's side of the Lease protocol ([`crate::lease`]) and
+//! talks to the state thread only through messages:
+//!
+//! 1. After each config the state thread sends the shared devices it serves ([`LeaseCmd::Shared`]).
+//! 2. An Allocate naming a shared device is parked by the state thread, which asks for its Leases
+//!    ([`LeaseCmd::Acquire`]); this thread acquires them all or none (releasing the ones it got)
+//!    and answers [`Msg::LeasesTaken`]; only then is the Allocate answered.
+//! 3. Every third of the Lease duration it renews what it holds; a renewal refused because the
+//!    Lease moved means the device was lost (logged and counted).
+//! 4. It lists spookd's Leases every quarter of the duration (at most every 5 s): each listing is an
+//!    observation for the expiry rule, and a shared device held by a live other node is reported
+//!    ([`Msg::Leases`]), so the state thread advertises it Unhealthy here.
+//! 5. It reads the kubelet's podresources List; a Lease whose device no container on this node has
+//!    been assigned for [`release_grace`] is released. When podresources cannot be read, nothing is
+//!    released (a held device stays held and renewed), and that is logged.
+//! 6. At start, Leases this node already holds (spookd restarted under running pods) are adopted:
+//!    renewed, and released like any other once unassigned.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use log::{debug, error, info, warn};
+
+use crate::api::Connection;
+use crate::config::{InstanceId, NodeName, ResourceName};
+use crate::lease::{
+    acquire, lease_name, release, renew, Acquired, HttpLeaseApi, Lease, LeaseApi, Observations,
+};
+use crate::podresources::{self, Assigned};
+use crate::state::Msg;
+use crate::worker::Worker;
+
+/// A device: resource and instance.
+pub type DeviceKey = (ResourceName, InstanceId);
+
+/// What `--exclusive-leases` needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseOptions {
+    pub conn: Connection,
+    /// `None`: the namespace of spookd's ServiceAccount, read at start.
+    pub namespace: Option<String>,
+    pub duration: Duration,
+    pub pod_resources_socket: PathBuf,
+}
+
+/// What the state thread asks.
+#[derive(Debug)]
+pub enum LeaseCmd {
+    /// The shared devices this node serves now.
+    Shared(BTreeSet<DeviceKey>),
+    /// Acquire the Leases of `devices` for Allocate number `request`.
+    Acquire {
+        request: u64,
+        devices: Vec<DeviceKey>,
+    },
+}
+
+/// Why an Allocate's Leases could not all be taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseRefusal {
+    /// Another node holds the device.
+    HeldBy { device: DeviceKey, holder: String },
+    /// The API server could not be asked (or answered an error).
+    Unavailable { device: DeviceKey, reason: String },
+}
+
+impl fmt::Display for LeaseRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaseRefusal::HeldBy {
+                device: (r, id),
+                holder,
+            } => write!(
+                f,
+                "{r} device {id:?} is held by node {holder} (its Lease {})",
+                lease_name(r, id)
+            ),
+            LeaseRefusal::Unavailable {
+                device: (r, id),
+                reason,
+            } => write!(
+                f,
+                "cannot take the Lease {} of {r} device {id:?}: {reason}",
+                lease_name(r, id)
+            ),
+        }
+    }
+}
+
+/// How long a held device may stay unassigned to any container before its Lease is released:
+/// the kubelet records an assignment right after Allocate, and a pod may be slow to start.
+pub fn release_grace(duration: Duration) -> Duration {
+    duration.clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
+
+/// One Lease this node holds.
+#[derive(Debug)]
+struct Held {
+    lease: Lease,
+    device: Option<DeviceKey>,
+    /// Start of the last successful acquire or renewal.
+    renewed: Instant,
+    /// Since when podresources shows no container with the device.
+    unassigned_since: Option<Instant>,
+}
+
+/// What the state thread is told: devices held elsewhere, how many Leases this node holds, and
+/// the acquisitions won and lost so far.
+#[derive(Debug, Default, PartialEq, Eq, Clone)]
+pub struct LeaseReport {
+    pub held_elsewhere: BTreeMap<DeviceKey, String>,
+    pub held_here: usize,
+    pub won: u64,
+    pub lost: u64,
+}
+
+/// The keeper's decisions, over any [`LeaseApi`] and podresources reader (tested without a
+/// server).
+pub struct Keeper {
+    me: String,
+    duration: Duration,
+    shared: BTreeMap<String, DeviceKey>,
+    held: BTreeMap<String, Held>,
+    seen: Observations,
+    elsewhere: BTreeMap<DeviceKey, String>,
+    reported: Option<LeaseReport>,
+    next_renew: Instant,
+    next_list: Instant,
+    next_release: Instant,
+    /// Whether the last podresources read failed (logged once per outage).
+    pod_resources_failing: bool,
+    won: u64,
+    lost: u64,
+}
+
+impl Keeper {
+    pub fn new(me: &NodeName, duration: Duration, now: Instant) -> Self {
+        Keeper {
+            me: me.to_string(),
+            duration,
+            shared: BTreeMap::new(),
+            held: BTreeMap::new(),
+            seen: Observations::default(),
+            elsewhere: BTreeMap::new(),
+            reported: None,
+            next_renew: now + duration / 3,
+            next_list: now,
+            next_release: now + release_grace(duration) / 2,
+            pod_resources_failing: false,
+            won: 0,
+            lost: 0,
+        }
+    }
+
+    fn list_interval(&self) -> Duration {
+        (self.duration / 4).min(Duration::from_secs(5))
+    }
+
+    /// When periodic work is next due.
+    pub fn deadline(&self) -> Instant {
+        self.next_renew.min(self.next_list).min(self.next_release)
+    }
+
+    pub fn shared(&mut self, devices: BTreeSet<DeviceKey>) {
+        self.shared = devices
+            .into_iter()
+            .map(|(r, id)| (lease_name(&r, &id), (r, id)))
+            .collect();
+    }
+
+    /// Acquires every device's Lease, or none.
+    pub fn acquire(
+        &mut self,
+        api: &mut dyn LeaseApi,
+        devices: &[DeviceKey],
+        now: Instant,
+    ) -> Result<(), LeaseRefusal> {
+        let mut taken: Vec<String> = Vec::new();
+        for device in devices {
+            let name = lease_name(&device.0, &device.1);
+            let start = Instant::now();
+            let refusal = match acquire(api, &mut self.seen, &name, &self.me, self.duration, now) {
+                Ok(Acquired::Won(lease)) => {
+                    info!("{} {}: Lease {name} taken", device.0, device.1);
+                    self.held.insert(
+                        name.clone(),
+                        Held {
+                            lease,
+                            device: Some(device.clone()),
+                            renewed: start,
+                            unassigned_since: None,
+                        },
+                    );
+                    taken.push(name);
+                    continue;
+                }
+                Ok(Acquired::HeldBy(holder)) => LeaseRefusal::HeldBy {
+                    device: device.clone(),
+                    holder,
+                },
+                Err(e) => LeaseRefusal::Unavailable {
+                    device: device.clone(),
+                    reason: e.to_string(),
+                },
+            };
+            self.lost += 1;
+            // All or none: give back what this request took.
+            for name in taken {
+                if let Some(h) = self.held.remove(&name) {
+                    if let Err(e) = release(api, &h.lease, &self.me) {
+                        warn!("Lease {name}: release after a refused Allocate failed: {e}");
+                    }
+                }
+            }
+            return Err(refusal);
+        }
+        self.won += taken.len() as u64;
+        Ok(())
+    }
+
+    /// The periodic work due at `now`.
+    pub fn tick(
+        &mut self,
+        api: &mut dyn LeaseApi,
+        pod_resources: &mut dyn FnMut() -> Result<Assigned, String>,
+        now: Instant,
+    ) {
+        if now >= self.next_renew {
+            self.next_renew = now + self.duration / 3;
+            self.renew_all(api);
+        }
+        if now >= self.next_list {
+            self.next_list = now + self.list_interval();
+            self.list(api, now);
+        }
+        if now >= self.next_release {
+            self.next_release = now + release_grace(self.duration) / 2;
+            self.release_unassigned(api, pod_resources, now);
+        }
+    }
+
+    fn renew_all(&mut self, api: &mut dyn LeaseApi) {
+        let me = self.me.clone();
+        let mut lost = Vec::new();
+        for (name, held) in &mut self.held {
+            let start = Instant::now();
+            match renew(api, &held.lease, &me) {
+                Ok(Some(lease)) => {
+                    held.lease = lease;
+                    held.renewed = start;
+                }
+                Ok(None) => lost.push(name.clone()),
+                Err(e) => warn!(
+                    "Lease {name}: renewal failed: {e}; still held here, retrying in {:?}",
+                    self.duration / 3
+                ),
+            }
+        }
+        for name in lost {
+            error!("Lease {name}: lost (another node took it over: it was not renewed in time)");
+            self.held.remove(&name);
+            self.lost += 1;
+        }
+    }
+
+    fn list(&mut self, api: &mut dyn LeaseApi, now: Instant) {
+        let leases = match api.list() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!("listing Leases: {e}; keeping what was known");
+                return;
+            }
+        };
+        let mut elsewhere = BTreeMap::new();
+        for lease in &leases {
+            self.seen.see(lease, now);
+            match lease.holder.as_deref() {
+                // Ours from before a restart: keep renewing it until it is unassigned.
+                Some(h) if h == self.me && !self.held.contains_key(&lease.name) => {
+                    info!(
+                        "Lease {}: held by this node already; adopting it",
+                        lease.name
+                    );
+                    self.held.insert(
+                        lease.name.clone(),
+                        Held {
+                            lease: lease.clone(),
+                            device: self.shared.get(&lease.name).cloned(),
+                            renewed: now,
+                            unassigned_since: None,
+                        },
+                    );
+                }
+                Some(h) if h == self.me => {}
+                Some(h) if !h.is_empty() => {
+                    if let Some(device) = self.shared.get(&lease.name) {
+                        if !self.seen.expired(lease, now) {
+                            elsewhere.insert(device.clone(), h.to_owned());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let names: BTreeSet<&String> = leases.iter().map(|l| &l.name).collect();
+        for name in self.shared.keys() {
+            if !names.contains(name) {
+                self.seen.forget(name);
+            }
+        }
+        self.elsewhere = elsewhere;
+    }
+
+    fn release_unassigned(
+        &mut self,
+        api: &mut dyn LeaseApi,
+        pod_resources: &mut dyn FnMut() -> Result<Assigned, String>,
+        now: Instant,
+    ) {
+        if self.held.is_empty() {
+            return;
+        }
+        let assigned = match pod_resources() {
+            Ok(a) => {
+                if self.pod_resources_failing {
+                    info!("podresources answers again; releasing unassigned devices resumes");
+                }
+                self.pod_resources_failing = false;
+                a
+            }
+            Err(e) => {
+                if !self.pod_resources_failing {
+                    warn!("{e}; nothing is released (held devices stay held and renewed)");
+                }
+                self.pod_resources_failing = true;
+                return;
+            }
+        };
+        let grace = release_grace(self.duration);
+        let mut release_now = Vec::new();
+        for (name, held) in &mut self.held {
+            let in_use = held.device.as_ref().is_some_and(|(r, id)| {
+                assigned
+                    .get(r.as_str())
+                    .is_some_and(|ids| ids.contains(id.as_str()))
+            });
+            if in_use {
+                held.unassigned_since = None;
+                continue;
+            }
+            let since = *held.unassigned_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= grace {
+                release_now.push(name.clone());
+            }
+        }
+        for name in release_now {
+            let Some(held) = self.held.remove(&name) else {
+                continue;
+            };
+            match release(api, &held.lease, &self.me) {
+                Ok(()) => {
+                    info!("Lease {name}: released (no container has the device any more)");
+                    self.seen.forget(&name);
+                }
+                Err(e) => {
+                    warn!("Lease {name}: release failed: {e}; retrying");
+                    self.held.insert(name, held);
+                }
+            }
+        }
+    }
+
+    /// The report for the state thread, if it changed since the last one.
+    pub fn report(&mut self) -> Option<LeaseReport> {
+        let report = LeaseReport {
+            held_elsewhere: self.elsewhere.clone(),
+            held_here: self.held.len(),
+            won: self.won,
+            lost: self.lost,
+        };
+        if self.reported.as_ref() == Some(&report) {
+            return None;
+        }
+        self.reported = Some(report.clone());
+        Some(report)
+    }
+}
+
+/// Handle of the `spookd-lease` thread; dropping it stops the thread.
+pub struct LeaseKeeper {
+    tx: Sender<LeaseCmd>,
+    _worker: Worker,
+}
+
+impl LeaseKeeper {
+    pub fn spawn(
+        opts: LeaseOptions,
+        namespace: String,
+        node: NodeName,
+        env: Arc<grpcio::Environment>,
+        state: Sender<Msg>,
+    ) -> io::Result<LeaseKeeper> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let worker = Worker::spawn("spookd-lease", move || {
+            let mut api = HttpLeaseApi::new(opts.conn.clone(), &namespace);
+            let socket = opts.pod_resources_socket.clone();
+            let mut pod_resources =
+                move || podresources::assigned(&env, &socket).map_err(|e| e.to_string());
+            let mut keeper = Keeper::new(&node, opts.duration, Instant::now());
+            run(&rx, &state, &mut keeper, &mut api, &mut pod_resources);
+        })?
+        // A request may be blocked on the network; the process is exiting.
+        .stop_wait(Duration::from_millis(100));
+        Ok(LeaseKeeper {
+            tx,
+            _worker: worker,
+        })
+    }
+
+    pub fn send(&self, cmd: LeaseCmd) {
+        // Fails only once the thread has ended, at shutdown.
+        let _ = self.tx.send(cmd);
+    }
+}
+
+fn run(
+    rx: &Receiver<LeaseCmd>,
+    state: &Sender<Msg>,
+    keeper: &mut Keeper,
+    api: &mut dyn LeaseApi,
+    pod_resources: &mut dyn FnMut() -> Result<Assigned, String>,
+) {
+    loop {
+        match rx.recv_deadline(keeper.deadline()) {
+            Ok(LeaseCmd::Shared(devices)) => {
+                debug!("{} shared devices served here", devices.len());
+                keeper.shared(devices);
+                keeper.next_list = Instant::now();
+            }
+            Ok(LeaseCmd::Acquire { request, devices }) => {
+                let result = keeper.acquire(api, &devices, Instant::now());
+                if state.send(Msg::LeasesTaken { request, result }).is_err() {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        keeper.tick(api, pod_resources, Instant::now());
+        if let Some(report) = keeper.report() {
+            if state.send(Msg::Leases(report)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::MemoryLeases;
+
+    const D: Duration = Duration::from_secs(4);
+
+    fn key(id: &str) -> DeviceKey {
+        (
+            ResourceName::try_from("a.io/x".to_owned()).unwrap(),
+            InstanceId::try_from(id.to_owned()).unwrap(),
+        )
+    }
+
+    fn keeper(now: Instant) -> Keeper {
+        let mut k = Keeper::new(&NodeName::try_from("n1".to_owned()).unwrap(), D, now);
+        k.shared([key("1"), key("2")].into());
+        k
+    }
+
+    fn name(id: &str) -> String {
+        let (r, i) = key(id);
+        lease_name(&r, &i)
+    }
+
+    fn assigned(ids: &[&str]) -> Assigned {
+        [(
+            "a.io/x".to_string(),
+            ids.iter().map(|s| s.to_string()).collect(),
+        )]
+        .into()
+    }
+
+    #[test]
+    fn acquires_all_or_none() {
+        let now = Instant::now();
+        let mut api = MemoryLeases::default();
+        api.create(&name("2"), "n2", D).unwrap();
+        let mut k = keeper(now);
+        let refused = k.acquire(&mut api, &[key("1"), key("2")], now).unwrap_err();
+        assert_eq!(
+            refused,
+            LeaseRefusal::HeldBy {
+                device: key("2"),
+                holder: "n2".into()
+            }
+        );
+        assert!(refused.to_string().contains("held by node n2"));
+        // Device 1's Lease, taken on the way, was given back.
+        assert!(!api.leases.contains_key(&name("1")));
+        k.acquire(&mut api, &[key("1")], now).unwrap();
+        let report = k.report().unwrap();
+        assert_eq!((report.held_here, report.won, report.lost), (1, 1, 1));
+        assert_eq!(k.report(), None, "unchanged");
+    }
+
+    #[test]
+    fn reports_devices_held_elsewhere_until_their_lease_expires() {
+        let t0 = Instant::now();
+        let mut api = MemoryLeases::default();
+        api.create(&name("2"), "n2", D).unwrap();
+        let mut k = keeper(t0);
+        let mut none = || Ok(Assigned::new());
+        k.tick(&mut api, &mut none, t0);
+        let report = k.report().unwrap();
+        assert_eq!(report.held_elsewhere, [(key("2"), "n2".to_string())].into());
+        // n2 stops renewing: a whole duration after this node first saw that version, it is free.
+        k.tick(&mut api, &mut none, t0 + D);
+        assert!(k.report().unwrap().held_elsewhere.is_empty());
+        k.acquire(&mut api, &[key("2")], t0 + D).unwrap();
+        assert_eq!(api.leases[&name("2")].holder.as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn releases_a_device_no_container_has_and_never_when_podresources_fails() {
+        let t0 = Instant::now();
+        let mut api = MemoryLeases::default();
+        let mut k = keeper(t0);
+        k.acquire(&mut api, &[key("1")], t0).unwrap();
+        let grace = release_grace(D);
+        // podresources down: nothing is released, however long.
+        let mut down = || Err("podresources down".to_string());
+        for step in 1..=4 {
+            k.tick(&mut api, &mut down, t0 + grace * step);
+        }
+        assert!(api.leases.contains_key(&name("1")));
+        // Assigned to a container: kept.
+        let mut in_use = || Ok(assigned(&["1"]));
+        k.tick(&mut api, &mut in_use, t0 + grace * 5);
+        assert!(api.leases.contains_key(&name("1")));
+        // Unassigned: released a grace period later, not before.
+        let mut free = || Ok(assigned(&[]));
+        k.tick(&mut api, &mut free, t0 + grace * 6);
+        assert!(api.leases.contains_key(&name("1")));
+        k.tick(&mut api, &mut free, t0 + grace * 7);
+        assert!(!api.leases.contains_key(&name("1")));
+        assert_eq!(k.report().unwrap().held_here, 0);
+    }
+
+    #[test]
+    fn adopts_its_own_leases_at_start_and_counts_a_lost_one() {
+        let t0 = Instant::now();
+        let mut api = MemoryLeases::default();
+        api.create(&name("1"), "n1", D).unwrap();
+        let mut k = keeper(t0);
+        let mut in_use = || Ok(assigned(&["1"]));
+        k.tick(&mut api, &mut in_use, t0);
+        assert_eq!(k.report().unwrap().held_here, 1);
+        // Renewed a third of the duration later: a new version.
+        let before = api.leases[&name("1")].resource_version.clone();
+        k.tick(&mut api, &mut in_use, t0 + D / 3);
+        assert_ne!(api.leases[&name("1")].resource_version, before);
+        // Someone took it over (this node failed to renew in time): lost, counted.
+        let current = api.leases[&name("1")].clone();
+        api.update(&current, "n2").unwrap();
+        k.tick(&mut api, &mut in_use, t0 + D / 3 * 2);
+        let report = k.report().unwrap();
+        assert_eq!((report.held_here, report.lost), (0, 1));
+    }
+}
