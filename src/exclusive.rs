@@ -11,7 +11,10 @@
 //!    Lease moved means the device was lost (logged and counted).
 //! 4. It lists spookd's Leases every quarter of the duration (at most every 5 s): each listing is an
 //!    observation for the expiry rule, and a shared device held by a live other node is reported
-//!    ([`Msg::Leases`]), so the state thread advertises it Unhealthy here.
+//!    ([`Msg::Leases`]), so the state thread advertises it Unhealthy here. A failed listing forgets
+//!    the observations: holders could not renew through the outage either, so every expiry clock
+//!    starts again when the API answers (and a holder whose renewal failed retries within a tenth
+//!    of the duration).
 //! 5. It reads the kubelet's podresources List; a Lease whose device no container on this node has
 //!    been assigned for [`release_grace`] is released. When podresources cannot be read, nothing is
 //!    released (a held device stays held and renewed), and that is logged.
@@ -234,7 +237,7 @@ impl Keeper {
     ) {
         if now >= self.next_renew {
             self.next_renew = now + self.duration / 3;
-            self.renew_all(api);
+            self.renew_all(api, now);
         }
         if now >= self.next_list {
             self.next_list = now + self.list_interval();
@@ -246,9 +249,10 @@ impl Keeper {
         }
     }
 
-    fn renew_all(&mut self, api: &mut dyn LeaseApi) {
+    fn renew_all(&mut self, api: &mut dyn LeaseApi, now: Instant) {
         let me = self.me.clone();
         let mut lost = Vec::new();
+        let mut failed = false;
         for (name, held) in &mut self.held {
             let start = Instant::now();
             match renew(api, &held.lease, &me) {
@@ -257,11 +261,15 @@ impl Keeper {
                     held.renewed = start;
                 }
                 Ok(None) => lost.push(name.clone()),
-                Err(e) => warn!(
-                    "Lease {name}: renewal failed: {e}; still held here, retrying in {:?}",
-                    self.duration / 3
-                ),
+                Err(e) => {
+                    warn!("Lease {name}: renewal failed: {e}; still held here, retrying soon");
+                    failed = true;
+                }
             }
+        }
+        if failed {
+            // Renew as soon as the API answers again, well inside the others' expiry clocks.
+            self.next_renew = now + (self.duration / 10).max(Duration::from_millis(200));
         }
         for name in lost {
             error!("Lease {name}: lost (another node took it over: it was not renewed in time)");
@@ -274,7 +282,10 @@ impl Keeper {
         let leases = match api.list() {
             Ok(l) => l,
             Err(e) => {
-                warn!("listing Leases: {e}; keeping what was known");
+                // While the API cannot be reached, holders cannot renew either: expiry clocks
+                // start again once it answers, so a holder gets a whole duration to renew.
+                warn!("listing Leases: {e}; expiry clocks restart when the API answers again");
+                self.seen = Observations::default();
                 return;
             }
         };
@@ -465,6 +476,7 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ApiError;
     use crate::lease::MemoryLeases;
 
     const D: Duration = Duration::from_secs(4);
@@ -580,5 +592,55 @@ mod tests {
         k.tick(&mut api, &mut in_use, t0 + D / 3 * 2);
         let report = k.report().unwrap();
         assert_eq!((report.held_here, report.lost), (0, 1));
+    }
+
+    /// Answers every call with 503.
+    struct Down;
+
+    impl LeaseApi for Down {
+        fn create(&mut self, _: &str, _: &str, _: Duration) -> Result<Lease, ApiError> {
+            Err(down())
+        }
+        fn get(&mut self, _: &str) -> Result<Option<Lease>, ApiError> {
+            Err(down())
+        }
+        fn update(&mut self, _: &Lease, _: &str) -> Result<Lease, ApiError> {
+            Err(down())
+        }
+        fn delete(&mut self, _: &Lease) -> Result<(), ApiError> {
+            Err(down())
+        }
+        fn list(&mut self) -> Result<Vec<Lease>, ApiError> {
+            Err(down())
+        }
+    }
+
+    fn down() -> ApiError {
+        ApiError::Status {
+            url: "down".into(),
+            code: 503,
+            retry_after: None,
+            body: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_api_outage_restarts_the_expiry_clocks() {
+        let t0 = Instant::now();
+        let mut api = MemoryLeases::default();
+        api.create(&name("2"), "n2", D).unwrap();
+        let mut k = keeper(t0);
+        let mut none = || Ok(Assigned::new());
+        k.tick(&mut api, &mut none, t0);
+        // An outage longer than the duration: n2 could not renew either.
+        k.tick(&mut Down, &mut none, t0 + D / 2);
+        k.tick(&mut Down, &mut none, t0 + D);
+        // Back: the same version is live for a whole duration from now, not expired.
+        k.tick(&mut api, &mut none, t0 + D * 2);
+        let report = k.report().unwrap();
+        assert_eq!(report.held_elsewhere, [(key("2"), "n2".to_string())].into());
+        assert!(k.acquire(&mut api, &[key("2")], t0 + D * 2).is_err());
+        k.tick(&mut api, &mut none, t0 + D * 3);
+        assert!(k.report().unwrap().held_elsewhere.is_empty());
     }
 }

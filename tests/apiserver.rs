@@ -127,6 +127,8 @@ struct State {
     faults: VecDeque<(Option<(String, String)>, Fault)>,
     node: Option<Node>,
     leases: BTreeMap<String, StoredLease>,
+    /// While set, every request gets 503.
+    outage: bool,
     watchers: Vec<Sender<WatchMsg>>,
     /// Watch connections being served now.
     open_watches: usize,
@@ -167,6 +169,7 @@ impl ApiServer {
                 faults: VecDeque::new(),
                 node: None,
                 leases: BTreeMap::new(),
+                outage: false,
                 watchers: Vec::new(),
                 open_watches: 0,
                 requests: Vec::new(),
@@ -274,6 +277,11 @@ impl ApiServer {
     pub fn fail_when(&self, method: &str, suffix: &str, fault: Fault) {
         let matcher = Some((method.to_owned(), suffix.to_owned()));
         self.shared.lock().faults.push_back((matcher, fault));
+    }
+
+    /// Starts (true) or ends an outage: every request gets 503 meanwhile.
+    pub fn set_outage(&self, down: bool) {
+        self.shared.lock().outage = down;
     }
 
     /// The Leases now, by name.
@@ -733,8 +741,9 @@ fn serve(shared: &Arc<Shared>, config: Arc<rustls::ServerConfig>, tcp: TcpStream
             None => true,
             Some((m, suffix)) => *m == method && path_only.ends_with(suffix.as_str()),
         });
+        let outage = st.outage.then_some(Fault::Status(503, None));
         (
-            hit.and_then(|i| st.faults.remove(i)).map(|(_, f)| f),
+            outage.or_else(|| hit.and_then(|i| st.faults.remove(i)).map(|(_, f)| f)),
             authorization == format!("Bearer {}", st.token),
             target.starts_with(&path),
             list,

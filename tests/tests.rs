@@ -10,6 +10,7 @@ mod util;
 mod api;
 mod cli;
 mod daemon;
+mod exclusive;
 mod health;
 mod lease_model;
 mod leases;
