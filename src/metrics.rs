@@ -353,6 +353,9 @@ mod tests {
         s.devices
             .insert(("example.com/widget".into(), "0\"2".into()), false);
         s.health_changes = 4;
+        s.leases_held = 2;
+        s.lease_acquisitions_won = 5;
+        s.lease_acquisitions_lost = 1;
         s.allocations.insert(("example.com/widget".into(), "ok"), 3);
         s.registrations
             .insert(("example.com/widget".into(), "error"), 1);
@@ -367,6 +370,10 @@ mod tests {
             "spookd_device_healthy{resource=\"example.com/widget\",device=\"0001\"} 1",
             "spookd_device_healthy{resource=\"example.com/widget\",device=\"0\\\"2\"} 0",
             "spookd_device_health_changes_total 4",
+            "# TYPE spookd_leases_held gauge",
+            "spookd_leases_held 2",
+            "spookd_lease_acquisitions_total{result=\"won\"} 5",
+            "spookd_lease_acquisitions_total{result=\"lost\"} 1",
             "spookd_config_reloads_total{result=\"ok\"} 2",
             "spookd_config_reloads_total{result=\"error\"} 1",
             "spookd_config_last_reload_success_timestamp_seconds 1700000000.500",

@@ -1320,16 +1320,7 @@ mod tests {
         assert_eq!(listed(&rx.newest().unwrap()), both(false, "3"));
         assert_eq!(log.borrow().probes.len(), 1);
         // Allocate of an Unhealthy device still answers.
-        let (reply, mut answer) = oneshot::channel();
-        let containers = vec![vec!["1".to_string()]];
-        s.handle(
-            Msg::Allocate {
-                resource: res("a.io/x"),
-                containers,
-                reply,
-            },
-            now,
-        );
+        let mut answer = allocate(&mut s, &["1"], now);
         assert!(answer.try_recv().unwrap().unwrap().is_ok());
         // Dropping the healthCheck: Healthy at once, and the prober is told.
         s.handle(

@@ -61,6 +61,31 @@ impl Pki {
     }
 }
 
+/// The token and CA files spookd is given for a stand-in, in a temp dir.
+pub struct Credentials {
+    pub token: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+    _dir: crate::util::TempDir,
+}
+
+/// A stand-in for namespace `spookd` accepting the token `secret`, with credentials for it.
+pub fn with_credentials(ca_name: &str) -> (ApiServer, Credentials) {
+    let pki = Pki::new(ca_name);
+    let api = ApiServer::start(&pki, "spookd", "unused", "secret");
+    let dir = crate::util::TempDir::new();
+    let (token, ca) = (dir.join("token"), dir.join("ca.crt"));
+    std::fs::write(&token, "secret\n").unwrap();
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    (
+        api,
+        Credentials {
+            token,
+            ca,
+            _dir: dir,
+        },
+    )
+}
+
 /// What the next request gets instead of its normal answer.
 #[derive(Clone, Debug)]
 pub enum Fault {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use grpcio::RpcStatusCode;
 
-use crate::apiserver::{ApiServer, Pki};
+use crate::apiserver::{with_credentials, ApiServer, Credentials};
 use crate::util::{ConfigVolume, Kubelet, Spookd, TempDir, WAIT};
 
 /// Widget 0001 is reachable from all three nodes; 0002 from n1 only.
@@ -34,16 +34,12 @@ struct Node {
 struct Cluster {
     api: ApiServer,
     nodes: Vec<Node>,
-    _creds: TempDir,
+    _creds: Credentials,
 }
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
-        let pki = Pki::new("exclusive test CA");
-        let api = ApiServer::start(&pki, "spookd", "unused", "secret");
-        let creds = TempDir::new();
-        fs::write(creds.join("token"), "secret").unwrap();
-        fs::write(creds.join("ca.crt"), &pki.ca_pem).unwrap();
+        let (api, creds) = with_credentials("exclusive test CA");
         let nodes = (1..=n)
             .map(|i| {
                 let name = format!("n{i}");
@@ -53,7 +49,7 @@ impl Cluster {
                 let kubelet = Kubelet::start(&dp).unwrap();
                 let config = ConfigVolume::new(tmp.join("cm"), CONFIG);
                 let socket = kubelet.pod_resources_socket();
-                let (token, ca) = (creds.join("token"), creds.join("ca.crt"));
+                let (token, ca) = (&creds.token, &creds.ca);
                 let spookd = Spookd::start_extra(
                     &config.path(),
                     &name,

@@ -1,27 +1,21 @@
 //! The Lease protocol over real HTTPS (`spookd::lease::HttpLeaseApi`) against the API stand-in's
 //! optimistic concurrency. (The daemon does not use Leases yet: issue #10.)
 
-use std::fs;
 use std::time::{Duration, Instant};
 
 use spookd::api::Connection;
 use spookd::lease::{acquire, release, renew, Acquired, HttpLeaseApi, LeaseApi, Observations};
 
-use crate::apiserver::{ApiServer, Fault, Pki};
-use crate::util::TempDir;
+use crate::apiserver::{with_credentials, ApiServer, Credentials, Fault};
 
 const D: Duration = Duration::from_secs(40);
 
-fn setup() -> (ApiServer, TempDir, Connection) {
-    let pki = Pki::new("lease test CA");
-    let api = ApiServer::start(&pki, "spookd", "unused", "secret");
-    let creds = TempDir::new();
-    fs::write(creds.join("token"), "secret").unwrap();
-    fs::write(creds.join("ca.crt"), &pki.ca_pem).unwrap();
+fn setup() -> (ApiServer, Credentials, Connection) {
+    let (api, creds) = with_credentials("lease test CA");
     let conn = Connection {
         server: api.url(),
-        token_file: creds.join("token"),
-        ca_file: creds.join("ca.crt"),
+        token_file: creds.token.clone(),
+        ca_file: creds.ca.clone(),
     };
     (api, creds, conn)
 }

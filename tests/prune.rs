@@ -1,19 +1,17 @@
 //! `--prune-stale-resources` of the real binary against the HTTPS API stand-in holding a Node.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::time::{Duration, Instant};
 
-use crate::apiserver::{ApiServer, Fault, Node, Pki};
-use crate::util::{Setup, TempDir, SEED, WAIT};
+use crate::apiserver::{with_credentials, ApiServer, Credentials, Fault, Node};
+use crate::util::{Setup, SEED, WAIT};
 
 const ANNOTATION: &str = "spookd/advertised-resources";
 
 /// The API server with node1, counting what the kubelet would: cpu, a foreign zero GPU, and
 /// `counts`; credentials for it in a temp dir.
-fn api(annotations: &[(&str, &str)], counts: &[(&str, &str)]) -> (ApiServer, TempDir) {
-    let pki = Pki::new("prune test CA");
-    let api = ApiServer::start(&pki, "spookd", "unused", "secret");
+fn api(annotations: &[(&str, &str)], counts: &[(&str, &str)]) -> (ApiServer, Credentials) {
+    let (api, creds) = with_credentials("prune test CA");
     let mut capacity: BTreeMap<String, String> = [("cpu", "2"), ("nvidia.com/gpu", "0")]
         .iter()
         .chain(counts)
@@ -29,14 +27,11 @@ fn api(annotations: &[(&str, &str)], counts: &[(&str, &str)]) -> (ApiServer, Tem
         allocatable: capacity.clone(),
         capacity,
     });
-    let creds = TempDir::new();
-    fs::write(creds.join("token"), "secret\n").unwrap();
-    fs::write(creds.join("ca.crt"), &pki.ca_pem).unwrap();
     (api, creds)
 }
 
-fn start(api: &ApiServer, creds: &TempDir, after: &str, config: &str) -> Setup {
-    let (token, ca) = (creds.join("token"), creds.join("ca.crt"));
+fn start(api: &ApiServer, creds: &Credentials, after: &str, config: &str) -> Setup {
+    let (token, ca) = (&creds.token, &creds.ca);
     Setup::with_args(
         "node1",
         config,
