@@ -12,7 +12,8 @@ use grpcio::{CallOption, ChannelBuilder, Environment};
 
 use crate::proto::podresources::PodResourcesListerClient;
 
-/// Where the kubelet serves it (fixed in the kubelet, like the device-plugins dir).
+/// Where the kubelet serves it with its default `--root-dir` (unlike the device-plugins dir, it
+/// follows the root dir: a kubelet with another root needs `--pod-resources-socket`).
 pub const DEFAULT_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
 
 /// Longest a List may take.

@@ -146,10 +146,27 @@ fn check_daemonset(ds: &Value, file_source: bool) {
     }
     // The API source and the optional pruning authenticate with the ServiceAccount's token.
     assert_eq!(pod["automountServiceAccountToken"], true);
-    // manifests/prune/ switches pruning on through this optional ConfigMap.
-    let from = &c["envFrom"][0]["configMapRef"];
-    assert_eq!(from["name"], "spookd-prune");
-    assert_eq!(from["optional"], true);
+    // manifests/prune/ and manifests/exclusive-leases/ switch features on through these
+    // optional ConfigMaps.
+    for (i, name) in ["spookd-prune", "spookd-exclusive-leases"]
+        .iter()
+        .enumerate()
+    {
+        let from = &c["envFrom"][i]["configMapRef"];
+        assert_eq!(from["name"], *name);
+        assert_eq!(from["optional"], true);
+    }
+    // The kubelet's podresources socket, read-only, at its default path.
+    let pr = mounts
+        .iter()
+        .find(|m| m["mountPath"] == "/var/lib/kubelet/pod-resources")
+        .unwrap();
+    assert_eq!(pr["readOnly"], true);
+    let pr_volume = volumes.iter().find(|v| v["name"] == pr["name"]).unwrap();
+    assert_eq!(
+        pr_volume["hostPath"]["path"],
+        "/var/lib/kubelet/pod-resources"
+    );
     let metrics = env
         .iter()
         .find(|e| e["name"] == "SPOOKD_METRICS_ADDR")
@@ -246,4 +263,28 @@ fn the_prune_overlay_switches_pruning_on_with_only_the_node_rights_it_needs() {
     );
     assert_eq!(binding["subjects"][0]["name"], "spookd-device-plugin");
     assert_eq!(binding["subjects"][0]["namespace"], "spookd");
+}
+
+#[test]
+fn the_exclusive_leases_overlay_grants_only_leases_in_spookds_namespace() {
+    let docs = docs("manifests/exclusive-leases/exclusive-leases.yaml");
+    let cm = find(&docs, "ConfigMap");
+    assert_eq!(cm["metadata"]["name"], "spookd-exclusive-leases");
+    assert_eq!(cm["data"]["SPOOKD_EXCLUSIVE_LEASES"], "true");
+    assert!(spookd::config::parse_duration(s(&cm["data"]["SPOOKD_LEASE_DURATION"])).is_some());
+    let role = find(&docs, "Role");
+    assert_eq!(role["metadata"]["namespace"], "spookd");
+    let rules = role["rules"].as_sequence().unwrap();
+    assert_eq!(rules.len(), 1);
+    let parse = |y: &str| serde_yaml::from_str::<Value>(y).unwrap();
+    assert_eq!(rules[0]["apiGroups"], parse("[coordination.k8s.io]"));
+    assert_eq!(rules[0]["resources"], parse("[leases]"));
+    assert_eq!(
+        rules[0]["verbs"],
+        parse("[get, list, create, update, delete]")
+    );
+    let binding = find(&docs, "RoleBinding");
+    assert_eq!(binding["roleRef"]["name"], "spookd-device-plugin:leases");
+    assert_eq!(binding["subjects"][0]["name"], "spookd-device-plugin");
+    assert!(docs.iter().all(|d| d["kind"] != "ClusterRole"));
 }
