@@ -176,6 +176,13 @@ impl Keeper {
             .into_iter()
             .map(|(r, id)| (lease_name(&r, &id), (r, id)))
             .collect();
+        // Leases adopted before the config was known learn their device now, so a running
+        // container keeps them.
+        for (name, held) in &mut self.held {
+            if held.device.is_none() {
+                held.device = self.shared.get(name).cloned();
+            }
+        }
     }
 
     /// Acquires every device's Lease, or none.
@@ -571,6 +578,23 @@ mod tests {
         k.tick(&mut api, &mut free, t0 + grace * 7);
         assert!(!api.leases.contains_key(&name("1")));
         assert_eq!(k.report().unwrap().held_here, 0);
+    }
+
+    #[test]
+    fn a_lease_adopted_before_the_config_is_known_is_kept_while_in_use() {
+        let t0 = Instant::now();
+        let mut api = MemoryLeases::default();
+        api.create(&name("1"), "n1", D).unwrap();
+        let mut k = Keeper::new(&NodeName::try_from("n1".to_owned()).unwrap(), D, t0);
+        let mut in_use = || Ok(assigned(&["1"]));
+        k.tick(&mut api, &mut in_use, t0);
+        assert_eq!(k.report().unwrap().held_here, 1);
+        k.shared([key("1"), key("2")].into());
+        let grace = release_grace(D);
+        for step in 1..=4 {
+            k.tick(&mut api, &mut in_use, t0 + grace * step);
+        }
+        assert!(api.leases.contains_key(&name("1")), "released while in use");
     }
 
     #[test]
