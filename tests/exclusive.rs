@@ -27,17 +27,46 @@ struct Node {
     name: String,
     kubelet: Kubelet,
     spookd: Option<Spookd>,
-    _config: ConfigVolume,
-    _tmp: TempDir,
+    config: ConfigVolume,
+    tmp: TempDir,
 }
 
 struct Cluster {
     api: ApiServer,
     nodes: Vec<Node>,
-    _creds: Credentials,
+    creds: Credentials,
 }
 
 impl Cluster {
+    /// Starts (or restarts) node `i`'s spookd with a 2 s Lease duration.
+    fn start_spookd(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let socket = node.kubelet.pod_resources_socket();
+        let (token, ca) = (&self.creds.token, &self.creds.ca);
+        let spookd = Spookd::start_extra(
+            &node.config.path(),
+            &node.name,
+            node.kubelet.dir(),
+            node.tmp.join("spookd.log"),
+            &[
+                "--exclusive-leases",
+                "--lease-namespace",
+                "spookd",
+                "--lease-duration",
+                "2s",
+                "--pod-resources-socket",
+                socket.to_str().unwrap(),
+                "--api-server",
+                &self.api.url(),
+                "--token-file",
+                token.to_str().unwrap(),
+                "--ca-file",
+                ca.to_str().unwrap(),
+            ],
+        );
+        self.nodes[i].spookd = Some(spookd);
+    }
+
     fn start(n: usize) -> Cluster {
         let (api, creds) = with_credentials("exclusive test CA");
         let nodes = (1..=n)
@@ -48,43 +77,19 @@ impl Cluster {
                 fs::create_dir_all(&dp).unwrap();
                 let kubelet = Kubelet::start(&dp).unwrap();
                 let config = ConfigVolume::new(tmp.join("cm"), CONFIG);
-                let socket = kubelet.pod_resources_socket();
-                let (token, ca) = (&creds.token, &creds.ca);
-                let spookd = Spookd::start_extra(
-                    &config.path(),
-                    &name,
-                    &dp,
-                    tmp.join("spookd.log"),
-                    &[
-                        "--exclusive-leases",
-                        "--lease-namespace",
-                        "spookd",
-                        "--lease-duration",
-                        "2s",
-                        "--pod-resources-socket",
-                        socket.to_str().unwrap(),
-                        "--api-server",
-                        &api.url(),
-                        "--token-file",
-                        token.to_str().unwrap(),
-                        "--ca-file",
-                        ca.to_str().unwrap(),
-                    ],
-                );
                 Node {
                     name,
                     kubelet,
-                    spookd: Some(spookd),
-                    _config: config,
-                    _tmp: tmp,
+                    spookd: None,
+                    config,
+                    tmp,
                 }
             })
             .collect();
-        let c = Cluster {
-            api,
-            nodes,
-            _creds: creds,
-        };
+        let mut c = Cluster { api, nodes, creds };
+        for i in 0..n {
+            c.start_spookd(i);
+        }
         for node in &c.nodes {
             c.expect_health(node, "0001", "Healthy");
         }
@@ -278,4 +283,31 @@ fn an_api_outage_keeps_the_holder_holding_and_podresources_failures_release_noth
     n1.kubelet.set_pod_resources_down(false);
     c.wait_holder(None);
     c.expect_health(n2, "0001", "Healthy");
+}
+
+#[test]
+fn a_restarted_spookd_keeps_the_leases_of_running_containers() {
+    let mut c = Cluster::start(2);
+    allocate(&c.nodes[0], "0001").unwrap();
+    c.nodes[0]
+        .kubelet
+        .set_pod("consumer", &[(WIDGET, &["0001"])]);
+    c.expect_health(&c.nodes[1], "0001", "Unhealthy");
+    // spookd restarts (a new image, say) while the pod runs: it adopts its Lease and renews it.
+    drop(c.nodes[0].spookd.take());
+    c.start_spookd(0);
+    let adopted = format!("Lease {LEASE}: held by this node already; adopting it");
+    assert!(
+        c.nodes[0].spookd.as_ref().unwrap().wait_log(&adopted, 1),
+        "{}",
+        c.logs()
+    );
+    // Well past the duration and the grace: still held, still Unhealthy on n2.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(c.holder().as_deref(), Some("n1"), "{}", c.logs());
+    c.expect_health(&c.nodes[1], "0001", "Unhealthy");
+    assert!(allocate(&c.nodes[1], "0001").is_err());
+    // The pod ends: released.
+    c.nodes[0].kubelet.set_pod("consumer", &[]);
+    c.wait_holder(None);
 }
