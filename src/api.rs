@@ -5,7 +5,7 @@
 //! ([`crate::source::kube`]) and the pruning of stale resources ([`crate::prune`]).
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -308,6 +308,75 @@ impl Backoff {
     /// After a success: the next failure waits the shortest again.
     pub fn reset(&mut self) {
         self.current = self.first;
+    }
+}
+
+/// Largest single watch event (a ConfigMap is at most 1 MiB of data, JSON-escaped).
+const MAX_LINE: u64 = 4 << 20;
+
+/// The events of a watch response, one JSON object a line, each parsed by `parse`.
+pub struct Lines<R, T> {
+    reader: BufReader<R>,
+    url: String,
+    done: bool,
+    parse: fn(&str) -> Result<T, serde_yaml::Error>,
+}
+
+impl<R: Read, T> Lines<R, T> {
+    pub fn new(reader: R, url: String, parse: fn(&str) -> Result<T, serde_yaml::Error>) -> Self {
+        Lines {
+            reader: BufReader::new(reader),
+            url,
+            done: false,
+            parse,
+        }
+    }
+}
+
+impl<R: Read, T> Iterator for Lines<R, T> {
+    type Item = Result<T, ApiError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            let mut line = Vec::new();
+            let read = (&mut self.reader)
+                .take(MAX_LINE)
+                .read_until(b'\n', &mut line);
+            let n = match read {
+                Ok(n) => n,
+                Err(source) => {
+                    self.done = true;
+                    return Some(Err(ApiError::Read {
+                        url: self.url.clone(),
+                        source,
+                    }));
+                }
+            };
+            if n == 0 {
+                self.done = true;
+                return None;
+            }
+            if line.last() != Some(&b'\n') && n as u64 == MAX_LINE {
+                self.done = true;
+                let source = io::Error::new(io::ErrorKind::InvalidData, "event over 4 MiB");
+                return Some(Err(ApiError::Read {
+                    url: self.url.clone(),
+                    source,
+                }));
+            }
+            let text = String::from_utf8_lossy(&line);
+            if text.trim().is_empty() {
+                continue;
+            }
+            return Some((self.parse)(&text).map_err(|source| {
+                self.done = true;
+                ApiError::Decode {
+                    url: self.url.clone(),
+                    source,
+                }
+            }));
+        }
+        None
     }
 }
 

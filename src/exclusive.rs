@@ -9,12 +9,13 @@
 //!    and answers [`Msg::LeasesTaken`]; only then is the Allocate answered.
 //! 3. Every third of the Lease duration it renews what it holds; a renewal refused because the
 //!    Lease moved means the device was lost (logged and counted).
-//! 4. It lists spookd's Leases every quarter of the duration (at most every 5 s): each listing is an
-//!    observation for the expiry rule, and a shared device held by a live other node is reported
-//!    ([`Msg::Leases`]), so the state thread advertises it Unhealthy here. A failed listing forgets
-//!    the observations: holders could not renew through the outage either, so every expiry clock
-//!    starts again when the API answers (and a holder whose renewal failed retries within a tenth
-//!    of the duration).
+//! 4. The `spookd-lease-watch` thread lists spookd's Leases and watches them from the list's
+//!    version ([`Seen`]); every version seen is an observation for the expiry rule, and a shared
+//!    device held by a live other node is reported ([`Msg::Leases`]) at once, so the state thread
+//!    advertises it Unhealthy here. Expiry needs no event: what the watch showed is re-judged every
+//!    quarter of the duration (at most 5 s). When the watch loses the API nothing expires, and
+//!    every expiry clock starts again once it lists again: holders could not renew through the
+//!    outage either (and a holder whose renewal failed retries within a tenth of the duration).
 //! 5. It reads the kubelet's podresources List; a Lease whose device no container on this node has
 //!    been assigned for [`release_grace`] is released. When podresources cannot be read, nothing is
 //!    released (a held device stays held and renewed), and that is logged.
@@ -34,7 +35,8 @@ use log::{debug, error, info, warn};
 use crate::api::Connection;
 use crate::config::{InstanceId, NodeName, ResourceName};
 use crate::lease::{
-    acquire, lease_name, release, renew, Acquired, HttpLeaseApi, Lease, LeaseApi, Observations,
+    acquire, lease_name, release, renew, Acquired, HttpLeaseApi, Lease, LeaseApi, LeaseEvent,
+    Observations,
 };
 use crate::podresources::{self, Assigned};
 use crate::state::Msg;
@@ -51,6 +53,19 @@ pub struct LeaseOptions {
     pub namespace: Option<String>,
     pub duration: Duration,
     pub pod_resources_socket: PathBuf,
+}
+
+/// What the Lease watch saw.
+#[derive(Debug)]
+pub enum Seen {
+    /// A full list.
+    All(Vec<Lease>),
+    /// A Lease created or changed.
+    Put(Lease),
+    /// A Lease deleted.
+    Deleted(String),
+    /// The API could not be read: what was known may be stale.
+    Lost,
 }
 
 /// What the state thread asks.
@@ -130,6 +145,10 @@ pub struct Keeper {
     me: String,
     duration: Duration,
     shared: BTreeMap<String, DeviceKey>,
+    /// spookd's Leases as the watch last showed them.
+    known: BTreeMap<String, Lease>,
+    /// Since the watch lost the API and until it lists again: nothing expires.
+    api_down: bool,
     held: BTreeMap<String, Held>,
     seen: Observations,
     elsewhere: BTreeMap<DeviceKey, String>,
@@ -149,6 +168,8 @@ impl Keeper {
             me: me.to_string(),
             duration,
             shared: BTreeMap::new(),
+            known: BTreeMap::new(),
+            api_down: false,
             held: BTreeMap::new(),
             seen: Observations::default(),
             elsewhere: BTreeMap::new(),
@@ -199,6 +220,7 @@ impl Keeper {
             let refusal = match acquire(api, &mut self.seen, &name, &self.me, self.duration, now) {
                 Ok(Acquired::Won(lease)) => {
                     info!("{} {}: Lease {name} taken", device.0, device.1);
+                    self.known.insert(name.clone(), lease.clone());
                     self.held.insert(
                         name.clone(),
                         Held {
@@ -223,6 +245,7 @@ impl Keeper {
             self.lost += 1;
             // All or none: give back what this request took.
             for name in taken {
+                self.known.remove(&name);
                 if let Some(h) = self.held.remove(&name) {
                     if let Err(e) = release(api, &h.lease, &self.me) {
                         warn!("Lease {name}: release after a refused Allocate failed: {e}");
@@ -247,8 +270,9 @@ impl Keeper {
             self.renew_all(api, now);
         }
         if now >= self.next_list {
+            // Expiry needs no event: re-judge what the watch last showed.
             self.next_list = now + self.list_interval();
-            self.list(api, now);
+            self.evaluate(now);
         }
         if now >= self.next_release {
             self.next_release = now + release_grace(self.duration) / 2;
@@ -264,6 +288,7 @@ impl Keeper {
             let start = Instant::now();
             match renew(api, &held.lease, &me) {
                 Ok(Some(lease)) => {
+                    self.known.insert(name.clone(), lease.clone());
                     held.lease = lease;
                     held.renewed = start;
                 }
@@ -281,24 +306,57 @@ impl Keeper {
         for name in lost {
             error!("Lease {name}: lost (another node took it over: it was not renewed in time)");
             self.held.remove(&name);
+            // What the watch showed of it is stale (it still names us): wait for its news.
+            self.known.remove(&name);
             self.lost += 1;
         }
     }
 
-    fn list(&mut self, api: &mut dyn LeaseApi, now: Instant) {
-        let leases = match api.list() {
-            Ok(l) => l,
-            Err(e) => {
-                // While the API cannot be reached, holders cannot renew either: expiry clocks
-                // start again once it answers, so a holder gets a whole duration to renew.
-                warn!("listing Leases: {e}; expiry clocks restart when the API answers again");
-                self.seen = Observations::default();
-                return;
+    /// What the Lease watch saw.
+    pub fn seen(&mut self, seen: Seen, now: Instant) {
+        match seen {
+            Seen::All(leases) => {
+                if self.api_down {
+                    // The API answers again: every expiry clock starts now.
+                    self.seen = Observations::default();
+                    self.api_down = false;
+                }
+                let names: BTreeSet<&String> = leases.iter().map(|l| &l.name).collect();
+                let gone: Vec<String> = self
+                    .known
+                    .keys()
+                    .filter(|n| !names.contains(n))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    self.seen.forget(&name);
+                }
+                self.known = leases.into_iter().map(|l| (l.name.clone(), l)).collect();
             }
-        };
-        let mut elsewhere = BTreeMap::new();
-        for lease in &leases {
+            Seen::Put(lease) => {
+                self.known.insert(lease.name.clone(), lease);
+            }
+            Seen::Deleted(name) => {
+                self.known.remove(&name);
+                self.seen.forget(&name);
+            }
+            Seen::Lost => {
+                // While the API cannot be reached, holders cannot renew either: nothing expires
+                // until it answers, and then every clock starts again, so a holder gets a whole
+                // duration to renew. What was known stays in force meanwhile.
+                self.api_down = true;
+            }
+        }
+        for lease in self.known.values() {
             self.seen.see(lease, now);
+        }
+        self.evaluate(now);
+    }
+
+    /// Adopts this node's own Leases and finds the shared devices other live nodes hold.
+    fn evaluate(&mut self, now: Instant) {
+        let mut elsewhere = BTreeMap::new();
+        for lease in self.known.values() {
             match lease.holder.as_deref() {
                 // Ours from before a restart: keep renewing it until it is unassigned.
                 Some(h) if h == self.me && !self.held.contains_key(&lease.name) => {
@@ -319,18 +377,12 @@ impl Keeper {
                 Some(h) if h == self.me => {}
                 Some(h) if !h.is_empty() => {
                     if let Some(device) = self.shared.get(&lease.name) {
-                        if !self.seen.expired(lease, now) {
+                        if self.api_down || !self.seen.expired(lease, now) {
                             elsewhere.insert(device.clone(), h.to_owned());
                         }
                     }
                 }
                 _ => {}
-            }
-        }
-        let names: BTreeSet<&String> = leases.iter().map(|l| &l.name).collect();
-        for name in self.shared.keys() {
-            if !names.contains(name) {
-                self.seen.forget(name);
             }
         }
         self.elsewhere = elsewhere;
@@ -386,6 +438,7 @@ impl Keeper {
                 Ok(()) => {
                     info!("Lease {name}: released (no container has the device any more)");
                     self.seen.forget(&name);
+                    self.known.remove(&name);
                 }
                 Err(e) => {
                     warn!("Lease {name}: release failed: {e}; retrying");
@@ -411,9 +464,14 @@ impl Keeper {
     }
 }
 
-/// Handle of the `spookd-lease` thread; dropping it stops the thread.
+/// How long one Lease watch request lasts.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Handle of the `spookd-lease` and `spookd-lease-watch` threads; dropping it stops them.
 pub struct LeaseKeeper {
     tx: Sender<LeaseCmd>,
+    _stop_watch: Sender<()>,
+    _watch: Worker,
     _worker: Worker,
 }
 
@@ -426,18 +484,35 @@ impl LeaseKeeper {
         state: Sender<Msg>,
     ) -> io::Result<LeaseKeeper> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let (seen_tx, seen_rx) = crossbeam_channel::unbounded();
+        let (stop_watch, stopped) = crossbeam_channel::bounded::<()>(0);
+        let mut watch_api = HttpLeaseApi::new(opts.conn.clone(), &namespace);
+        let watch = Worker::spawn("spookd-lease-watch", move || {
+            watch_leases(&mut watch_api, &seen_tx, &stopped);
+        })?
+        // A watch read may be blocked on the network; the process is exiting.
+        .stop_wait(Duration::from_millis(100));
         let worker = Worker::spawn("spookd-lease", move || {
             let mut api = HttpLeaseApi::new(opts.conn.clone(), &namespace);
             let socket = opts.pod_resources_socket.clone();
             let mut pod_resources =
                 move || podresources::assigned(&env, &socket).map_err(|e| e.to_string());
             let mut keeper = Keeper::new(&node, opts.duration, Instant::now());
-            run(&rx, &state, &mut keeper, &mut api, &mut pod_resources);
+            run(
+                &rx,
+                &seen_rx,
+                &state,
+                &mut keeper,
+                &mut api,
+                &mut pod_resources,
+            );
         })?
         // A request may be blocked on the network; the process is exiting.
         .stop_wait(Duration::from_millis(100));
         Ok(LeaseKeeper {
             tx,
+            _stop_watch: stop_watch,
+            _watch: watch,
             _worker: worker,
         })
     }
@@ -448,28 +523,113 @@ impl LeaseKeeper {
     }
 }
 
+/// List, then watch from the list's version (bookmarks on); a 410 lists again, a watch that ends
+/// is resumed, errors back off and report [`Seen::Lost`]. Ends when stopped or unheard.
+fn watch_leases(api: &mut HttpLeaseApi, seen: &Sender<Seen>, stop: &Receiver<()>) {
+    let mut backoff = crate::api::Backoff::default();
+    let stopped =
+        |wait: Duration| !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout));
+    loop {
+        let (leases, mut version) = match api.list_at() {
+            Ok(listed) => listed,
+            Err(e) => {
+                warn!("listing Leases: {e}; expiry clocks restart when the API answers again");
+                if seen.send(Seen::Lost).is_err() || stopped(backoff.wait()) {
+                    return;
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        if seen.send(Seen::All(leases)).is_err() {
+            return;
+        }
+        // Watch until the version is too old (relist) or an error (relist after a wait).
+        let failed = loop {
+            let events = match api.watch(&version, WATCH_TIMEOUT) {
+                Ok(events) => events,
+                Err(e) if e.status() == Some(410) => break None,
+                Err(e) => break Some(e.to_string()),
+            };
+            let mut outcome = None;
+            for event in events {
+                let sent = match event {
+                    Ok(LeaseEvent::Put(lease)) => {
+                        version.clone_from(&lease.resource_version);
+                        seen.send(Seen::Put(lease))
+                    }
+                    Ok(LeaseEvent::Deleted(name, at)) => {
+                        version = at;
+                        seen.send(Seen::Deleted(name))
+                    }
+                    Ok(LeaseEvent::Bookmark(at)) => {
+                        version = at;
+                        Ok(())
+                    }
+                    Ok(LeaseEvent::Expired) => {
+                        outcome = Some(None);
+                        break;
+                    }
+                    Ok(LeaseEvent::Failed(why)) => {
+                        outcome = Some(Some(why));
+                        break;
+                    }
+                    Err(e) => {
+                        outcome = Some(Some(e.to_string()));
+                        break;
+                    }
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+            if let Some(outcome) = outcome {
+                break outcome;
+            }
+            if stopped(Duration::ZERO) {
+                return;
+            }
+        };
+        if let Some(why) = failed {
+            warn!("watching Leases: {why}; listing again");
+            if seen.send(Seen::Lost).is_err() || stopped(backoff.wait()) {
+                return;
+            }
+        }
+    }
+}
+
 fn run(
     rx: &Receiver<LeaseCmd>,
+    seen: &Receiver<Seen>,
     state: &Sender<Msg>,
     keeper: &mut Keeper,
     api: &mut dyn LeaseApi,
     pod_resources: &mut dyn FnMut() -> Result<Assigned, String>,
 ) {
     loop {
-        match rx.recv_deadline(keeper.deadline()) {
-            Ok(LeaseCmd::Shared(devices)) => {
-                debug!("{} shared devices served here", devices.len());
-                keeper.shared(devices);
-                keeper.next_list = Instant::now();
-            }
-            Ok(LeaseCmd::Acquire { request, devices }) => {
-                let result = keeper.acquire(api, &devices, Instant::now());
-                if state.send(Msg::LeasesTaken { request, result }).is_err() {
-                    return;
+        let timeout = keeper.deadline().saturating_duration_since(Instant::now());
+        crossbeam_channel::select! {
+            recv(rx) -> cmd => match cmd {
+                Ok(LeaseCmd::Shared(devices)) => {
+                    debug!("{} shared devices served here", devices.len());
+                    keeper.shared(devices);
+                    keeper.evaluate(Instant::now());
                 }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+                Ok(LeaseCmd::Acquire { request, devices }) => {
+                    let result = keeper.acquire(api, &devices, Instant::now());
+                    if state.send(Msg::LeasesTaken { request, result }).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            },
+            recv(seen) -> s => match s {
+                Ok(s) => keeper.seen(s, Instant::now()),
+                // The watch thread ended: only at shutdown.
+                Err(_) => return,
+            },
+            default(timeout) => {}
         }
         keeper.tick(api, pod_resources, Instant::now());
         if let Some(report) = keeper.report() {
@@ -483,7 +643,6 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ApiError;
     use crate::lease::MemoryLeases;
 
     const D: Duration = Duration::from_secs(4);
@@ -504,6 +663,11 @@ mod tests {
     fn name(id: &str) -> String {
         let (r, i) = key(id);
         lease_name(&r, &i)
+    }
+
+    /// What a watch would show: the store's Leases now.
+    fn observe(k: &mut Keeper, api: &mut MemoryLeases, now: Instant) {
+        k.seen(Seen::All(api.list().unwrap()), now);
     }
 
     fn assigned(ids: &[&str]) -> Assigned {
@@ -544,10 +708,12 @@ mod tests {
         api.create(&name("2"), "n2", D).unwrap();
         let mut k = keeper(t0);
         let mut none = || Ok(Assigned::new());
+        observe(&mut k, &mut api, t0);
         k.tick(&mut api, &mut none, t0);
         let report = k.report().unwrap();
         assert_eq!(report.held_elsewhere, [(key("2"), "n2".to_string())].into());
-        // n2 stops renewing: a whole duration after this node first saw that version, it is free.
+        // n2 stops renewing (no event): a whole duration after this node first saw that version,
+        // the periodic re-judging finds it free.
         k.tick(&mut api, &mut none, t0 + D);
         assert!(k.report().unwrap().held_elsewhere.is_empty());
         k.acquire(&mut api, &[key("2")], t0 + D).unwrap();
@@ -587,6 +753,7 @@ mod tests {
         api.create(&name("1"), "n1", D).unwrap();
         let mut k = Keeper::new(&NodeName::try_from("n1".to_owned()).unwrap(), D, t0);
         let mut in_use = || Ok(assigned(&["1"]));
+        observe(&mut k, &mut api, t0);
         k.tick(&mut api, &mut in_use, t0);
         assert_eq!(k.report().unwrap().held_here, 1);
         k.shared([key("1"), key("2")].into());
@@ -604,6 +771,7 @@ mod tests {
         api.create(&name("1"), "n1", D).unwrap();
         let mut k = keeper(t0);
         let mut in_use = || Ok(assigned(&["1"]));
+        observe(&mut k, &mut api, t0);
         k.tick(&mut api, &mut in_use, t0);
         assert_eq!(k.report().unwrap().held_here, 1);
         // Renewed a third of the duration later: a new version.
@@ -618,36 +786,6 @@ mod tests {
         assert_eq!((report.held_here, report.lost), (0, 1));
     }
 
-    /// Answers every call with 503.
-    struct Down;
-
-    impl LeaseApi for Down {
-        fn create(&mut self, _: &str, _: &str, _: Duration) -> Result<Lease, ApiError> {
-            Err(down())
-        }
-        fn get(&mut self, _: &str) -> Result<Option<Lease>, ApiError> {
-            Err(down())
-        }
-        fn update(&mut self, _: &Lease, _: &str) -> Result<Lease, ApiError> {
-            Err(down())
-        }
-        fn delete(&mut self, _: &Lease) -> Result<(), ApiError> {
-            Err(down())
-        }
-        fn list(&mut self) -> Result<Vec<Lease>, ApiError> {
-            Err(down())
-        }
-    }
-
-    fn down() -> ApiError {
-        ApiError::Status {
-            url: "down".into(),
-            code: 503,
-            retry_after: None,
-            body: String::new(),
-        }
-    }
-
     #[test]
     fn an_api_outage_restarts_the_expiry_clocks() {
         let t0 = Instant::now();
@@ -655,14 +793,20 @@ mod tests {
         api.create(&name("2"), "n2", D).unwrap();
         let mut k = keeper(t0);
         let mut none = || Ok(Assigned::new());
+        observe(&mut k, &mut api, t0);
         k.tick(&mut api, &mut none, t0);
-        // An outage longer than the duration: n2 could not renew either.
-        k.tick(&mut Down, &mut none, t0 + D / 2);
-        k.tick(&mut Down, &mut none, t0 + D);
+        // An outage longer than the duration (the watch breaks): n2 could not renew either, and
+        // nothing expires meanwhile.
+        k.seen(Seen::Lost, t0 + D / 2);
+        k.tick(&mut api, &mut none, t0 + D * 3 / 2);
+        assert_eq!(
+            k.report().unwrap().held_elsewhere,
+            [(key("2"), "n2".to_string())].into()
+        );
         // Back: the same version is live for a whole duration from now, not expired.
+        observe(&mut k, &mut api, t0 + D * 2);
         k.tick(&mut api, &mut none, t0 + D * 2);
-        let report = k.report().unwrap();
-        assert_eq!(report.held_elsewhere, [(key("2"), "n2".to_string())].into());
+        assert_eq!(k.report(), None, "still held elsewhere");
         assert!(k.acquire(&mut api, &[key("2")], t0 + D * 2).is_err());
         k.tick(&mut api, &mut none, t0 + D * 3);
         assert!(k.report().unwrap().held_elsewhere.is_empty());

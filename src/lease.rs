@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use crate::api::{ApiError, Client, Connection, Method};
+use crate::api::{ApiError, Client, Connection, Lines, Method};
 use crate::config::{InstanceId, ResourceName};
 
 /// Label on every Lease spookd makes, to list and watch them.
@@ -260,7 +260,63 @@ const MAX_LEASE_LIST: u64 = 32 << 20;
 #[derive(Deserialize)]
 struct LeaseList {
     #[serde(default)]
+    metadata: LeaseMeta,
+    #[serde(default)]
     items: Vec<LeaseJson>,
+}
+
+/// One line of a Lease watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// Created or changed.
+    Put(Lease),
+    /// Deleted: its name, and the version of the deletion.
+    Deleted(String, String),
+    /// Nothing changed up to this version.
+    Bookmark(String),
+    /// The version watched from is too old (410): list again.
+    Expired,
+    /// Another error status from the server.
+    Failed(String),
+}
+
+#[derive(Deserialize)]
+struct RawLeaseEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    object: serde_yaml::Value,
+}
+
+/// Parses one line of a Lease watch.
+pub fn parse_lease_event(line: &str) -> Result<LeaseEvent, serde_yaml::Error> {
+    let raw: RawLeaseEvent = serde_yaml::from_str(line)?;
+    Ok(match raw.kind.as_str() {
+        "ADDED" | "MODIFIED" => {
+            LeaseEvent::Put(serde_yaml::from_value::<LeaseJson>(raw.object)?.into())
+        }
+        "DELETED" => {
+            let lease: Lease = serde_yaml::from_value::<LeaseJson>(raw.object)?.into();
+            LeaseEvent::Deleted(lease.name, lease.resource_version)
+        }
+        "BOOKMARK" => {
+            let lease: Lease = serde_yaml::from_value::<LeaseJson>(raw.object)?.into();
+            LeaseEvent::Bookmark(lease.resource_version)
+        }
+        "ERROR" => {
+            let code = raw.object["code"].as_u64().unwrap_or(0);
+            let message = raw.object["message"].as_str().unwrap_or_default();
+            if code == 410 {
+                LeaseEvent::Expired
+            } else {
+                LeaseEvent::Failed(format!("{code} {message}"))
+            }
+        }
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "unknown watch event type {other:?}"
+            )))
+        }
+    })
 }
 
 #[derive(Deserialize)]
@@ -316,6 +372,46 @@ impl HttpLeaseApi {
             base,
             namespace: namespace.to_owned(),
         }
+    }
+
+    fn selector(&self) -> String {
+        format!(
+            "{}?labelSelector={}%3D{}",
+            self.base,
+            MANAGED_BY.0.replace('/', "%2F"),
+            MANAGED_BY.1
+        )
+    }
+
+    /// spookd's Leases and the list's resourceVersion, to watch from.
+    pub fn list_at(&mut self) -> Result<(Vec<Lease>, String), ApiError> {
+        let url = self.selector();
+        let response = self.client.get(&url, crate::api::REQUEST_TIMEOUT)?;
+        let body = Client::read_body(&url, response, MAX_LEASE_LIST)?;
+        let list: LeaseList = serde_yaml::from_slice(&body).map_err(|source| ApiError::Decode {
+            url: url.clone(),
+            source,
+        })?;
+        let leases = list.items.into_iter().map(Lease::from).collect();
+        Ok((leases, list.metadata.resource_version))
+    }
+
+    /// Watches spookd's Leases from `version` for up to `timeout` (a silent connection is
+    /// dropped after that plus a quarter).
+    pub fn watch(
+        &mut self,
+        version: &str,
+        timeout: Duration,
+    ) -> Result<Lines<Box<dyn std::io::Read + Send>, LeaseEvent>, ApiError> {
+        let url = format!(
+            "{}&watch=true&allowWatchBookmarks=true&timeoutSeconds={}&resourceVersion={version}",
+            self.selector(),
+            timeout.as_secs().max(1)
+        );
+        let read_timeout = timeout + timeout / 4 + Duration::from_secs(1);
+        let response = self.client.get(&url, read_timeout)?;
+        let reader: Box<dyn std::io::Read + Send> = Box::new(response.into_body().into_reader());
+        Ok(Lines::new(reader, url, parse_lease_event))
     }
 
     fn decode(url: &str, response: ureq::http::Response<ureq::Body>) -> Result<Lease, ApiError> {
@@ -389,19 +485,7 @@ impl LeaseApi for HttpLeaseApi {
     }
 
     fn list(&mut self) -> Result<Vec<Lease>, ApiError> {
-        let url = format!(
-            "{}?labelSelector={}%3D{}",
-            self.base,
-            MANAGED_BY.0.replace('/', "%2F"),
-            MANAGED_BY.1
-        );
-        let response = self.client.get(&url, crate::api::REQUEST_TIMEOUT)?;
-        let body = Client::read_body(&url, response, MAX_LEASE_LIST)?;
-        let list: LeaseList = serde_yaml::from_slice(&body).map_err(|source| ApiError::Decode {
-            url: url.clone(),
-            source,
-        })?;
-        Ok(list.items.into_iter().map(Lease::from).collect())
+        self.list_at().map(|(leases, _)| leases)
     }
 
     fn delete(&mut self, lease: &Lease) -> Result<(), ApiError> {

@@ -154,6 +154,10 @@ struct State {
     leases: BTreeMap<String, StoredLease>,
     /// While set, every request gets 503.
     outage: bool,
+    /// Open Lease watches.
+    lease_watchers: Vec<Sender<WatchMsg>>,
+    /// Deleted Leases as (version of the deletion, name), to replay to a watch from before.
+    lease_tombstones: Vec<(u64, String)>,
     watchers: Vec<Sender<WatchMsg>>,
     /// Watch connections being served now.
     open_watches: usize,
@@ -195,6 +199,8 @@ impl ApiServer {
                 node: None,
                 leases: BTreeMap::new(),
                 outage: false,
+                lease_watchers: Vec::new(),
+                lease_tombstones: Vec::new(),
                 watchers: Vec::new(),
                 open_watches: 0,
                 requests: Vec::new(),
@@ -306,7 +312,14 @@ impl ApiServer {
 
     /// Starts (true) or ends an outage: every request gets 503 meanwhile.
     pub fn set_outage(&self, down: bool) {
-        self.shared.lock().outage = down;
+        let mut st = self.shared.lock();
+        st.outage = down;
+        if down {
+            // A server that goes away drops its watches too.
+            for w in st.lease_watchers.drain(..) {
+                let _ = w.send(WatchMsg::Drop);
+            }
+        }
     }
 
     /// The Leases now, by name.
@@ -506,6 +519,78 @@ fn parse_lease(body: &str) -> Result<(String, Option<u64>, StoredLease), String>
     ))
 }
 
+/// Sends a Lease watch event to every open Lease watch.
+fn lease_event(st: &mut State, kind: &str, object: &str) {
+    let line = event(kind, object);
+    st.lease_watchers
+        .retain(|w| w.send(WatchMsg::Line(line.clone())).is_ok());
+}
+
+/// A Lease watch: what changed after `resourceVersion`, then every change, chunked, until the
+/// timeout, a drop or the server stops.
+fn watch_leases(shared: &Arc<Shared>, tls: &mut impl Write, query: &str) {
+    let param = |key: &str| {
+        query
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix(key))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let from = param("resourceVersion=").unwrap_or(0);
+    let timeout = param("timeoutSeconds=").unwrap_or(60);
+    let (tx, rx): (Sender<WatchMsg>, Receiver<WatchMsg>) = crossbeam_channel::bounded(1024);
+    let replay: Vec<String> = {
+        let mut st = shared.lock();
+        let ns = st.namespace.clone();
+        let mut replay: Vec<(u64, String)> = st
+            .leases
+            .iter()
+            .filter(|(_, l)| l.version > from)
+            .map(|(n, l)| (l.version, event("MODIFIED", &lease_json(&ns, n, l))))
+            .collect();
+        for (version, name) in &st.lease_tombstones {
+            if *version > from {
+                let gone = StoredLease {
+                    version: *version,
+                    ..StoredLease::default()
+                };
+                replay.push((*version, event("DELETED", &lease_json(&ns, name, &gone))));
+            }
+        }
+        replay.sort();
+        st.lease_watchers.push(tx);
+        replay.into_iter().map(|(_, line)| line).collect()
+    };
+    let _ = write!(
+        tls,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    for line in replay {
+        if chunk(tls, &line).is_err() {
+            return;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
+            Ok(WatchMsg::Line(line)) => {
+                if chunk(tls, &line).is_err() {
+                    return;
+                }
+            }
+            // Dropped: no final chunk, the client sees a broken stream.
+            Ok(WatchMsg::Drop) => return,
+            Err(RecvTimeoutError::Timeout)
+                if Instant::now() < deadline && !shared.stop.load(Ordering::SeqCst) => {}
+            Err(_) => {
+                let _ = tls.write_all(b"0\r\n\r\n");
+                let _ = tls.flush();
+                return;
+            }
+        }
+    }
+}
+
 /// Serves the Lease API with optimistic concurrency; `(status, body)`.
 fn serve_leases(st: &mut State, method: &str, rest: &str, body: &str) -> (u16, String) {
     let ns = st.namespace.clone();
@@ -523,6 +608,7 @@ fn serve_leases(st: &mut State, method: &str, rest: &str, body: &str) -> (u16, S
             lease.version = st.version;
             let json = lease_json(&ns, &name, &lease);
             st.leases.insert(name, lease);
+            lease_event(st, "ADDED", &json);
             (201, json)
         }
         ("GET", selector) if selector.starts_with('?') => {
@@ -559,6 +645,7 @@ fn serve_leases(st: &mut State, method: &str, rest: &str, body: &str) -> (u16, S
             lease.version = st.version;
             let json = lease_json(&ns, name, &lease);
             st.leases.insert(name.to_owned(), lease);
+            lease_event(st, "MODIFIED", &json);
             (200, json)
         }
         ("DELETE", name) => {
@@ -572,7 +659,13 @@ fn serve_leases(st: &mut State, method: &str, rest: &str, body: &str) -> (u16, S
             if precondition.is_some_and(|p| p != current.version) {
                 return conflict("Conflict");
             }
-            st.leases.remove(name);
+            if let Some(mut gone) = st.leases.remove(name) {
+                st.version += 1;
+                gone.version = st.version;
+                let json = lease_json(&ns, name, &gone);
+                st.lease_tombstones.push((gone.version, name.to_owned()));
+                lease_event(st, "DELETED", &json);
+            }
             (200, status_json(200, "Success"))
         }
         _ => (405, status_json(405, "MethodNotAllowed")),
@@ -799,6 +892,9 @@ fn serve(shared: &Arc<Shared>, config: Arc<rustls::ServerConfig>, tcp: TcpStream
     );
     if let Some(rest) = target.strip_prefix(&leases) {
         let rest = rest.trim_start_matches('/').to_owned();
+        if method == "GET" && rest.contains("watch=true") {
+            return watch_leases(shared, &mut tls, &rest);
+        }
         let (code, json) = {
             let mut st = shared.lock();
             let answer = serve_leases(&mut st, &method, &rest, &body);

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use spookd::api::Connection;
-use spookd::lease::{acquire, release, renew, Acquired, HttpLeaseApi, LeaseApi, Observations};
+use spookd::lease::{
+    acquire, release, renew, Acquired, HttpLeaseApi, LeaseApi, LeaseEvent, Observations,
+};
 
 use crate::apiserver::{with_credentials, ApiServer, Credentials, Fault};
 
@@ -124,4 +126,36 @@ fn renew_release_and_api_errors() {
     assert!(matches!(got, Acquired::Won(l) if l.holder.as_deref() == Some("node-b")));
     // A's stale renewal finds it gone or moved: lost, not an error.
     assert_eq!(renew(&mut a, &held, "node-a").unwrap(), None);
+}
+
+#[test]
+fn a_watch_from_the_list_version_sees_every_change_after_it() {
+    let (_server, _creds, conn) = setup();
+    let mut a = HttpLeaseApi::new(conn.clone(), "spookd");
+    let first = a.create("spookd-a.io.x-1", "node1", D).unwrap();
+    let (listed, version) = a.list_at().unwrap();
+    assert_eq!(listed, vec![first.clone()]);
+    // Changes after the list, before the watch starts, are not lost.
+    let renewed = a.update(&first, "node1").unwrap();
+    let other = a.create("spookd-a.io.x-2", "node2", D).unwrap();
+    let mut watcher = HttpLeaseApi::new(conn, "spookd");
+    let mut events = watcher.watch(&version, Duration::from_secs(5)).unwrap();
+    let mut next = || events.next().unwrap().unwrap();
+    let mut replayed = vec![next(), next()];
+    replayed.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(
+        replayed,
+        [LeaseEvent::Put(renewed.clone()), LeaseEvent::Put(other)]
+    );
+    // Live: a takeover and a release arrive as they happen.
+    let taken = a.update(&renewed, "node3").unwrap();
+    assert_eq!(next(), LeaseEvent::Put(taken.clone()));
+    a.delete(&taken).unwrap();
+    match next() {
+        LeaseEvent::Deleted(name, at) => {
+            assert_eq!(name, "spookd-a.io.x-1");
+            assert!(at.parse::<u64>().unwrap() > taken.resource_version.parse().unwrap());
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -13,7 +13,7 @@
 //! Responses are JSON, which serde_yaml reads (JSON is YAML 1.2), so no JSON crate is needed.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,13 +21,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, info, warn};
 use serde::Deserialize;
 
-use crate::api::{bad_certificate, ApiError, Backoff, Client, Connection, REQUEST_TIMEOUT};
+use crate::api::{bad_certificate, ApiError, Backoff, Client, Connection, Lines, REQUEST_TIMEOUT};
 use crate::config::{Config, ConfigError};
 use crate::state::Msg;
 use crate::worker::Worker;
 
-/// Largest single watch event (a ConfigMap is at most 1 MiB of data, JSON-escaped).
-const MAX_LINE: u64 = 4 << 20;
 /// Largest LIST response.
 const MAX_BODY: u64 = 8 << 20;
 /// Longest a 429's Retry-After is honoured for.
@@ -405,66 +403,8 @@ impl Api for HttpApi {
     ) -> Result<Box<dyn Iterator<Item = Result<Event, ApiError>>>, ApiError> {
         let url = self.url(Some(version));
         let response = self.client.get(&url, self.opts.read_timeout())?;
-        let reader = BufReader::new(response.into_body().into_reader());
-        Ok(Box::new(Lines {
-            reader,
-            url,
-            done: false,
-        }))
-    }
-}
-
-/// The events of a watch response, one JSON object a line.
-struct Lines<R> {
-    reader: BufReader<R>,
-    url: String,
-    done: bool,
-}
-
-impl<R: Read> Iterator for Lines<R> {
-    type Item = Result<Event, ApiError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        while !self.done {
-            let mut line = Vec::new();
-            let read = (&mut self.reader)
-                .take(MAX_LINE)
-                .read_until(b'\n', &mut line);
-            let n = match read {
-                Ok(n) => n,
-                Err(source) => {
-                    self.done = true;
-                    return Some(Err(ApiError::Read {
-                        url: self.url.clone(),
-                        source,
-                    }));
-                }
-            };
-            if n == 0 {
-                self.done = true;
-                return None;
-            }
-            if line.last() != Some(&b'\n') && n as u64 == MAX_LINE {
-                self.done = true;
-                let source = io::Error::new(io::ErrorKind::InvalidData, "event over 4 MiB");
-                return Some(Err(ApiError::Read {
-                    url: self.url.clone(),
-                    source,
-                }));
-            }
-            let text = String::from_utf8_lossy(&line);
-            if text.trim().is_empty() {
-                continue;
-            }
-            return Some(parse_event(&text).map_err(|source| {
-                self.done = true;
-                ApiError::Decode {
-                    url: self.url.clone(),
-                    source,
-                }
-            }));
-        }
-        None
+        let reader = response.into_body().into_reader();
+        Ok(Box::new(Lines::new(reader, url, parse_event)))
     }
 }
 
