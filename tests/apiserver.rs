@@ -570,22 +570,33 @@ fn watch_leases(shared: &Arc<Shared>, tls: &mut impl Write, query: &str) {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(timeout);
+    // Dropped: the connection closes without the final chunk, a broken stream to the client.
+    let _dropped = stream_watch(shared, tls, &rx, deadline);
+}
+
+/// Streams watch lines from `rx` until `deadline` (then the final chunk), or until the watch is
+/// dropped (then returns true: the caller ends the connection without the final chunk).
+fn stream_watch(
+    shared: &Shared,
+    tls: &mut impl Write,
+    rx: &Receiver<WatchMsg>,
+    deadline: Instant,
+) -> bool {
     loop {
         let wait = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
             Ok(WatchMsg::Line(line)) => {
                 if chunk(tls, &line).is_err() {
-                    return;
+                    return false;
                 }
             }
-            // Dropped: no final chunk, the client sees a broken stream.
-            Ok(WatchMsg::Drop) => return,
+            Ok(WatchMsg::Drop) => return true,
             Err(RecvTimeoutError::Timeout)
                 if Instant::now() < deadline && !shared.stop.load(Ordering::SeqCst) => {}
             Err(_) => {
                 let _ = tls.write_all(b"0\r\n\r\n");
                 let _ = tls.flush();
-                return;
+                return false;
             }
         }
     }
@@ -982,26 +993,8 @@ fn serve(shared: &Arc<Shared>, config: Arc<rustls::ServerConfig>, tcp: TcpStream
         }
     }
     let deadline = Instant::now() + Duration::from_secs(timeout);
-    loop {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
-            Ok(WatchMsg::Line(line)) => {
-                if chunk(&mut tls, &line).is_err() {
-                    return;
-                }
-            }
-            Ok(WatchMsg::Drop) => {
-                // Close without the final chunk: the client sees a broken stream.
-                let _ = tls.sock.shutdown(std::net::Shutdown::Both);
-                return;
-            }
-            Err(RecvTimeoutError::Timeout)
-                if Instant::now() < deadline && !shared.stop.load(Ordering::SeqCst) => {}
-            Err(_) => {
-                let _ = tls.write_all(b"0\r\n\r\n");
-                let _ = tls.flush();
-                return;
-            }
-        }
+    if stream_watch(shared, &mut tls, &rx, deadline) {
+        // Close without the final chunk: the client sees a broken stream.
+        let _ = tls.sock.shutdown(std::net::Shutdown::Both);
     }
 }
