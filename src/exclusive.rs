@@ -529,6 +529,7 @@ fn watch_leases(api: &mut HttpLeaseApi, seen: &Sender<Seen>, stop: &Receiver<()>
     let mut backoff = crate::api::Backoff::default();
     let stopped =
         |wait: Duration| !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout));
+    let mut first = true;
     loop {
         let (leases, mut version) = match api.list_at() {
             Ok(listed) => listed,
@@ -541,6 +542,10 @@ fn watch_leases(api: &mut HttpLeaseApi, seen: &Sender<Seen>, stop: &Receiver<()>
             }
         };
         backoff.reset();
+        if first {
+            info!("watching spookd's Leases ({} now)", leases.len());
+            first = false;
+        }
         if seen.send(Seen::All(leases)).is_err() {
             return;
         }
