@@ -541,7 +541,6 @@ fn watch_leases(api: &mut HttpLeaseApi, seen: &Sender<Seen>, stop: &Receiver<()>
                 continue;
             }
         };
-        backoff.reset();
         if first {
             info!("watching spookd's Leases ({} now)", leases.len());
             first = false;
@@ -552,7 +551,12 @@ fn watch_leases(api: &mut HttpLeaseApi, seen: &Sender<Seen>, stop: &Receiver<()>
         // Watch until the version is too old (relist) or an error (relist after a wait).
         let failed = loop {
             let events = match api.watch(&version, WATCH_TIMEOUT) {
-                Ok(events) => events,
+                Ok(events) => {
+                    // Only a watch that opens ends the backoff: a list that works followed by a
+                    // watch that is refused must not spin.
+                    backoff.reset();
+                    events
+                }
                 Err(e) if e.status() == Some(410) => break None,
                 Err(e) => break Some(e.to_string()),
             };
@@ -596,7 +600,13 @@ fn watch_leases(api: &mut HttpLeaseApi, seen: &Sender<Seen>, stop: &Receiver<()>
             }
         };
         if let Some(why) = failed {
-            warn!("watching Leases: {why}; listing again");
+            let hint = if why.contains("HTTP 403") {
+                " (spookd's ServiceAccount needs get, list, watch, create, update and delete on \
+                 leases in the Lease namespace: see manifests/exclusive-leases/)"
+            } else {
+                ""
+            };
+            warn!("watching Leases: {why}{hint}; listing again");
             if seen.send(Seen::Lost).is_err() || stopped(backoff.wait()) {
                 return;
             }

@@ -281,7 +281,7 @@ fn the_exclusive_leases_overlay_grants_only_leases_in_spookds_namespace() {
     assert_eq!(rules[0]["resources"], parse("[leases]"));
     assert_eq!(
         rules[0]["verbs"],
-        parse("[get, list, create, update, delete]")
+        parse("[get, list, watch, create, update, delete]")
     );
     let binding = find(&docs, "RoleBinding");
     assert_eq!(binding["roleRef"]["name"], "spookd-device-plugin:leases");
