@@ -331,9 +331,13 @@ impl Keeper {
                 for name in gone {
                     self.seen.forget(&name);
                 }
+                for lease in &leases {
+                    self.seen.see(lease, now);
+                }
                 self.known = leases.into_iter().map(|l| (l.name.clone(), l)).collect();
             }
             Seen::Put(lease) => {
+                self.seen.see(&lease, now);
                 self.known.insert(lease.name.clone(), lease);
             }
             Seen::Deleted(name) => {
@@ -346,9 +350,6 @@ impl Keeper {
                 // duration to renew. What was known stays in force meanwhile.
                 self.api_down = true;
             }
-        }
-        for lease in self.known.values() {
-            self.seen.see(lease, now);
         }
         self.evaluate(now);
     }

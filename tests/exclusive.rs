@@ -223,14 +223,19 @@ fn concurrent_allocates_have_one_winner_the_others_see_it_unhealthy_and_release_
     assert_eq!(c.api.leases().len(), 0);
 }
 
-#[test]
-fn a_killed_holder_s_lease_expires_and_another_node_takes_over() {
-    let mut c = Cluster::start(2);
+/// n1 takes widget 0001 for a running container; n2 advertises it Unhealthy.
+fn hold_on_n1(c: &Cluster) {
     allocate(&c.nodes[0], "0001").unwrap();
     c.nodes[0]
         .kubelet
         .set_pod("consumer", &[(WIDGET, &["0001"])]);
     c.expect_health(&c.nodes[1], "0001", "Unhealthy");
+}
+
+#[test]
+fn a_killed_holder_s_lease_expires_and_another_node_takes_over() {
+    let mut c = Cluster::start(2);
+    hold_on_n1(&c);
     assert!(allocate(&c.nodes[1], "0001").is_err());
     // The node dies: no renewals; a whole duration later n2 sees it free and may take it.
     drop(c.nodes[0].spookd.take());
@@ -245,9 +250,7 @@ fn a_killed_holder_s_lease_expires_and_another_node_takes_over() {
 fn an_api_outage_keeps_the_holder_holding_and_podresources_failures_release_nothing() {
     let c = Cluster::start(2);
     let (n1, n2) = (&c.nodes[0], &c.nodes[1]);
-    allocate(n1, "0001").unwrap();
-    n1.kubelet.set_pod("consumer", &[(WIDGET, &["0001"])]);
-    c.expect_health(n2, "0001", "Unhealthy");
+    hold_on_n1(&c);
     // An outage longer than the Lease duration: nobody renews, nobody takes over.
     c.api.set_outage(true);
     let failed = allocate(n2, "0001").unwrap_err();
@@ -288,11 +291,7 @@ fn an_api_outage_keeps_the_holder_holding_and_podresources_failures_release_noth
 #[test]
 fn a_restarted_spookd_keeps_the_leases_of_running_containers() {
     let mut c = Cluster::start(2);
-    allocate(&c.nodes[0], "0001").unwrap();
-    c.nodes[0]
-        .kubelet
-        .set_pod("consumer", &[(WIDGET, &["0001"])]);
-    c.expect_health(&c.nodes[1], "0001", "Unhealthy");
+    hold_on_n1(&c);
     // spookd restarts (a new image, say) while the pod runs: it adopts its Lease and renews it.
     drop(c.nodes[0].spookd.take());
     c.start_spookd(0);
