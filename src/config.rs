@@ -42,11 +42,52 @@ pub struct EnvKey(String);
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EnvValue(String);
 
+/// A device's env: keys unique, sorted.
+///
+/// A sorted slice, shared: a config of 10,000 devices holds 10,000 of these, once in the checked
+/// config and again in each node's view. As `BTreeMap`s they took 544 bytes each for one or two
+/// keys (a whole B-tree leaf) and were copied into the view: 5.4 MiB of the state thread's heap
+/// at 10,000 devices. Shared slices take 16 bytes per view and the pairs once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Env(Arc<[(EnvKey, EnvValue)]>);
+
+impl Env {
+    /// The pairs in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&EnvKey, &EnvValue)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<BTreeMap<EnvKey, EnvValue>> for Env {
+    fn from(map: BTreeMap<EnvKey, EnvValue>) -> Env {
+        Env(map.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a Env {
+    type Item = (&'a EnvKey, &'a EnvValue);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (EnvKey, EnvValue)>,
+        fn(&'a (EnvKey, EnvValue)) -> (&'a EnvKey, &'a EnvValue),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
 /// One device as a node serves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Device {
     pub id: InstanceId,
-    pub env: BTreeMap<EnvKey, EnvValue>,
+    pub env: Env,
     /// `None`: the device is always Healthy.
     pub health_check: Option<HealthCheck>,
 }
@@ -90,7 +131,7 @@ impl fmt::Display for HealthCheck {
 /// What one appearance of a device declares; every appearance must declare the same.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Spec {
-    env: BTreeMap<EnvKey, EnvValue>,
+    env: Env,
     health_check: Option<HealthCheck>,
 }
 
@@ -234,7 +275,7 @@ struct RawDevice {
     #[serde(rename = "instanceID")]
     instance_id: InstanceId,
     #[serde(default, deserialize_with = "unique_keys")]
-    env: BTreeMap<EnvKey, EnvValue>,
+    env: Env,
     #[serde(default)]
     health_check: Option<HealthCheck>,
 }
@@ -505,25 +546,29 @@ fn unquoted_numeric_instance_id(text: &str) -> Option<(usize, usize, String)> {
 }
 
 /// An env map that refuses a key written twice (serde_yaml would silently keep the last).
-fn unique_keys<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<EnvKey, EnvValue>, D::Error> {
+fn unique_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Env, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
-        type Value = BTreeMap<EnvKey, EnvValue>;
+        type Value = Env;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a map of env keys to values")
         }
         fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = BTreeMap::new();
+            let mut out: Vec<(EnvKey, EnvValue)> = Vec::new();
             while let Some((k, v)) = map.next_entry::<EnvKey, EnvValue>()? {
-                if out.contains_key(&k) {
-                    return Err(de::Error::custom(format!("env key {k} is written twice")));
-                }
-                out.insert(k, v);
+                out.push((k, v));
             }
-            Ok(out)
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            if let Some(pair) = out.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+                return Err(de::Error::custom(format!(
+                    "env key {} is written twice",
+                    pair[0].0
+                )));
+            }
+            Ok(Env(out.into()))
         }
         fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(BTreeMap::new())
+            Ok(Env::default())
         }
     }
     d.deserialize_any(V)

@@ -85,7 +85,7 @@ mod tests {
                 .collect();
             let devices: Vec<Device> = ids
                 .iter()
-                .map(|id| Device { id: InstanceId::try_from(id.clone()).unwrap(), env: vars.clone(), health_check: None })
+                .map(|id| Device { id: InstanceId::try_from(id.clone()).unwrap(), env: vars.clone().into(), health_check: None })
                 .collect();
             let mut asked: Vec<&Device> = devices.iter().collect();
             let r = rotate % asked.len();
