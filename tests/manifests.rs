@@ -288,3 +288,30 @@ fn the_exclusive_leases_overlay_grants_only_leases_in_spookds_namespace() {
     assert_eq!(binding["subjects"][0]["name"], "spookd-device-plugin");
     assert!(docs.iter().all(|d| d["kind"] != "ClusterRole"));
 }
+
+/// Both images (the `prebuilt` stage and the registry build's final stage) run spookd with the
+/// same environment: the allocator settings the benchmark measures (it reads them from here).
+#[test]
+fn both_image_stages_set_the_allocator_environment() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Containerfile")).unwrap();
+    let stages: Vec<&str> = text.split("\nFROM ").skip(1).collect();
+    let env_of = |stage: &str| -> Vec<String> {
+        stage
+            .lines()
+            .filter(|l| l.starts_with("ENV "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let finals: Vec<Vec<String>> = stages
+        .iter()
+        .filter(|s| s.starts_with("scratch"))
+        .map(|s| env_of(s))
+        .collect();
+    assert_eq!(finals.len(), 2, "a prebuilt and a final stage, both FROM scratch");
+    assert_eq!(
+        finals[0],
+        ["ENV GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=131072"]
+    );
+    assert_eq!(finals[0], finals[1]);
+}
