@@ -308,7 +308,11 @@ fn both_image_stages_set_the_allocator_environment() {
         .filter(|s| s.starts_with("scratch"))
         .map(|s| env_of(s))
         .collect();
-    assert_eq!(finals.len(), 2, "a prebuilt and a final stage, both FROM scratch");
+    assert_eq!(
+        finals.len(),
+        2,
+        "a prebuilt and a final stage, both FROM scratch"
+    );
     assert_eq!(
         finals[0],
         ["ENV GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=131072"]
