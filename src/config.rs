@@ -193,6 +193,14 @@ pub enum ConfigError {
         second: ResourceName,
         prefix: String,
     },
+    /// One env variable could be set by two resources (one's prefix extends the other's, e.g.
+    /// `a.io/x` with env key `Y_ID` and `a.io/x-y`): a container given both would get one value.
+    EnvNameCollision {
+        origin: String,
+        first: ResourceName,
+        second: ResourceName,
+        name: String,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -242,6 +250,16 @@ impl fmt::Display for ConfigError {
                 "{origin}: resource names {first} and {second} both give the env prefix {prefix}; \
                  rename one of them"
             ),
+            ConfigError::EnvNameCollision {
+                origin,
+                first,
+                second,
+                name,
+            } => write!(
+                f,
+                "{origin}: env variable {name} could be set by both {first} and {second} (a \
+                 container given both would get only one value); rename a resource or an env key"
+            ),
         }
     }
 }
@@ -255,7 +273,8 @@ impl std::error::Error for ConfigError {
             | ConfigError::MissingKey { .. }
             | ConfigError::UnquotedInstanceId { .. }
             | ConfigError::ConflictingDevice { .. }
-            | ConfigError::PrefixCollision { .. } => None,
+            | ConfigError::PrefixCollision { .. }
+            | ConfigError::EnvNameCollision { .. } => None,
         }
     }
 }
@@ -449,6 +468,7 @@ impl Config {
                 devices.push((resource, id, spec));
             }
         }
+        check_env_names(&devices, &prefixes, origin)?;
         for served in hosts.values_mut() {
             for i in served.iter_mut() {
                 *i = rank[*i];
@@ -506,6 +526,48 @@ impl Config {
             .map(|((resource, id, _), _)| (resource.clone(), id.clone()))
             .collect()
     }
+}
+
+/// Refuses a config where two resources could set the same env variable. Only a resource whose
+/// prefix extends another's by `_…` can: those pairs (rare) get their full name sets compared.
+fn check_env_names(
+    devices: &[(ResourceName, InstanceId, Spec)],
+    prefixes: &BTreeMap<String, ResourceName>,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    // Per resource: its device count and every env key any of its devices sets.
+    let mut shape: BTreeMap<&ResourceName, (usize, BTreeSet<&str>)> = BTreeMap::new();
+    for (resource, _, spec) in devices {
+        let (count, keys) = shape.entry(resource).or_default();
+        *count += 1;
+        keys.extend(spec.env.iter().map(|(k, _)| k.as_str()));
+    }
+    let names = |resource: &ResourceName| -> BTreeSet<String> {
+        let Some((count, keys)) = shape.get(resource) else {
+            return BTreeSet::new();
+        };
+        let keys: Vec<&str> = keys.iter().copied().collect();
+        env::possible_names(resource, *count, &keys)
+            .into_iter()
+            .collect()
+    };
+    for (prefix, first) in prefixes {
+        // Prefixes are [A-Z0-9_]; '`' follows '_': this range is every prefix starting `{prefix}_`.
+        let longer = prefixes.range(format!("{prefix}_")..format!("{prefix}`"));
+        let mut first_names = None;
+        for (_, second) in longer {
+            let first_names = first_names.get_or_insert_with(|| names(first));
+            if let Some(name) = names(second).intersection(first_names).next() {
+                return Err(ConfigError::EnvNameCollision {
+                    origin: origin.to_owned(),
+                    first: first.clone(),
+                    second: second.clone(),
+                    name: name.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses a duration as the config and the command line take it: `250ms`, `2s`, `1m`, `1h`, `1.5s`, `1m30s`: one or more number-unit pairs.
@@ -1243,6 +1305,36 @@ deviceMapping:
             "test.yaml: resource names a.io/x-y and a.io/x_y both give the env prefix AIO_X_Y; \
              rename one of them"
         );
+    }
+
+    #[test]
+    fn env_names_two_resources_could_both_set_are_refused() {
+        // a.io/x's key Y_ID gives AIO_X_Y_ID, which is a.io/x-y's own ID.
+        assert_eq!(
+            err("deviceMapping:\n- hosts: [a]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"1\", env: {Y_ID: v}}\n- hosts: [b]\n  devices:\n  - {resourceName: a.io/x-y, instanceID: \"1\"}\n"),
+            "test.yaml: env variable AIO_X_Y_ID could be set by both a.io/x and a.io/x-y (a container \
+             given both would get only one value); rename a resource or an env key"
+        );
+        // example.com/widget's first device is EXAMPLECOM_WIDGET_DEV0_*; so is widget-dev0's
+        // un-indexed copy.
+        assert_eq!(
+            err("deviceMapping:\n- hosts: [a]\n  devices:\n  - {resourceName: example.com/widget-dev0, instanceID: \"1\"}\n  - {resourceName: example.com/widget, instanceID: \"1\"}\n"),
+            "test.yaml: env variable EXAMPLECOM_WIDGET_DEV0_ID could be set by both example.com/widget \
+             and example.com/widget-dev0 (a container given both would get only one value); \
+             rename a resource or an env key"
+        );
+        // A second device makes DEV1 possible.
+        let two = "deviceMapping:\n- hosts: [a]\n  devices:\n  - {resourceName: a.io/x-dev1, instanceID: \"1\"}\n  - {resourceName: a.io/x, instanceID: \"1\"}\n";
+        parse(two).unwrap();
+        let e = err(&format!(
+            "{two}  - {{resourceName: a.io/x, instanceID: \"2\"}}\n"
+        ));
+        assert!(
+            e.contains("AIO_X_DEV1_ID could be set by both a.io/x and a.io/x-dev1"),
+            "{e}"
+        );
+        // Extending a prefix is fine while no name meets.
+        parse("deviceMapping:\n- hosts: [a]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"1\", env: {Z: v}}\n  - {resourceName: a.io/x-y, instanceID: \"1\", env: {Y_ID: w}}\n").unwrap();
     }
 
     #[test]

@@ -40,6 +40,18 @@ pub fn render(resource: &ResourceName, devices: &[&Device]) -> BTreeMap<String, 
     env
 }
 
+/// Every name an Allocate of `resource` can set in some container, for a resource of `count`
+/// devices whose env keys are `keys` (any device may be DEV<n>, so every key goes with every n).
+pub fn possible_names(resource: &ResourceName, count: usize, keys: &[&str]) -> Vec<String> {
+    let p = prefix(resource);
+    let mut names = vec![format!("{p}_NUM_DEVICES")];
+    for suffix in ["ID", "TYPE"].iter().chain(keys) {
+        names.push(format!("{p}_{suffix}"));
+        names.extend((0..count).map(|n| format!("{p}_DEV{n}_{suffix}")));
+    }
+    names
+}
+
 /// A device's (suffix, value) pairs: ID, TYPE and its env keys.
 fn fields<'a>(
     resource: &'a ResourceName,
@@ -105,6 +117,12 @@ mod tests {
                 }
             }
             proptest::prop_assert_eq!(&out[&format!("{p}_ID")], devices[0].id.as_str());
+            // The names the config check compares across resources cover every name set here.
+            let keys: Vec<&str> = vars.keys().map(|k| k.as_str()).collect();
+            let possible: std::collections::BTreeSet<String> = possible_names(&resource, n, &keys).into_iter().collect();
+            for name in out.keys() {
+                proptest::prop_assert!(possible.contains(name), "{name} missing from possible_names");
+            }
             proptest::prop_assert!(p.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'));
         }
     }
