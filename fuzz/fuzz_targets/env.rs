@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
                 vars.insert(k, v);
             }
         }
-        devices.push(Device { id, env: vars, health_check: None });
+        devices.push(Device { id, env: vars.into(), health_check: None });
     }
     if devices.is_empty() {
         return;
