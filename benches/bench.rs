@@ -315,6 +315,20 @@ fn wanted(section: &str) -> bool {
 }
 
 fn main() {
+    // The in-process figure (reload) runs under the image's allocator settings too: glibc reads
+    // them only at start, so start again with them.
+    let image = image_env();
+    if image
+        .iter()
+        .any(|(k, v)| std::env::var(k).ok().as_deref() != Some(v.as_str()))
+    {
+        use std::os::unix::process::CommandExt;
+        let err = Command::new(std::env::current_exe().unwrap())
+            .args(std::env::args_os().skip(1))
+            .envs(image)
+            .exec();
+        panic!("could not start again with the image's environment: {err}");
+    }
     let bin = std::env::var_os("SPOOKD_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_spookd")));
