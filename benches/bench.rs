@@ -803,7 +803,7 @@ fn main() {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     println!(
-        "processes run with the image's environment: {}\n",
+        "the bench and the processes it measures run with the image's environment: {}\n",
         env.join(" ")
     );
     let w = rows
