@@ -497,7 +497,7 @@ impl Config {
             });
             let last_of_resource = served
                 .get(n + 1)
-                .map_or(true, |&next| self.devices[next].0 != *resource);
+                .is_none_or(|&next| self.devices[next].0 != *resource);
             if last_of_resource {
                 out.insert(resource.clone(), std::mem::take(&mut run).into());
             }

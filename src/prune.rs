@@ -183,7 +183,7 @@ impl Prune {
                     debug!("{r}: not in the node's status any more");
                     gone.insert(r);
                 }
-                (Some(c), a) if is_zero(c) && a.map_or(true, |a| is_zero(a)) => {
+                (Some(c), a) if is_zero(c) && a.is_none_or(|a| is_zero(a)) => {
                     api.remove(&r, c, a.map(String::as_str))?;
                     info!(
                         "{r}: removed from the node's capacity and allocatable; confirming in {:?}",

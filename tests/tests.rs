@@ -16,6 +16,7 @@ mod lease_model;
 mod leases;
 mod manifests;
 mod metrics;
+mod msrv;
 mod podresources;
 mod prune;
 mod soak;
