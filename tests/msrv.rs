@@ -8,8 +8,13 @@ use std::process::Command;
 
 use serde_yaml::Value;
 
-fn version(v: &str) -> Vec<u32> {
-    v.split('.').map(|n| n.parse().unwrap()).collect()
+/// `1.85` and `1.85.0` alike, as (major, minor, patch).
+fn version(v: &str) -> [u32; 3] {
+    let mut out = [0; 3];
+    for (slot, n) in out.iter_mut().zip(v.split('.')) {
+        *slot = n.parse().unwrap();
+    }
+    out
 }
 
 #[test]
