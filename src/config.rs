@@ -536,6 +536,17 @@ fn check_env_names(
     prefixes: &BTreeMap<String, ResourceName>,
     origin: &str,
 ) -> Result<(), ConfigError> {
+    // Prefixes are [A-Z0-9_]; '`' follows '_': the range is every prefix starting `{prefix}_`.
+    let pairs: Vec<(&ResourceName, &ResourceName)> = prefixes
+        .iter()
+        .flat_map(|(prefix, first)| {
+            (prefixes.range(format!("{prefix}_")..format!("{prefix}`")))
+                .map(move |(_, second)| (first, second))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return Ok(());
+    }
     // Per resource: its device count and every env key any of its devices sets.
     let mut shape: BTreeMap<&ResourceName, (usize, BTreeSet<&str>)> = BTreeMap::new();
     for (resource, _, spec) in devices {
@@ -552,20 +563,14 @@ fn check_env_names(
             .into_iter()
             .collect()
     };
-    for (prefix, first) in prefixes {
-        // Prefixes are [A-Z0-9_]; '`' follows '_': this range is every prefix starting `{prefix}_`.
-        let longer = prefixes.range(format!("{prefix}_")..format!("{prefix}`"));
-        let mut first_names = None;
-        for (_, second) in longer {
-            let first_names = first_names.get_or_insert_with(|| names(first));
-            if let Some(name) = names(second).intersection(first_names).next() {
-                return Err(ConfigError::EnvNameCollision {
-                    origin: origin.to_owned(),
-                    first: first.clone(),
-                    second: second.clone(),
-                    name: name.clone(),
-                });
-            }
+    for (first, second) in pairs {
+        if let Some(name) = names(second).intersection(&names(first)).next() {
+            return Err(ConfigError::EnvNameCollision {
+                origin: origin.to_owned(),
+                first: first.clone(),
+                second: second.clone(),
+                name: name.clone(),
+            });
         }
     }
     Ok(())
