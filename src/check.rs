@@ -18,8 +18,15 @@ pub fn describe(config: &Config, only: Option<&NodeName>) -> String {
     }
     for node in nodes {
         let devices = config.for_node(node);
-        if devices.is_empty() {
+        if !config.has_node(node) {
             let _ = writeln!(out, "node {node}: in no mapping, serves nothing");
+            continue;
+        }
+        if devices.is_empty() {
+            let _ = writeln!(
+                out,
+                "node {node}: its mappings list no devices, serves nothing"
+            );
             continue;
         }
         let _ = writeln!(out, "node {node}:");

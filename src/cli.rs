@@ -134,6 +134,13 @@ pub enum CliError {
         from: &'static str,
         value: String,
     },
+    /// A duration outside its flag's documented range.
+    DurationRange {
+        from: &'static str,
+        value: String,
+        min: &'static str,
+        max: &'static str,
+    },
     BadNodeName {
         from: &'static str,
         source: InvalidValue,
@@ -184,6 +191,12 @@ impl fmt::Display for CliError {
                 f,
                 "{from}: {value:?} is not a positive duration (write e.g. 250ms, 2s, 1m or 1m30s)"
             ),
+            CliError::DurationRange {
+                from,
+                value,
+                min,
+                max,
+            } => write!(f, "{from}: {value:?} is out of range: from {min} to {max}"),
             CliError::BadNodeName { from, source } => write!(f, "{from}: {source}"),
             CliError::NoHostName(e) => write!(
                 f,
@@ -361,6 +374,8 @@ pub fn parse(
         match allowed.iter().find(|f| f.name() == name) {
             Some(&flag) => {
                 let value = match inline {
+                    // `--config=` is a mistake, never "the default".
+                    Some(v) if v.is_empty() => return Err(CliError::MissingValue(flag.name())),
                     Some(v) => v,
                     None if flag.is_switch() => "true".to_owned(),
                     None => args.next().ok_or(CliError::MissingValue(flag.name()))?,
@@ -401,9 +416,22 @@ pub fn parse(
             node_name("the host name", host.trim().to_lowercase())?
         }
     };
+    // Every duration has a range: a floor where less would spin (a 1 ns poll is a busy loop),
+    // a ceiling that keeps every deadline computed from it far inside `Instant`'s range.
     let duration = |f: Flag, default: Duration| match value(f) {
         Some((from, v)) => match parse_duration(&v) {
-            Some(d) if !d.is_zero() => Ok(d),
+            Some(d) if !d.is_zero() => {
+                let (min, max) = duration_range(f);
+                if d < min.0 || d > max.0 {
+                    return Err(CliError::DurationRange {
+                        from,
+                        value: v,
+                        min: min.1,
+                        max: max.1,
+                    });
+                }
+                Ok(d)
+            }
             _ => Err(CliError::BadDuration { from, value: v }),
         },
         None => Ok(default),
@@ -511,6 +539,20 @@ pub fn parse(
         device_plugin_dir: value(Flag::DevicePluginDir)
             .map_or_else(|| DEFAULT_DEVICE_PLUGIN_DIR.into(), |(_, v)| v.into()),
     })))
+}
+
+/// A duration flag's range, each end with how `--help` writes it.
+fn duration_range(f: Flag) -> ((Duration, &'static str), (Duration, &'static str)) {
+    const MS: Duration = Duration::from_millis(1);
+    const S: Duration = Duration::from_secs(1);
+    const H: Duration = Duration::from_secs(3600);
+    match f {
+        Flag::PollInterval => ((MS * 10, "10ms"), (H, "1h")),
+        Flag::WatchTimeout => ((S, "1s"), (H, "1h")),
+        Flag::PruneAfter => ((S, "1s"), (H * 24 * 30, "720h")),
+        Flag::LeaseDuration => ((S, "1s"), (H, "1h")),
+        _ => ((Duration::ZERO, "0s"), (H, "1h")),
+    }
 }
 
 /// A namespace: an RFC 1123 label.

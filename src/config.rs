@@ -23,6 +23,26 @@ use crate::env;
 /// Longest device ID the kubelet accepts (`Device.ID`).
 const MAX_INSTANCE_ID: usize = 63;
 
+/// Largest config read: what one ConfigMap can hold (1 MiB of data in all). Checked before
+/// parsing, so a huge file (or `/dev/zero`) costs nothing.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+/// Most entries a config may expand to: mappings, hosts, devices and env keys, each counted every
+/// time it is read, so a YAML alias used again counts again. A 1 MiB config written out holds at
+/// most ~40,000 of them; aliases could otherwise expand it a hundredfold (serde_yaml's own limit)
+/// into gigabytes. Counted while parsing: a config past it stops there.
+pub const MAX_ENTRIES: usize = 200_000;
+/// Most device entries (also counted each time an alias repeats them).
+pub const MAX_DEVICE_ENTRIES: usize = 50_000;
+/// Most (host, device) pairs, summed over the mappings: what the per-node views hold.
+pub const MAX_ASSIGNMENTS: usize = 1_000_000;
+/// Most env keys one device may set.
+pub const MAX_ENV_KEYS: usize = 128;
+/// Longest env value. Linux refuses one env string over 128 KiB at exec (`MAX_ARG_STRLEN`); a
+/// device's value is set twice (DEV<n>_ and un-indexed) among other resources' in one container.
+pub const MAX_ENV_VALUE: usize = 32 << 10;
+/// Most bytes of env keys and values one device may set.
+pub const MAX_DEVICE_ENV_BYTES: usize = 64 << 10;
+
 /// An extended resource name the kubelet accepts: `<domain>/<name>`, outside `kubernetes.io`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ResourceName(String);
@@ -116,6 +136,9 @@ impl HealthCheck {
     pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
     /// Shortest timeout: a connect on a LAN needs at least this much.
     pub const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+    /// Longest interval (and so timeout): a device probed less often than hourly is not watched.
+    /// The bound also keeps every deadline computed from it far from `Instant`'s range.
+    pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 }
 
 impl fmt::Display for HealthCheck {
@@ -169,14 +192,12 @@ pub enum ConfigError {
         origin: String,
         source: serde_yaml::Error,
     },
-    /// An instanceID written as a plain (unquoted) number-like scalar such as `0001`: serde_yaml
-    /// keeps it as the string "0001", but other YAML readers make it the number 1.
-    UnquotedInstanceId {
-        origin: String,
-        line: usize,
-        column: usize,
-        value: String,
-    },
+    /// The config path is not a regular file (a FIFO would block the reader, a device never end).
+    NotRegular { path: PathBuf, kind: &'static str },
+    /// The config is larger than [`MAX_CONFIG_BYTES`].
+    TooLarge { origin: String, limit: usize },
+    /// The config maps more (host, device) pairs than [`MAX_ASSIGNMENTS`].
+    TooManyAssignments { origin: String, limit: usize },
     /// The same device appears twice with a different `field` (env or healthCheck).
     ConflictingDevice {
         origin: String,
@@ -217,15 +238,19 @@ impl fmt::Display for ConfigError {
                 "{origin}: the config is empty; write deviceMapping: [] to serve nothing"
             ),
             ConfigError::Parse { origin, source } => write!(f, "{origin}: {source}"),
-            ConfigError::UnquotedInstanceId {
-                origin,
-                line,
-                column,
-                value,
-            } => write!(
+            ConfigError::NotRegular { path, kind } => write!(
                 f,
-                "{origin}: line {line} column {column}: instanceID {value} must be a quoted \
-                 string (YAML readers may take it for a number): write instanceID: \"{value}\""
+                "cannot read config {}: it is {kind}, not a regular file",
+                path.display()
+            ),
+            ConfigError::TooLarge { origin, limit } => write!(
+                f,
+                "{origin}: the config is larger than {limit} bytes (what a ConfigMap can hold)"
+            ),
+            ConfigError::TooManyAssignments { origin, limit } => write!(
+                f,
+                "{origin}: the mappings give more than {limit} (host, device) pairs (hosts × \
+                 devices, summed over the mappings); split the config or map fewer hosts"
             ),
             ConfigError::ConflictingDevice {
                 origin,
@@ -264,6 +289,19 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl ConfigError {
+    /// Whether the source could not read a config at all (as opposed to reading an invalid one):
+    /// a source that cannot make progress, which /readyz reports.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(
+            self,
+            ConfigError::Read { .. }
+                | ConfigError::NotRegular { .. }
+                | ConfigError::TooLarge { .. }
+        )
+    }
+}
+
 impl std::error::Error for ConfigError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
@@ -271,7 +309,9 @@ impl std::error::Error for ConfigError {
             ConfigError::Parse { source, .. } => Some(source),
             ConfigError::Empty { .. }
             | ConfigError::MissingKey { .. }
-            | ConfigError::UnquotedInstanceId { .. }
+            | ConfigError::NotRegular { .. }
+            | ConfigError::TooLarge { .. }
+            | ConfigError::TooManyAssignments { .. }
             | ConfigError::ConflictingDevice { .. }
             | ConfigError::PrefixCollision { .. }
             | ConfigError::EnvNameCollision { .. } => None,
@@ -283,13 +323,16 @@ impl std::error::Error for ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawConfig {
+    #[serde(deserialize_with = "mapping_list")]
     device_mapping: Vec<RawMapping>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMapping {
+    #[serde(deserialize_with = "host_list")]
     hosts: Vec<NodeName>,
+    #[serde(deserialize_with = "device_list")]
     devices: Vec<RawDevice>,
 }
 
@@ -343,6 +386,13 @@ impl RawHealthCheck {
                 "must be at least 100ms",
             ));
         }
+        if interval > HealthCheck::MAX_INTERVAL {
+            return Err(invalid(
+                "healthCheck.interval",
+                &format!("{interval:?}"),
+                "must be at most 1h",
+            ));
+        }
         if timeout > interval {
             return Err(invalid(
                 "healthCheck.timeout",
@@ -367,27 +417,26 @@ impl RawHealthCheck {
 impl Config {
     /// Parses and checks a config. `origin` names where it came from, for error messages.
     pub fn parse(text: &[u8], origin: &str) -> Result<Config, ConfigError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                origin: origin.to_owned(),
+                limit: MAX_CONFIG_BYTES,
+            });
+        }
         let blank = |line: &str| line.trim().is_empty() || line.trim_start().starts_with('#');
-        // Borrowed (no copy) when the text is UTF-8, as any text serde_yaml accepts is.
-        let lossy = String::from_utf8_lossy(text);
-        if lossy.lines().all(blank) {
+        if String::from_utf8_lossy(text).lines().all(blank) {
             return Err(ConfigError::Empty {
                 origin: origin.to_owned(),
             });
         }
-        let raw: RawConfig = serde_yaml::from_slice(text).map_err(|source| ConfigError::Parse {
+        let raw: RawConfig = {
+            let scope = ParseScope::enter(text);
+            serde_yaml::from_slice(scope.text())
+        }
+        .map_err(|source| ConfigError::Parse {
             origin: origin.to_owned(),
             source,
         })?;
-        let text = lossy;
-        if let Some((line, column, value)) = unquoted_numeric_instance_id(&text) {
-            return Err(ConfigError::UnquotedInstanceId {
-                origin: origin.to_owned(),
-                line,
-                column,
-                value,
-            });
-        }
         Config::check(raw, origin)
     }
 
@@ -399,7 +448,20 @@ impl Config {
         let mut prefixes: BTreeMap<String, ResourceName> = BTreeMap::new();
         let mut hosts: BTreeMap<NodeName, Vec<usize>> = BTreeMap::new();
         let mut checked: BTreeSet<ResourceName> = BTreeSet::new();
+        let mut assignments: usize = 0;
         for (mapping, raw_mapping) in raw.device_mapping.into_iter().enumerate() {
+            assignments = assignments.saturating_add(
+                raw_mapping
+                    .hosts
+                    .len()
+                    .saturating_mul(raw_mapping.devices.len()),
+            );
+            if assignments > MAX_ASSIGNMENTS {
+                return Err(ConfigError::TooManyAssignments {
+                    origin: origin.to_owned(),
+                    limit: MAX_ASSIGNMENTS,
+                });
+            }
             let mut served = Vec::with_capacity(raw_mapping.devices.len());
             for device in raw_mapping.devices {
                 let spec = Spec {
@@ -607,48 +669,212 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(total)
 }
 
-/// Finds an `instanceID` whose value is a plain scalar of digits (and `_`), such as `0001`.
+/// The text being parsed and what its entries have cost so far, for the leaf types' visitors.
 ///
-/// serde_yaml does not tell a visitor whether a scalar was quoted, and it keeps `0001` as the
-/// string "0001" while other YAML readers take it for the number 1 (or octal). Numbers it does
-/// read as numbers (`7`) are refused by [`InstanceId`]'s visitor; this catches the rest, in the
-/// block (`instanceID: 0001`) and flow (`{instanceID: 0001}`) styles. Returns 1-based line and
-/// column of the value.
-fn unquoted_numeric_instance_id(text: &str) -> Option<(usize, usize, String)> {
-    const KEY: &str = "instanceID";
-    for (n, line) in text.lines().enumerate() {
-        let mut from = 0;
-        while let Some(at) = line[from..].find(KEY) {
-            let start = from + at;
-            from = start + KEY.len();
-            let before = line[..start].chars().next_back();
-            if !matches!(
-                before,
-                None | Some(' ' | '\t' | '{' | ',' | '-' | '"' | '\'')
-            ) {
-                continue;
+/// serde's derived visitors pass no context down, and serde_yaml tells a visitor neither a
+/// scalar's style nor its position: only that a string is borrowed from the input. The scope
+/// keeps the input (one copy, small beside the parse) so a visitor can look at the bytes around a
+/// borrowed scalar, and counts entries so an alias bomb stops at [`MAX_ENTRIES`] instead of
+/// expanding first. Per thread: parses on other threads have their own.
+struct ParseScope {
+    text: std::rc::Rc<[u8]>,
+}
+
+#[derive(Default)]
+struct Scope {
+    text: Option<std::rc::Rc<[u8]>>,
+    entries: usize,
+    devices: usize,
+}
+
+thread_local! {
+    static SCOPE: std::cell::RefCell<Scope> = std::cell::RefCell::new(Scope::default());
+}
+
+impl ParseScope {
+    fn enter(text: &[u8]) -> ParseScope {
+        let text: std::rc::Rc<[u8]> = text.into();
+        SCOPE.with(|s| {
+            *s.borrow_mut() = Scope {
+                text: Some(text.clone()),
+                ..Scope::default()
             }
-            let rest = line[from..].trim_start_matches(['"', '\'']);
-            let Some(value) = rest.strip_prefix(':') else {
-                continue;
-            };
-            if !value.is_empty() && !value.starts_with([' ', '\t']) {
-                continue;
+        });
+        ParseScope { text }
+    }
+
+    fn text(&self) -> &[u8] {
+        &self.text
+    }
+}
+
+impl Drop for ParseScope {
+    fn drop(&mut self) {
+        SCOPE.with(|s| *s.borrow_mut() = Scope::default());
+    }
+}
+
+/// Counts one entry (and one device when `device`); the error once a bound is passed.
+fn spend(device: bool) -> Result<(), String> {
+    SCOPE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.entries += 1;
+        s.devices += usize::from(device);
+        if s.entries > MAX_ENTRIES {
+            Err(format!(
+                "the config expands to more than {MAX_ENTRIES} entries (mappings, hosts, devices \
+                 and env keys; a YAML alias counts each time it is used)"
+            ))
+        } else if s.devices > MAX_DEVICE_ENTRIES {
+            Err(format!(
+                "the config expands to more than {MAX_DEVICE_ENTRIES} device entries (a YAML \
+                 alias counts each time it is used)"
+            ))
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// How a scalar was written, judged from where the string serde_yaml borrowed from the input
+/// sits in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Style {
+    /// Unquoted and untagged: YAML readers resolve it (`0001` may be a number, `yes` a boolean).
+    Plain,
+    /// Quoted, a block scalar, or tagged `!!str`: a string to every reader.
+    Explicit,
+}
+
+/// The style of a scalar serde_yaml lent as `s`. A string that is not a slice of the input had
+/// escapes, folding or a block style: not plain.
+fn style_of(s: &str) -> Style {
+    SCOPE.with(|scope| {
+        let scope = scope.borrow();
+        let Some(text) = &scope.text else {
+            return Style::Explicit;
+        };
+        let base = text.as_ptr() as usize;
+        let at = (s.as_ptr() as usize).wrapping_sub(base);
+        if at > text.len()
+            || text.len() - at < s.len()
+            || text.get(at..at + s.len()) != Some(s.as_bytes())
+        {
+            return Style::Explicit;
+        }
+        // A quoted scalar's string ends at its closing quote (serde_yaml lends the text before
+        // it, even when escapes came earlier); no plain scalar can end just before a quote.
+        if matches!(text.get(at + s.len()), Some(b'"' | b'\'')) {
+            return Style::Explicit;
+        }
+        let before = &text[..at];
+        let token = before.trim_ascii_end();
+        let token = &token[token
+            .iter()
+            .rposition(|b| b.is_ascii_whitespace())
+            .map_or(0, |i| i + 1)..];
+        if token == b"!!str" || token == b"!<tag:yaml.org,2002:str>" {
+            Style::Explicit
+        } else {
+            Style::Plain
+        }
+    })
+}
+
+/// What a YAML 1.1 or 1.2 reader may take a plain scalar for other than a string: `0001` and
+/// `0x1F` (numbers), `yes` and `off` (YAML 1.1 booleans), `~` (null).
+fn reads_as_non_string(s: &str) -> Option<&'static str> {
+    let words = |list: &[&str]| list.iter().any(|w| s.eq_ignore_ascii_case(w));
+    if s.is_empty() || words(&["~", "null"]) {
+        return Some("null");
+    }
+    if words(&["true", "false", "yes", "no", "on", "off", "y", "n"]) {
+        return Some("a boolean");
+    }
+    let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let all = |t: &str, ok: fn(u8) -> bool| !t.is_empty() && t.bytes().all(ok);
+    let digits = |t: &str| all(t, |b| b.is_ascii_digit() || b == b'_');
+    let radix = [
+        ("0x", u8::is_ascii_hexdigit as fn(&u8) -> bool),
+        ("0o", |b: &u8| (b'0'..=b'7').contains(b)),
+        ("0b", |b: &u8| matches!(b, b'0' | b'1')),
+    ];
+    let number = digits(unsigned)
+        || radix.iter().any(|(p, ok)| {
+            unsigned
+                .strip_prefix(p)
+                .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| ok(&b) || b == b'_'))
+        })
+        // Sexagesimal (YAML 1.1): 1:30.
+        || unsigned
+            .split(':')
+            .all(|part| digits(part))
+            && unsigned.contains(':')
+        || is_float(unsigned)
+        || words(&[".inf", "+.inf", "-.inf", ".nan"]);
+    number.then_some("a number")
+}
+
+/// `1.5`, `.5`, `1.`, `1e3`, `1.5E-3` (digits may carry `_`).
+fn is_float(s: &str) -> bool {
+    let (mantissa, exponent) = match s.find(['e', 'E']) {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    };
+    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit() || b == b'_');
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mantissa_ok = (!int.is_empty() || !frac.is_empty())
+        && digits(int)
+        && digits(frac)
+        && int.bytes().chain(frac.bytes()).any(|b| b.is_ascii_digit());
+    let exponent_ok = exponent.is_none_or(|e| {
+        let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+        !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit())
+    });
+    mantissa_ok && (mantissa.contains('.') || exponent.is_some()) && exponent_ok
+}
+
+/// A list that must be written as one: `key:` with nothing (or only comments) after it is null
+/// to YAML, which serde_yaml would read as an empty list; only an explicit `[]` is empty.
+fn explicit_list<'de, D, T>(d: D, what: &'static str) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T>(&'static str, std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of {}", self.0)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                spend(self.0 == "devices").map_err(de::Error::custom)?;
+                out.push(item);
             }
-            let token_start = value.len() - value.trim_start().len();
-            let token: String = value[token_start..]
-                .chars()
-                .take_while(|c| !matches!(c, ',' | '}' | ']' | '#' | ' ' | '\t'))
-                .collect();
-            let numeric = token.bytes().any(|b| b.is_ascii_digit())
-                && token.bytes().all(|b| b.is_ascii_digit() || b == b'_');
-            if numeric {
-                let column = line.len() - value.len() + token_start + 1;
-                return Some((n + 1, column, token));
-            }
+            Ok(out)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Vec<T>, E> {
+            Err(E::custom(format!(
+                "no {} (nothing, or only comments, after the key): write [] to mean none",
+                self.0
+            )))
         }
     }
-    None
+    d.deserialize_any(V(what, std::marker::PhantomData))
+}
+
+fn mapping_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawMapping>, D::Error> {
+    explicit_list(d, "mappings")
+}
+
+fn host_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NodeName>, D::Error> {
+    explicit_list(d, "hosts")
+}
+
+fn device_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RawDevice>, D::Error> {
+    explicit_list(d, "devices")
 }
 
 /// An env map that refuses a key written twice (serde_yaml would silently keep the last).
@@ -661,7 +887,21 @@ fn unique_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Env, D::Error> {
         }
         fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out: Vec<(EnvKey, EnvValue)> = Vec::new();
+            let mut bytes = 0usize;
             while let Some((k, v)) = map.next_entry::<EnvKey, EnvValue>()? {
+                spend(false).map_err(de::Error::custom)?;
+                bytes += k.0.len() + v.0.len();
+                if out.len() == MAX_ENV_KEYS {
+                    return Err(de::Error::custom(format!(
+                        "more than {MAX_ENV_KEYS} env keys on one device"
+                    )));
+                }
+                if bytes > MAX_DEVICE_ENV_BYTES {
+                    return Err(de::Error::custom(format!(
+                        "the device's env keys and values take more than {MAX_DEVICE_ENV_BYTES} \
+                         bytes (a container's env is set at exec, which Linux bounds)"
+                    )));
+                }
                 out.push((k, v));
             }
             out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -701,6 +941,13 @@ macro_rules! string_newtype {
 }
 string_newtype!(ResourceName);
 string_newtype!(InstanceId);
+
+/// Sets of instanceIDs are looked up by the kubelet's strings (Ord is the string's: consistent).
+impl std::borrow::Borrow<str> for InstanceId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 string_newtype!(NodeName);
 string_newtype!(EnvKey);
 string_newtype!(EnvValue);
@@ -798,9 +1045,25 @@ impl TryFrom<String> for ResourceName {
 impl TryFrom<String> for InstanceId {
     type Error = InvalidValue;
 
+    /// It becomes an env value, a label of /metrics, a log line's word and the kubelet's device
+    /// ID: no control characters (NUL, CR, LF, tab, …), no white space at either end.
     fn try_from(s: String) -> Result<Self, InvalidValue> {
         if s.is_empty() || s.chars().count() > MAX_INSTANCE_ID {
             return Err(invalid("instanceID", &s, "must be 1 to 63 characters"));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(invalid(
+                "instanceID",
+                &s,
+                "must not contain control characters (NUL, tab, CR, LF, …)",
+            ));
+        }
+        if s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
+            return Err(invalid(
+                "instanceID",
+                &s,
+                "must not start or end with white space",
+            ));
         }
         Ok(InstanceId(s))
     }
@@ -851,7 +1114,23 @@ impl TryFrom<String> for EnvKey {
 impl TryFrom<String> for EnvValue {
     type Error = InvalidValue;
 
+    /// What a container runtime takes: no NUL (env strings are C strings), and short enough that
+    /// exec does not fail (see [`MAX_ENV_VALUE`]).
     fn try_from(s: String) -> Result<Self, InvalidValue> {
+        if s.contains('\0') {
+            return Err(invalid(
+                "env value",
+                &s,
+                "contains a NUL character, which no container env can hold",
+            ));
+        }
+        if s.len() > MAX_ENV_VALUE {
+            return Err(InvalidValue {
+                what: "env value",
+                value: format!("{}…", s.chars().take(32).collect::<String>()),
+                rule: "is longer than 32 KiB",
+            });
+        }
         Ok(EnvValue(s))
     }
 }
@@ -950,71 +1229,56 @@ deserialize_via_string!(ResourceName);
 deserialize_via_string!(NodeName);
 deserialize_via_string!(EnvKey);
 
-/// Accepts only a YAML string: `0001` unquoted is the integer 1, and turning it back into "1"
-/// would silently name another device.
+/// The scalar's text as written, refused when unquoted and any YAML reader could take it for
+/// something other than a string: `0001` is the integer 1 to many, and turning it back into "1"
+/// would silently name another device. Decided from the scalar's style, not from its text alone.
 impl<'de> Deserialize<'de> for InstanceId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        impl Visitor<'_> for V {
+        impl<'de> Visitor<'de> for V {
             type Value = InstanceId;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a quoted string, e.g. instanceID: \"0001\"")
             }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<InstanceId, E> {
+                match reads_as_non_string(s).filter(|_| style_of(s) == Style::Plain) {
+                    Some(kind) => Err(E::custom(format!(
+                        "instanceID {s} must be a quoted string (YAML readers may take it for \
+                         {kind}): write instanceID: \"{s}\""
+                    ))),
+                    None => self.visit_str(s),
+                }
+            }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<InstanceId, E> {
                 InstanceId::try_from(s.to_owned()).map_err(E::custom)
             }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<InstanceId, E> {
-                Err(E::custom(format!(
-                    "instanceID must be a string, found the boolean {v}; quote it"
-                )))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<InstanceId, E> {
-                Err(not_a_string(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<InstanceId, E> {
-                Err(not_a_string(v))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<InstanceId, E> {
-                Err(not_a_string(v))
-            }
         }
-        fn not_a_string<E: de::Error>(v: impl fmt::Display) -> E {
-            E::custom(format!(
-                "instanceID must be a string, found the number {v}; quote it to keep it as \
-                 written, e.g. instanceID: \"0001\""
-            ))
-        }
-        d.deserialize_any(V)
+        d.deserialize_str(V)
     }
 }
 
-/// Strings verbatim; numbers and booleans as serde_yaml reads them (`1.50` becomes `1.5`: quote
-/// a value to keep it verbatim); null, lists and maps are refused.
+/// The scalar's text as written, quoted or not (`0x1F` stays `0x1F`, `1.50` stays `1.50`: YAML
+/// readers differ on what such values mean, the text does not); an unquoted null (`~`, nothing)
+/// is refused, and so are lists and maps.
 impl<'de> Deserialize<'de> for EnvValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        impl Visitor<'_> for V {
+        impl<'de> Visitor<'de> for V {
             type Value = EnvValue;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string, number or boolean")
             }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<EnvValue, E> {
+                if reads_as_non_string(s) == Some("null") && style_of(s) == Style::Plain {
+                    return Err(E::invalid_type(de::Unexpected::Unit, &self));
+                }
+                self.visit_str(s)
+            }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<EnvValue, E> {
-                Ok(EnvValue(s.to_owned()))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvValue, E> {
-                Ok(EnvValue(v.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {
-                Ok(EnvValue(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvValue, E> {
-                Ok(EnvValue(v.to_string()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<EnvValue, E> {
-                Ok(EnvValue(v.to_string()))
+                EnvValue::try_from(s.to_owned()).map_err(E::custom)
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_str(V)
     }
 }
 
@@ -1117,30 +1381,94 @@ deviceMapping:
         assert!(e.contains("unknown field `instanceId`"), "{e}");
     }
 
+    fn device_with_id(id: &str) -> String {
+        format!("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: {id}\n")
+    }
+
     #[test]
     fn unquoted_instance_ids_are_refused_not_converted() {
-        let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: 0001\n");
+        let e = err(&device_with_id("0001"));
         assert_eq!(
             e,
-            "test.yaml: line 5 column 21: instanceID 0001 must be a quoted string (YAML readers \
-             may take it for a number): write instanceID: \"0001\""
+            "test.yaml: deviceMapping[0].devices[0].instanceID: instanceID 0001 must be a quoted \
+             string (YAML readers may take it for a number): write instanceID: \"0001\" at line 5 \
+             column 21"
         );
         let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - {resourceName: a.io/x, instanceID: 007}\n");
-        assert!(
-            e.starts_with("test.yaml: line 4 column 44: instanceID 007 must be"),
-            "{e}"
-        );
-        // Quoted, or not a number: fine.
-        for ok in ["\"0001\"", "'0001'", "sg-1", "0001a", "x # 0001"] {
-            let text = format!("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: {ok}\n");
-            assert!(parse(&text).is_ok(), "{ok}");
+        assert!(e.contains("instanceID 007 must be a quoted string"), "{e}");
+        assert!(e.ends_with("at line 4 column 44"), "{e}");
+        // Quoted, tagged as a string, a block scalar, or not a number: fine.
+        for ok in [
+            "\"0001\"",
+            "'0001'",
+            "sg-1",
+            "0001a",
+            "A1234",
+            "x # 0001",
+            "!!str 0001",
+            "\"\\x30001\"",
+            "|-\n          0001",
+        ] {
+            assert!(
+                parse(&device_with_id(ok)).is_ok(),
+                "{ok}: {:?}",
+                parse(&device_with_id(ok))
+            );
         }
-        let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: 7\n");
-        assert!(e.contains("found the number 7; quote it"), "{e}");
-        assert!(e.contains("deviceMapping[0].devices[0]"), "{e}");
-        assert!(e.contains("line 5 column 21"), "{e}");
-        let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: true\n");
-        assert!(e.contains("found the boolean true"), "{e}");
+        // Whatever a YAML reader takes for a number, boolean or null, wherever it is written.
+        for (bad, kind) in [
+            ("7", "a number"),
+            ("0x1F", "a number"),
+            ("0o17", "a number"),
+            ("1_000", "a number"),
+            ("1.5", "a number"),
+            ("1e3", "a number"),
+            ("1:30", "a number"),
+            (".inf", "a number"),
+            ("99999999999999999999", "a number"),
+            ("true", "a boolean"),
+            ("yes", "a boolean"),
+            ("Off", "a boolean"),
+            ("&x 0001", "a number"),
+            ("\n          0001", "a number"),
+        ] {
+            let e = err(&device_with_id(bad));
+            assert!(
+                e.contains(&format!("may take it for {kind})")),
+                "{bad:?}: {e}"
+            );
+            assert!(
+                e.contains("deviceMapping[0].devices[0].instanceID"),
+                "{bad:?}: {e}"
+            );
+        }
+        // An alias to a plain number is that number, found where the anchor is.
+        let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n      - {resourceName: a.io/x, instanceID: \"1\", env: {A: &n 0001}}\n      - {resourceName: a.io/x, instanceID: *n}\n");
+        assert!(e.contains("instanceID 0001 must be a quoted string"), "{e}");
+        // The old text scan refused these valid configs.
+        let comment = "deviceMapping:\n  - hosts: [a]\n    devices:\n      # was: instanceID: 0001\n      - resourceName: a.io/x\n        instanceID: \"0001\"\n";
+        assert!(parse(comment).is_ok());
+        let block = "deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: \"1\"\n        env:\n          NOTE: |\n            instanceID: 42\n";
+        assert!(parse(block).is_ok(), "{:?}", parse(block));
+    }
+
+    #[test]
+    fn instance_ids_a_container_or_metrics_would_choke_on_are_refused() {
+        for bad in [
+            "\"a\\rb\"",
+            "\"a\\nb\"",
+            "\"a\\tb\"",
+            "\"a\\u0000b\"",
+            "\" \"",
+            "\" x\"",
+            "\"x \"",
+            "\"\\u007f\"",
+        ] {
+            let e = err(&device_with_id(bad));
+            assert!(e.contains("invalid instanceID"), "{bad}: {e}");
+        }
+        assert!(parse(&device_with_id("\"a b\"")).is_ok());
+        assert!(parse(&device_with_id("\"é-1\"")).is_ok());
     }
 
     #[test]
@@ -1218,11 +1546,15 @@ deviceMapping:
         }
     }
 
+    fn device_with_env(env: &str) -> String {
+        format!("deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: \"1\"\n        env: {env}\n")
+    }
+
     #[test]
     fn env_values() {
-        let c = parse(
-            "deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: \"1\"\n        env: {S: \"0010\", N: 0010, F: 1.50, B: true, Q: \"1.50\", Y: yes}\n",
-        )
+        let c = parse(&device_with_env(
+            "{S: \"0010\", N: 0010, F: 1.50, B: true, Q: \"1.50\", Y: yes, H: 0x1F, O: 0o17, BIG: 123456789012345678901234567890, E: 1e3}",
+        ))
         .unwrap();
         let d = &c.for_node(&node("a"))[&ResourceName::try_from("a.io/x".to_owned()).unwrap()][0];
         let env: Vec<(&str, &str)> = d
@@ -1232,20 +1564,22 @@ deviceMapping:
             .collect();
         assert_eq!(
             env,
-            // serde_yaml keeps 0010 (leading zero) as written but reads 1.50 as the number 1.5.
+            // Every value exactly as written: YAML readers differ on what 0x1F or 1.50 mean.
             [
                 ("B", "true"),
-                ("F", "1.5"),
+                ("BIG", "123456789012345678901234567890"),
+                ("E", "1e3"),
+                ("F", "1.50"),
+                ("H", "0x1F"),
                 ("N", "0010"),
+                ("O", "0o17"),
                 ("Q", "1.50"),
                 ("S", "0010"),
                 ("Y", "yes")
             ]
         );
-        for bad in ["~", "[1, 2]", "{a: b}"] {
-            let e = err(&format!(
-                "deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: \"1\"\n        env: {{K: {bad}}}\n"
-            ));
+        for bad in ["~", "null", "", "[1, 2]", "{a: b}"] {
+            let e = err(&device_with_env(&format!("{{K: {bad}}}")));
             assert!(
                 e.contains("expected a string, number or boolean"),
                 "{bad}: {e}"
@@ -1255,6 +1589,109 @@ deviceMapping:
                 "{bad}: {e}"
             );
         }
+        // Quoted, a null word is a string.
+        assert!(parse(&device_with_env("{K: \"~\", L: ''}")).is_ok());
+    }
+
+    #[test]
+    fn env_values_a_container_cannot_take_are_refused() {
+        let e = err(&device_with_env("{K: \"a\\0b\"}"));
+        assert!(e.contains("contains a NUL character"), "{e}");
+        assert!(e.contains("deviceMapping[0].devices[0].env.K"), "{e}");
+        let e = err(&device_with_env(&format!(
+            "{{K: {}}}",
+            "x".repeat(MAX_ENV_VALUE + 1)
+        )));
+        assert!(e.contains("is longer than 32 KiB"), "{e}");
+        assert!(parse(&device_with_env(&format!(
+            "{{K: {}}}",
+            "x".repeat(MAX_ENV_VALUE)
+        )))
+        .is_ok());
+        let many: Vec<String> = (0..=MAX_ENV_KEYS).map(|i| format!("K{i}: v")).collect();
+        let e = err(&device_with_env(&format!("{{{}}}", many.join(", "))));
+        assert!(e.contains("more than 128 env keys on one device"), "{e}");
+        let big: Vec<String> = (0..3)
+            .map(|i| format!("K{i}: {}", "x".repeat(30_000)))
+            .collect();
+        let e = err(&device_with_env(&format!("{{{}}}", big.join(", "))));
+        assert!(e.contains("take more than 65536 bytes"), "{e}");
+    }
+
+    #[test]
+    fn lists_must_be_written_out() {
+        // Only comments after the key is null to YAML, not an empty list: refused.
+        let e = err("deviceMapping:\n  # - hosts: [a]\n  #   devices: []\n");
+        assert!(
+            e.contains(
+                "no mappings (nothing, or only comments, after the key): write [] to mean none"
+            ),
+            "{e}"
+        );
+        let e = err("deviceMapping: ~\n");
+        assert!(e.contains("no mappings"), "{e}");
+        let e = err("deviceMapping:\n  - hosts: [a]\n    devices:\n");
+        assert!(e.contains("deviceMapping[0].devices: no devices"), "{e}");
+        let e = err("deviceMapping:\n  - hosts:\n    devices: []\n");
+        assert!(e.contains("deviceMapping[0].hosts: no hosts"), "{e}");
+        // Written out, empty is fine.
+        assert!(parse("deviceMapping:\n  - hosts: [a]\n    devices: []\n").is_ok());
+    }
+
+    #[test]
+    fn alias_expansion_is_bounded_while_parsing() {
+        // 1,000 hosts and 1,000 devices behind aliases, used by 30,000 mappings: 931 KB that
+        // expanded to 1.9 GB before the bound.
+        let hosts: Vec<String> = (0..1000).map(|i| format!("h{i}")).collect();
+        let devices: Vec<String> = (0..1000)
+            .map(|i| format!("{{resourceName: a.io/x, instanceID: \"{i}\"}}"))
+            .collect();
+        let mut text = format!(
+            "deviceMapping:\n- hosts: &H [{}]\n  devices: &D [{}]\n",
+            hosts.join(", "),
+            devices.join(", ")
+        );
+        while text.len() < 900_000 {
+            text.push_str("- {hosts: *H, devices: *D}\n");
+        }
+        let e = err(&text);
+        assert!(e.contains("the config expands to more than"), "{e}");
+        // Env maps behind an alias count too.
+        let env: Vec<String> = (0..100).map(|i| format!("K{i}: v")).collect();
+        let mut text = format!(
+            "deviceMapping:\n- hosts: [a]\n  devices:\n  - {{resourceName: a.io/x, instanceID: \"0\", env: &E {{{}}}}}\n",
+            env.join(", ")
+        );
+        for i in 1..3000 {
+            text.push_str(&format!(
+                "  - {{resourceName: a.io/x, instanceID: \"{i}\", env: *E}}\n"
+            ));
+        }
+        let e = err(&text);
+        assert!(e.contains("more than 200000 entries"), "{e}");
+    }
+
+    #[test]
+    fn size_and_pair_bounds() {
+        let e = err(&format!(
+            "deviceMapping: []\n#{}",
+            "x".repeat(MAX_CONFIG_BYTES)
+        ));
+        assert_eq!(
+            e,
+            "test.yaml: the config is larger than 1048576 bytes (what a ConfigMap can hold)"
+        );
+        // 2,000 hosts × 600 devices in one mapping: 1.2 million pairs.
+        let hosts: Vec<String> = (0..2000).map(|i| format!("h{i}")).collect();
+        let devices: Vec<String> = (0..600)
+            .map(|i| format!("{{resourceName: a.io/x, instanceID: \"{i}\"}}"))
+            .collect();
+        let text = format!(
+            "deviceMapping:\n- hosts: [{}]\n  devices: [{}]\n",
+            hosts.join(", "),
+            devices.join(", ")
+        );
+        assert!(err(&text).contains("more than 1000000 (host, device) pairs"));
     }
 
     #[test]
@@ -1432,6 +1869,15 @@ deviceMapping:
                 r#"{tcp: "127.0.0.1:1", interval: 1s, timeout: 2s}"#,
                 "must not be longer than the interval",
             ),
+            // Aborted the probe thread (Instant overflow) while `check` called it valid.
+            (
+                r#"{tcp: "127.0.0.1:1", interval: 5000000000000000h}"#,
+                "must be at most 1h",
+            ),
+            (
+                r#"{tcp: "127.0.0.1:1", interval: 61m}"#,
+                "must be at most 1h",
+            ),
             (
                 r#"{tcp: "127.0.0.1:1", failureThreshold: 0}"#,
                 "must be at least 1",
@@ -1491,7 +1937,7 @@ deviceMapping:
                 0..6,
             )
         ) {
-            let mut text = String::from("deviceMapping:\n");
+            let mut text = String::from(if mappings.is_empty() { "deviceMapping: []\n" } else { "deviceMapping:\n" });
             let mut model: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
             for (hosts, devices) in &mappings {
                 let hosts: Vec<String> = hosts.iter().map(|h| format!("h{h}")).collect();

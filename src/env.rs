@@ -4,9 +4,105 @@
 //! DEV1, …: `<P>_DEV<n>_ID`, `<P>_DEV<n>_TYPE`, `<P>_DEV<n>_<KEY>` per env key, then
 //! `<P>_NUM_DEVICES`, and un-indexed copies of DEV0 (`<P>_ID`, `<P>_TYPE`, `<P>_<KEY>`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{Device, ResourceName};
+
+/// Most bytes of env (names and values) one container may be given by one resource. Linux
+/// refuses an exec whose arguments and env pass a quarter of the stack limit (2 MiB by default),
+/// and a container takes env from other resources and its own spec too.
+pub const MAX_CONTAINER_ENV_BYTES: usize = 1 << 20;
+/// Most bytes of env in one Allocate answer: gRPC refuses messages over 4 MiB, and the kubelet
+/// would see RESOURCE_EXHAUSTED for an answer spookd thought it gave.
+pub const MAX_ANSWER_ENV_BYTES: usize = 3 << 20;
+
+/// Why an Allocate request cannot be answered with env.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request names no container.
+    NoContainers,
+    /// A container request named no device.
+    NoDevices,
+    /// A requested ID is not one of the resource's devices.
+    UnknownDevice(String),
+    /// An ID was requested twice, for one container or for two.
+    DuplicateDevice(String),
+    /// The env would be larger than a container (or the answer) may carry.
+    TooLarge { bytes: usize, limit: usize },
+}
+
+/// Allocate: per container, the env for the devices it asks for. `devices` is the resource's list,
+/// sorted by instanceID (as the config gives it): each ID is found by binary search, so a request
+/// naming every device of a large resource costs n log n, never n².
+pub fn allocate(
+    resource: &ResourceName,
+    devices: &[Device],
+    containers: &[Vec<String>],
+) -> Result<Vec<BTreeMap<String, String>>, Refusal> {
+    if containers.is_empty() {
+        return Err(Refusal::NoContainers);
+    }
+    let mut taken: BTreeSet<&str> = BTreeSet::new();
+    let mut picks: Vec<Vec<&Device>> = Vec::with_capacity(containers.len());
+    for ids in containers {
+        if ids.is_empty() {
+            return Err(Refusal::NoDevices);
+        }
+        let mut picked = Vec::with_capacity(ids.len());
+        for id in ids {
+            let device = devices
+                .binary_search_by(|d| d.id.as_str().cmp(id))
+                .map(|i| &devices[i])
+                .map_err(|_| Refusal::UnknownDevice(id.clone()))?;
+            if !taken.insert(id) {
+                return Err(Refusal::DuplicateDevice(id.clone()));
+            }
+            picked.push(device);
+        }
+        picks.push(picked);
+    }
+    let mut total = 0usize;
+    for picked in &picks {
+        let bytes = env_bytes(resource, picked);
+        if bytes > MAX_CONTAINER_ENV_BYTES {
+            return Err(Refusal::TooLarge {
+                bytes,
+                limit: MAX_CONTAINER_ENV_BYTES,
+            });
+        }
+        total += bytes;
+        if total > MAX_ANSWER_ENV_BYTES {
+            return Err(Refusal::TooLarge {
+                bytes: total,
+                limit: MAX_ANSWER_ENV_BYTES,
+            });
+        }
+    }
+    Ok(picks
+        .iter()
+        .map(|picked| render(resource, picked))
+        .collect())
+}
+
+/// The bytes of names and values [`render`] would produce, counted without building them (an
+/// upper bound: every `DEV<n>` is counted with the digits of the largest n).
+fn env_bytes(resource: &ResourceName, devices: &[&Device]) -> usize {
+    let p = prefix(resource).len();
+    let index = "_DEV_".len() + devices.len().to_string().len();
+    let one = |device: &Device| -> usize {
+        fields(resource, device)
+            .map(|(suffix, value)| p + 1 + suffix.len() + value.len())
+            .sum::<usize>()
+    };
+    let fields_of = |device: &Device| 2 + device.env.len();
+    let indexed: usize = devices.iter().map(|d| one(d) + index * fields_of(d)).sum();
+    // The un-indexed copies are DEV0's: the lowest instanceID.
+    let first = devices
+        .iter()
+        .min_by(|a, b| a.id.cmp(&b.id))
+        .map_or(0, |d| one(d));
+    p + "_NUM_DEVICES".len() + 20 + indexed + first
+}
 
 /// The resource name upper-cased, `.` removed, `/` and `-` replaced by `_`.
 pub fn prefix(resource: &ResourceName) -> String {
@@ -119,7 +215,7 @@ mod tests {
             proptest::prop_assert_eq!(&out[&format!("{p}_ID")], devices[0].id.as_str());
             // The names the config check compares across resources cover every name set here.
             let keys: Vec<&str> = vars.keys().map(|k| k.as_str()).collect();
-            let possible: std::collections::BTreeSet<String> = possible_names(&resource, n, &keys).into_iter().collect();
+            let possible: BTreeSet<String> = possible_names(&resource, n, &keys).into_iter().collect();
             for name in out.keys() {
                 proptest::prop_assert!(possible.contains(name), "{name} missing from possible_names");
             }

@@ -33,6 +33,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, error, info, warn};
 
 use crate::api::Connection;
+use crate::clock::later;
 use crate::config::{InstanceId, NodeName, ResourceName};
 use crate::lease::{
     acquire, lease_name, release, renew, Acquired, HttpLeaseApi, Lease, LeaseApi, LeaseEvent,
@@ -174,9 +175,9 @@ impl Keeper {
             seen: Observations::default(),
             elsewhere: BTreeMap::new(),
             reported: None,
-            next_renew: now + duration / 3,
+            next_renew: later(now, duration / 3),
             next_list: now,
-            next_release: now + release_grace(duration) / 2,
+            next_release: later(now, release_grace(duration) / 2),
             pod_resources_failing: false,
             won: 0,
             lost: 0,
@@ -266,16 +267,16 @@ impl Keeper {
         now: Instant,
     ) {
         if now >= self.next_renew {
-            self.next_renew = now + self.duration / 3;
+            self.next_renew = later(now, self.duration / 3);
             self.renew_all(api, now);
         }
         if now >= self.next_list {
             // Expiry needs no event: re-judge what the watch last showed.
-            self.next_list = now + self.list_interval();
+            self.next_list = later(now, self.list_interval());
             self.evaluate(now);
         }
         if now >= self.next_release {
-            self.next_release = now + release_grace(self.duration) / 2;
+            self.next_release = later(now, release_grace(self.duration) / 2);
             self.release_unassigned(api, pod_resources, now);
         }
     }
@@ -301,7 +302,7 @@ impl Keeper {
         }
         if failed {
             // Renew as soon as the API answers again, well inside the others' expiry clocks.
-            self.next_renew = now + (self.duration / 10).max(Duration::from_millis(200));
+            self.next_renew = later(now, (self.duration / 10).max(Duration::from_millis(200)));
         }
         for name in lost {
             error!("Lease {name}: lost (another node took it over: it was not renewed in time)");

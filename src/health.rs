@@ -32,6 +32,7 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
+use crate::clock::later;
 use crate::config::{HealthCheck, InstanceId, ResourceName};
 use crate::plugin::random_unit;
 use crate::state::Msg;
@@ -150,7 +151,7 @@ impl Schedule {
                 key,
                 Probe {
                     check,
-                    next: now + first,
+                    next: later(now, first),
                     healthy,
                     streak: 0,
                     generation: self.generation,
@@ -164,7 +165,7 @@ impl Schedule {
     pub fn next_wake(&self) -> Option<Instant> {
         self.probes
             .values()
-            .map(|p| p.next + p.check.interval.mul_f64(JITTER))
+            .map(|p| later(p.next, p.check.interval.mul_f64(JITTER)))
             .min()
     }
 
@@ -181,7 +182,7 @@ impl Schedule {
             .take(limit)
             .map(|(key, p)| {
                 // Parked far ahead until `record` reschedules it.
-                p.next = now + Duration::from_secs(86_400 * 365);
+                p.next = later(now, Duration::from_secs(86_400 * 365));
                 Due {
                     key: key.clone(),
                     target: p.check.tcp,
@@ -205,7 +206,7 @@ impl Schedule {
             return None;
         }
         let factor = 1.0 + JITTER * (2.0 * random() - 1.0);
-        probe.next = started + probe.check.interval.mul_f64(factor);
+        probe.next = later(started, probe.check.interval.mul_f64(factor));
         let changed = match probe.healthy {
             None => true,
             Some(h) if h == ok => {
@@ -287,7 +288,7 @@ fn run(rx: &Receiver<ProbeSet>, waker: &OwnedFd, state: &Sender<Msg>) {
         for due in schedule.take_due(now, free) {
             match begin(due.target) {
                 Begun::Pending(fd) => in_flight.push(InFlight {
-                    deadline: now + due.timeout,
+                    deadline: later(now, due.timeout),
                     due,
                     fd,
                     started: now,

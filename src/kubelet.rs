@@ -15,6 +15,7 @@ use grpcio::{CallOption, ChannelBuilder, Environment};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use log::{debug, error, warn};
 
+use crate::clock::later;
 use crate::config::ResourceName;
 use crate::plugin;
 use crate::proto::{RegisterRequest, RegistrationClient, KUBELET_SOCKET, VERSION};
@@ -201,7 +202,7 @@ fn run_registrar(env: &Arc<Environment>, dir: &Path, jobs: &Receiver<Job>, state
                 }
                 Err(e) => {
                     p.attempt += 1;
-                    p.at = Instant::now() + backoff(p.attempt);
+                    p.at = later(Instant::now(), backoff(p.attempt));
                     if p.reported {
                         debug!("{resource}: registration attempt {} failed: {e}", p.attempt);
                     } else {

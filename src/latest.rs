@@ -53,6 +53,13 @@ impl<T> Sender<T> {
     }
 }
 
+impl<T> Sender<T> {
+    /// Whether the receiver is gone: the stream task ended (its client went away).
+    pub fn is_closed(&self) -> bool {
+        self.0.receiver_gone.load(Ordering::SeqCst)
+    }
+}
+
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         self.0.sender_gone.store(true, Ordering::SeqCst);

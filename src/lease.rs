@@ -408,7 +408,8 @@ impl HttpLeaseApi {
             self.selector(),
             timeout.as_secs().max(1)
         );
-        let read_timeout = timeout + timeout / 4 + Duration::from_secs(1);
+        let read_timeout =
+            (timeout.saturating_add(timeout / 4)).saturating_add(Duration::from_secs(1));
         let response = self.client.get(&url, read_timeout)?;
         let reader: Box<dyn std::io::Read + Send> = Box::new(response.into_body().into_reader());
         Ok(Lines::new(reader, url, parse_lease_event))

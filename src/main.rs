@@ -1,23 +1,26 @@
 //! spookd's entry point: parses the command line, wires the threads, maps errors to exit codes.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{
+    SIGALRM, SIGHUP, SIGINT, SIGIO, SIGPROF, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGVTALRM,
+    SIGXCPU, SIGXFSZ,
+};
 use signal_hook::iterator::Signals;
 
 use spookd::cli::{self, CliError, Command, RunOptions, Source};
 use spookd::config::{Config, ConfigError};
 use spookd::exclusive::LeaseKeeper;
 use spookd::kubelet::Watcher;
-use spookd::metrics::MetricsServer;
+use spookd::metrics::MetricsListener;
 use spookd::plugin::{self, GrpcBackend};
 use spookd::prune::Pruner;
-use spookd::source::file::FilePoller;
+use spookd::source::file::{read_config, FilePoller};
 use spookd::source::kube::ApiSource;
 use spookd::state::{self, Msg, State};
 use spookd::worker::Worker;
@@ -38,6 +41,12 @@ enum MainError {
         what: &'static str,
         source: std::io::Error,
     },
+    /// The device-plugins dir's path leaves no room for our sockets' names.
+    SocketDir {
+        dir: PathBuf,
+        len: usize,
+        max: usize,
+    },
 }
 
 impl fmt::Display for MainError {
@@ -46,6 +55,12 @@ impl fmt::Display for MainError {
             MainError::Usage(e) => write!(f, "{e}"),
             MainError::InvalidConfig(e) => write!(f, "invalid config: {e}"),
             MainError::Startup { what, source } => write!(f, "cannot {what}: {source}"),
+            MainError::SocketDir { dir, len, max } => write!(
+                f,
+                "the device-plugins dir {} is {len} bytes long; sockets in it need it at most \
+                 {max} (a Unix socket's path holds 107 bytes)",
+                dir.display()
+            ),
         }
     }
 }
@@ -54,7 +69,9 @@ impl MainError {
     fn exit_code(&self) -> ExitCode {
         match self {
             MainError::Usage(_) => ExitCode::from(2),
-            MainError::InvalidConfig(_) | MainError::Startup { .. } => ExitCode::FAILURE,
+            MainError::InvalidConfig(_)
+            | MainError::Startup { .. }
+            | MainError::SocketDir { .. } => ExitCode::FAILURE,
         }
     }
 }
@@ -93,16 +110,89 @@ fn main() -> ExitCode {
 }
 
 fn run_check(node: Option<&spookd::config::NodeName>, path: &Path) -> Result<(), MainError> {
-    let text = std::fs::read(path).map_err(|source| {
-        MainError::InvalidConfig(ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })
-    })?;
+    let text = read_config(path).map_err(MainError::InvalidConfig)?;
     let config =
         Config::parse(&text, &path.display().to_string()).map_err(MainError::InvalidConfig)?;
     print!("{}", check::describe(&config, node));
     Ok(())
+}
+
+/// Signals that stop spookd cleanly (sockets removed, exit 0).
+const STOP_SIGNALS: &[i32] = &[SIGTERM, SIGINT, SIGQUIT, SIGPWR];
+/// Every other signal whose default action would end the process without removing its sockets:
+/// logged and ignored. (Faults such as SIGSEGV keep their default; SIGPIPE is ignored by Rust.)
+const IGNORED_SIGNALS: &[i32] = &[
+    SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGXCPU, SIGXFSZ, SIGSTKFLT, 34,
+    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58,
+    59, 60, 61, 62, 63, 64,
+];
+/// Linux's numbers (the same on x86_64 and aarch64); signal-hook does not name them. 34–64 above
+/// are the real-time signals, which also terminate by default.
+const SIGSTKFLT: i32 = 16;
+const SIGPWR: i32 = 30;
+
+/// The longest path a Unix socket can have (`sun_path` holds 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// The longest socket name spookd makes: `spookd-` + 24 characters + `-` + 8 hex digits + `-` +
+/// a server number of up to 20 digits + `.sock`.
+const LONGEST_SOCKET_NAME: usize = 7 + 24 + 1 + 8 + 1 + 20 + 5;
+
+/// Refuses a device-plugins dir whose sockets could not be bound (gRPC would only say
+/// `BindFail`, later, on every resource).
+fn check_socket_dir(dir: &Path) -> Result<(), MainError> {
+    let len = dir.as_os_str().len() + 1 + LONGEST_SOCKET_NAME;
+    if len > MAX_SOCKET_PATH {
+        return Err(MainError::SocketDir {
+            dir: dir.to_owned(),
+            len: dir.as_os_str().len(),
+            max: MAX_SOCKET_PATH - 1 - LONGEST_SOCKET_NAME,
+        });
+    }
+    Ok(())
+}
+
+/// Takes the device-plugins dir's lock (`flock` on the directory itself: the kubelet wipes the
+/// files in it when it restarts, never the directory). Held by another spookd, it waits: in a
+/// DaemonSet's rolling update the new pod can start while the old one is still stopping, and
+/// waiting hands over within moments where refusing would crash-loop the new pod for its back-off
+/// (10 s and more). A stop signal while waiting ends spookd (`None`).
+fn lock_dir(dir: &Path, signals: &mut Signals) -> Result<Option<std::fs::File>, MainError> {
+    use rustix::fs::{flock, FlockOperation};
+    const POLL: Duration = Duration::from_millis(200);
+    const LOG_EVERY: u32 = 150;
+    let file = std::fs::File::open(dir).map_err(startup("open the device-plugins dir"))?;
+    let mut tries = 0u32;
+    loop {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                if tries > 0 {
+                    info!("the other spookd on {} stopped; starting", dir.display());
+                }
+                return Ok(Some(file));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {}
+            Err(e) => {
+                return Err(MainError::Startup {
+                    what: "lock the device-plugins dir",
+                    source: e.into(),
+                })
+            }
+        }
+        if tries % LOG_EVERY == 0 {
+            warn!(
+                "another spookd serves {} (it holds the directory's lock); waiting for it to stop",
+                dir.display()
+            );
+        }
+        tries = tries.wrapping_add(1);
+        std::thread::sleep(POLL);
+        for signal in signals.pending() {
+            if STOP_SIGNALS.contains(&signal) {
+                info!("received signal {signal} while waiting for the lock; stopping");
+                return Ok(None);
+            }
+        }
+    }
 }
 
 fn serve(opts: RunOptions) -> Result<(), MainError> {
@@ -145,8 +235,21 @@ fn serve(opts: RunOptions) -> Result<(), MainError> {
     );
     let dir = opts.device_plugin_dir;
     std::fs::create_dir_all(&dir).map_err(startup("create the device-plugins dir"))?;
+    check_socket_dir(&dir)?;
+    let mut signals = Signals::new(STOP_SIGNALS.iter().chain(IGNORED_SIGNALS))
+        .map_err(startup("install signal handlers"))?;
+    // One spookd per device-plugins dir: a second would register the same resources and take
+    // them from the first. Held for the process's life (the kernel drops it with the process).
+    let Some(_lock) = lock_dir(&dir, &mut signals)? else {
+        return Ok(());
+    };
     plugin::remove_stale_sockets(&dir).map_err(startup("clean stale sockets"))?;
-    let signals = Signals::new([SIGTERM, SIGINT]).map_err(startup("install signal handlers"))?;
+    // Every listener is bound before anything is registered: a taken port fails here, with
+    // nothing created yet.
+    let metrics = match opts.metrics_addr {
+        Some(addr) => Some(MetricsListener::bind(addr).map_err(startup("serve --metrics-addr"))?),
+        None => None,
+    };
 
     let env = Arc::new(
         grpcio::EnvBuilder::new()
@@ -197,35 +300,52 @@ fn serve(opts: RunOptions) -> Result<(), MainError> {
     let state = State::new(opts.node_name, backend, Instant::now());
     let mut state_thread = Worker::spawn("spookd-state", move || state::run(state, &rx))
         .map_err(startup("start the state thread"))?;
-    let watcher =
-        Watcher::spawn(&dir, tx.clone()).map_err(startup("watch the device-plugins dir"))?;
-    // Exactly one source runs; the handles stop their threads when dropped.
-    let (file_source, api_source) = match opts.source {
-        Source::File {
-            path,
-            poll_interval,
-        } => {
-            let poller = FilePoller::spawn(path, poll_interval, tx.clone())
-                .map_err(startup("start the config file poller"))?;
-            (Some(poller), None)
-        }
-        Source::ConfigMap(api) => {
-            let watch =
-                ApiSource::spawn(api, tx.clone()).map_err(startup("start the API watch"))?;
-            (None, Some(watch))
+    // From here the state thread may have created sockets: a failure stops it first, which
+    // removes them.
+    let inputs = (|| -> Result<_, MainError> {
+        let watcher =
+            Watcher::spawn(&dir, tx.clone()).map_err(startup("watch the device-plugins dir"))?;
+        // Exactly one source runs; the handles stop their threads when dropped.
+        let (file_source, api_source) = match opts.source {
+            Source::File {
+                path,
+                poll_interval,
+            } => {
+                let poller = FilePoller::spawn(path, poll_interval, tx.clone())
+                    .map_err(startup("start the config file poller"))?;
+                (Some(poller), None)
+            }
+            Source::ConfigMap(api) => {
+                let watch =
+                    ApiSource::spawn(api, tx.clone()).map_err(startup("start the API watch"))?;
+                (None, Some(watch))
+            }
+        };
+        let metrics = match metrics {
+            Some(listener) => Some(
+                listener
+                    .serve(tx.clone())
+                    .map_err(startup("start the metrics thread"))?,
+            ),
+            None => None,
+        };
+        Ok((watcher, file_source, api_source, metrics))
+    })();
+    let (watcher, file_source, api_source, metrics) = match inputs {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            let _ = tx.send(Msg::Shutdown);
+            state_thread.join_timeout(SHUTDOWN_WAIT);
+            return Err(e);
         }
     };
 
-    let metrics = match opts.metrics_addr {
-        Some(addr) => {
-            Some(MetricsServer::spawn(addr, tx.clone()).map_err(startup("serve --metrics-addr"))?)
+    for signal in signals.forever() {
+        if STOP_SIGNALS.contains(&signal) {
+            info!("received signal {signal}; stopping");
+            break;
         }
-        None => None,
-    };
-
-    let mut signals = signals;
-    if let Some(signal) = signals.forever().next() {
-        info!("received signal {signal}; stopping");
+        info!("received signal {signal}; ignored (the config applies live; SIGTERM stops spookd)");
     }
     // The state thread first: it removes our sockets. Then the inputs, which may be blocked.
     let _ = tx.send(Msg::Shutdown);

@@ -1,12 +1,16 @@
 //! `/healthz`, `/readyz` and Prometheus `/metrics` on `--metrics-addr`.
 //!
-//! One thread (`spookd-metrics`) serves one connection at a time, with hard bounds: a request head
-//! of at most 8 KiB, 2 s for the whole exchange, GET only, `Connection: close`. A slow or hostile
-//! client can delay other scrapes by at most those 2 s and never reaches the state thread, which is
-//! asked for a [`Snapshot`] with a 1 s timeout. No HTTP crate: the ones we looked at spawn a thread
-//! per connection, which a slow-loris client turns into unbounded threads on a node daemon.
+//! One thread (`spookd-metrics`) serves every connection from one `poll(2)` loop, with hard
+//! bounds: at most [`MAX_CONNECTIONS`] open (a new one pushes out the oldest), a request head of
+//! at most 8 KiB, 2 s for the whole exchange, GET only, `Connection: close`. Idle, slow
+//! (byte-a-second) or garbage clients cost a slot each and never hold up another: a `/healthz`
+//! is answered as soon as its head arrives, however many others are open. The loop sleeps until
+//! a socket is ready or the nearest deadline, so an idle server never wakes. The state thread is
+//! asked for a [`Snapshot`] with a 1 s timeout and never sees a client. No HTTP crate: the ones
+//! we looked at spawn a thread per connection, which a slow-loris client turns into unbounded
+//! threads on a node daemon.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,8 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use log::{debug, info, warn};
+use log::{info, warn};
+use rustix::event::{PollFd, PollFlags, Timespec};
 
+use crate::clock::later;
 use crate::state::Msg;
 use crate::worker::Worker;
 
@@ -26,6 +32,12 @@ const MAX_REQUEST: usize = 8 << 10;
 const CONNECTION_TIME: Duration = Duration::from_secs(2);
 /// Longest the state thread may take to answer.
 const STATE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most connections open at once (one file descriptor each); a new one pushes out the oldest,
+/// so a client holding many open can never lock out the kubelet's probes.
+pub const MAX_CONNECTIONS: usize = 512;
+/// How long accepting pauses after it failed (out of file descriptors): the listener stays
+/// readable, and polling it at once again would spin.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the state thread reports.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -38,6 +50,9 @@ pub struct Snapshot {
     pub reloads_error: u64,
     /// Unix time of the last applied config.
     pub last_reload_success: Option<f64>,
+    /// Why the config source cannot read the config now (missing, not a regular file, too large,
+    /// stalled); `None` while it reads.
+    pub source_problem: Option<String>,
     /// (resource, "ok" | "error") → count.
     pub allocations: BTreeMap<(String, &'static str), u64>,
     /// (resource, "ok" | "error") → count.
@@ -46,6 +61,9 @@ pub struct Snapshot {
     pub devices: BTreeMap<(String, String), bool>,
     /// Changes of a device's health seen by the probes.
     pub health_changes: u64,
+    /// Times a resource's ListAndWatch streams all closed and stayed closed, so it registered
+    /// again.
+    pub reregistrations: u64,
     /// `--exclusive-leases`: Leases this node holds, and acquisitions won and lost.
     pub leases_held: u64,
     pub lease_acquisitions_won: u64,
@@ -59,27 +77,40 @@ pub struct MetricsServer {
     _worker: Worker,
 }
 
-impl MetricsServer {
-    /// Binds `addr` (port 0 picks one; see [`MetricsServer::addr`]) and serves from a thread.
-    pub fn spawn(addr: SocketAddr, state: Sender<Msg>) -> io::Result<Self> {
+/// The metrics port, bound before anything else starts (a taken port fails start-up while
+/// nothing has been registered or created yet); [`MetricsListener::serve`] starts the thread.
+pub struct MetricsListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl MetricsListener {
+    /// Binds `addr` (port 0 picks one; see [`MetricsListener::addr`]).
+    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        Ok(MetricsListener { listener, addr })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves from a thread until the handle is dropped.
+    pub fn serve(self, state: Sender<Msg>) -> io::Result<MetricsServer> {
+        let MetricsListener { listener, addr } = self;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let worker = Worker::spawn("spookd-metrics", move || {
-            for conn in listener.incoming() {
-                if flag.load(Ordering::SeqCst) {
-                    return;
-                }
-                match conn {
-                    Ok(conn) => {
-                        if let Err(e) = serve(conn, &state) {
-                            debug!("metrics connection: {e}");
-                        }
-                    }
-                    Err(e) => warn!("metrics: accept failed: {e}"),
-                }
+            Server {
+                listener,
+                state,
+                stop: flag,
+                conns: VecDeque::new(),
+                paused_until: None,
             }
+            .run();
         })?;
         info!("serving /healthz, /readyz and /metrics on http://{addr}");
         Ok(MetricsServer {
@@ -90,43 +121,193 @@ impl MetricsServer {
     }
 }
 
+impl MetricsServer {
+    /// Binds `addr` and serves from a thread.
+    pub fn spawn(addr: SocketAddr, state: Sender<Msg>) -> io::Result<Self> {
+        MetricsListener::bind(addr)?.serve(state)
+    }
+}
+
 impl Drop for MetricsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
+        // Wake the poll: the listener turns readable.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(100));
     }
 }
 
-/// Reads one request head within the bounds and answers it.
-fn serve(mut conn: TcpStream, state: &Sender<Msg>) -> io::Result<()> {
-    let deadline = Instant::now() + CONNECTION_TIME;
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return respond(&mut conn, 408, "request timeout\n", deadline);
-        }
-        conn.set_read_timeout(Some(left))?;
-        let n = match conn.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return respond(&mut conn, 408, "request timeout\n", deadline)
+/// One client connection: reading its head, then writing the answer.
+struct Conn {
+    stream: TcpStream,
+    deadline: Instant,
+    head: Vec<u8>,
+    /// The answer, once the head is complete (or refused); `sent` bytes of it are written.
+    out: Option<(Vec<u8>, usize)>,
+}
+
+struct Server {
+    listener: TcpListener,
+    state: Sender<Msg>,
+    stop: Arc<AtomicBool>,
+    /// Oldest first.
+    conns: VecDeque<Conn>,
+    paused_until: Option<Instant>,
+}
+
+impl Server {
+    fn run(mut self) {
+        while !self.stop.load(Ordering::SeqCst) {
+            let (listener_ready, ready) = self.wait();
+            let now = Instant::now();
+            // `ready` is in the order of `conns`: handled before `accept` changes it.
+            for (i, ready) in ready.into_iter().enumerate() {
+                if let Some(conn) = self.conns.get_mut(i) {
+                    if ready {
+                        conn.advance(&self.state);
+                    }
+                    if now >= conn.deadline && conn.out.is_none() {
+                        conn.out = Some((response(408, "request timeout\n"), 0));
+                        conn.advance(&self.state);
+                    }
+                }
             }
-            Err(e) => return Err(e),
-        };
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_REQUEST {
-            return respond(&mut conn, 431, "request too large\n", deadline);
+            // Done, failed, or out of time (a client that does not read its answer).
+            self.conns
+                .retain(|c| !(c.finished() || (now >= c.deadline && c.out.is_some())));
+            if listener_ready {
+                self.accept(now);
+            }
         }
     }
+
+    /// Sleeps in `poll(2)` until the listener or a connection is ready or a deadline passes.
+    fn wait(&mut self) -> (bool, Vec<bool>) {
+        let now = Instant::now();
+        if self.paused_until.is_some_and(|t| now >= t) {
+            self.paused_until = None;
+        }
+        let listening = self.paused_until.is_none();
+        let until = (self.conns.iter().map(|c| c.deadline))
+            .chain(self.paused_until)
+            .min();
+        let mut fds = Vec::with_capacity(1 + self.conns.len());
+        let none = PollFlags::empty();
+        fds.push(PollFd::new(
+            &self.listener,
+            if listening { PollFlags::IN } else { none },
+        ));
+        for c in &self.conns {
+            let want = if c.out.is_some() {
+                PollFlags::OUT
+            } else {
+                PollFlags::IN
+            };
+            fds.push(PollFd::new(&c.stream, want));
+        }
+        // Beyond what a Timespec holds (never, in practice): wait for an event.
+        let timeout =
+            until.and_then(|at| Timespec::try_from(at.saturating_duration_since(now)).ok());
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(_) => {
+                let mut ready = fds.iter().map(|p| !p.revents().is_empty());
+                let listener = ready.next().unwrap_or(false) && listening;
+                (listener, ready.collect())
+            }
+            // EINTR: look again on the next turn.
+            Err(_) => (false, vec![false; self.conns.len()]),
+        }
+    }
+
+    /// Takes every pending connection; past [`MAX_CONNECTIONS`] the oldest goes.
+    fn accept(&mut self, now: Instant) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        self.conns.pop_front();
+                    }
+                    self.conns.push_back(Conn {
+                        stream,
+                        deadline: later(now, CONNECTION_TIME),
+                        head: Vec::new(),
+                        out: None,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of file descriptors, most likely: free the oldest and pause.
+                    warn!("metrics: accept failed: {e}; pausing {ACCEPT_PAUSE:?}");
+                    self.conns.pop_front();
+                    self.paused_until = Some(later(now, ACCEPT_PAUSE));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Reads what arrived or writes what the socket takes, without blocking.
+    fn advance(&mut self, state: &Sender<Msg>) {
+        if self.out.is_none() {
+            let mut buf = [0u8; 1024];
+            loop {
+                match self.stream.read(&mut buf) {
+                    Ok(0) => {
+                        // Closed before a whole head: nothing to answer.
+                        self.out = Some((Vec::new(), 0));
+                        return;
+                    }
+                    Ok(n) => {
+                        self.head.extend_from_slice(&buf[..n]);
+                        if self.head.len() > MAX_REQUEST {
+                            self.out = Some((response(431, "request too large\n"), 0));
+                            break;
+                        }
+                        if self.head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            self.out = Some((answer(&self.head, state), 0));
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(_) => {
+                        self.out = Some((Vec::new(), 0));
+                        return;
+                    }
+                }
+            }
+            self.head = Vec::new();
+        }
+        if let Some((out, sent)) = &mut self.out {
+            while *sent < out.len() {
+                match self.stream.write(&out[*sent..]) {
+                    Ok(0) => break,
+                    Ok(n) => *sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(_) => {
+                        *sent = out.len();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.out
+            .as_ref()
+            .is_some_and(|(out, sent)| *sent >= out.len())
+    }
+}
+
+/// The answer to one complete request head.
+fn answer(head: &[u8], state: &Sender<Msg>) -> Vec<u8> {
     let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split(' ');
@@ -135,35 +316,43 @@ fn serve(mut conn: TcpStream, state: &Sender<Msg>) -> io::Result<()> {
         parts.next().unwrap_or_default(),
     );
     if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
-        return respond(&mut conn, 400, "bad request\n", deadline);
+        return response(400, "bad request\n");
     }
     if method != "GET" {
-        return respond(&mut conn, 405, "only GET\n", deadline);
+        return response(405, "only GET\n");
     }
     let path = target.split('?').next().unwrap_or_default();
     if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        return respond(
-            &mut conn,
-            404,
-            "try /healthz, /readyz or /metrics\n",
-            deadline,
-        );
+        return response(404, "try /healthz, /readyz or /metrics\n");
     }
     let Some(snapshot) = snapshot(state) else {
-        return respond(&mut conn, 503, "state thread not answering\n", deadline);
+        return response(503, "state thread not answering\n");
     };
     match path {
-        "/metrics" => respond(&mut conn, 200, &render(&snapshot), deadline),
+        "/metrics" => response(200, &render(&snapshot)),
         "/healthz" => match unregistered(&snapshot) {
-            None => respond(&mut conn, 200, "ok\n", deadline),
-            Some(reason) => respond(&mut conn, 503, &reason, deadline),
+            None => response(200, "ok\n"),
+            Some(reason) => response(503, &reason),
         },
-        _ => match (snapshot.configured, unregistered(&snapshot)) {
-            (false, _) => respond(&mut conn, 503, "no valid config applied yet\n", deadline),
-            (true, Some(reason)) => respond(&mut conn, 503, &reason, deadline),
-            (true, None) => respond(&mut conn, 200, "ok\n", deadline),
+        _ => match not_ready(&snapshot) {
+            None => response(200, "ok\n"),
+            Some(reason) => response(503, &reason),
         },
     }
+}
+
+/// Why /readyz says no: no valid config yet, a config source that cannot read, or resources not
+/// registered with the kubelet.
+fn not_ready(s: &Snapshot) -> Option<String> {
+    if !s.configured {
+        return Some("no valid config applied yet\n".to_owned());
+    }
+    if let Some(problem) = &s.source_problem {
+        return Some(format!(
+            "the config source cannot read the config: {problem}\n"
+        ));
+    }
+    unregistered(s)
 }
 
 fn snapshot(state: &Sender<Msg>) -> Option<Snapshot> {
@@ -184,7 +373,7 @@ fn unregistered(s: &Snapshot) -> Option<String> {
         .then(|| format!("not registered with the kubelet: {}\n", missing.join(", ")))
 }
 
-fn respond(conn: &mut TcpStream, code: u16, body: &str, deadline: Instant) -> io::Result<()> {
+fn response(code: u16, body: &str) -> Vec<u8> {
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
@@ -200,23 +389,28 @@ fn respond(conn: &mut TcpStream, code: u16, body: &str, deadline: Instant) -> io
     } else {
         "text/plain; charset=utf-8"
     };
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    conn.set_write_timeout(Some(left))?;
-    write!(
-        conn,
+    format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )?;
-    conn.flush()
+    )
+    .into_bytes()
 }
 
-/// Escapes a label value for the Prometheus text format.
+/// Escapes a label value for the Prometheus text format (backslash, quote and LF); any other
+/// control character, which the format has no escape for and parsers refuse (a CR ends a line
+/// for some), becomes U+FFFD. The config refuses them in instanceIDs; this holds whatever comes.
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The Prometheus text exposition format.
@@ -306,6 +500,20 @@ pub fn render(s: &Snapshot) -> String {
         ],
     );
     family(
+        "spookd_config_source_ok",
+        "gauge",
+        "Whether the config source can read the config (0: missing, unreadable, not a regular \
+         file, too large, or stalled; see /readyz for why).",
+        vec![format!(" {}", u8::from(s.source_problem.is_none()))],
+    );
+    family(
+        "spookd_kubelet_reregistrations_total",
+        "counter",
+        "Times a registered resource's ListAndWatch streams all closed and none reopened, so \
+         spookd registered it again.",
+        vec![format!(" {}", s.reregistrations)],
+    );
+    family(
         "spookd_config_last_reload_success_timestamp_seconds",
         "gauge",
         "When the last valid config was applied (0: never).",
@@ -384,6 +592,11 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        // A CR (or any other control character) would end or break a line of the format.
+        assert_eq!(label("a\rb\u{0}c\td"), "a\u{FFFD}b\u{FFFD}c\u{FFFD}d");
+        for line in text.lines() {
+            assert!(!line.contains(|c: char| c.is_control()), "{line:?}");
+        }
         assert_eq!(unregistered(&s), None);
         s.resources
             .insert("example.com/gizmo".into(), (1, 0, false));

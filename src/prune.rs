@@ -28,6 +28,7 @@ use log::{debug, info, warn};
 use serde::Deserialize;
 
 use crate::api::{ApiError, Backoff, Client, Connection};
+use crate::clock::later;
 use crate::config::{NodeName, ResourceName};
 use crate::worker::Worker;
 
@@ -123,7 +124,7 @@ impl Prune {
                 };
                 let wait = self.backoff.wait();
                 warn!("pruning stale resources: {e}{hint}; retrying in {wait:.1?}");
-                self.retry_at = Some(now + wait);
+                self.retry_at = Some(later(now, wait));
             }
         }
         // While backing off nothing happens before the retry, not even a due check.
@@ -160,7 +161,7 @@ impl Prune {
                      kubelet shows it at 0",
                     self.after
                 );
-                now + self.after
+                later(now, self.after)
             });
         }
         let ripe: Vec<ResourceName> = self
@@ -191,7 +192,7 @@ impl Prune {
                     );
                     // A kubelet still within its grace period (say, restarted meanwhile) writes
                     // the name back at 0: look again, and forget the name only once it stays away.
-                    self.due.insert(r, now + self.after);
+                    self.due.insert(r, later(now, self.after));
                 }
                 _ => {
                     info!(
@@ -201,7 +202,7 @@ impl Prune {
                         allocatable.map_or("-", String::as_str),
                         self.after
                     );
-                    self.due.insert(r, now + self.after);
+                    self.due.insert(r, later(now, self.after));
                 }
             }
         }

@@ -23,6 +23,7 @@ use grpcio::{
     ServerCredentials, UnarySink,
 };
 
+use crate::clock::later;
 use crate::config::ResourceName;
 use crate::proto::podresources::{
     self, ContainerDevices, ContainerResources, ListPodResourcesRequest, ListPodResourcesResponse,
@@ -259,7 +260,7 @@ impl Kubelet {
 
     /// Waits up to `timeout` for `done` to hold; returns whether it did.
     pub fn wait_until(&self, timeout: Duration, mut done: impl FnMut(&Kubelet) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = later(Instant::now(), timeout);
         loop {
             if done(self) {
                 return true;

@@ -46,8 +46,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use futures_channel::oneshot;
 use log::{debug, error, info, warn};
 
+use crate::clock::later;
 use crate::config::{Config, ConfigError, Device, InstanceId, NodeName, ResourceName};
-use crate::env;
+use crate::env::{self, Refusal};
 use crate::exclusive::{DeviceKey, LeaseCmd, LeaseRefusal, LeaseReport};
 use crate::health::ProbeSet;
 use crate::kubelet::RegisterError;
@@ -143,10 +144,18 @@ pub enum AllocateError {
     NotServed { resource: ResourceName },
     /// A requested ID is not one of the resource's devices.
     UnknownDevice { resource: ResourceName, id: String },
-    /// An ID was requested twice for one container.
+    /// An ID was requested twice in one request (for one container or for two).
     DuplicateDevice { resource: ResourceName, id: String },
     /// A container request named no device.
     NoDevices { resource: ResourceName },
+    /// The request named no container.
+    NoContainers { resource: ResourceName },
+    /// The env would be more than a container (or one answer) may carry.
+    TooLarge {
+        resource: ResourceName,
+        bytes: usize,
+        limit: usize,
+    },
     /// A device shared with other hosts could not be taken (`--exclusive-leases`).
     Lease(LeaseRefusal),
 }
@@ -161,14 +170,24 @@ impl fmt::Display for AllocateError {
                 write!(f, "{resource} has no device {id:?}")
             }
             AllocateError::DuplicateDevice { resource, id } => {
-                write!(
-                    f,
-                    "{resource} device {id:?} requested twice for one container"
-                )
+                write!(f, "{resource} device {id:?} requested twice in one request")
             }
             AllocateError::NoDevices { resource } => {
                 write!(f, "a container request for {resource} names no device")
             }
+            AllocateError::NoContainers { resource } => {
+                write!(f, "an Allocate request for {resource} names no container")
+            }
+            AllocateError::TooLarge {
+                resource,
+                bytes,
+                limit,
+            } => write!(
+                f,
+                "{resource}: the env for this request would take {bytes} bytes, more than \
+                 {limit} (a container's exec or the kubelet's 4 MiB gRPC limit would refuse it); \
+                 request fewer devices per container"
+            ),
             AllocateError::Lease(refusal) => write!(f, "{refusal}"),
         }
     }
@@ -223,6 +242,11 @@ struct Live<S> {
     id: u64,
     endpoint: String,
     registered: bool,
+    /// The kubelet opened a ListAndWatch stream on this server since it registered.
+    watched: bool,
+    /// When the check first saw every stream closed (none reopened): registered again at the
+    /// next check if still so.
+    orphaned: bool,
     _server: S,
 }
 
@@ -276,7 +300,7 @@ impl<B: Backend> State<B> {
             held_elsewhere: BTreeMap::new(),
             pending: BTreeMap::new(),
             next_request: 0,
-            next_check: now + FALLBACK_CHECK,
+            next_check: later(now, FALLBACK_CHECK),
             stats: Snapshot::default(),
         }
     }
@@ -286,6 +310,7 @@ impl<B: Backend> State<B> {
         match msg {
             Msg::Config { origin, config } => {
                 self.stats.reloads_ok += 1;
+                self.stats.source_problem = None;
                 self.stats.last_reload_success = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .ok()
@@ -294,6 +319,7 @@ impl<B: Backend> State<B> {
             }
             Msg::ConfigInvalid(e) => {
                 self.stats.reloads_error += 1;
+                self.stats.source_problem = e.is_unreadable().then(|| e.to_string());
                 if self.have_config {
                     error!("{e}; keeping the last good config");
                 } else {
@@ -385,7 +411,7 @@ impl<B: Backend> State<B> {
         if now < self.next_check {
             return;
         }
-        self.next_check = now + FALLBACK_CHECK;
+        self.next_check = later(now, FALLBACK_CHECK);
         let kubelet = self.backend.kubelet_socket();
         if kubelet.is_some() && kubelet != self.kubelet {
             info!("kubelet.sock changed (seen by the periodic check)");
@@ -405,6 +431,41 @@ impl<B: Backend> State<B> {
         for resource in missing {
             warn!("{resource}: socket missing (seen by the periodic check); restarting its server");
             self.restart(&resource);
+        }
+        self.reregister_orphans();
+    }
+
+    /// A registered resource whose ListAndWatch streams the kubelet all closed, and that opened
+    /// none again by the next check, is no longer the kubelet's endpoint for it (another plugin
+    /// registered the name, or the kubelet dropped it): register it again, and say so.
+    fn reregister_orphans(&mut self) {
+        let mut again = Vec::new();
+        for (resource, served) in &mut self.served {
+            served.streams.retain(|s| !s.is_closed());
+            let Some(live) = served.server.as_mut() else {
+                continue;
+            };
+            if !(live.registered && live.watched && served.streams.is_empty()) {
+                live.orphaned = false;
+                continue;
+            }
+            if !live.orphaned {
+                live.orphaned = true;
+                continue;
+            }
+            warn!(
+                "{resource}: the kubelet closed every ListAndWatch stream of {} and opened none \
+                 again; registering it again",
+                live.endpoint
+            );
+            live.registered = false;
+            live.watched = false;
+            live.orphaned = false;
+            again.push((resource.clone(), live.endpoint.clone()));
+        }
+        for (resource, endpoint) in again {
+            self.stats.reregistrations += 1;
+            self.backend.register(&resource, &endpoint);
         }
     }
 
@@ -534,7 +595,7 @@ impl<B: Backend> State<B> {
         self.backend.forget(resource);
         served.devices = Arc::from(Vec::new());
         push(resource, &mut served);
-        self.retiring.push((now + RETIRE_GRACE, served));
+        self.retiring.push((later(now, RETIRE_GRACE), served));
     }
 
     /// Starts a fresh server for `resource` (dropping the old one) and queues its registration.
@@ -560,6 +621,8 @@ impl<B: Backend> State<B> {
                     id,
                     endpoint,
                     registered: false,
+                    watched: false,
+                    orphaned: false,
                     _server: server,
                 });
             }
@@ -639,11 +702,12 @@ impl<B: Backend> State<B> {
             debug!("{resource}: ListAndWatch on a retired server; closing it");
             return;
         };
-        let current = served.server.as_ref().is_some_and(|live| live.id == server);
-        if !current {
+        let Some(live) = served.server.as_mut().filter(|live| live.id == server) else {
             debug!("{resource}: ListAndWatch on replaced server {server}; closing it");
             return;
-        }
+        };
+        live.watched = true;
+        live.orphaned = false;
         if stream.send(listing(served)).is_ok() {
             debug!(
                 "{resource}: ListAndWatch stream opened ({} open)",
@@ -669,9 +733,7 @@ impl<B: Backend> State<B> {
                 }
                 let served = self.served.get(resource);
                 for id in containers.iter().flatten() {
-                    let unhealthy =
-                        |set: &BTreeSet<InstanceId>| set.iter().any(|x| x.as_str() == id);
-                    if served.is_some_and(|s| unhealthy(&s.unhealthy)) {
+                    if served.is_some_and(|s| s.unhealthy.contains(id.as_str())) {
                         warn!("{resource} {id}: allocated while Unhealthy (the kubelet chose it)");
                     }
                 }
@@ -689,11 +751,10 @@ impl<B: Backend> State<B> {
 
     /// The requested devices that need a Lease.
     fn lease_devices(&self, resource: &ResourceName, containers: &[Vec<String>]) -> Vec<DeviceKey> {
+        let asked: BTreeSet<&str> = containers.iter().flatten().map(String::as_str).collect();
         self.shared
             .iter()
-            .filter(|(r, id)| {
-                r == resource && containers.iter().flatten().any(|x| x == id.as_str())
-            })
+            .filter(|(r, id)| r == resource && asked.contains(id.as_str()))
             .cloned()
             .collect()
     }
@@ -751,35 +812,20 @@ impl<B: Backend> State<B> {
             .ok_or_else(|| AllocateError::NotServed {
                 resource: resource.clone(),
             })?;
-        containers
-            .iter()
-            .map(|ids| {
-                if ids.is_empty() {
-                    return Err(AllocateError::NoDevices {
-                        resource: resource.clone(),
-                    });
-                }
-                let mut picked: Vec<&Device> = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let device = served
-                        .devices
-                        .iter()
-                        .find(|d| d.id.as_str() == id)
-                        .ok_or_else(|| AllocateError::UnknownDevice {
-                            resource: resource.clone(),
-                            id: id.clone(),
-                        })?;
-                    if picked.iter().any(|d| d.id == device.id) {
-                        return Err(AllocateError::DuplicateDevice {
-                            resource: resource.clone(),
-                            id: id.clone(),
-                        });
-                    }
-                    picked.push(device);
-                }
-                Ok(env::render(resource, &picked))
-            })
-            .collect()
+        env::allocate(resource, &served.devices, containers).map_err(|refusal| {
+            let resource = resource.clone();
+            match refusal {
+                Refusal::NoContainers => AllocateError::NoContainers { resource },
+                Refusal::NoDevices => AllocateError::NoDevices { resource },
+                Refusal::UnknownDevice(id) => AllocateError::UnknownDevice { resource, id },
+                Refusal::DuplicateDevice(id) => AllocateError::DuplicateDevice { resource, id },
+                Refusal::TooLarge { bytes, limit } => AllocateError::TooLarge {
+                    resource,
+                    bytes,
+                    limit,
+                },
+            }
+        })
     }
 
     fn registered(
@@ -913,6 +959,11 @@ pub fn run<B: Backend>(mut state: State<B>, rx: &Receiver<Msg>) {
             Ok(msg) => {
                 if state.handle(msg, Instant::now()) == Flow::Stop {
                     break;
+                }
+                // A steady stream of messages must not starve the timer work.
+                let now = Instant::now();
+                if now >= state.deadline() {
+                    state.tick(now);
                 }
             }
             Err(RecvTimeoutError::Timeout) => state.tick(Instant::now()),

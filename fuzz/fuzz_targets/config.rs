@@ -1,5 +1,8 @@
-//! Config parse + validate on arbitrary bytes: never a panic; whatever is accepted renders env
-//! whose layout holds (see env.rs target for the invariants).
+//! The config-to-Allocate path on arbitrary bytes: parse + validate, then for every node and
+//! resource of whatever is accepted, Allocate as the kubelet could ask it (every device to one
+//! container, split between two, an unknown ID, one ID twice). Never a panic, the env layout holds
+//! (see env.rs target for the invariants), and scripts/fuzz runs it under a memory limit
+//! (`-rss_limit_mb`), so an input that makes the parse or an answer balloon fails the run.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -26,6 +29,24 @@ fuzz_target!(|data: &[u8]| {
                 + 1
                 + all.first().map_or(0, |d| 2 + d.env.len());
             assert_eq!(vars.len(), expected, "generated names collided");
+            let ids: Vec<String> = devices.iter().map(|d| d.id.to_string()).collect();
+            let whole = env::allocate(&resource, &devices, &[ids.clone()]);
+            if let Ok(envs) = &whole {
+                assert_eq!(envs.len(), 1);
+                assert_eq!(envs[0], vars);
+            }
+            let (a, b) = ids.split_at(ids.len() / 2);
+            if !a.is_empty() {
+                let split = env::allocate(&resource, &devices, &[a.to_vec(), b.to_vec()]);
+                if !b.is_empty() && whole.is_ok() {
+                    assert!(split.is_ok(), "{split:?}");
+                }
+                let twice = env::allocate(&resource, &devices, &[a.to_vec(), a.to_vec()]);
+                assert!(matches!(twice, Err(env::Refusal::DuplicateDevice(_))));
+            }
+            let unknown = env::allocate(&resource, &devices, &[vec!["\u{0}unknown".to_owned()]]);
+            assert!(matches!(unknown, Err(env::Refusal::UnknownDevice(_))));
+            assert!(matches!(env::allocate(&resource, &devices, &[]), Err(env::Refusal::NoContainers)));
         }
     }
 });

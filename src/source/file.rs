@@ -4,14 +4,15 @@
 //! the `..data` symlink to it, so the path is opened afresh on every poll (a cached inode or fd
 //! would keep the old content) and a change is detected by content, not by mtime.
 
-use std::fs;
-use std::io;
-use std::path::PathBuf;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, MAX_CONFIG_BYTES};
 use crate::state::Msg;
 use crate::worker::Worker;
 
@@ -38,18 +39,71 @@ impl FilePoller {
 /// What one read saw: the content, or the kind of error (so a lasting error is logged once).
 enum Seen {
     Content(Vec<u8>),
-    Error(io::ErrorKind),
+    Error(String),
+}
+
+/// A read error's kind, to tell a lasting error from a new one.
+fn error_kind(e: &ConfigError) -> String {
+    match e {
+        ConfigError::Read { source, .. } => format!("{:?}", source.kind()),
+        other => other.to_string(),
+    }
+}
+
+/// Reads a config file without ever blocking on it and without reading more than a config may
+/// hold: a FIFO at the path would block `open` and `read` until a writer came, a device such as
+/// `/dev/zero` never ends, and a huge file would be read whole before the parser refused it.
+/// Opened non-blocking (a FIFO then opens at once), then refused unless it is a regular file.
+pub fn read_config(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let read_error = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file: File = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(read_error)?;
+    let kind = file.metadata().map_err(read_error)?.file_type();
+    if !kind.is_file() {
+        let kind = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(ConfigError::NotRegular {
+            path: path.to_owned(),
+            kind,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            origin: path.display().to_string(),
+            limit: MAX_CONFIG_BYTES,
+        });
+    }
+    Ok(bytes)
 }
 
 fn run(path: &PathBuf, interval: Duration, stop: &Receiver<()>, state: &Sender<Msg>) {
     let origin = path.display().to_string();
     let mut last: Option<Seen> = None;
     loop {
-        let read = fs::read(path);
+        let read = read_config(path);
         // Only a change is parsed: an idle poll is one read and a comparison.
         let changed = match (&read, &last) {
             (Ok(bytes), Some(Seen::Content(before))) => bytes != before,
-            (Err(e), Some(Seen::Error(before))) => e.kind() != *before,
+            (Err(e), Some(Seen::Error(before))) => error_kind(e) != *before,
             _ => true,
         };
         if changed {
@@ -64,13 +118,7 @@ fn run(path: &PathBuf, interval: Duration, stop: &Receiver<()>, state: &Sender<M
                     };
                     (Seen::Content(bytes), msg)
                 }
-                Err(source) => (
-                    Seen::Error(source.kind()),
-                    Msg::ConfigInvalid(ConfigError::Read {
-                        path: path.clone(),
-                        source,
-                    }),
-                ),
+                Err(e) => (Seen::Error(error_kind(&e)), Msg::ConfigInvalid(e)),
             };
             if state.send(msg).is_err() {
                 return;

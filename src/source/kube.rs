@@ -53,7 +53,8 @@ impl ApiOptions {
     }
 
     fn read_timeout(&self) -> Duration {
-        self.watch_timeout + self.watch_timeout / 4 + Duration::from_secs(1)
+        (self.watch_timeout.saturating_add(self.watch_timeout / 4))
+            .saturating_add(Duration::from_secs(1))
     }
 }
 
