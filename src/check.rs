@@ -59,6 +59,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_node_in_a_mapping_without_devices_is_not_called_unmapped() {
+        let c = Config::parse(b"deviceMapping:\n- hosts: [h1]\n  devices: []\n", "t").unwrap();
+        assert_eq!(
+            describe(&c, None),
+            "node h1: its mappings list no devices, serves nothing\nconfig is valid: 1 nodes, 0 node resources\n"
+        );
+    }
+
+    #[test]
     fn describes_every_node_or_one() {
         let c = Config::parse(
             b"deviceMapping:\n- hosts: [h1, h2]\n  devices:\n  - {resourceName: example.com/widget, instanceID: \"0001\", env: {IP: 1.2.3.4}}\n",

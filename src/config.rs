@@ -33,6 +33,9 @@ pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 pub const MAX_ENTRIES: usize = 200_000;
 /// Most device entries (also counted each time an alias repeats them).
 pub const MAX_DEVICE_ENTRIES: usize = 50_000;
+/// Most bytes of text (names, IDs, env keys and values) a config may expand to: an alias of one
+/// 32 KiB env value used 200,000 times would otherwise be 6 GiB of copies.
+pub const MAX_TEXT_BYTES: usize = 8 << 20;
 /// Most (host, device) pairs, summed over the mappings: what the per-node views hold.
 pub const MAX_ASSIGNMENTS: usize = 1_000_000;
 /// Most env keys one device may set.
@@ -685,6 +688,7 @@ struct Scope {
     text: Option<std::rc::Rc<[u8]>>,
     entries: usize,
     devices: usize,
+    text_bytes: usize,
 }
 
 thread_local! {
@@ -729,6 +733,22 @@ fn spend(device: bool) -> Result<(), String> {
             Err(format!(
                 "the config expands to more than {MAX_DEVICE_ENTRIES} device entries (a YAML \
                  alias counts each time it is used)"
+            ))
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// Counts `len` bytes of text kept from the config; the error once [`MAX_TEXT_BYTES`] is passed.
+fn spend_text(len: usize) -> Result<(), String> {
+    SCOPE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.text_bytes = s.text_bytes.saturating_add(len);
+        if s.text_bytes > MAX_TEXT_BYTES {
+            Err(format!(
+                "the config expands to more than {MAX_TEXT_BYTES} bytes of names, IDs and env \
+                 (a YAML alias counts each time it is used)"
             ))
         } else {
             Ok(())
@@ -1220,6 +1240,7 @@ macro_rules! deserialize_via_string {
         impl<'de> Deserialize<'de> for $t {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = String::deserialize(d)?;
+                spend_text(s.len()).map_err(de::Error::custom)?;
                 $t::try_from(s).map_err(de::Error::custom)
             }
         }
@@ -1250,6 +1271,7 @@ impl<'de> Deserialize<'de> for InstanceId {
                 }
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<InstanceId, E> {
+                spend_text(s.len()).map_err(E::custom)?;
                 InstanceId::try_from(s.to_owned()).map_err(E::custom)
             }
         }
@@ -1275,6 +1297,7 @@ impl<'de> Deserialize<'de> for EnvValue {
                 self.visit_str(s)
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<EnvValue, E> {
+                spend_text(s.len()).map_err(E::custom)?;
                 EnvValue::try_from(s.to_owned()).map_err(E::custom)
             }
         }
@@ -1669,6 +1692,21 @@ deviceMapping:
         }
         let e = err(&text);
         assert!(e.contains("more than 200000 entries"), "{e}");
+        // One long value behind an alias, used over and over.
+        let mut text = format!(
+            "deviceMapping:\n- hosts: [a]\n  devices:\n  - {{resourceName: a.io/x, instanceID: \"0\", env: {{K: &V {}}}}}\n",
+            "v".repeat(30_000)
+        );
+        for i in 1..400 {
+            text.push_str(&format!(
+                "  - {{resourceName: a.io/x, instanceID: \"{i}\", env: {{K: *V}}}}\n"
+            ));
+        }
+        let e = err(&text);
+        assert!(
+            e.contains("more than 8388608 bytes of names, IDs and env"),
+            "{e}"
+        );
     }
 
     #[test]

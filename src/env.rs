@@ -224,6 +224,55 @@ mod tests {
     }
 
     #[test]
+    fn allocate_refuses_what_no_container_or_kubelet_would_take() {
+        // 20 devices of 60 KiB of env each (one value behind an alias): 1.2 MiB for one
+        // container, past the bound.
+        let value = "v".repeat(30 << 10);
+        let mut yaml = format!("deviceMapping:\n- hosts: [a]\n  devices:\n  - {{resourceName: a.io/x, instanceID: \"00\", env: {{A: &V {value}, B: *V}}}}\n");
+        for i in 1..20 {
+            yaml.push_str(&format!(
+                "  - {{resourceName: a.io/x, instanceID: \"{i:02}\", env: {{A: *V, B: *V}}}}\n"
+            ));
+        }
+        let (r, d) = devices(&yaml);
+        let ids: Vec<String> = d.iter().map(|d| d.id.to_string()).collect();
+        match allocate(&r, &d, &[ids.clone()]) {
+            Err(Refusal::TooLarge { bytes, limit }) => {
+                assert_eq!(limit, MAX_CONTAINER_ENV_BYTES);
+                assert!(bytes > limit);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // Split over containers of a few devices each, every container fits, and the answer too.
+        let few: Vec<Vec<String>> = ids.chunks(5).map(<[String]>::to_vec).collect();
+        let envs = allocate(&r, &d, &few).unwrap();
+        assert_eq!(envs.len(), 4);
+        // The counted size is never below what is rendered.
+        for (ids, env) in few.iter().zip(&envs) {
+            let picked: Vec<&Device> = d
+                .iter()
+                .filter(|x| ids.contains(&x.id.to_string()))
+                .collect();
+            let rendered: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+            assert!(env_bytes(&r, &picked) >= rendered);
+        }
+        assert_eq!(allocate(&r, &d, &[]), Err(Refusal::NoContainers));
+        assert_eq!(allocate(&r, &d, &[vec![]]), Err(Refusal::NoDevices));
+        let two = vec![
+            vec!["00".to_owned()],
+            vec!["01".to_owned(), "00".to_owned()],
+        ];
+        assert_eq!(
+            allocate(&r, &d, &two),
+            Err(Refusal::DuplicateDevice("00".to_owned()))
+        );
+        assert_eq!(
+            allocate(&r, &d, &[vec!["zz".to_owned()]]),
+            Err(Refusal::UnknownDevice("zz".to_owned()))
+        );
+    }
+
+    #[test]
     fn prefixes() {
         let p = |s: &str| prefix(&ResourceName::try_from(s.to_owned()).unwrap());
         assert_eq!(p("example.com/widget"), "EXAMPLECOM_WIDGET");

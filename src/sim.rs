@@ -70,6 +70,8 @@ pub struct Plugin {
     pub updates: usize,
     pub stream_open: bool,
     client: Arc<DevicePluginClient>,
+    /// Fired by [`Kubelet::hang_up`]: the stream task drops its ListAndWatch call.
+    hang_up: Arc<Mutex<Option<futures_channel::oneshot::Sender<()>>>>,
 }
 
 #[derive(Default)]
@@ -234,6 +236,19 @@ impl Kubelet {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Closes `resource`'s ListAndWatch stream and does not dial again, as the kubelet does to a
+    /// plugin whose resource another endpoint registered meanwhile. False if it has no stream.
+    pub fn hang_up(&self, resource: &str) -> bool {
+        let hang_up = self
+            .shared
+            .lock()
+            .plugins
+            .get(resource)
+            .map(|p| p.hang_up.clone());
+        let sender = hang_up.and_then(|h| h.lock().unwrap_or_else(|e| e.into_inner()).take());
+        sender.is_some_and(|s| s.send(()).is_ok())
     }
 
     /// When each accepted Register call arrived, as (resource, instant), in order.
@@ -413,6 +428,7 @@ impl RegistrationService {
         let Ok(mut stream) = client.list_and_watch(CallOption::default()) else {
             return;
         };
+        let (hang_up, mut hung_up) = futures_channel::oneshot::channel::<()>();
         {
             let mut inner = self.shared.lock();
             if inner.generation != self.generation {
@@ -430,6 +446,7 @@ impl RegistrationService {
                     updates: 0,
                     stream_open: true,
                     client: client.clone(),
+                    hang_up: Arc::new(Mutex::new(Some(hang_up))),
                 },
             );
             let event = Event::Registered {
@@ -449,7 +466,11 @@ impl RegistrationService {
                         .get(&resource)
                         .is_some_and(|p| p.endpoint == endpoint)
             };
-            while let Some(Ok(msg)) = stream.next().await {
+            loop {
+                let next = futures_util::future::select(stream.next(), &mut hung_up).await;
+                let futures_util::future::Either::Left((Some(Ok(msg)), _)) = next else {
+                    break;
+                };
                 let devices: Vec<(String, String)> = msg
                     .devices
                     .iter()

@@ -465,6 +465,9 @@ impl<B: Backend> State<B> {
         }
         for (resource, endpoint) in again {
             self.stats.reregistrations += 1;
+            // The registrar remembers it registered this endpoint with this kubelet: forgotten
+            // first, so it registers again.
+            self.backend.forget(&resource);
             self.backend.register(&resource, &endpoint);
         }
     }
@@ -1253,6 +1256,43 @@ mod tests {
         log.borrow_mut().sockets.clear();
         s.tick(now + FALLBACK_CHECK * 2 + Duration::from_millis(10));
         assert_eq!(log.borrow().started.len(), 3);
+    }
+
+    #[test]
+    fn a_registered_resource_whose_streams_all_closed_registers_again() {
+        let (mut s, log, now) = setup();
+        s.handle(config(TWO), now);
+        s.handle(
+            Msg::Registered {
+                resource: res("a.io/x"),
+                endpoint: "spookd-0.sock".into(),
+                result: Ok(()),
+            },
+            now,
+        );
+        let rx = watch(&mut s, "a.io/x", 0, now);
+        let registered = log.borrow().registered.len();
+        // b.io/y was never watched (nor registered): left alone. a.io/x's stream is open.
+        s.tick(now + FALLBACK_CHECK);
+        s.tick(now + FALLBACK_CHECK * 2);
+        assert_eq!(log.borrow().registered.len(), registered);
+        drop(rx);
+        // Seen once: it may be reopening. Seen again at the next check: registered again.
+        s.tick(now + FALLBACK_CHECK * 3);
+        assert_eq!(log.borrow().registered.len(), registered);
+        s.tick(now + FALLBACK_CHECK * 4);
+        let log = log.borrow();
+        assert_eq!(log.registered.len(), registered + 1);
+        assert_eq!(
+            log.registered.last().unwrap(),
+            &("a.io/x".into(), "spookd-0.sock".into())
+        );
+        assert_eq!(log.forgotten.last().unwrap(), "a.io/x");
+        assert_eq!(s.snapshot().reregistrations, 1);
+        assert_eq!(
+            s.registrations()[&res("a.io/x")],
+            Some(("spookd-0.sock".into(), false))
+        );
     }
 
     #[test]

@@ -112,7 +112,10 @@ fn check_exits_1_with_the_error_for_an_invalid_config() {
         "{err}"
     );
     assert!(
-        err.contains("instanceID must be a string, found the number 7; quote it"),
+        err.contains(
+            "instanceID 7 must be a quoted string (YAML readers may take it for a number): write \
+             instanceID: \"7\" at line 4 column 56"
+        ),
         "{err}"
     );
     let out = spookd(&["check", tmp.join("missing.yaml").to_str().unwrap()]);

@@ -171,7 +171,23 @@ fn allocate_answers_each_container_in_order_and_refuses_unknown_ids() {
         refused(&[&["a", "a"]]),
         (
             RpcStatusCode::INVALID_ARGUMENT,
-            "skao.int/signal-generator device \"a\" requested twice for one container".to_owned()
+            "skao.int/signal-generator device \"a\" requested twice in one request".to_owned()
+        )
+    );
+    // One device given to two containers of one request: refused, not handed out twice.
+    assert_eq!(
+        refused(&[&["a"], &["b", "a"]]),
+        (
+            RpcStatusCode::INVALID_ARGUMENT,
+            "skao.int/signal-generator device \"a\" requested twice in one request".to_owned()
+        )
+    );
+    // No container at all (was answered with an empty success).
+    assert_eq!(
+        refused(&[]),
+        (
+            RpcStatusCode::INVALID_ARGUMENT,
+            "an Allocate request for skao.int/signal-generator names no container".to_owned()
         )
     );
     // Still serving after refusals.
@@ -305,7 +321,7 @@ fn invalid_configs_are_ignored_and_the_last_good_one_stays() {
     }
     let log = s.spookd.log();
     assert!(
-        log.contains("line 4 column 56: instanceID 0002 must be a quoted string"),
+        log.contains("instanceID 0002 must be a quoted string (YAML readers may take it for a number): write instanceID: \"0002\" at line 4 column 56"),
         "{log}"
     );
     assert!(

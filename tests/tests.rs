@@ -12,6 +12,7 @@ mod cli;
 mod daemon;
 mod exclusive;
 mod health;
+mod hostile;
 mod lease_model;
 mod leases;
 mod manifests;

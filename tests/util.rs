@@ -156,6 +156,11 @@ impl Spookd {
         false
     }
 
+    /// The exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit.
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
         let start = Instant::now();
