@@ -812,24 +812,16 @@ fn reads_as_non_string(s: &str) -> Option<&'static str> {
         return Some("a boolean");
     }
     let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let all = |t: &str, ok: fn(u8) -> bool| !t.is_empty() && t.bytes().all(ok);
-    let digits = |t: &str| all(t, |b| b.is_ascii_digit() || b == b'_');
-    let radix = [
-        ("0x", u8::is_ascii_hexdigit as fn(&u8) -> bool),
-        ("0o", |b: &u8| (b'0'..=b'7').contains(b)),
-        ("0b", |b: &u8| matches!(b, b'0' | b'1')),
-    ];
-    let number = digits(unsigned)
-        || radix.iter().any(|(p, ok)| {
-            unsigned
-                .strip_prefix(p)
-                .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| ok(&b) || b == b'_'))
-        })
-        // Sexagesimal (YAML 1.1): 1:30.
-        || unsigned
-            .split(':')
-            .all(|part| digits(part))
-            && unsigned.contains(':')
+    let digits =
+        |t: &str, radix: u32| !t.is_empty() && t.chars().all(|c| c.is_digit(radix) || c == '_');
+    let prefixed = [("0x", 16), ("0o", 8), ("0b", 2)]
+        .iter()
+        .any(|(p, radix)| unsigned.strip_prefix(p).is_some_and(|t| digits(t, *radix)));
+    // Sexagesimal (YAML 1.1): 1:30.
+    let sexagesimal = unsigned.contains(':') && unsigned.split(':').all(|t| digits(t, 10));
+    let number = digits(unsigned, 10)
+        || prefixed
+        || sexagesimal
         || is_float(unsigned)
         || words(&[".inf", "+.inf", "-.inf", ".nan"]);
     number.then_some("a number")

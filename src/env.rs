@@ -236,7 +236,7 @@ mod tests {
         }
         let (r, d) = devices(&yaml);
         let ids: Vec<String> = d.iter().map(|d| d.id.to_string()).collect();
-        match allocate(&r, &d, &[ids.clone()]) {
+        match allocate(&r, &d, std::slice::from_ref(&ids)) {
             Err(Refusal::TooLarge { bytes, limit }) => {
                 assert_eq!(limit, MAX_CONTAINER_ENV_BYTES);
                 assert!(bytes > limit);

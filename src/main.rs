@@ -178,7 +178,7 @@ fn lock_dir(dir: &Path, signals: &mut Signals) -> Result<Option<std::fs::File>, 
                 })
             }
         }
-        if tries % LOG_EVERY == 0 {
+        if tries.is_multiple_of(LOG_EVERY) {
             warn!(
                 "another spookd serves {} (it holds the directory's lock); waiting for it to stop",
                 dir.display()

@@ -95,7 +95,7 @@ pub fn read_config(path: &Path) -> Result<Vec<u8>, ConfigError> {
     Ok(bytes)
 }
 
-fn run(path: &PathBuf, interval: Duration, stop: &Receiver<()>, state: &Sender<Msg>) {
+fn run(path: &Path, interval: Duration, stop: &Receiver<()>, state: &Sender<Msg>) {
     let origin = path.display().to_string();
     let mut last: Option<Seen> = None;
     loop {
