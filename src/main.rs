@@ -313,6 +313,7 @@ fn serve(opts: RunOptions) -> Result<(), MainError> {
             } => {
                 let poller = FilePoller::spawn(path, poll_interval, tx.clone())
                     .map_err(startup("start the config file poller"))?;
+                let _ = tx.send(Msg::SourceProgress(poller.progress()));
                 (Some(poller), None)
             }
             Source::ConfigMap(api) => {

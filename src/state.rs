@@ -53,6 +53,7 @@ use crate::exclusive::{DeviceKey, LeaseCmd, LeaseRefusal, LeaseReport};
 use crate::health::ProbeSet;
 use crate::kubelet::RegisterError;
 use crate::metrics::Snapshot;
+use crate::source::Progress;
 
 /// How long a removed resource's server lives after pushing its empty list, so the kubelet reads it.
 pub const RETIRE_GRACE: Duration = Duration::from_millis(250);
@@ -133,6 +134,8 @@ pub enum Msg {
     Snapshot {
         reply: crossbeam_channel::Sender<Snapshot>,
     },
+    /// The config source's heartbeat: /readyz and a metric say so when it stalls.
+    SourceProgress(Progress),
     /// Stop serving: stop every server, remove our sockets, end the thread.
     Shutdown,
 }
@@ -279,6 +282,8 @@ pub struct State<B: Backend> {
     pending: BTreeMap<u64, Pending>,
     next_request: u64,
     next_check: Instant,
+    /// The config source's heartbeat, when it has one.
+    source: Option<Progress>,
     /// Counters for /metrics; devices and registration are read from `served`.
     stats: Snapshot,
 }
@@ -301,6 +306,7 @@ impl<B: Backend> State<B> {
             pending: BTreeMap::new(),
             next_request: 0,
             next_check: later(now, FALLBACK_CHECK),
+            source: None,
             stats: Snapshot::default(),
         }
     }
@@ -391,6 +397,7 @@ impl<B: Backend> State<B> {
             Msg::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot());
             }
+            Msg::SourceProgress(progress) => self.source = Some(progress),
             Msg::Shutdown => return Flow::Stop,
         }
         self.reap(now);
@@ -863,6 +870,14 @@ impl<B: Backend> State<B> {
     pub fn snapshot(&self) -> Snapshot {
         let mut s = self.stats.clone();
         s.configured = self.have_config;
+        if s.source_problem.is_none() {
+            if let Some(silent) = self.source.as_ref().and_then(|p| p.stalled(Instant::now())) {
+                s.source_problem = Some(format!(
+                    "no read of the config finished for {:?} (stuck in a system call?)",
+                    Duration::from_secs(silent.as_secs())
+                ));
+            }
+        }
         s.resources = self
             .served
             .iter()
@@ -1292,6 +1307,31 @@ mod tests {
         assert_eq!(
             s.registrations()[&res("a.io/x")],
             Some(("spookd-0.sock".into(), false))
+        );
+    }
+
+    #[test]
+    fn a_silent_source_shows_in_the_snapshot() {
+        let (mut s, _log, now) = setup();
+        s.handle(config(TWO), now);
+        assert_eq!(s.snapshot().source_problem, None);
+        let progress = Progress::new(Duration::ZERO);
+        s.handle(Msg::SourceProgress(progress.clone()), now);
+        std::thread::sleep(Duration::from_millis(5));
+        let problem = s.snapshot().source_problem.unwrap();
+        assert!(
+            problem.starts_with("no read of the config finished for"),
+            "{problem}"
+        );
+        // A read error names itself instead.
+        let err = ConfigError::NotRegular {
+            path: "/c".into(),
+            kind: "a FIFO",
+        };
+        s.handle(Msg::ConfigInvalid(err), now);
+        assert_eq!(
+            s.snapshot().source_problem.as_deref(),
+            Some("cannot read config /c: it is a FIFO, not a regular file")
         );
     }
 

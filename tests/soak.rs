@@ -101,6 +101,15 @@ const BROKEN: &[&[u8]] = &[
     b"deviceMapping:\n  - hosts: [node1]\n    devices:\n      - {resourceName: example.com/widget, instanceID: \"1\", env: {A: x}}\n      - {resourceName: example.com/widget, instanceID: \"1\", env: {A: y}}\n",
     b"deviceMapping:\n  - hosts: [node1]\n    devices: []\n    typo: 1\n",
     b"deviceMapping:\n  - hosts: [node1]\n    devices:\n      - {resourceName: example.com/widget, instanceID: \"1\", env: {ID: x}}\n",
+    // Hostile input (#16): a list with every entry commented out (was: serve nothing), a NUL
+    // in an env value, a CR in an instanceID, an unquoted number behind an anchor, a duration
+    // that overflowed the probe thread's clock.
+    b"deviceMapping:\n  # - hosts: [node1]\n  #   devices: []\n",
+    b"deviceMapping:\n  - hosts: [node1]\n    devices:\n",
+    b"deviceMapping:\n  - hosts: [node1]\n    devices:\n      - {resourceName: example.com/widget, instanceID: \"1\", env: {A: \"x\\0y\"}}\n",
+    b"deviceMapping:\n  - hosts: [node1]\n    devices:\n      - {resourceName: example.com/widget, instanceID: \"w\\r1\"}\n",
+    b"deviceMapping:\n  - hosts: [node1]\n    devices:\n      - {resourceName: example.com/widget, instanceID: &x 0001}\n",
+    b"deviceMapping:\n  - hosts: [node1]\n    devices:\n      - {resourceName: example.com/widget, instanceID: \"1\", healthCheck: {tcp: \"127.0.0.1:1\", interval: 5000000000000000h}}\n",
 ];
 
 #[test]

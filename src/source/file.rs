@@ -13,11 +13,13 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::config::{Config, ConfigError, MAX_CONFIG_BYTES};
+use crate::source::Progress;
 use crate::state::Msg;
 use crate::worker::Worker;
 
 /// Handle of the file-poll thread (`spookd-config-file`); dropping it stops the thread.
 pub struct FilePoller {
+    progress: Progress,
     _stop: Sender<()>,
     _worker: Worker,
 }
@@ -26,13 +28,22 @@ impl FilePoller {
     /// Reads `path` at once, then every `interval`, and sends each new content to `state`.
     pub fn spawn(path: PathBuf, interval: Duration, state: Sender<Msg>) -> io::Result<Self> {
         let (stop, stopped) = crossbeam_channel::bounded(0);
+        // Three polls missed, and never less than 10 s: a slow disk is not a stall.
+        let progress = Progress::new(interval.saturating_mul(3).max(Duration::from_secs(10)));
+        let beat = progress.clone();
         let worker = Worker::spawn("spookd-config-file", move || {
-            run(&path, interval, &stopped, &state)
+            run(&path, interval, &stopped, &state, &beat)
         })?;
         Ok(FilePoller {
+            progress,
             _stop: stop,
             _worker: worker,
         })
+    }
+
+    /// The thread's heartbeat, for the state thread ([`Msg::SourceProgress`]).
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
     }
 }
 
@@ -95,11 +106,18 @@ pub fn read_config(path: &Path) -> Result<Vec<u8>, ConfigError> {
     Ok(bytes)
 }
 
-fn run(path: &Path, interval: Duration, stop: &Receiver<()>, state: &Sender<Msg>) {
+fn run(
+    path: &Path,
+    interval: Duration,
+    stop: &Receiver<()>,
+    state: &Sender<Msg>,
+    progress: &Progress,
+) {
     let origin = path.display().to_string();
     let mut last: Option<Seen> = None;
     loop {
         let read = read_config(path);
+        progress.beat();
         // Only a change is parsed: an idle poll is one read and a comparison.
         let changed = match (&read, &last) {
             (Ok(bytes), Some(Seen::Content(before))) => bytes != before,
