@@ -314,7 +314,52 @@ fn wanted(section: &str) -> bool {
     named.is_empty() || named.iter().any(|n| n == section)
 }
 
+/// The peak RSS (VmHWM, KiB) of a fresh process that parses `path` as the daemon does: this
+/// binary started again in its parse mode (see `main`).
+fn parse_peak_kib(path: &Path) -> (u64, String) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env("SPOOKD_BENCH_PARSE", path)
+        .envs(image_env())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (kib, result) = text.trim().split_once(' ').unwrap_or(("0", ""));
+    (kib.parse().unwrap_or(0), result.to_owned())
+}
+
+/// The kubelet's GetPreferredAllocation with `n` available and `n` must-include IDs, on `client`.
+fn preferred_call(client: &DevicePluginClient, n: usize) -> Duration {
+    use spookd::proto::{ContainerPreferredAllocationRequest, PreferredAllocationRequest};
+    let ids: Vec<String> = (0..n).map(|i| format!("d{i:05}")).collect();
+    let mut c = ContainerPreferredAllocationRequest::new();
+    c.available_deviceIDs = ids.clone();
+    c.must_include_deviceIDs = ids;
+    c.allocation_size = i32::try_from(n).unwrap_or(i32::MAX);
+    let mut req = PreferredAllocationRequest::new();
+    req.container_requests.push(c);
+    let t0 = Instant::now();
+    client
+        .get_preferred_allocation(&req, CallOption::default().timeout(WAIT))
+        .unwrap();
+    t0.elapsed()
+}
+
 fn main() {
+    // Parse mode: read and parse one config as the daemon does, print the peak RSS and the result.
+    if let Some(path) = std::env::var_os("SPOOKD_BENCH_PARSE") {
+        let result = spookd::source::file::read_config(Path::new(&path))
+            .and_then(|text| Config::parse(&text, "bench"));
+        let hwm = fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        println!("{hwm} {}", if result.is_ok() { "valid" } else { "refused" });
+        return;
+    }
     // The in-process figure (reload) runs under the image's allocator settings too: glibc reads
     // them only at start, so start again with them.
     let image = image_env();
@@ -779,6 +824,133 @@ fn main() {
             "reload_10k_parse_ms_p50",
             format!("{:.2}", ms(percentile(&parses, 0.5))),
         );
+    }
+
+    if wanted("hostile") {
+        // What hostile input costs now (issue #16): the parse's peak memory at the largest
+        // config, an alias bomb's, and answers under idle, slow and garbage clients.
+        let d = Dir::new("hostile");
+        let baseline = d.0.join("empty.yaml");
+        fs::write(&baseline, "deviceMapping: []\n").unwrap();
+        let (base_kib, _) = parse_peak_kib(&baseline);
+        let largest = d.0.join("largest.yaml");
+        let text = big(200, 50);
+        fs::write(&largest, &text).unwrap();
+        let (largest_kib, ok) = parse_peak_kib(&largest);
+        row(
+            format!(
+                "parse peak (VmHWM) over a bare process, {} KiB config of 10,000 devices ({ok})",
+                text.len() / 1024
+            ),
+            format!(
+                "{:.1} MiB",
+                largest_kib.saturating_sub(base_kib) as f64 / 1024.0
+            ),
+            "fits the 64 Mi limit",
+        );
+        json.insert(
+            "parse_peak_10k_kib",
+            largest_kib.saturating_sub(base_kib).to_string(),
+        );
+        let hosts: Vec<String> = (0..1000).map(|i| format!("h{i}")).collect();
+        let devices: Vec<String> = (0..1000)
+            .map(|i| format!("{{resourceName: a.io/x, instanceID: \"{i}\"}}"))
+            .collect();
+        let mut bomb = format!(
+            "deviceMapping:\n- hosts: &H [{}]\n  devices: &D [{}]\n",
+            hosts.join(", "),
+            devices.join(", ")
+        );
+        while bomb.len() < 1_000_000 {
+            bomb.push_str("- {hosts: *H, devices: *D}\n");
+        }
+        let bomb_path = d.0.join("bomb.yaml");
+        fs::write(&bomb_path, &bomb).unwrap();
+        let t0 = Instant::now();
+        let (bomb_kib, ok) = parse_peak_kib(&bomb_path);
+        let bomb_time = t0.elapsed();
+        row(
+            format!("parse peak, 1 MB alias bomb ({ok}; was 1.9 GB)"),
+            format!(
+                "{:.1} MiB in {:.0} ms",
+                bomb_kib.saturating_sub(base_kib) as f64 / 1024.0,
+                ms(bomb_time)
+            ),
+            "fits the 64 Mi limit",
+        );
+        json.insert(
+            "parse_peak_bomb_kib",
+            bomb_kib.saturating_sub(base_kib).to_string(),
+        );
+
+        let k = Kubelet::start(&d.dp()).unwrap();
+        let v = util::ConfigVolume::new(d.0.join("cm"), &seed());
+        let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
+        let mut args = file_args(&c, &dp, "1s");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        args.extend(["--metrics-addr", &addr]);
+        let p = Proc::start(&bin, &args, &d.0.join("log"));
+        wait_register_calls(&k, 2);
+        let healthz = || -> Duration {
+            use std::io::{Read, Write};
+            let t0 = Instant::now();
+            let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+            conn.set_read_timeout(Some(WAIT)).unwrap();
+            conn.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+            let mut answer = Vec::new();
+            let _ = conn.read_to_end(&mut answer);
+            t0.elapsed()
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let _idle: Vec<std::net::TcpStream> = (0..500)
+            .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+            .collect();
+        let mut slow: Vec<std::net::TcpStream> = (0..20)
+            .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+            .collect();
+        let mut times = Vec::new();
+        for i in 0..50 {
+            if i % 10 == 0 {
+                for c in &mut slow {
+                    let _ = std::io::Write::write_all(c, b"G");
+                }
+                for _ in 0..20 {
+                    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+                    let _ = std::io::Write::write_all(&mut c, b"\x00garbage\r\n\r\n");
+                }
+            }
+            times.push(healthz());
+        }
+        times.sort();
+        row(
+            "/healthz under 500 idle, 20 byte-a-second and garbage clients: p50 / p99".into(),
+            format!(
+                "{:.2} ms / {:.2} ms",
+                ms(percentile(&times, 0.5)),
+                ms(percentile(&times, 0.99))
+            ),
+            "≤ 100 ms (was 9.4 s with 5 idle)",
+        );
+        json.insert(
+            "healthz_hostile_ms_p99",
+            format!("{:.3}", ms(percentile(&times, 0.99))),
+        );
+        let client = k.plugin_client("example.com/widget").unwrap();
+        let mut pref: Vec<Duration> = (0..5).map(|_| preferred_call(&client, 20_000)).collect();
+        pref.sort();
+        row(
+            "GetPreferredAllocation, 20,000 available and must-include IDs, median of 5".into(),
+            format!("{:.1} ms", ms(percentile(&pref, 0.5))),
+            "report (was 6.3 s)",
+        );
+        json.insert(
+            "preferred_20k_ms_p50",
+            format!("{:.2}", ms(percentile(&pref, 0.5))),
+        );
+        drop(p);
+        drop(k);
     }
 
     // The table.
