@@ -433,3 +433,46 @@ fn a_device_plugins_dir_too_long_for_sockets_is_a_clear_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn no_deadline_in_the_daemon_is_computed_with_a_bare_instant_plus_duration() {
+    // `Instant + Duration` panics past the clock's range, and a panic aborts the daemon: every
+    // deadline goes through spookd::clock::later. A guard against the pattern coming back.
+    fn scan(dir: &std::path::Path, found: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                scan(&path, found);
+                continue;
+            }
+            if path.extension().and_then(|e| e.to_str()) != Some("rs") {
+                continue;
+            }
+            let text = fs::read_to_string(&path).unwrap();
+            // Tests may add constants to a clock they made.
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (n, line) in code.lines().enumerate() {
+                let line = line.trim();
+                if line.starts_with("//") {
+                    continue;
+                }
+                let bare = [
+                    "Instant::now() +",
+                    "now + ",
+                    "deadline + ",
+                    "started + ",
+                    ".at + ",
+                ];
+                if bare.iter().any(|p| line.contains(p)) {
+                    found.push(format!("{}:{}: {line}", path.display(), n + 1));
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    scan(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut found,
+    );
+    assert_eq!(found, Vec::<String>::new());
+}
