@@ -774,20 +774,21 @@ fn style_of(s: &str) -> Style {
         let Some(text) = &scope.text else {
             return Style::Explicit;
         };
-        let base = text.as_ptr() as usize;
-        let at = (s.as_ptr() as usize).wrapping_sub(base);
-        if at > text.len()
-            || text.len() - at < s.len()
-            || text.get(at..at + s.len()) != Some(s.as_bytes())
-        {
+        let start = (s.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+        let Some((before, rest)) = text.split_at_checked(start) else {
+            return Style::Explicit;
+        };
+        let Some((lent, after)) = rest.split_at_checked(s.len()) else {
+            return Style::Explicit;
+        };
+        if lent != s.as_bytes() {
             return Style::Explicit;
         }
         // A quoted scalar's string ends at its closing quote (serde_yaml lends the text before
         // it, even when escapes came earlier); no plain scalar can end just before a quote.
-        if matches!(text.get(at + s.len()), Some(b'"' | b'\'')) {
+        if matches!(after.first(), Some(b'"' | b'\'')) {
             return Style::Explicit;
         }
-        let before = &text[..at];
         let token = before.trim_ascii_end();
         let token = &token[token
             .iter()
