@@ -11,6 +11,9 @@
 #[path = "../tests/apiserver.rs"]
 #[allow(dead_code)]
 mod apiserver;
+#[path = "../src/sim.rs"]
+#[allow(dead_code)]
+mod sim;
 #[path = "../tests/util.rs"]
 #[allow(dead_code)]
 mod util;
@@ -23,10 +26,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use grpcio::CallOption;
+use sim::{Event, Kubelet};
 use spookd::config::{Config, NodeName, ResourceName};
-use spookd::proto::{AllocateRequest, ContainerAllocateRequest, DevicePluginClient};
-use spookd::sim::{Event, Kubelet};
-use spookd::state::{Backend, Msg, State};
+use spookd::kubelet::proto::{AllocateRequest, ContainerAllocateRequest, DevicePluginClient};
+use spookd::state::msg::Msg;
+use spookd::state::{Backend, State};
 
 const NODE: &str = "bench-node";
 const WAIT: Duration = Duration::from_secs(30);
@@ -330,7 +334,7 @@ fn parse_peak_kib(path: &Path) -> (u64, String) {
 
 /// The kubelet's GetPreferredAllocation with `n` available and `n` must-include IDs, on `client`.
 fn preferred_call(client: &DevicePluginClient, n: usize) -> Duration {
-    use spookd::proto::{ContainerPreferredAllocationRequest, PreferredAllocationRequest};
+    use spookd::kubelet::proto::{ContainerPreferredAllocationRequest, PreferredAllocationRequest};
     let ids: Vec<String> = (0..n).map(|i| format!("d{i:05}")).collect();
     let mut c = ContainerPreferredAllocationRequest::new();
     c.available_deviceIDs = ids.clone();
@@ -1014,10 +1018,10 @@ impl Backend for NullBackend {
     fn kubelet_socket(&self) -> Option<u64> {
         Some(1)
     }
-    fn set_probes(&mut self, _: spookd::health::ProbeSet) {}
+    fn set_probes(&mut self, _: spookd::state::msg::ProbeSet) {}
     fn served(&mut self, _: std::collections::BTreeSet<ResourceName>) {}
     fn exclusive(&self) -> bool {
         false
     }
-    fn leases(&mut self, _: spookd::exclusive::LeaseCmd) {}
+    fn leases(&mut self, _: spookd::state::msg::LeaseCmd) {}
 }

@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
+use crate::config::env;
 use crate::config::{Config, NodeName};
-use crate::env;
 
 /// What each node (or only `only`) would serve, with every device's probe settings and its env as
 /// Allocate would set it for that device alone.

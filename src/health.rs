@@ -33,16 +33,10 @@ use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use crate::clock::later;
-use crate::config::{HealthCheck, InstanceId, ResourceName};
-use crate::plugin::random_unit;
-use crate::state::Msg;
+use crate::config::HealthCheck;
+use crate::random::random_unit;
+use crate::state::msg::{DeviceKey, Msg, ProbeSet};
 use crate::worker::Worker;
-
-/// A probed device.
-pub type ProbeKey = (ResourceName, InstanceId);
-
-/// Every probe this node runs.
-pub type ProbeSet = BTreeMap<ProbeKey, HealthCheck>;
 
 /// Most connects in flight at once; more due probes wait for a free slot.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -115,21 +109,21 @@ struct Probe {
 /// A probe result that changes a device's health.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Change {
-    pub key: ProbeKey,
+    pub key: DeviceKey,
     pub healthy: bool,
 }
 
 /// The probes' schedules and thresholds: no I/O, so it is tested with made-up instants.
 #[derive(Debug, Default)]
 pub struct Schedule {
-    probes: BTreeMap<ProbeKey, Probe>,
+    probes: BTreeMap<DeviceKey, Probe>,
     generation: u64,
 }
 
 /// A probe to start now; hand it back to [`Schedule::record`] with the result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Due {
-    pub key: ProbeKey,
+    pub key: DeviceKey,
     pub target: SocketAddr,
     pub timeout: Duration,
     generation: u64,
@@ -172,7 +166,7 @@ impl Schedule {
     /// Takes up to `limit` probes due at `now`, earliest first; each is not due again until its
     /// result is recorded.
     pub fn take_due(&mut self, now: Instant, limit: usize) -> Vec<Due> {
-        let mut due: Vec<(&ProbeKey, &mut Probe)> = self
+        let mut due: Vec<(&DeviceKey, &mut Probe)> = self
             .probes
             .iter_mut()
             .filter(|(_, p)| p.next <= now)
@@ -390,8 +384,9 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{InstanceId, ResourceName};
 
-    fn key(id: &str) -> ProbeKey {
+    fn key(id: &str) -> DeviceKey {
         (
             ResourceName::try_from("a.io/x".to_owned()).unwrap(),
             InstanceId::try_from(id.to_owned()).unwrap(),

@@ -1,29 +1,39 @@
 //! spookd: a Kubernetes device plugin for virtual devices declared in YAML.
 //!
-//! Threads, each named `spookd-*`, talk over channels to one state thread that owns all state
-//! (see [`state`]): config sources ([`source`]), the kubelet registrar and watcher ([`kubelet`]),
-//! and one gRPC server per resource ([`plugin`]) on gRPC's completion-queue threads.
+//! Rooms, named for what they talk to (README, "How it works", has the map and the threads):
+//! - [`daemon`] starts every thread and stops them; [`cli`] is the flag table; [`check`] the dry run.
+//! - [`config`] is the config model: pure, no I/O, parsed once at the edge into checked types.
+//! - [`state`] owns everything served; [`state::msg`] is the vocabulary every thread speaks.
+//! - [`kubelet`] talks to the kubelet: the device-plugin service, the registrar, the watcher of
+//!   its directory and its podresources API.
+//! - [`kube`] talks to the Kubernetes API: one HTTPS client and one list-then-watch loop.
+//! - [`source`] reads configs (a file, or a ConfigMap through [`kube`]).
+//! - One room per optional feature: [`health`] probes, [`leases`] for exclusive access,
+//!   [`prune`] for stale resources, [`metrics`] for operators.
+//! - Small shared pieces: [`clock`], [`worker`], [`latest`], `random`, `backoff`.
+//!
+//! Imports go down this list, never up or sideways between features (a test checks it):
+//! shared pieces, then config, then state, then kube and kubelet, then the features and
+//! sources, then cli, check and daemon. The kubelet stand-in (`src/sim.rs`) is not part of the
+//! library: kubelet-sim and the tests compile it by path.
 
-pub mod api;
+pub(crate) mod backoff;
 pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod env;
-pub mod exclusive;
-pub mod health;
+pub mod daemon;
+pub(crate) mod health;
+pub mod kube;
 pub mod kubelet;
 pub mod latest;
-pub mod lease;
-pub mod metrics;
-pub mod plugin;
-pub mod podresources;
-pub mod proto;
-pub mod prune;
-pub mod sim;
+pub mod leases;
+pub(crate) mod metrics;
+pub(crate) mod prune;
+pub(crate) mod random;
 pub mod source;
 pub mod state;
-pub mod worker;
+pub(crate) mod worker;
 
 /// The version printed by `--version` and logged at start.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -23,7 +23,7 @@ use log::{info, warn};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::clock::later;
-use crate::state::Msg;
+use crate::state::msg::{Msg, Snapshot};
 use crate::worker::Worker;
 
 /// Largest request head read.
@@ -38,37 +38,6 @@ pub const MAX_CONNECTIONS: usize = 512;
 /// How long accepting pauses after it failed (out of file descriptors): the listener stays
 /// readable, and polling it at once again would spin.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-
-/// What the state thread reports.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Snapshot {
-    /// Per served resource: (healthy devices, unhealthy devices, registered with the kubelet).
-    pub resources: BTreeMap<String, (usize, usize, bool)>,
-    /// Whether a valid config has been applied since start.
-    pub configured: bool,
-    pub reloads_ok: u64,
-    pub reloads_error: u64,
-    /// Unix time of the last applied config.
-    pub last_reload_success: Option<f64>,
-    /// Why the config source cannot read the config now (missing, not a regular file, too large,
-    /// stalled); `None` while it reads.
-    pub source_problem: Option<String>,
-    /// (resource, "ok" | "error") → count.
-    pub allocations: BTreeMap<(String, &'static str), u64>,
-    /// (resource, "ok" | "error") → count.
-    pub registrations: BTreeMap<(String, &'static str), u64>,
-    /// (resource, device) → Healthy.
-    pub devices: BTreeMap<(String, String), bool>,
-    /// Changes of a device's health seen by the probes.
-    pub health_changes: u64,
-    /// Times a resource's ListAndWatch streams all closed and stayed closed, so it registered
-    /// again.
-    pub reregistrations: u64,
-    /// `--exclusive-leases`: Leases this node holds, and acquisitions won and lost.
-    pub leases_held: u64,
-    pub lease_acquisitions_won: u64,
-    pub lease_acquisitions_lost: u64,
-}
 
 /// Handle of the metrics thread; dropping it stops the thread.
 pub struct MetricsServer {
@@ -85,16 +54,12 @@ pub struct MetricsListener {
 }
 
 impl MetricsListener {
-    /// Binds `addr` (port 0 picks one; see [`MetricsListener::addr`]).
+    /// Binds `addr` (port 0 picks one; the start-up log names it).
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         Ok(MetricsListener { listener, addr })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// Serves from a thread until the handle is dropped.
@@ -118,13 +83,6 @@ impl MetricsListener {
             stop,
             _worker: worker,
         })
-    }
-}
-
-impl MetricsServer {
-    /// Binds `addr` and serves from a thread.
-    pub fn spawn(addr: SocketAddr, state: Sender<Msg>) -> io::Result<Self> {
-        MetricsListener::bind(addr)?.serve(state)
     }
 }
 

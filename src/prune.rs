@@ -27,9 +27,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, info, warn};
 use serde::Deserialize;
 
-use crate::api::{ApiError, Backoff, Client, Connection};
+use crate::backoff::Backoff;
 use crate::clock::later;
 use crate::config::{NodeName, ResourceName};
+use crate::kube::client::{ApiError, Client, Connection};
 use crate::worker::Worker;
 
 /// The Node annotation listing, comma-separated and sorted, the names spookd advertised there.
@@ -339,7 +340,7 @@ struct NodeStatus {
 impl NodeApi for HttpNodeApi {
     fn get(&mut self) -> Result<NodeView, ApiError> {
         let url = &self.url;
-        let response = self.client.get(url, crate::api::REQUEST_TIMEOUT)?;
+        let response = self.client.get(url, crate::kube::client::REQUEST_TIMEOUT)?;
         let body = Client::read_body(url, response, MAX_NODE)?;
         let mut node: NodeJson =
             serde_yaml::from_slice(&body).map_err(|source| ApiError::Decode {

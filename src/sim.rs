@@ -1,4 +1,5 @@
-//! A kubelet stand-in: the kubelet's side of the v1beta1 device-plugin protocol, for the
+//! A kubelet stand-in (not part of spookd's library: compiled by path into kubelet-sim, the tests
+//! and the bench): the kubelet's side of the v1beta1 device-plugin protocol, for the
 //! `kubelet-sim` demo program and the integration tests.
 //!
 //! Like the kubelet's device manager it serves Registration on `kubelet.sock`, checks each
@@ -23,13 +24,13 @@ use grpcio::{
     ServerCredentials, UnarySink,
 };
 
-use crate::clock::later;
-use crate::config::ResourceName;
-use crate::proto::podresources::{
+use spookd::clock::later;
+use spookd::config::ResourceName;
+use spookd::kubelet::proto::podresources::{
     self, ContainerDevices, ContainerResources, ListPodResourcesRequest, ListPodResourcesResponse,
     PodResources,
 };
-use crate::proto::{
+use spookd::kubelet::proto::{
     self, AllocateRequest, AllocateResponse, ContainerAllocateRequest, DevicePluginClient,
     DevicePluginOptions, Empty, RegisterRequest, KUBELET_SOCKET,
 };

@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use grpcio::{CallOption, RpcStatusCode};
-use spookd::proto::{ContainerPreferredAllocationRequest, PreferredAllocationRequest};
+use spookd::kubelet::proto::{ContainerPreferredAllocationRequest, PreferredAllocationRequest};
 
 use crate::util::{own_sockets, ConfigVolume, Kubelet, Setup, Spookd, TempDir, SEED, WAIT};
 
-fn env_of(resp: &spookd::proto::AllocateResponse, container: usize) -> BTreeMap<String, String> {
+fn env_of(
+    resp: &spookd::kubelet::proto::AllocateResponse,
+    container: usize,
+) -> BTreeMap<String, String> {
     resp.container_responses[container]
         .envs
         .iter()
@@ -575,8 +578,8 @@ fn a_kubelet_that_never_reads_allocate_answers_holds_up_nothing() {
     let mut s = Setup::new("node1", SEED);
     s.expect_resources(&["example.com/thingamajig", "example.com/widget"]);
     let client = s.kubelet.plugin_client("example.com/widget").unwrap();
-    let mut req = spookd::proto::AllocateRequest::new();
-    let mut c = spookd::proto::ContainerAllocateRequest::new();
+    let mut req = spookd::kubelet::proto::AllocateRequest::new();
+    let mut c = spookd::kubelet::proto::ContainerAllocateRequest::new();
     c.devices_ids = vec!["0001".into()];
     req.container_requests.push(c);
     // 500 Allocates in flight whose answers are never read.

@@ -171,8 +171,8 @@ fn concurrent_allocates_have_one_winner_the_others_see_it_unhealthy_and_release_
             .iter()
             .map(|n| n.kubelet.plugin_client(WIDGET).unwrap())
             .collect();
-        let mut req = spookd::proto::AllocateRequest::new();
-        let mut container = spookd::proto::ContainerAllocateRequest::new();
+        let mut req = spookd::kubelet::proto::AllocateRequest::new();
+        let mut container = spookd::kubelet::proto::ContainerAllocateRequest::new();
         container.devices_ids = vec!["0001".into()];
         req.container_requests.push(container);
         let results: Vec<Result<(), (RpcStatusCode, String)>> = std::thread::scope(|s| {

@@ -1,4 +1,4 @@
-//! A model of the Lease protocol (`spookd::lease`) under concurrency: several nodes, each a thread
+//! A model of the Lease protocol (`spookd::leases::protocol`) under concurrency: several nodes, each a thread
 //! running the real `acquire`, `renew` and `release` against one in-memory Lease store with the
 //! API server's optimistic concurrency, random delays around every call, calls that fail, calls
 //! whose response is lost after they took effect, node crashes and restarts (fresh memory, the
@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use spookd::api::ApiError;
-use spookd::lease::{acquire, release, renew, Acquired, Lease, LeaseApi, Observations};
+use spookd::kube::client::ApiError;
+use spookd::leases::protocol::{acquire, release, renew, Acquired, Lease, LeaseApi, Observations};
 
 const NODES: usize = 5;
 const DEVICES: usize = 3;

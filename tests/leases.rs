@@ -1,10 +1,10 @@
-//! The Lease protocol over real HTTPS (`spookd::lease::HttpLeaseApi`) against the API stand-in's
+//! The Lease protocol over real HTTPS (`spookd::leases::protocol::HttpLeaseApi`) against the API stand-in's
 //! optimistic concurrency. (The daemon does not use Leases yet: issue #10.)
 
 use std::time::{Duration, Instant};
 
-use spookd::api::Connection;
-use spookd::lease::{
+use spookd::kube::client::Connection;
+use spookd::leases::protocol::{
     acquire, release, renew, Acquired, HttpLeaseApi, LeaseApi, LeaseEvent, Observations,
 };
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use spookd::podresources::assigned;
+use spookd::kubelet::podresources::assigned;
 
 use crate::util::{Kubelet, TempDir};
 

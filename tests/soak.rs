@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use spookd::sim::Event;
+use crate::sim::Event;
 
 use crate::util::{Setup, WAIT};
 

@@ -6,13 +6,12 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 
-// spookd's config and env modules, compiled here by path (see ../Cargo.toml).
-#[path = "../../src/config.rs"]
+// spookd's config model (with its env layout), compiled here by path (see ../Cargo.toml).
+#[path = "../../src/config/mod.rs"]
 #[allow(dead_code)]
 mod config;
-#[path = "../../src/env.rs"]
-#[allow(dead_code)]
-mod env;
+
+use config::env;
 
 use config::{Device, EnvKey, EnvValue, InstanceId, ResourceName};
 

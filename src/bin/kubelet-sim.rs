@@ -10,7 +10,12 @@ use std::process::ExitCode;
 use crossbeam_channel::select;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use spookd::sim::{Event, Kubelet};
+// The kubelet stand-in: not part of spookd's library, compiled here (and into the tests) by path.
+#[path = "../sim.rs"]
+#[allow(dead_code)]
+mod sim;
+
+use sim::{Event, Kubelet};
 
 const USAGE: &str = "usage: kubelet-sim --dir DIR [--allocate]";
 

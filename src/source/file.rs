@@ -13,8 +13,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::config::{Config, ConfigError, MAX_CONFIG_BYTES};
-use crate::source::Progress;
-use crate::state::Msg;
+use crate::state::msg::Msg;
+use crate::state::msg::Progress;
 use crate::worker::Worker;
 
 /// Handle of the file-poll thread (`spookd-config-file`); dropping it stops the thread.

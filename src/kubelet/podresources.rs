@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use grpcio::{CallOption, ChannelBuilder, Environment};
 
-use crate::proto::podresources::PodResourcesListerClient;
+use crate::kubelet::proto::podresources::PodResourcesListerClient;
 
 /// Where the kubelet serves it with its default `--root-dir` (unlike the device-plugins dir, it
 /// follows the root dir: a kubelet with another root needs `--pod-resources-socket`).

@@ -2,7 +2,7 @@
 //!
 //! ureq over rustls (ring), trusting only the CA file, re-read on every request like the token, so
 //! rotated service-account credentials are picked up. Used by the ConfigMap source
-//! ([`crate::source::kube`]) and the pruning of stale resources ([`crate::prune`]).
+//! ([`crate::source::configmap`]) and the pruning of stale resources ([`crate::prune`]).
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};
@@ -10,13 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::plugin::random_unit;
-
 /// Connecting and a whole non-watch request must finish within this.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// First wait after a failure, and the longest.
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How to reach and trust the API server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -276,41 +271,6 @@ impl Client {
     }
 }
 
-/// Waits between retries: 250 ms doubling to 30 s, each with up to a quarter more of jitter.
-#[derive(Debug)]
-pub struct Backoff {
-    first: Duration,
-    current: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::starting_at(FIRST_BACKOFF)
-    }
-}
-
-impl Backoff {
-    /// A backoff whose first wait (and the one after a reset) is `first`.
-    pub fn starting_at(first: Duration) -> Self {
-        Backoff {
-            first,
-            current: first,
-        }
-    }
-
-    /// The next wait; doubles the one after.
-    pub fn wait(&mut self) -> Duration {
-        let wait = self.current + self.current.mul_f64(random_unit() * 0.25);
-        self.current = (self.current * 2).min(MAX_BACKOFF);
-        wait
-    }
-
-    /// After a success: the next failure waits the shortest again.
-    pub fn reset(&mut self) {
-        self.current = self.first;
-    }
-}
-
 /// Largest single watch event (a ConfigMap is at most 1 MiB of data, JSON-escaped).
 const MAX_LINE: u64 = 4 << 20;
 
@@ -377,24 +337,5 @@ impl<R: Read, T> Iterator for Lines<R, T> {
             }));
         }
         None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_its_cap_with_jitter_and_resets() {
-        let mut b = Backoff::default();
-        let first = b.wait();
-        assert!(first >= FIRST_BACKOFF && first <= FIRST_BACKOFF.mul_f64(1.25));
-        for _ in 0..20 {
-            b.wait();
-        }
-        let capped = b.wait();
-        assert!(capped >= MAX_BACKOFF && capped <= MAX_BACKOFF.mul_f64(1.25));
-        b.reset();
-        assert!(b.wait() <= FIRST_BACKOFF.mul_f64(1.25));
     }
 }

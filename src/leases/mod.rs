@@ -1,6 +1,6 @@
 //! `--exclusive-leases`: a device mapped to several hosts is held by at most one node at a time.
 //!
-//! The `spookd-lease` thread owns this node's side of the Lease protocol ([`crate::lease`]) and
+//! The `spookd-lease` thread owns this node's side of the Lease protocol ([`crate::leases::protocol`]) and
 //! talks to the state thread only through messages:
 //!
 //! 1. After each config the state thread sends the shared devices it serves ([`LeaseCmd::Shared`]).
@@ -22,8 +22,9 @@
 //! 6. At start, Leases this node already holds (spookd restarted under running pods) are adopted:
 //!    renewed, and released like any other once unassigned.
 
+pub mod protocol;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,19 +33,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, error, info, warn};
 
-use crate::api::Connection;
 use crate::clock::later;
-use crate::config::{InstanceId, NodeName, ResourceName};
-use crate::lease::{
+use crate::config::NodeName;
+use crate::kube::client::Connection;
+use crate::kubelet::podresources::{self, Assigned};
+use crate::leases::protocol::{
     acquire, lease_name, release, renew, Acquired, HttpLeaseApi, Lease, LeaseApi, LeaseEvent,
     Observations,
 };
-use crate::podresources::{self, Assigned};
-use crate::state::Msg;
+use crate::state::msg::{DeviceKey, LeaseCmd, LeaseRefusal, LeaseReport, Msg};
 use crate::worker::Worker;
-
-/// A device: resource and instance.
-pub type DeviceKey = (ResourceName, InstanceId);
 
 /// What `--exclusive-leases` needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,50 +67,6 @@ pub enum Seen {
     Lost,
 }
 
-/// What the state thread asks.
-#[derive(Debug)]
-pub enum LeaseCmd {
-    /// The shared devices this node serves now.
-    Shared(BTreeSet<DeviceKey>),
-    /// Acquire the Leases of `devices` for Allocate number `request`.
-    Acquire {
-        request: u64,
-        devices: Vec<DeviceKey>,
-    },
-}
-
-/// Why an Allocate's Leases could not all be taken.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LeaseRefusal {
-    /// Another node holds the device.
-    HeldBy { device: DeviceKey, holder: String },
-    /// The API server could not be asked (or answered an error).
-    Unavailable { device: DeviceKey, reason: String },
-}
-
-impl fmt::Display for LeaseRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LeaseRefusal::HeldBy {
-                device: (r, id),
-                holder,
-            } => write!(
-                f,
-                "{r} device {id:?} is held by node {holder} (its Lease {})",
-                lease_name(r, id)
-            ),
-            LeaseRefusal::Unavailable {
-                device: (r, id),
-                reason,
-            } => write!(
-                f,
-                "cannot take the Lease {} of {r} device {id:?}: {reason}",
-                lease_name(r, id)
-            ),
-        }
-    }
-}
-
 /// How long a held device may stay unassigned to any container before its Lease is released:
 /// the kubelet records an assignment right after Allocate, and a pod may be slow to start.
 pub fn release_grace(duration: Duration) -> Duration {
@@ -128,16 +82,6 @@ struct Held {
     renewed: Instant,
     /// Since when podresources shows no container with the device.
     unassigned_since: Option<Instant>,
-}
-
-/// What the state thread is told: devices held elsewhere, how many Leases this node holds, and
-/// the acquisitions won and lost so far.
-#[derive(Debug, Default, PartialEq, Eq, Clone)]
-pub struct LeaseReport {
-    pub held_elsewhere: BTreeMap<DeviceKey, String>,
-    pub held_here: usize,
-    pub won: u64,
-    pub lost: u64,
 }
 
 /// The keeper's decisions, over any [`LeaseApi`] and podresources reader (tested without a
@@ -237,10 +181,12 @@ impl Keeper {
                 Ok(Acquired::HeldBy(holder)) => LeaseRefusal::HeldBy {
                     device: device.clone(),
                     holder,
+                    lease: name,
                 },
                 Err(e) => LeaseRefusal::Unavailable {
                     device: device.clone(),
                     reason: e.to_string(),
+                    lease: name,
                 },
             };
             self.lost += 1;
@@ -528,7 +474,7 @@ impl LeaseKeeper {
 /// List, then watch from the list's version (bookmarks on); a 410 lists again, a watch that ends
 /// is resumed, errors back off and report [`Seen::Lost`]. Ends when stopped or unheard.
 fn watch_leases(api: &mut HttpLeaseApi, seen: &Sender<Seen>, stop: &Receiver<()>) {
-    let mut backoff = crate::api::Backoff::default();
+    let mut backoff = crate::backoff::Backoff::default();
     let stopped =
         |wait: Duration| !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout));
     let mut first = true;
@@ -660,7 +606,8 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::MemoryLeases;
+    use crate::config::{InstanceId, ResourceName};
+    use crate::leases::protocol::MemoryLeases;
 
     const D: Duration = Duration::from_secs(4);
 
@@ -706,7 +653,8 @@ mod tests {
             refused,
             LeaseRefusal::HeldBy {
                 device: key("2"),
-                holder: "n2".into()
+                holder: "n2".into(),
+                lease: name("2"),
             }
         );
         assert!(refused.to_string().contains("held by node n2"));

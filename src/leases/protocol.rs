@@ -28,8 +28,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use crate::api::{ApiError, Client, Connection, Lines, Method};
 use crate::config::{InstanceId, ResourceName};
+use crate::kube::client::{ApiError, Client, Connection, Lines, Method};
 
 /// Label on every Lease spookd makes, to list and watch them.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "spookd");
@@ -386,7 +386,9 @@ impl HttpLeaseApi {
     /// spookd's Leases and the list's resourceVersion, to watch from.
     pub fn list_at(&mut self) -> Result<(Vec<Lease>, String), ApiError> {
         let url = self.selector();
-        let response = self.client.get(&url, crate::api::REQUEST_TIMEOUT)?;
+        let response = self
+            .client
+            .get(&url, crate::kube::client::REQUEST_TIMEOUT)?;
         let body = Client::read_body(&url, response, MAX_LEASE_LIST)?;
         let list: LeaseList = serde_yaml::from_slice(&body).map_err(|source| ApiError::Decode {
             url: url.clone(),
@@ -461,7 +463,7 @@ impl LeaseApi for HttpLeaseApi {
 
     fn get(&mut self, name: &str) -> Result<Option<Lease>, ApiError> {
         let url = format!("{}/{name}", self.base);
-        match self.client.get(&url, crate::api::REQUEST_TIMEOUT) {
+        match self.client.get(&url, crate::kube::client::REQUEST_TIMEOUT) {
             Ok(response) => Self::decode(&url, response).map(Some),
             Err(e) if e.status() == Some(404) => Ok(None),
             Err(e) => Err(e),

@@ -26,7 +26,7 @@
 //!    after every config that changes it ([`Backend::set_probes`]) and reports each change of a
 //!    device's health ([`Msg::Health`]); the resource's list, with each device's health, is pushed
 //!    at once. Allocate of an Unhealthy device still answers (the kubelet decides) and warns.
-//! 7. With `--exclusive-leases` ([`crate::exclusive`]), the devices this node serves that are
+//! 7. With `--exclusive-leases` ([`crate::leases`]), the devices this node serves that are
 //!    mapped to several hosts are given to the `spookd-lease` thread after each config
 //!    ([`LeaseCmd::Shared`]). An Allocate naming one is parked and its Leases requested
 //!    ([`LeaseCmd::Acquire`]); [`Msg::LeasesTaken`] answers it (all taken: the env; else the
@@ -36,6 +36,8 @@
 //!    counters and each resource's devices and registration, for /metrics and /healthz.
 //! 9. [`Msg::Shutdown`] stops every server, removes our sockets and ends the thread.
 
+pub mod msg;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt;
@@ -43,17 +45,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use futures_channel::oneshot;
 use log::{debug, error, info, warn};
 
 use crate::clock::later;
-use crate::config::{Config, ConfigError, Device, InstanceId, NodeName, ResourceName};
-use crate::env::{self, Refusal};
-use crate::exclusive::{DeviceKey, LeaseCmd, LeaseRefusal, LeaseReport};
-use crate::health::ProbeSet;
-use crate::kubelet::RegisterError;
-use crate::metrics::Snapshot;
-use crate::source::Progress;
+use crate::config::env::{self, Refusal};
+use crate::config::{Config, Device, InstanceId, NodeName, ResourceName};
+
+use msg::{
+    AllocateError, AllocateReply, ContainerEnv, DeviceKey, LeaseCmd, LeaseReport, Listed, Listing,
+    Msg, ProbeSet, Progress, RegisterError, Snapshot, StreamSender,
+};
 
 /// How long a removed resource's server lives after pushing its empty list, so the kubelet reads it.
 pub const RETIRE_GRACE: Duration = Duration::from_millis(250);
@@ -61,142 +62,13 @@ pub const RETIRE_GRACE: Duration = Duration::from_millis(250);
 /// How often the state thread checks the device-plugins dir itself, behind inotify.
 pub const FALLBACK_CHECK: Duration = Duration::from_secs(5);
 
-/// The device list pushed on a ListAndWatch stream: always the resource's full list.
-pub type Listing = Arc<[Listed]>;
-
-/// One device as ListAndWatch reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listed {
-    pub id: InstanceId,
-    pub healthy: bool,
-}
-
-/// The sending half of one ListAndWatch stream: it keeps only the newest list (see `latest`).
-pub type StreamSender = crate::latest::Sender<Listing>;
-
-/// One container's env, as Allocate answers it.
-pub type Env = BTreeMap<String, String>;
-
-/// Where an Allocate's answer goes.
-pub type AllocateReply = oneshot::Sender<Result<Vec<Env>, AllocateError>>;
-
 /// An Allocate waiting for its Leases.
 struct Pending {
     resource: ResourceName,
     containers: Vec<Vec<String>>,
-    envs: Vec<Env>,
+    envs: Vec<ContainerEnv>,
     reply: AllocateReply,
 }
-
-/// Everything the state thread is told. Requests that need an answer carry their reply channel.
-pub enum Msg {
-    /// A source read a config that passed every check.
-    Config { origin: String, config: Config },
-    /// A source read a config that failed a check; the last good one stays.
-    ConfigInvalid(ConfigError),
-    /// kubelet.sock was created: the kubelet (re)started, every resource registers again.
-    KubeletStarted,
-    /// A file in the device-plugins dir was deleted; if it is one of our sockets, restart it.
-    SocketRemoved(OsString),
-    /// The prober saw a device's health change (`detail` says what it saw).
-    Health {
-        resource: ResourceName,
-        id: InstanceId,
-        healthy: bool,
-        detail: String,
-    },
-    /// The kubelet opened a ListAndWatch stream on server number `server` of `resource`.
-    Watch {
-        resource: ResourceName,
-        server: u64,
-        stream: StreamSender,
-    },
-    /// Allocate: per container, the requested device IDs; answered with one env per container.
-    Allocate {
-        resource: ResourceName,
-        containers: Vec<Vec<String>>,
-        reply: AllocateReply,
-    },
-    /// The registrar's outcome for `endpoint`; failures are reported once per endpoint.
-    Registered {
-        resource: ResourceName,
-        endpoint: String,
-        result: Result<(), RegisterError>,
-    },
-    /// The Leases of Allocate number `request` were all taken (or refused).
-    LeasesTaken {
-        request: u64,
-        result: Result<(), LeaseRefusal>,
-    },
-    /// Which shared devices other nodes hold now, and this node's Lease counts.
-    Leases(LeaseReport),
-    /// What operators see (/metrics, /healthz): answered with a snapshot of the counters.
-    Snapshot {
-        reply: crossbeam_channel::Sender<Snapshot>,
-    },
-    /// The config source's heartbeat: /readyz and a metric say so when it stalls.
-    SourceProgress(Progress),
-    /// Stop serving: stop every server, remove our sockets, end the thread.
-    Shutdown,
-}
-
-/// Why an Allocate was refused. Answered to the kubelet as INVALID_ARGUMENT (or UNAVAILABLE).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AllocateError {
-    /// The resource is no longer served on this node.
-    NotServed { resource: ResourceName },
-    /// A requested ID is not one of the resource's devices.
-    UnknownDevice { resource: ResourceName, id: String },
-    /// An ID was requested twice in one request (for one container or for two).
-    DuplicateDevice { resource: ResourceName, id: String },
-    /// A container request named no device.
-    NoDevices { resource: ResourceName },
-    /// The request named no container.
-    NoContainers { resource: ResourceName },
-    /// The env would be more than a container (or one answer) may carry.
-    TooLarge {
-        resource: ResourceName,
-        bytes: usize,
-        limit: usize,
-    },
-    /// A device shared with other hosts could not be taken (`--exclusive-leases`).
-    Lease(LeaseRefusal),
-}
-
-impl fmt::Display for AllocateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AllocateError::NotServed { resource } => {
-                write!(f, "{resource} is no longer served on this node")
-            }
-            AllocateError::UnknownDevice { resource, id } => {
-                write!(f, "{resource} has no device {id:?}")
-            }
-            AllocateError::DuplicateDevice { resource, id } => {
-                write!(f, "{resource} device {id:?} requested twice in one request")
-            }
-            AllocateError::NoDevices { resource } => {
-                write!(f, "a container request for {resource} names no device")
-            }
-            AllocateError::NoContainers { resource } => {
-                write!(f, "an Allocate request for {resource} names no container")
-            }
-            AllocateError::TooLarge {
-                resource,
-                bytes,
-                limit,
-            } => write!(
-                f,
-                "{resource}: the env for this request would take {bytes} bytes, more than \
-                 {limit} (a container's exec or the kubelet's 4 MiB gRPC limit would refuse it); \
-                 request fewer devices per container"
-            ),
-            AllocateError::Lease(refusal) => write!(f, "{refusal}"),
-        }
-    }
-}
-
-impl std::error::Error for AllocateError {}
 
 /// The side effects the state thread needs, so it can be tested without sockets.
 pub trait Backend {
@@ -733,7 +605,7 @@ impl<B: Backend> State<B> {
         &mut self,
         resource: &ResourceName,
         containers: &[Vec<String>],
-        result: Result<Vec<Env>, AllocateError>,
+        result: Result<Vec<ContainerEnv>, AllocateError>,
         reply: AllocateReply,
     ) {
         match &result {
@@ -815,7 +687,7 @@ impl<B: Backend> State<B> {
         &self,
         resource: &ResourceName,
         containers: &[Vec<String>],
-    ) -> Result<Vec<Env>, AllocateError> {
+    ) -> Result<Vec<ContainerEnv>, AllocateError> {
         let served = self
             .served
             .get(resource)
@@ -994,7 +866,10 @@ pub fn run<B: Backend>(mut state: State<B>, rx: &Receiver<Msg>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConfigError;
     use crate::latest::{channel, Receiver};
+    use futures_channel::oneshot;
+    use msg::LeaseRefusal;
     use std::cell::RefCell;
     use std::collections::BTreeSet;
     use std::rc::Rc;
@@ -1471,7 +1346,7 @@ mod tests {
         s: &mut State<FakeBackend>,
         ids: &[&str],
         now: Instant,
-    ) -> oneshot::Receiver<Result<Vec<Env>, AllocateError>> {
+    ) -> oneshot::Receiver<Result<Vec<ContainerEnv>, AllocateError>> {
         let (reply, answer) = oneshot::channel();
         let containers = vec![ids.iter().map(|s| s.to_string()).collect()];
         s.handle(
@@ -1522,6 +1397,7 @@ mod tests {
         let refusal = LeaseRefusal::HeldBy {
             device: key.clone(),
             holder: "n2".into(),
+            lease: "spookd-a.io.x-2".into(),
         };
         s.handle(
             Msg::LeasesTaken {

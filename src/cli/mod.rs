@@ -5,12 +5,12 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::api::Connection;
 use crate::config::{parse_duration, InvalidValue, NodeName};
-use crate::exclusive::LeaseOptions;
-use crate::podresources;
+use crate::kube::client::Connection;
+use crate::kubelet::podresources;
+use crate::leases::LeaseOptions;
 use crate::prune::PruneOptions;
-use crate::source::kube::ApiOptions;
+use crate::source::configmap::ApiOptions;
 
 pub const DEFAULT_CONFIG: &str = "/etc/spookd/config.yaml";
 pub const DEFAULT_DEVICE_PLUGIN_DIR: &str = "/var/lib/kubelet/device-plugins";

@@ -1,71 +1,30 @@
-//! Talking to the kubelet: registering endpoints (the registrar thread) and noticing kubelet
-//! restarts and deleted sockets (the watcher thread, inotify on the device-plugins dir).
+//! The registrar thread (`spookd-register`): registers each endpoint with the kubelet's
+//! Registration service, retrying with a capped backoff while the kubelet is absent or refusing.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use grpcio::{CallOption, ChannelBuilder, Environment};
-use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
-use log::{debug, error, warn};
+use log::debug;
 
+use crate::backoff::Backoff;
 use crate::clock::later;
 use crate::config::ResourceName;
-use crate::plugin;
-use crate::proto::{RegisterRequest, RegistrationClient, KUBELET_SOCKET, VERSION};
-use crate::state::Msg;
+use crate::kubelet::plugin;
+use crate::kubelet::proto::{RegisterRequest, RegistrationClient, KUBELET_SOCKET, VERSION};
+use crate::state::msg::{Msg, RegisterError};
 use crate::worker::Worker;
 
 /// Longest a Register call may take; the kubelet answers at once when healthy.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(2);
-/// First retry after a failed registration: kubelet.sock can appear a moment before it listens.
-const FIRST_RETRY: Duration = Duration::from_millis(5);
-/// Longest wait between registration attempts.
-const MAX_RETRY: Duration = Duration::from_secs(1);
-
-/// Why registering with the kubelet failed.
-#[derive(Debug)]
-pub enum RegisterError {
-    /// kubelet.sock does not exist: the kubelet is not running (yet).
-    NoKubelet { socket: PathBuf },
-    /// The Register call failed.
-    Rpc {
-        socket: PathBuf,
-        source: grpcio::Error,
-    },
-}
-
-impl fmt::Display for RegisterError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RegisterError::NoKubelet { socket } => {
-                write!(
-                    f,
-                    "{} does not exist (kubelet not running?)",
-                    socket.display()
-                )
-            }
-            RegisterError::Rpc { socket, source } => {
-                write!(f, "Register on {}: {source}", socket.display())
-            }
-        }
-    }
-}
-
-impl std::error::Error for RegisterError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            RegisterError::NoKubelet { .. } => None,
-            RegisterError::Rpc { source, .. } => Some(source),
-        }
-    }
-}
+/// Retries of a failed registration: 5 ms, 10 ms, 20 ms … capped at 1 s (kubelet.sock can appear
+/// a moment before the kubelet listens), jittered so plugins do not dial a restarting kubelet in
+/// lockstep.
+const RETRY: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
 
 enum Job {
     Register {
@@ -113,6 +72,7 @@ struct Pending {
     endpoint: String,
     attempt: u32,
     at: Instant,
+    backoff: Backoff,
     reported: bool,
 }
 
@@ -151,6 +111,7 @@ fn run_registrar(env: &Arc<Environment>, dir: &Path, jobs: &Receiver<Job>, state
                     endpoint,
                     attempt: 0,
                     at: Instant::now(),
+                    backoff: Backoff::new(RETRY),
                     reported: false,
                 },
             );
@@ -202,7 +163,7 @@ fn run_registrar(env: &Arc<Environment>, dir: &Path, jobs: &Receiver<Job>, state
                 }
                 Err(e) => {
                     p.attempt += 1;
-                    p.at = later(Instant::now(), backoff(p.attempt));
+                    p.at = later(Instant::now(), p.backoff.wait());
                     if p.reported {
                         debug!("{resource}: registration attempt {} failed: {e}", p.attempt);
                     } else {
@@ -226,15 +187,6 @@ fn send(
         endpoint,
         result,
     });
-}
-
-/// 5 ms, 10 ms, 20 ms … capped at 1 s, each stretched by up to a quarter at random so that many
-/// plugins do not dial a restarting kubelet in lockstep.
-fn backoff(attempt: u32) -> Duration {
-    let base = FIRST_RETRY
-        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
-        .min(MAX_RETRY);
-    base + base.mul_f64(plugin::random_unit() * 0.25)
 }
 
 /// One Register call on a fresh channel: a reused channel would wait out gRPC's own reconnect
@@ -264,120 +216,4 @@ fn register(
         .map_err(|source| RegisterError::Rpc { socket, source })
 }
 
-/// Handle of the watcher thread (`spookd-kubelet-watch`). Dropping it removes the inotify watch,
-/// which wakes the thread's blocking read with IN_IGNORED, and waits for it.
-pub struct Watcher {
-    stop: Arc<AtomicBool>,
-    watches: Watches,
-    wd: WatchDescriptor,
-    _worker: Worker,
-}
-
-impl Watcher {
-    pub fn spawn(dir: &Path, state: Sender<Msg>) -> io::Result<Self> {
-        let inotify = Inotify::init()?;
-        let mut watches = inotify.watches();
-        let wd = watches.add(
-            dir,
-            WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_TO,
-        )?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let worker = Worker::spawn("spookd-kubelet-watch", move || {
-            run_watcher(inotify, &flag, &state)
-        })?;
-        Ok(Watcher {
-            stop,
-            watches,
-            wd,
-            _worker: worker,
-        })
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.watches.remove(self.wd.clone());
-    }
-}
-
-fn run_watcher(mut inotify: Inotify, stop: &AtomicBool, state: &Sender<Msg>) {
-    let mut buf = [0u8; 4096];
-    loop {
-        let events = match inotify.read_events_blocking(&mut buf) {
-            Ok(events) => events,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                error!(
-                    "watching the device-plugins dir failed: {e}; relying on the periodic check"
-                );
-                return;
-            }
-        };
-        for event in events {
-            let msg = if event.mask.contains(EventMask::IGNORED) {
-                if !stop.load(Ordering::SeqCst) {
-                    warn!("the device-plugins dir went away; relying on the periodic check");
-                }
-                return;
-            } else if event.mask.contains(EventMask::Q_OVERFLOW) {
-                // Events were lost: re-check everything as after a kubelet restart.
-                Msg::KubeletStarted
-            } else if event
-                .mask
-                .intersects(EventMask::CREATE | EventMask::MOVED_TO)
-                && event.name == Some(OsStr::new(KUBELET_SOCKET))
-            {
-                Msg::KubeletStarted
-            } else if event.mask.contains(EventMask::DELETE) {
-                match event.name {
-                    Some(name) => Msg::SocketRemoved(name.to_os_string()),
-                    None => continue,
-                }
-            } else {
-                continue;
-            };
-            if state.send(msg).is_err() {
-                return;
-            }
-        }
-    }
-}
-
 // The real socket behaviour is covered by the integration tests (tests/kubelet.rs).
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) >= FIRST_RETRY && backoff(1) <= FIRST_RETRY * 5 / 4);
-        assert!(backoff(2) >= FIRST_RETRY * 2);
-        assert!(backoff(40) >= MAX_RETRY && backoff(40) <= MAX_RETRY * 5 / 4);
-    }
-
-    #[test]
-    fn watcher_reports_kubelet_socket_and_deletions_and_stops_on_drop() {
-        let dir = std::env::temp_dir().join(format!("spookd-watch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let w = Watcher::spawn(&dir, tx).unwrap();
-        std::fs::write(dir.join("spookd-x.sock"), b"").unwrap();
-        std::fs::write(dir.join(KUBELET_SOCKET), b"").unwrap();
-        std::fs::remove_file(dir.join("spookd-x.sock")).unwrap();
-        let t = Duration::from_secs(5);
-        assert!(matches!(rx.recv_timeout(t), Ok(Msg::KubeletStarted)));
-        match rx.recv_timeout(t) {
-            Ok(Msg::SocketRemoved(n)) => assert_eq!(n, "spookd-x.sock"),
-            _ => panic!("expected SocketRemoved"),
-        }
-        drop(w);
-        // The thread has ended (it held the only sender).
-        assert!(matches!(
-            rx.recv_timeout(t),
-            Err(RecvTimeoutError::Disconnected)
-        ));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}

@@ -3,11 +3,9 @@
 //! The handlers run on gRPC's completion-queue threads and never block: they forward to the state
 //! thread ([`Msg::Watch`], [`Msg::Allocate`]) and finish asynchronously when it answers.
 
-use std::collections::hash_map::RandomState;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
-use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -23,17 +21,14 @@ use grpcio::{
 use log::{debug, info, warn};
 
 use crate::config::ResourceName;
-use crate::exclusive::{LeaseCmd, LeaseKeeper, LeaseRefusal};
-use crate::health::{ProbeSet, Prober};
-use crate::kubelet::Registrar;
-use crate::proto::{
+use crate::kubelet::proto::{
     self, AllocateRequest, AllocateResponse, ContainerAllocateResponse,
     ContainerPreferredAllocationResponse, DevicePluginOptions, Empty, ListAndWatchResponse,
     PreStartContainerRequest, PreStartContainerResponse, PreferredAllocationRequest,
     PreferredAllocationResponse,
 };
-use crate::prune::Pruner;
-use crate::state::{AllocateError, Backend, Listing, Msg};
+use crate::random::random_u64;
+use crate::state::msg::{AllocateError, LeaseRefusal, Listing, Msg};
 
 /// Calls a server keeps pre-posted per completion queue (more wait in gRPC core until one is
 /// re-posted). The kubelet makes one or two at a time; grpcio's default of 1024 costs memory on
@@ -49,11 +44,6 @@ pub fn options() -> DevicePluginOptions {
     o.pre_start_required = false;
     o.get_preferred_allocation_available = true;
     o
-}
-
-/// A number in [0, 1) from the standard library's randomly keyed hasher (no rand crate needed).
-pub fn random_unit() -> f64 {
-    (RandomState::new().build_hasher().finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Why a server could not start.
@@ -105,66 +95,29 @@ impl std::error::Error for PluginError {
     }
 }
 
-/// The real side effects: gRPC servers on Unix sockets, the registrar and the prober threads.
-pub struct GrpcBackend {
+/// Starts this process's servers: one per resource, each on a fresh socket in the dir.
+pub struct Servers {
     env: Arc<Environment>,
     dir: PathBuf,
     /// Random per process, so socket names never repeat across restarts (kubernetes#121994).
     instance: String,
     state: Sender<Msg>,
-    registrar: Registrar,
-    prober: Prober,
-    pruner: Option<Pruner>,
-    /// The Lease thread, with `--exclusive-leases`.
-    keeper: Option<LeaseKeeper>,
 }
 
-impl GrpcBackend {
-    /// `pruner`: told the resources served, when `--prune-stale-resources` is on.
-    pub fn new(
-        env: Arc<Environment>,
-        dir: PathBuf,
-        state: Sender<Msg>,
-        pruner: Option<Pruner>,
-        keeper: Option<LeaseKeeper>,
-    ) -> io::Result<Self> {
-        let registrar = Registrar::spawn(env.clone(), dir.clone(), state.clone())?;
-        let prober = Prober::spawn(state.clone())?;
-        let instance = format!("{:08x}", RandomState::new().build_hasher().finish() as u32);
-        Ok(GrpcBackend {
+impl Servers {
+    pub fn new(env: Arc<Environment>, dir: PathBuf, state: Sender<Msg>) -> Self {
+        let instance = format!("{:08x}", random_u64() as u32);
+        Servers {
             env,
             dir,
             instance,
             state,
-            registrar,
-            prober,
-            pruner,
-            keeper,
-        })
-    }
-}
-
-/// A running server; dropping it removes its socket and shuts it down.
-pub struct PluginServer {
-    path: PathBuf,
-    _server: grpcio::Server,
-}
-
-impl Drop for PluginServer {
-    fn drop(&mut self) {
-        match fs::remove_file(&self.path) {
-            Ok(()) => debug!("removed {}", self.path.display()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => warn!("cannot remove {}: {e}", self.path.display()),
         }
     }
-}
 
-impl Backend for GrpcBackend {
-    type Server = PluginServer;
-    type Error = PluginError;
-
-    fn start(
+    /// Starts a server for `resource` numbered `id` on a fresh socket; returns it and the
+    /// socket's file name (the endpoint the kubelet is told).
+    pub fn start(
         &mut self,
         resource: &ResourceName,
         id: u64,
@@ -207,39 +160,28 @@ impl Backend for GrpcBackend {
         Ok((server, endpoint))
     }
 
-    fn register(&mut self, resource: &ResourceName, endpoint: &str) {
-        self.registrar.register(resource, endpoint);
-    }
-
-    fn forget(&mut self, resource: &ResourceName) {
-        self.registrar.forget(resource);
-    }
-
-    fn socket_exists(&self, endpoint: &str) -> bool {
+    /// Whether our socket `endpoint` still exists.
+    pub fn socket_exists(&self, endpoint: &str) -> bool {
         fs::symlink_metadata(self.dir.join(endpoint)).is_ok()
     }
 
-    fn kubelet_socket(&self) -> Option<u64> {
-        crate::kubelet::kubelet_identity(&self.dir)
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
+}
 
-    fn set_probes(&mut self, probes: ProbeSet) {
-        self.prober.set(probes);
-    }
+/// A running server; dropping it removes its socket and shuts it down.
+pub struct PluginServer {
+    path: PathBuf,
+    _server: grpcio::Server,
+}
 
-    fn served(&mut self, resources: BTreeSet<ResourceName>) {
-        if let Some(pruner) = &self.pruner {
-            pruner.served(resources);
-        }
-    }
-
-    fn exclusive(&self) -> bool {
-        self.keeper.is_some()
-    }
-
-    fn leases(&mut self, cmd: LeaseCmd) {
-        if let Some(keeper) = &self.keeper {
-            keeper.send(cmd);
+impl Drop for PluginServer {
+    fn drop(&mut self) {
+        match fs::remove_file(&self.path) {
+            Ok(()) => debug!("removed {}", self.path.display()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => warn!("cannot remove {}: {e}", self.path.display()),
         }
     }
 }
@@ -531,13 +473,5 @@ mod tests {
         assert_eq!(out.len(), 20_000);
         assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
         assert!(comparisons < 20_000 * 15 * 10, "{comparisons} comparisons");
-    }
-
-    #[test]
-    fn random_unit_is_in_range() {
-        for _ in 0..100 {
-            let x = random_unit();
-            assert!((0.0..1.0).contains(&x));
-        }
     }
 }

@@ -9,7 +9,7 @@
 //! never end the thread; the last good config stays in force meanwhile.
 //!
 //! The server is trusted only if the CA file vouches for it; the token is read from its file on
-//! every request, so rotated service-account tokens are picked up (see [`crate::api`]).
+//! every request, so rotated service-account tokens are picked up (see [`crate::kube::client`]).
 //! Responses are JSON, which serde_yaml reads (JSON is YAML 1.2), so no JSON crate is needed.
 
 use std::collections::BTreeMap;
@@ -21,9 +21,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, info, warn};
 use serde::Deserialize;
 
-use crate::api::{bad_certificate, ApiError, Backoff, Client, Connection, Lines, REQUEST_TIMEOUT};
+use crate::backoff::Backoff;
 use crate::config::{Config, ConfigError};
-use crate::state::Msg;
+use crate::kube::client::{bad_certificate, ApiError, Client, Connection, Lines, REQUEST_TIMEOUT};
+use crate::state::msg::Msg;
 use crate::worker::Worker;
 
 /// Largest LIST response.
@@ -512,7 +513,7 @@ mod tests {
         let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
         fake.stop = Some(stop_tx);
         let mut watch = Watch::new(&options(), &tx, &stop);
-        watch.backoff = Backoff::starting_at(Duration::from_millis(1));
+        watch.backoff = Backoff::new((Duration::from_millis(1), Duration::from_secs(30)));
         watch.run(fake);
         rx.try_iter()
             .map(|m| match m {

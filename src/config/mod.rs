@@ -15,10 +15,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod env;
+
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
-
-use crate::env;
 
 /// Longest device ID the kubelet accepts (`Device.ID`).
 const MAX_INSTANCE_ID: usize = 63;

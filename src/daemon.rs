@@ -1,0 +1,395 @@
+//! The daemon: the only place its threads are started. [`run`] takes the device-plugins dir's
+//! lock, binds every listener, then starts the threads in order (the Lease and prune threads, the
+//! registrar and prober behind the state thread's [`Effects`], the state thread, the kubelet
+//! watcher, the config source, the metrics server) and, at a stop signal, stops them in reverse:
+//! the state thread first (it removes our sockets), then the inputs.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use signal_hook::consts::{
+    SIGALRM, SIGHUP, SIGINT, SIGIO, SIGPROF, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGVTALRM,
+    SIGXCPU, SIGXFSZ,
+};
+use signal_hook::iterator::Signals;
+
+use crate::cli::{RunOptions, Source};
+use crate::config::ResourceName;
+use crate::health::Prober;
+use crate::kubelet::plugin::{self, PluginError, PluginServer};
+use crate::kubelet::registrar::{self, Registrar};
+use crate::kubelet::watcher::Watcher;
+use crate::leases::LeaseKeeper;
+use crate::metrics::MetricsListener;
+use crate::prune::Pruner;
+use crate::source::configmap::ApiSource;
+use crate::source::file::FilePoller;
+use crate::state::msg::{LeaseCmd, Msg, ProbeSet};
+use crate::state::{self, Backend, State};
+use crate::worker::Worker;
+use crate::VERSION;
+
+/// The namespace of the pod's ServiceAccount, the default home of the Leases.
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// How long shutdown waits for the state thread to stop the servers and remove the sockets.
+const SHUTDOWN_WAIT: Duration = Duration::from_millis(1500);
+
+/// Why the daemon could not start.
+#[derive(Debug)]
+pub enum DaemonError {
+    Startup {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// The device-plugins dir's path leaves no room for our sockets' names.
+    SocketDir {
+        dir: PathBuf,
+        len: usize,
+        max: usize,
+    },
+}
+
+impl fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DaemonError::Startup { what, source } => write!(f, "cannot {what}: {source}"),
+            DaemonError::SocketDir { dir, len, max } => write!(
+                f,
+                "the device-plugins dir {} is {len} bytes long; sockets in it need it at most \
+                 {max} (a Unix socket's path holds 107 bytes)",
+                dir.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DaemonError::Startup { source, .. } => Some(source),
+            DaemonError::SocketDir { .. } => None,
+        }
+    }
+}
+
+fn startup(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
+    move |source| DaemonError::Startup { what, source }
+}
+
+/// The state thread's side effects, for real: gRPC servers on Unix sockets, and the threads that
+/// register, probe, prune and hold Leases.
+struct Effects {
+    servers: plugin::Servers,
+    registrar: Registrar,
+    prober: Prober,
+    /// With `--prune-stale-resources`: told the resources served.
+    pruner: Option<Pruner>,
+    /// With `--exclusive-leases`.
+    keeper: Option<LeaseKeeper>,
+}
+
+impl Backend for Effects {
+    type Server = PluginServer;
+    type Error = PluginError;
+
+    fn start(
+        &mut self,
+        resource: &ResourceName,
+        id: u64,
+    ) -> Result<(PluginServer, String), PluginError> {
+        self.servers.start(resource, id)
+    }
+
+    fn register(&mut self, resource: &ResourceName, endpoint: &str) {
+        self.registrar.register(resource, endpoint);
+    }
+
+    fn forget(&mut self, resource: &ResourceName) {
+        self.registrar.forget(resource);
+    }
+
+    fn socket_exists(&self, endpoint: &str) -> bool {
+        self.servers.socket_exists(endpoint)
+    }
+
+    fn kubelet_socket(&self) -> Option<u64> {
+        registrar::kubelet_identity(self.servers.dir())
+    }
+
+    fn set_probes(&mut self, probes: ProbeSet) {
+        self.prober.set(probes);
+    }
+
+    fn served(&mut self, resources: BTreeSet<ResourceName>) {
+        if let Some(pruner) = &self.pruner {
+            pruner.served(resources);
+        }
+    }
+
+    fn exclusive(&self) -> bool {
+        self.keeper.is_some()
+    }
+
+    fn leases(&mut self, cmd: LeaseCmd) {
+        if let Some(keeper) = &self.keeper {
+            keeper.send(cmd);
+        }
+    }
+}
+
+/// Signals that stop spookd cleanly (sockets removed, exit 0).
+const STOP_SIGNALS: &[i32] = &[SIGTERM, SIGINT, SIGQUIT, SIGPWR];
+/// Every other signal whose default action would end the process without removing its sockets:
+/// logged and ignored. (Faults such as SIGSEGV keep their default; SIGPIPE is ignored by Rust.)
+const IGNORED_SIGNALS: &[i32] = &[
+    SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGXCPU, SIGXFSZ, SIGSTKFLT, 34,
+    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58,
+    59, 60, 61, 62, 63, 64,
+];
+/// Linux's numbers (the same on x86_64 and aarch64); signal-hook does not name them. 34–64 above
+/// are the real-time signals, which also terminate by default.
+const SIGSTKFLT: i32 = 16;
+const SIGPWR: i32 = 30;
+
+/// The longest path a Unix socket can have (`sun_path` holds 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// The longest socket name spookd makes: `spookd-` + 24 characters + `-` + 8 hex digits + `-` +
+/// a server number of up to 20 digits + `.sock`.
+const LONGEST_SOCKET_NAME: usize = 7 + 24 + 1 + 8 + 1 + 20 + 5;
+
+/// Refuses a device-plugins dir whose sockets could not be bound (gRPC would only say
+/// `BindFail`, later, on every resource).
+fn check_socket_dir(dir: &Path) -> Result<(), DaemonError> {
+    let len = dir.as_os_str().len() + 1 + LONGEST_SOCKET_NAME;
+    if len > MAX_SOCKET_PATH {
+        return Err(DaemonError::SocketDir {
+            dir: dir.to_owned(),
+            len: dir.as_os_str().len(),
+            max: MAX_SOCKET_PATH - 1 - LONGEST_SOCKET_NAME,
+        });
+    }
+    Ok(())
+}
+
+/// Takes the device-plugins dir's lock (`flock` on the directory itself: the kubelet wipes the
+/// files in it when it restarts, never the directory). Held by another spookd, it waits: in a
+/// DaemonSet's rolling update the new pod can start while the old one is still stopping, and
+/// waiting hands over within moments where refusing would crash-loop the new pod for its back-off
+/// (10 s and more). A stop signal while waiting ends spookd (`None`).
+fn lock_dir(dir: &Path, signals: &mut Signals) -> Result<Option<std::fs::File>, DaemonError> {
+    use rustix::fs::{flock, FlockOperation};
+    const POLL: Duration = Duration::from_millis(200);
+    const LOG_EVERY: u32 = 150;
+    let file = std::fs::File::open(dir).map_err(startup("open the device-plugins dir"))?;
+    let mut tries = 0u32;
+    loop {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                if tries > 0 {
+                    info!("the other spookd on {} stopped; starting", dir.display());
+                }
+                return Ok(Some(file));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {}
+            Err(e) => {
+                return Err(DaemonError::Startup {
+                    what: "lock the device-plugins dir",
+                    source: e.into(),
+                })
+            }
+        }
+        if tries.is_multiple_of(LOG_EVERY) {
+            warn!(
+                "another spookd serves {} (it holds the directory's lock); waiting for it to stop",
+                dir.display()
+            );
+        }
+        tries = tries.wrapping_add(1);
+        std::thread::sleep(POLL);
+        for signal in signals.pending() {
+            if STOP_SIGNALS.contains(&signal) {
+                info!("received signal {signal} while waiting for the lock; stopping");
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Runs the daemon until a stop signal: starts every thread in order, stops them in reverse.
+pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // gRPC core reads the level once: below debug, keep its INFO chatter ("epoll fd: 5") out.
+    let level = log::max_level();
+    if level < log::LevelFilter::Debug {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+    grpcio::redirect_log();
+    log::set_max_level(level);
+    // A panicking thread would leave a zombie half-serving: stop the whole process instead, so
+    // the kubelet's pod restart brings back a whole spookd.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        error!("panic: {info}; aborting");
+        std::process::abort();
+    }));
+    let source = match &opts.source {
+        Source::File {
+            path,
+            poll_interval,
+        } => format!(
+            "config file {} (polled every {poll_interval:?})",
+            path.display()
+        ),
+        Source::ConfigMap(api) => format!(
+            "{} from {} (CA {}, token {})",
+            api.origin(),
+            api.conn.server,
+            api.conn.ca_file.display(),
+            api.conn.token_file.display()
+        ),
+    };
+    info!(
+        "spookd {VERSION} starting: node {}, {source}, device-plugins dir {}",
+        opts.node_name,
+        opts.device_plugin_dir.display()
+    );
+    let dir = opts.device_plugin_dir;
+    std::fs::create_dir_all(&dir).map_err(startup("create the device-plugins dir"))?;
+    check_socket_dir(&dir)?;
+    let mut signals = Signals::new(STOP_SIGNALS.iter().chain(IGNORED_SIGNALS))
+        .map_err(startup("install signal handlers"))?;
+    // One spookd per device-plugins dir: a second would register the same resources and take
+    // them from the first. Held for the process's life (the kernel drops it with the process).
+    let Some(_lock) = lock_dir(&dir, &mut signals)? else {
+        return Ok(());
+    };
+    plugin::remove_stale_sockets(&dir).map_err(startup("clean stale sockets"))?;
+    // Every listener is bound before anything is registered: a taken port fails here, with
+    // nothing created yet.
+    let metrics = match opts.metrics_addr {
+        Some(addr) => Some(MetricsListener::bind(addr).map_err(startup("serve --metrics-addr"))?),
+        None => None,
+    };
+
+    let env = Arc::new(
+        grpcio::EnvBuilder::new()
+            .cq_count(1)
+            .name_prefix("spookd-grpc")
+            .build(),
+    );
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let pruner = match opts.prune {
+        Some(prune) => {
+            info!(
+                "pruning resources no longer served from node {}'s status {:?} after they stop \
+                 (API server {})",
+                opts.node_name, prune.after, prune.conn.server
+            );
+            let node = opts.node_name.clone();
+            Some(Pruner::spawn(prune, node).map_err(startup("start the prune thread"))?)
+        }
+        None => None,
+    };
+    let keeper = match opts.leases {
+        Some(leases) => {
+            let namespace = match leases.namespace.clone() {
+                Some(ns) => ns,
+                None => std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+                    .map(|ns| ns.trim().to_owned())
+                    .map_err(startup(
+                        "read the ServiceAccount's namespace for the Leases (set --lease-namespace)",
+                    ))?,
+            };
+            info!(
+                "exclusive Leases for shared devices in namespace {namespace}, {:?} each \
+                 (API server {}, podresources {})",
+                leases.duration,
+                leases.conn.server,
+                leases.pod_resources_socket.display()
+            );
+            let node = opts.node_name.clone();
+            Some(
+                LeaseKeeper::spawn(leases, namespace, node, env.clone(), tx.clone())
+                    .map_err(startup("start the Lease thread"))?,
+            )
+        }
+        None => None,
+    };
+    let registrar = Registrar::spawn(env.clone(), dir.clone(), tx.clone())
+        .map_err(startup("start the registrar thread"))?;
+    let prober = Prober::spawn(tx.clone()).map_err(startup("start the probe thread"))?;
+    let backend = Effects {
+        servers: plugin::Servers::new(env, dir.clone(), tx.clone()),
+        registrar,
+        prober,
+        pruner,
+        keeper,
+    };
+    let state = State::new(opts.node_name, backend, Instant::now());
+    let mut state_thread = Worker::spawn("spookd-state", move || state::run(state, &rx))
+        .map_err(startup("start the state thread"))?;
+    // From here the state thread may have created sockets: a failure stops it first, which
+    // removes them.
+    let inputs = (|| -> Result<_, DaemonError> {
+        let watcher =
+            Watcher::spawn(&dir, tx.clone()).map_err(startup("watch the device-plugins dir"))?;
+        // Exactly one source runs; the handles stop their threads when dropped.
+        let (file_source, api_source) = match opts.source {
+            Source::File {
+                path,
+                poll_interval,
+            } => {
+                let poller = FilePoller::spawn(path, poll_interval, tx.clone())
+                    .map_err(startup("start the config file poller"))?;
+                let _ = tx.send(Msg::SourceProgress(poller.progress()));
+                (Some(poller), None)
+            }
+            Source::ConfigMap(api) => {
+                let watch =
+                    ApiSource::spawn(api, tx.clone()).map_err(startup("start the API watch"))?;
+                (None, Some(watch))
+            }
+        };
+        let metrics = match metrics {
+            Some(listener) => Some(
+                listener
+                    .serve(tx.clone())
+                    .map_err(startup("start the metrics thread"))?,
+            ),
+            None => None,
+        };
+        Ok((watcher, file_source, api_source, metrics))
+    })();
+    let (watcher, file_source, api_source, metrics) = match inputs {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            let _ = tx.send(Msg::Shutdown);
+            state_thread.join_timeout(SHUTDOWN_WAIT);
+            return Err(e);
+        }
+    };
+
+    for signal in signals.forever() {
+        if STOP_SIGNALS.contains(&signal) {
+            info!("received signal {signal}; stopping");
+            break;
+        }
+        info!("received signal {signal}; ignored (the config applies live; SIGTERM stops spookd)");
+    }
+    // The state thread first: it removes our sockets. Then the inputs, which may be blocked.
+    let _ = tx.send(Msg::Shutdown);
+    if !state_thread.join_timeout(SHUTDOWN_WAIT) {
+        warn!("state thread did not stop within {SHUTDOWN_WAIT:?}; exiting anyway");
+    }
+    drop(metrics);
+    drop(file_source);
+    drop(api_source);
+    drop(watcher);
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! The vocabulary: [`Msg`], everything the state thread is told, and every type that crosses a
+//! channel to or from it. It imports the config model and the small shared pieces, never a
+//! feature: every feature imports this. (Channels inside one feature, such as the Lease watch's
+//! to the Lease thread, keep their types in that feature.)
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+
+use crate::config::{Config, ConfigError, HealthCheck, InstanceId, ResourceName};
+
+/// Everything the state thread is told. Requests that need an answer carry their reply channel.
+pub enum Msg {
+    /// A source read a config that passed every check.
+    Config { origin: String, config: Config },
+    /// A source read a config that failed a check; the last good one stays.
+    ConfigInvalid(ConfigError),
+    /// kubelet.sock was created: the kubelet (re)started, every resource registers again.
+    KubeletStarted,
+    /// A file in the device-plugins dir was deleted; if it is one of our sockets, restart it.
+    SocketRemoved(OsString),
+    /// The prober saw a device's health change (`detail` says what it saw).
+    Health {
+        resource: ResourceName,
+        id: InstanceId,
+        healthy: bool,
+        detail: String,
+    },
+    /// The kubelet opened a ListAndWatch stream on server number `server` of `resource`.
+    Watch {
+        resource: ResourceName,
+        server: u64,
+        stream: StreamSender,
+    },
+    /// Allocate: per container, the requested device IDs; answered with one env per container.
+    Allocate {
+        resource: ResourceName,
+        containers: Vec<Vec<String>>,
+        reply: AllocateReply,
+    },
+    /// The registrar's outcome for `endpoint`; failures are reported once per endpoint.
+    Registered {
+        resource: ResourceName,
+        endpoint: String,
+        result: Result<(), RegisterError>,
+    },
+    /// The Leases of Allocate number `request` were all taken (or refused).
+    LeasesTaken {
+        request: u64,
+        result: Result<(), LeaseRefusal>,
+    },
+    /// Which shared devices other nodes hold now, and this node's Lease counts.
+    Leases(LeaseReport),
+    /// What operators see (/metrics, /healthz): answered with a snapshot of the counters.
+    Snapshot {
+        reply: crossbeam_channel::Sender<Snapshot>,
+    },
+    /// The config source's heartbeat: /readyz and a metric say so when it stalls.
+    SourceProgress(Progress),
+    /// Stop serving: stop every server, remove our sockets, end the thread.
+    Shutdown,
+}
+
+/// Why an Allocate was refused. Answered to the kubelet as INVALID_ARGUMENT (or UNAVAILABLE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllocateError {
+    /// The resource is no longer served on this node.
+    NotServed { resource: ResourceName },
+    /// A requested ID is not one of the resource's devices.
+    UnknownDevice { resource: ResourceName, id: String },
+    /// An ID was requested twice in one request (for one container or for two).
+    DuplicateDevice { resource: ResourceName, id: String },
+    /// A container request named no device.
+    NoDevices { resource: ResourceName },
+    /// The request named no container.
+    NoContainers { resource: ResourceName },
+    /// The env would be more than a container (or one answer) may carry.
+    TooLarge {
+        resource: ResourceName,
+        bytes: usize,
+        limit: usize,
+    },
+    /// A device shared with other hosts could not be taken (`--exclusive-leases`).
+    Lease(LeaseRefusal),
+}
+
+impl fmt::Display for AllocateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AllocateError::NotServed { resource } => {
+                write!(f, "{resource} is no longer served on this node")
+            }
+            AllocateError::UnknownDevice { resource, id } => {
+                write!(f, "{resource} has no device {id:?}")
+            }
+            AllocateError::DuplicateDevice { resource, id } => {
+                write!(f, "{resource} device {id:?} requested twice in one request")
+            }
+            AllocateError::NoDevices { resource } => {
+                write!(f, "a container request for {resource} names no device")
+            }
+            AllocateError::NoContainers { resource } => {
+                write!(f, "an Allocate request for {resource} names no container")
+            }
+            AllocateError::TooLarge {
+                resource,
+                bytes,
+                limit,
+            } => write!(
+                f,
+                "{resource}: the env for this request would take {bytes} bytes, more than \
+                 {limit} (a container's exec or the kubelet's 4 MiB gRPC limit would refuse it); \
+                 request fewer devices per container"
+            ),
+            AllocateError::Lease(refusal) => write!(f, "{refusal}"),
+        }
+    }
+}
+
+impl std::error::Error for AllocateError {}
+
+/// The device list pushed on a ListAndWatch stream: always the resource's full list.
+pub type Listing = Arc<[Listed]>;
+
+/// One device as ListAndWatch reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub id: InstanceId,
+    pub healthy: bool,
+}
+
+/// The sending half of one ListAndWatch stream: it keeps only the newest list (see `latest`).
+pub type StreamSender = crate::latest::Sender<Listing>;
+
+/// One container's env, as Allocate answers it.
+pub type ContainerEnv = BTreeMap<String, String>;
+
+/// Where an Allocate's answer goes.
+pub type AllocateReply = oneshot::Sender<Result<Vec<ContainerEnv>, AllocateError>>;
+
+/// A device: resource and instance.
+pub type DeviceKey = (ResourceName, InstanceId);
+
+/// Every probe this node runs (the prober is given the whole set after each config that changes it).
+pub type ProbeSet = BTreeMap<DeviceKey, HealthCheck>;
+
+/// What the state thread asks.
+#[derive(Debug)]
+pub enum LeaseCmd {
+    /// The shared devices this node serves now.
+    Shared(BTreeSet<DeviceKey>),
+    /// Acquire the Leases of `devices` for Allocate number `request`.
+    Acquire {
+        request: u64,
+        devices: Vec<DeviceKey>,
+    },
+}
+
+/// Why an Allocate's Leases could not all be taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseRefusal {
+    /// Another node holds the device (`lease` is its Lease's name).
+    HeldBy {
+        device: DeviceKey,
+        holder: String,
+        lease: String,
+    },
+    /// The API server could not be asked (or answered an error).
+    Unavailable {
+        device: DeviceKey,
+        reason: String,
+        lease: String,
+    },
+}
+
+impl fmt::Display for LeaseRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaseRefusal::HeldBy {
+                device: (r, id),
+                holder,
+                lease,
+            } => write!(
+                f,
+                "{r} device {id:?} is held by node {holder} (its Lease {lease})"
+            ),
+            LeaseRefusal::Unavailable {
+                device: (r, id),
+                reason,
+                lease,
+            } => write!(
+                f,
+                "cannot take the Lease {lease} of {r} device {id:?}: {reason}"
+            ),
+        }
+    }
+}
+
+/// What the state thread is told: devices held elsewhere, how many Leases this node holds, and
+/// the acquisitions won and lost so far.
+#[derive(Debug, Default, PartialEq, Eq, Clone)]
+pub struct LeaseReport {
+    pub held_elsewhere: BTreeMap<DeviceKey, String>,
+    pub held_here: usize,
+    pub won: u64,
+    pub lost: u64,
+}
+
+/// Why registering with the kubelet failed.
+#[derive(Debug)]
+pub enum RegisterError {
+    /// kubelet.sock does not exist: the kubelet is not running (yet).
+    NoKubelet { socket: PathBuf },
+    /// The Register call failed.
+    Rpc {
+        socket: PathBuf,
+        source: grpcio::Error,
+    },
+}
+
+impl fmt::Display for RegisterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegisterError::NoKubelet { socket } => {
+                write!(
+                    f,
+                    "{} does not exist (kubelet not running?)",
+                    socket.display()
+                )
+            }
+            RegisterError::Rpc { socket, source } => {
+                write!(f, "Register on {}: {source}", socket.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for RegisterError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RegisterError::NoKubelet { .. } => None,
+            RegisterError::Rpc { source, .. } => Some(source),
+        }
+    }
+}
+
+/// What the state thread reports for /metrics, /healthz and /readyz.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Per served resource: (healthy devices, unhealthy devices, registered with the kubelet).
+    pub resources: BTreeMap<String, (usize, usize, bool)>,
+    /// Whether a valid config has been applied since start.
+    pub configured: bool,
+    pub reloads_ok: u64,
+    pub reloads_error: u64,
+    /// Unix time of the last applied config.
+    pub last_reload_success: Option<f64>,
+    /// Why the config source cannot read the config now (missing, not a regular file, too large,
+    /// stalled); `None` while it reads.
+    pub source_problem: Option<String>,
+    /// (resource, "ok" | "error") → count.
+    pub allocations: BTreeMap<(String, &'static str), u64>,
+    /// (resource, "ok" | "error") → count.
+    pub registrations: BTreeMap<(String, &'static str), u64>,
+    /// (resource, device) → Healthy.
+    pub devices: BTreeMap<(String, String), bool>,
+    /// Changes of a device's health seen by the probes.
+    pub health_changes: u64,
+    /// Times a resource's ListAndWatch streams all closed and stayed closed, so it registered
+    /// again.
+    pub reregistrations: u64,
+    /// `--exclusive-leases`: Leases this node holds, and acquisitions won and lost.
+    pub leases_held: u64,
+    pub lease_acquisitions_won: u64,
+    pub lease_acquisitions_lost: u64,
+}
+
+/// When a source last finished a read: a source stuck in a system call (a hung network
+/// filesystem, say) sends nothing, so silence is all the state thread could see. The source
+/// beats after every read; the state thread asks whether it has been silent too long.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    start: Instant,
+    /// Milliseconds from `start` to the last beat.
+    last: Arc<AtomicU64>,
+    max_silence: Duration,
+}
+
+impl Progress {
+    /// A source that should finish a read at least every `max_silence`.
+    pub fn new(max_silence: Duration) -> Progress {
+        Progress {
+            start: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+            max_silence,
+        }
+    }
+
+    /// A read finished (whatever it found).
+    pub fn beat(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long the source has been silent at `now`, if longer than allowed.
+    pub fn stalled(&self, now: Instant) -> Option<Duration> {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        let silent = now
+            .saturating_duration_since(self.start)
+            .saturating_sub(last);
+        (silent > self.max_silence).then_some(silent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_past_the_bound_is_a_stall() {
+        let p = Progress::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(p.stalled(t0), None);
+        assert!(p.stalled(t0 + Duration::from_secs(11)).is_some());
+        p.beat();
+        assert_eq!(p.stalled(Instant::now() + Duration::from_secs(9)), None);
+    }
+}
