@@ -17,6 +17,7 @@ mod daemon;
 mod exclusive;
 mod health;
 mod hostile;
+mod layers;
 mod lease_model;
 mod leases;
 mod manifests;
