@@ -36,6 +36,7 @@
 //!    counters and each resource's devices and registration, for /metrics and /healthz.
 //! 9. [`Msg::Shutdown`] stops every server, removes our sockets and ends the thread.
 
+mod allocate;
 pub mod msg;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,12 +49,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, error, info, warn};
 
 use crate::clock::later;
-use crate::config::env::{self, Refusal};
-use crate::config::{Config, Device, InstanceId, NodeName, ResourceName};
+use crate::config::{Config, ConfigError, Device, InstanceId, NodeName, ResourceName};
 
+use allocate::Pending;
 use msg::{
-    AllocateError, AllocateReply, ContainerEnv, DeviceKey, LeaseCmd, LeaseReport, Listed, Listing,
-    Msg, ProbeSet, Progress, RegisterError, Snapshot, StreamSender,
+    DeviceKey, LeaseCmd, LeaseReport, Listed, Listing, Msg, ProbeSet, Progress, RegisterError,
+    Snapshot, StreamSender,
 };
 
 /// How long a removed resource's server lives after pushing its empty list, so the kubelet reads it.
@@ -61,14 +62,6 @@ pub const RETIRE_GRACE: Duration = Duration::from_millis(250);
 
 /// How often the state thread checks the device-plugins dir itself, behind inotify.
 pub const FALLBACK_CHECK: Duration = Duration::from_secs(5);
-
-/// An Allocate waiting for its Leases.
-struct Pending {
-    resource: ResourceName,
-    containers: Vec<Vec<String>>,
-    envs: Vec<ContainerEnv>,
-    reply: AllocateReply,
-}
 
 /// The side effects the state thread needs, so it can be tested without sockets.
 pub trait Backend {
@@ -183,97 +176,48 @@ impl<B: Backend> State<B> {
         }
     }
 
-    /// Handles one message.
+    /// Handles one message: a table, one named method per message.
+    #[rustfmt::skip]
     pub fn handle(&mut self, msg: Msg, now: Instant) -> Flow {
         match msg {
-            Msg::Config { origin, config } => {
-                self.stats.reloads_ok += 1;
-                self.stats.source_problem = None;
-                self.stats.last_reload_success = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()
-                    .map(|d| d.as_secs_f64());
-                self.apply(&origin, &config, now);
-            }
-            Msg::ConfigInvalid(e) => {
-                self.stats.reloads_error += 1;
-                self.stats.source_problem = e.is_unreadable().then(|| e.to_string());
-                if self.have_config {
-                    error!("{e}; keeping the last good config");
-                } else {
-                    error!("{e}; serving nothing until a valid config is read");
-                }
-            }
+            Msg::Config { origin, config } => self.config(&origin, &config, now),
+            Msg::ConfigInvalid(e) => self.config_invalid(&e),
             Msg::KubeletStarted => self.kubelet_started(),
             Msg::SocketRemoved(name) => self.socket_removed(&name),
-            Msg::Health {
-                resource,
-                id,
-                healthy,
-                detail,
-            } => self.health(&resource, &id, healthy, &detail),
-            Msg::Watch {
-                resource,
-                server,
-                stream,
-            } => self.watch(resource, server, stream),
-            Msg::Allocate {
-                resource,
-                containers,
-                reply,
-            } => {
-                let result = self.try_allocate(&resource, &containers);
-                let shared = self.lease_devices(&resource, &containers);
-                match result {
-                    Ok(envs) if !shared.is_empty() && self.backend.exclusive() => {
-                        let request = self.next_request;
-                        self.next_request += 1;
-                        debug!("{resource}: Allocate {request} waits for its Leases");
-                        self.pending.insert(
-                            request,
-                            Pending {
-                                resource,
-                                containers,
-                                envs,
-                                reply,
-                            },
-                        );
-                        self.backend.leases(LeaseCmd::Acquire {
-                            request,
-                            devices: shared,
-                        });
-                    }
-                    result => self.answer(&resource, &containers, result, reply),
-                }
-            }
-            Msg::LeasesTaken { request, result } => {
-                if let Some(p) = self.pending.remove(&request) {
-                    let result = result.map(|()| p.envs).map_err(AllocateError::Lease);
-                    self.answer(&p.resource, &p.containers, result, p.reply);
-                }
-            }
+            Msg::Health { resource, id, healthy, detail } => self.health(&resource, &id, healthy, &detail),
+            Msg::Watch { resource, server, stream } => self.watch(resource, server, stream),
+            Msg::Allocate { resource, containers, reply } => self.allocate(resource, containers, reply),
+            Msg::LeasesTaken { request, result } => self.leases_taken(request, result),
             Msg::Leases(report) => self.lease_report(report),
-            Msg::Registered {
-                resource,
-                endpoint,
-                result,
-            } => {
-                let outcome = if result.is_ok() { "ok" } else { "error" };
-                *self
-                    .stats
-                    .registrations
-                    .entry((resource.to_string(), outcome))
-                    .or_default() += 1;
-                self.registered(&resource, &endpoint, result);
-            }
-            Msg::Snapshot { reply } => {
-                let _ = reply.send(self.snapshot());
-            }
+            Msg::Registered { resource, endpoint, result } => self.registered(&resource, &endpoint, result),
+            Msg::Snapshot { reply } => drop(reply.send(self.snapshot())),
             Msg::SourceProgress(progress) => self.source = Some(progress),
             Msg::Shutdown => return Flow::Stop,
         }
         self.reap(now);
         Flow::Continue
+    }
+
+    /// A good config: counted, then applied.
+    fn config(&mut self, origin: &str, config: &Config, now: Instant) {
+        self.stats.reloads_ok += 1;
+        self.stats.source_problem = None;
+        self.stats.last_reload_success = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs_f64());
+        self.apply(origin, config, now);
+    }
+
+    /// A config that failed a check, or could not be read: logged, counted; the last good stays.
+    fn config_invalid(&mut self, e: &ConfigError) {
+        self.stats.reloads_error += 1;
+        self.stats.source_problem = e.is_unreadable().then(|| e.to_string());
+        if self.have_config {
+            error!("{e}; keeping the last good config");
+        } else {
+            error!("{e}; serving nothing until a valid config is read");
+        }
     }
 
     /// When the loop must wake up without a message.
@@ -599,48 +543,6 @@ impl<B: Backend> State<B> {
         }
     }
 
-    /// Answers an Allocate, logging and counting it. The kubelet may have given up (deadline):
-    /// nothing to do then.
-    fn answer(
-        &mut self,
-        resource: &ResourceName,
-        containers: &[Vec<String>],
-        result: Result<Vec<ContainerEnv>, AllocateError>,
-        reply: AllocateReply,
-    ) {
-        match &result {
-            Ok(_) => {
-                for ids in containers {
-                    info!("{resource}: allocated {} to a container", ids.join(", "));
-                }
-                let served = self.served.get(resource);
-                for id in containers.iter().flatten() {
-                    if served.is_some_and(|s| s.unhealthy.contains(id.as_str())) {
-                        warn!("{resource} {id}: allocated while Unhealthy (the kubelet chose it)");
-                    }
-                }
-            }
-            Err(e) => warn!("Allocate refused: {e}"),
-        }
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        *self
-            .stats
-            .allocations
-            .entry((resource.to_string(), outcome))
-            .or_default() += 1;
-        let _ = reply.send(result);
-    }
-
-    /// The requested devices that need a Lease.
-    fn lease_devices(&self, resource: &ResourceName, containers: &[Vec<String>]) -> Vec<DeviceKey> {
-        let asked: BTreeSet<&str> = containers.iter().flatten().map(String::as_str).collect();
-        self.shared
-            .iter()
-            .filter(|(r, id)| r == resource && asked.contains(id.as_str()))
-            .cloned()
-            .collect()
-    }
-
     fn lease_report(&mut self, report: LeaseReport) {
         self.stats.leases_held = report.held_here as u64;
         self.stats.lease_acquisitions_won = report.won;
@@ -683,39 +585,19 @@ impl<B: Backend> State<B> {
         }
     }
 
-    fn try_allocate(
-        &self,
-        resource: &ResourceName,
-        containers: &[Vec<String>],
-    ) -> Result<Vec<ContainerEnv>, AllocateError> {
-        let served = self
-            .served
-            .get(resource)
-            .ok_or_else(|| AllocateError::NotServed {
-                resource: resource.clone(),
-            })?;
-        env::allocate(resource, &served.devices, containers).map_err(|refusal| {
-            let resource = resource.clone();
-            match refusal {
-                Refusal::NoContainers => AllocateError::NoContainers { resource },
-                Refusal::NoDevices => AllocateError::NoDevices { resource },
-                Refusal::UnknownDevice(id) => AllocateError::UnknownDevice { resource, id },
-                Refusal::DuplicateDevice(id) => AllocateError::DuplicateDevice { resource, id },
-                Refusal::TooLarge { bytes, limit } => AllocateError::TooLarge {
-                    resource,
-                    bytes,
-                    limit,
-                },
-            }
-        })
-    }
-
+    /// The registrar's outcome: counted, and the current endpoint marked registered.
     fn registered(
         &mut self,
         resource: &ResourceName,
         endpoint: &str,
         result: Result<(), RegisterError>,
     ) {
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        *self
+            .stats
+            .registrations
+            .entry((resource.to_string(), outcome))
+            .or_default() += 1;
         let live = self
             .served
             .get_mut(resource)
@@ -869,7 +751,7 @@ mod tests {
     use crate::config::ConfigError;
     use crate::latest::{channel, Receiver};
     use futures_channel::oneshot;
-    use msg::LeaseRefusal;
+    use msg::{AllocateError, ContainerEnv, LeaseRefusal};
     use std::cell::RefCell;
     use std::collections::BTreeSet;
     use std::rc::Rc;
