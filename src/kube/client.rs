@@ -1,8 +1,8 @@
 //! The Kubernetes API over plain HTTPS: how to reach and trust the server, and its errors.
 //!
 //! ureq over rustls (ring), trusting only the CA file, re-read on every request like the token, so
-//! rotated service-account credentials are picked up. Used by the ConfigMap source
-//! ([`crate::source::configmap`]) and the pruning of stale resources ([`crate::prune`]).
+//! rotated service-account credentials are picked up. Every API user goes through it: the
+//! ConfigMap source, the Leases, the pruning of stale resources.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};

@@ -1,6 +1,6 @@
 //! The kubelet's podresources API (v1 `List`): which device IDs are assigned to containers on
 //! this node. The device-plugin API has no "deallocate"; this is how a plugin learns that a device
-//! was released (used by the exclusive Leases of issue #10, not yet wired into the daemon).
+//! was released (the `spookd-lease` thread releases a Lease once no container has its device).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -30,16 +30,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, info, warn};
 
+use crate::backoff::Backoff;
 use crate::clock::later;
 use crate::config::NodeName;
+use crate::kube::client::ApiError;
 use crate::kube::client::Connection;
+use crate::kube::watch::{self, Events, Failure, Observer, Phase, Policy, WatchApi};
 use crate::kubelet::podresources::{self, Assigned};
 use crate::leases::protocol::{
-    acquire, lease_name, release, renew, Acquired, HttpLeaseApi, Lease, LeaseApi, LeaseEvent,
-    Observations,
+    acquire, lease_name, release, renew, Acquired, HttpLeaseApi, Lease, LeaseApi, Observations,
 };
 use crate::state::msg::{DeviceKey, LeaseCmd, LeaseRefusal, LeaseReport, Msg};
 use crate::worker::Worker;
@@ -471,95 +473,79 @@ impl LeaseKeeper {
     }
 }
 
-/// List, then watch from the list's version (bookmarks on); a 410 lists again, a watch that ends
-/// is resumed, errors back off and report [`Seen::Lost`]. Ends when stopped or unheard.
-fn watch_leases(api: &mut HttpLeaseApi, seen: &Sender<Seen>, stop: &Receiver<()>) {
-    let mut backoff = crate::backoff::Backoff::default();
-    let stopped =
-        |wait: Duration| !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout));
-    let mut first = true;
-    loop {
-        let (leases, mut version) = match api.list_at() {
-            Ok(listed) => listed,
-            Err(e) => {
-                warn!("listing Leases: {e}; expiry clocks restart when the API answers again");
-                if seen.send(Seen::Lost).is_err() || stopped(backoff.wait()) {
-                    return;
-                }
-                continue;
-            }
-        };
-        if first {
-            info!("watching spookd's Leases ({} now)", leases.len());
-            first = false;
-        }
-        if seen.send(Seen::All(leases)).is_err() {
-            return;
-        }
-        // Watch until the version is too old (relist) or an error (relist after a wait).
-        let failed = loop {
-            let events = match api.watch(&version, WATCH_TIMEOUT) {
-                Ok(events) => {
-                    // Only a watch that opens ends the backoff: a list that works followed by a
-                    // watch that is refused must not spin.
-                    backoff.reset();
-                    events
-                }
-                Err(e) if e.status() == Some(410) => break None,
-                Err(e) => break Some(e.to_string()),
-            };
-            let mut outcome = None;
-            for event in events {
-                let sent = match event {
-                    Ok(LeaseEvent::Put(lease)) => {
-                        version.clone_from(&lease.resource_version);
-                        seen.send(Seen::Put(lease))
-                    }
-                    Ok(LeaseEvent::Deleted(name, at)) => {
-                        version = at;
-                        seen.send(Seen::Deleted(name))
-                    }
-                    Ok(LeaseEvent::Bookmark(at)) => {
-                        version = at;
-                        Ok(())
-                    }
-                    Ok(LeaseEvent::Expired) => {
-                        outcome = Some(None);
-                        break;
-                    }
-                    Ok(LeaseEvent::Failed(why)) => {
-                        outcome = Some(Some(why));
-                        break;
-                    }
-                    Err(e) => {
-                        outcome = Some(Some(e.to_string()));
-                        break;
-                    }
-                };
-                if sent.is_err() {
-                    return;
-                }
-            }
-            if let Some(outcome) = outcome {
-                break outcome;
-            }
-            if stopped(Duration::ZERO) {
-                return;
-            }
-        };
-        if let Some(why) = failed {
-            let hint = if why.contains("HTTP 403") {
-                " (spookd's ServiceAccount needs get, list, watch, create, update and delete on \
-                 leases in the Lease namespace: see manifests/exclusive-leases/)"
-            } else {
-                ""
-            };
-            warn!("watching Leases: {why}{hint}; listing again");
-            if seen.send(Seen::Lost).is_err() || stopped(backoff.wait()) {
-                return;
-            }
-        }
+/// The Lease watch as the list-then-watch loop calls it.
+struct LeaseWatchApi<'a>(&'a mut HttpLeaseApi);
+
+impl WatchApi for LeaseWatchApi<'_> {
+    type Object = Lease;
+
+    fn list(&mut self) -> Result<(Vec<Lease>, String), ApiError> {
+        self.0.list_at()
     }
+
+    fn watch(&mut self, version: &str) -> Result<Events<Lease>, ApiError> {
+        Ok(Box::new(self.0.watch_events(version, WATCH_TIMEOUT)?))
+    }
+}
+
+/// What the Lease watch tells the `spookd-lease` thread ([`Seen`]).
+struct LeaseWatch<'a> {
+    seen: &'a Sender<Seen>,
+    first: bool,
+}
+
+impl Observer<Lease> for LeaseWatch<'_> {
+    fn listed(&mut self, leases: Vec<Lease>, _: &str) -> bool {
+        if self.first {
+            info!("watching spookd's Leases ({} now)", leases.len());
+            self.first = false;
+        }
+        self.seen.send(Seen::All(leases)).is_ok()
+    }
+
+    fn put(&mut self, lease: Lease) -> bool {
+        self.seen.send(Seen::Put(lease)).is_ok()
+    }
+
+    fn deleted(&mut self, lease: Lease) -> bool {
+        self.seen.send(Seen::Deleted(lease.name)).is_ok()
+    }
+
+    fn failed(&mut self, phase: Phase, why: &Failure<'_>) -> bool {
+        let why = match why {
+            Failure::Api(e) => e.to_string(),
+            Failure::Status(s) => format!("{} {}", s.code, s.message),
+        };
+        match phase {
+            Phase::List => {
+                warn!("listing Leases: {why}; expiry clocks restart when the API answers again")
+            }
+            Phase::Watch => {
+                let hint = if why.contains("HTTP 403") {
+                    " (spookd's ServiceAccount needs get, list, watch, create, update and delete \
+                     on leases in the Lease namespace: see manifests/exclusive-leases/)"
+                } else {
+                    ""
+                };
+                warn!("watching Leases: {why}{hint}; listing again");
+            }
+        }
+        self.seen.send(Seen::Lost).is_ok()
+    }
+}
+
+/// List, then watch from the list's version ([`Policy::Relist`]: what was known may be stale
+/// after a failure, which is reported as [`Seen::Lost`]). Ends when stopped or unheard.
+fn watch_leases(api: &mut HttpLeaseApi, seen: &Sender<Seen>, stop: &Receiver<()>) {
+    let mut observer = LeaseWatch { seen, first: true };
+    let mut backoff = Backoff::default();
+    watch::list_then_watch(
+        &mut LeaseWatchApi(api),
+        &mut observer,
+        Policy::Relist,
+        &mut backoff,
+        stop,
+    );
 }
 
 fn run(

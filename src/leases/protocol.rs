@@ -1,4 +1,5 @@
-//! Exclusive access across hosts: the Lease protocol (issue #10, not yet wired into the daemon).
+//! Exclusive access across hosts: the Lease protocol (the `spookd-lease` thread in
+//! [`crate::leases`] runs it).
 //!
 //! A device mapped to several hosts gets one `coordination.k8s.io/v1` Lease, named by
 //! [`lease_name`]; `holderIdentity` is the node that may hand it to a container. The protocol
@@ -30,6 +31,7 @@ use serde::Deserialize;
 
 use crate::config::{InstanceId, ResourceName};
 use crate::kube::client::{ApiError, Client, Connection, Lines, Method};
+use crate::kube::watch::{self, Versioned, WatchEvent};
 
 /// Label on every Lease spookd makes, to list and watch them.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "spookd");
@@ -280,43 +282,29 @@ pub enum LeaseEvent {
     Failed(String),
 }
 
-#[derive(Deserialize)]
-struct RawLeaseEvent {
-    #[serde(rename = "type")]
-    kind: String,
-    object: serde_yaml::Value,
-}
-
-/// Parses one line of a Lease watch.
-pub fn parse_lease_event(line: &str) -> Result<LeaseEvent, serde_yaml::Error> {
-    let raw: RawLeaseEvent = serde_yaml::from_str(line)?;
-    Ok(match raw.kind.as_str() {
-        "ADDED" | "MODIFIED" => {
-            LeaseEvent::Put(serde_yaml::from_value::<LeaseJson>(raw.object)?.into())
-        }
-        "DELETED" => {
-            let lease: Lease = serde_yaml::from_value::<LeaseJson>(raw.object)?.into();
-            LeaseEvent::Deleted(lease.name, lease.resource_version)
-        }
-        "BOOKMARK" => {
-            let lease: Lease = serde_yaml::from_value::<LeaseJson>(raw.object)?.into();
-            LeaseEvent::Bookmark(lease.resource_version)
-        }
-        "ERROR" => {
-            let code = raw.object["code"].as_u64().unwrap_or(0);
-            let message = raw.object["message"].as_str().unwrap_or_default();
-            if code == 410 {
-                LeaseEvent::Expired
-            } else {
-                LeaseEvent::Failed(format!("{code} {message}"))
+impl From<WatchEvent<Lease>> for LeaseEvent {
+    fn from(e: WatchEvent<Lease>) -> LeaseEvent {
+        match e {
+            WatchEvent::Added(lease) | WatchEvent::Modified(lease) => LeaseEvent::Put(lease),
+            WatchEvent::Deleted(lease) => LeaseEvent::Deleted(lease.name, lease.resource_version),
+            WatchEvent::Bookmark(version) => LeaseEvent::Bookmark(version),
+            WatchEvent::Error(status) if status.code == 410 => LeaseEvent::Expired,
+            WatchEvent::Error(status) => {
+                LeaseEvent::Failed(format!("{} {}", status.code, status.message))
             }
         }
-        other => {
-            return Err(serde::de::Error::custom(format!(
-                "unknown watch event type {other:?}"
-            )))
-        }
-    })
+    }
+}
+
+/// Parses one line of a Lease watch (the one watch-event parser, [`watch::parse_event`]).
+pub fn parse_lease_watch_event(line: &str) -> Result<WatchEvent<Lease>, serde_yaml::Error> {
+    watch::parse_event::<LeaseJson>(line).map(|e| e.map(Lease::from))
+}
+
+impl Versioned for Lease {
+    fn resource_version(&self) -> &str {
+        &self.resource_version
+    }
 }
 
 #[derive(Deserialize)]
@@ -399,12 +387,23 @@ impl HttpLeaseApi {
     }
 
     /// Watches spookd's Leases from `version` for up to `timeout` (a silent connection is
-    /// dropped after that plus a quarter).
+    /// dropped after that plus a quarter), as [`LeaseEvent`]s.
     pub fn watch(
         &mut self,
         version: &str,
         timeout: Duration,
-    ) -> Result<Lines<Box<dyn std::io::Read + Send>, LeaseEvent>, ApiError> {
+    ) -> Result<impl Iterator<Item = Result<LeaseEvent, ApiError>>, ApiError> {
+        Ok(self
+            .watch_events(version, timeout)?
+            .map(|e| e.map(LeaseEvent::from)))
+    }
+
+    /// The same watch, as the list-then-watch loop reads it.
+    pub fn watch_events(
+        &mut self,
+        version: &str,
+        timeout: Duration,
+    ) -> Result<Lines<Box<dyn std::io::Read + Send>, WatchEvent<Lease>>, ApiError> {
         let url = format!(
             "{}&watch=true&allowWatchBookmarks=true&timeoutSeconds={}&resourceVersion={version}",
             self.selector(),
@@ -414,7 +413,7 @@ impl HttpLeaseApi {
             (timeout.saturating_add(timeout / 4)).saturating_add(Duration::from_secs(1));
         let response = self.client.get(&url, read_timeout)?;
         let reader: Box<dyn std::io::Read + Send> = Box::new(response.into_body().into_reader());
-        Ok(Lines::new(reader, url, parse_lease_event))
+        Ok(Lines::new(reader, url, parse_lease_watch_event))
     }
 
     fn decode(url: &str, response: ureq::http::Response<ureq::Body>) -> Result<Lease, ApiError> {

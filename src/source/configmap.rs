@@ -1,12 +1,10 @@
 //! The API source: watches one ConfigMap through the Kubernetes API over plain HTTPS.
 //!
-//! A list-then-watch loop on the `spookd-config-api` thread: LIST the one ConfigMap (by
-//! `fieldSelector=metadata.name=NAME`, so a missing ConfigMap still yields a resourceVersion to
-//! watch from), then WATCH from that version with bookmarks, streaming events line by line.
-//! ADDED/MODIFIED carry new content; BOOKMARK advances the version; a 410 (as an ERROR event or an
-//! HTTP status) means the version is too old: list again. A watch that ends normally is resumed
-//! from the last version. Errors back off exponentially with jitter (429 honours Retry-After) and
-//! never end the thread; the last good config stays in force meanwhile.
+//! The list-then-watch loop ([`crate::kube::watch`]) on the `spookd-config-api` thread, with the
+//! [`Policy::Resume`] policy: LIST the one ConfigMap (by `fieldSelector=metadata.name=NAME`, so a
+//! missing ConfigMap still yields a resourceVersion to watch from), then WATCH from that version.
+//! ADDED/MODIFIED carry new content, sent to the state thread when it changed; DELETED keeps the
+//! last good config. Errors never end the thread; the last good config stays in force meanwhile.
 //!
 //! The server is trusted only if the CA file vouches for it; the token is read from its file on
 //! every request, so rotated service-account tokens are picked up (see [`crate::kube::client`]).
@@ -17,20 +15,21 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info, warn};
 use serde::Deserialize;
 
 use crate::backoff::Backoff;
 use crate::config::{Config, ConfigError};
 use crate::kube::client::{bad_certificate, ApiError, Client, Connection, Lines, REQUEST_TIMEOUT};
+use crate::kube::watch::{
+    self, Events, Failure, Meta, Observer, Phase, Policy, Versioned, WatchApi, WatchEvent,
+};
 use crate::state::msg::Msg;
 use crate::worker::Worker;
 
 /// Largest LIST response.
 const MAX_BODY: u64 = 8 << 20;
-/// Longest a 429's Retry-After is honoured for.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// Which ConfigMap, which key, and how to reach and trust the API server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,12 +67,6 @@ pub struct ConfigMap {
     pub data: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-pub struct Meta {
-    #[serde(default, rename = "resourceVersion")]
-    pub resource_version: String,
-}
-
 #[derive(Deserialize)]
 struct ConfigMapList {
     #[serde(default)]
@@ -82,64 +75,18 @@ struct ConfigMapList {
     items: Vec<ConfigMap>,
 }
 
-/// A `metav1.Status`, as an ERROR watch event carries it.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-pub struct Status {
-    #[serde(default)]
-    pub code: u16,
-    #[serde(default)]
-    pub reason: String,
-    #[serde(default)]
-    pub message: String,
-}
+/// One line of a ConfigMap watch.
+pub type Event = WatchEvent<ConfigMap>;
 
-/// One line of a watch stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    Added(ConfigMap),
-    Modified(ConfigMap),
-    Deleted(ConfigMap),
-    Bookmark(String),
-    Error(Status),
-}
-
-#[derive(Deserialize)]
-struct RawEvent {
-    #[serde(rename = "type")]
-    kind: String,
-    object: serde_yaml::Value,
-}
-
-/// Parses one watch line.
+/// Parses one line of a ConfigMap watch.
 pub fn parse_event(line: &str) -> Result<Event, serde_yaml::Error> {
-    let raw: RawEvent = serde_yaml::from_str(line)?;
-    let object = raw.object;
-    Ok(match raw.kind.as_str() {
-        "ADDED" => Event::Added(serde_yaml::from_value(object)?),
-        "MODIFIED" => Event::Modified(serde_yaml::from_value(object)?),
-        "DELETED" => Event::Deleted(serde_yaml::from_value(object)?),
-        "BOOKMARK" => {
-            let cm: ConfigMap = serde_yaml::from_value(object)?;
-            Event::Bookmark(cm.metadata.resource_version)
-        }
-        "ERROR" => Event::Error(serde_yaml::from_value(object)?),
-        other => {
-            return Err(serde::de::Error::custom(format!(
-                "unknown watch event type {other:?}"
-            )))
-        }
-    })
+    watch::parse_event(line)
 }
 
-/// The API calls the watch loop makes; the real one is [`HttpApi`].
-pub trait Api {
-    /// The ConfigMap (if it exists) and the list's resourceVersion.
-    fn list(&mut self) -> Result<(Option<ConfigMap>, String), ApiError>;
-    /// Opens a watch from `version`; yields events until the server ends it.
-    fn watch(
-        &mut self,
-        version: &str,
-    ) -> Result<Box<dyn Iterator<Item = Result<Event, ApiError>>>, ApiError>;
+impl Versioned for ConfigMap {
+    fn resource_version(&self) -> &str {
+        &self.metadata.resource_version
+    }
 }
 
 /// Handle of the API watch thread (`spookd-config-api`). Dropping it stops the thread; a read
@@ -176,12 +123,6 @@ pub struct Watch<'a> {
     backoff: Backoff,
 }
 
-/// What to do after the watch on a version ended.
-enum Next {
-    Relist,
-    Rewatch(String),
-}
-
 impl<'a> Watch<'a> {
     pub fn new(opts: &ApiOptions, state: &'a Sender<Msg>, stop: &'a Receiver<()>) -> Self {
         Watch {
@@ -196,88 +137,11 @@ impl<'a> Watch<'a> {
     }
 
     /// Runs until stopped or the state thread is gone.
-    pub fn run(&mut self, api: &mut dyn Api) {
-        let mut next = Next::Relist;
-        loop {
-            next = match next {
-                Next::Relist => match api.list() {
-                    Ok((cm, version)) => {
-                        self.backoff.reset();
-                        debug!("{}: listed at resourceVersion {version}", self.origin);
-                        if !self.apply(cm.as_ref()) {
-                            return;
-                        }
-                        Next::Rewatch(version)
-                    }
-                    Err(e) => match self.failed(&e) {
-                        true => Next::Relist,
-                        false => return,
-                    },
-                },
-                Next::Rewatch(version) => match self.watch(api, version) {
-                    Some(next) => next,
-                    None => return,
-                },
-            };
-            if self.stopped(Duration::ZERO) {
-                return;
-            }
-        }
-    }
-
-    /// One watch from `version`. `None` when the thread must end.
-    fn watch(&mut self, api: &mut dyn Api, mut version: String) -> Option<Next> {
-        let events = match api.watch(&version) {
-            Ok(events) => events,
-            Err(e) if e.status() == Some(410) => {
-                info!(
-                    "{}: resourceVersion {version} expired (410); listing again",
-                    self.origin
-                );
-                return Some(Next::Relist);
-            }
-            Err(e) => return self.failed(&e).then_some(Next::Rewatch(version)),
-        };
-        for event in events {
-            let cm = match event {
-                Ok(Event::Added(cm) | Event::Modified(cm)) => Some(cm),
-                Ok(Event::Deleted(cm)) => {
-                    version = cm.metadata.resource_version;
-                    if !self.apply(None) {
-                        return None;
-                    }
-                    continue;
-                }
-                Ok(Event::Bookmark(v)) => {
-                    version = v;
-                    continue;
-                }
-                Ok(Event::Error(status)) if status.code == 410 => {
-                    info!(
-                        "{}: watch expired ({}); listing again",
-                        self.origin, status.reason
-                    );
-                    return Some(Next::Relist);
-                }
-                Ok(Event::Error(status)) => {
-                    warn!(
-                        "{}: watch error {} {}: {}",
-                        self.origin, status.code, status.reason, status.message
-                    );
-                    return self.wait().then_some(Next::Relist);
-                }
-                Err(e) => return self.failed(&e).then_some(Next::Rewatch(version)),
-            };
-            if let Some(cm) = cm {
-                version.clone_from(&cm.metadata.resource_version);
-                if !self.apply(Some(&cm)) {
-                    return None;
-                }
-            }
-            self.backoff.reset();
-        }
-        debug!("{}: watch ended; resuming from {version}", self.origin);
-        Some(Next::Rewatch(version))
+    pub fn run(&mut self, api: &mut dyn WatchApi<Object = ConfigMap>) {
+        let mut backoff = std::mem::take(&mut self.backoff);
+        let stop = self.stop;
+        watch::list_then_watch(api, self, Policy::Resume, &mut backoff, stop);
+        self.backoff = backoff;
     }
 
     /// Sends new content to the state thread. False when the state thread is gone.
@@ -312,9 +176,33 @@ impl<'a> Watch<'a> {
         self.last = Some(text);
         self.state.send(msg).is_ok()
     }
+}
 
-    /// Logs a failure and waits before the next attempt. False when stopped.
-    fn failed(&mut self, e: &ApiError) -> bool {
+impl Observer<ConfigMap> for Watch<'_> {
+    fn listed(&mut self, items: Vec<ConfigMap>, version: &str) -> bool {
+        debug!("{}: listed at resourceVersion {version}", self.origin);
+        self.apply(items.first())
+    }
+
+    fn put(&mut self, cm: ConfigMap) -> bool {
+        self.apply(Some(&cm))
+    }
+
+    fn deleted(&mut self, _: ConfigMap) -> bool {
+        self.apply(None)
+    }
+
+    fn failed(&mut self, _: Phase, why: &Failure<'_>) -> bool {
+        let e = match why {
+            Failure::Status(status) => {
+                warn!(
+                    "{}: watch error {} {}: {}",
+                    self.origin, status.code, status.reason, status.message
+                );
+                return true;
+            }
+            Failure::Api(e) => e,
+        };
         let untrusted;
         let hint = match e.status() {
             Some(401) => " (token rejected: it is re-read from its file on the next attempt)",
@@ -333,28 +221,14 @@ impl<'a> Watch<'a> {
             _ => "",
         };
         warn!("{}: {e}{hint}; retrying", self.origin);
-        if let ApiError::Status {
-            code: 429,
-            retry_after: Some(after),
-            ..
-        } = e
-        {
-            return !self.stopped((*after).min(MAX_RETRY_AFTER));
-        }
-        self.wait()
+        true
     }
 
-    /// Waits the current backoff (with up to a quarter of jitter) and doubles it.
-    fn wait(&mut self) -> bool {
-        let wait = self.backoff.wait();
-        !self.stopped(wait)
-    }
-
-    fn stopped(&self, wait: Duration) -> bool {
-        match self.stop.recv_timeout(wait) {
-            Err(RecvTimeoutError::Timeout) => false,
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
-        }
+    fn expired(&mut self, version: &str) {
+        info!(
+            "{}: resourceVersion {version} expired (410); listing again",
+            self.origin
+        );
     }
 }
 
@@ -386,23 +260,19 @@ impl HttpApi {
     }
 }
 
-impl Api for HttpApi {
-    fn list(&mut self) -> Result<(Option<ConfigMap>, String), ApiError> {
+impl WatchApi for HttpApi {
+    type Object = ConfigMap;
+
+    fn list(&mut self) -> Result<(Vec<ConfigMap>, String), ApiError> {
         let url = self.url(None);
         let response = self.client.get(&url, REQUEST_TIMEOUT)?;
         let body = Client::read_body(&url, response, MAX_BODY)?;
         let list: ConfigMapList =
             serde_yaml::from_slice(&body).map_err(|source| ApiError::Decode { url, source })?;
-        Ok((
-            list.items.into_iter().next(),
-            list.metadata.resource_version,
-        ))
+        Ok((list.items, list.metadata.resource_version))
     }
 
-    fn watch(
-        &mut self,
-        version: &str,
-    ) -> Result<Box<dyn Iterator<Item = Result<Event, ApiError>>>, ApiError> {
+    fn watch(&mut self, version: &str) -> Result<Events<ConfigMap>, ApiError> {
         let url = self.url(Some(version));
         let response = self.client.get(&url, self.opts.read_timeout())?;
         let reader = response.into_body().into_reader();
@@ -413,6 +283,7 @@ impl Api for HttpApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kube::watch::Status;
     use std::collections::VecDeque;
 
     #[test]
@@ -452,24 +323,23 @@ mod tests {
 
     /// Scripted API: each call takes the next answer; when out of answers it stops the loop.
     struct Fake {
-        lists: VecDeque<Result<(Option<ConfigMap>, String), ApiError>>,
+        lists: VecDeque<Result<(Vec<ConfigMap>, String), ApiError>>,
         watches: VecDeque<Result<Vec<Result<Event, ApiError>>, ApiError>>,
         calls: Vec<String>,
         stop: Option<Sender<()>>,
     }
 
-    impl Api for Fake {
-        fn list(&mut self) -> Result<(Option<ConfigMap>, String), ApiError> {
+    impl WatchApi for Fake {
+        type Object = ConfigMap;
+
+        fn list(&mut self) -> Result<(Vec<ConfigMap>, String), ApiError> {
             self.calls.push("list".into());
             self.lists.pop_front().unwrap_or_else(|| {
                 self.stop = None;
                 Err(status(503))
             })
         }
-        fn watch(
-            &mut self,
-            v: &str,
-        ) -> Result<Box<dyn Iterator<Item = Result<Event, ApiError>>>, ApiError> {
+        fn watch(&mut self, v: &str) -> Result<Events<ConfigMap>, ApiError> {
             self.calls.push(format!("watch {v}"));
             match self.watches.pop_front() {
                 Some(Ok(events)) => Ok(Box::new(events.into_iter())),
@@ -499,6 +369,7 @@ mod tests {
         ConfigMap {
             metadata: Meta {
                 resource_version: version.into(),
+                ..Meta::default()
             },
             data,
         }
@@ -528,9 +399,9 @@ mod tests {
     fn lists_then_watches_relists_on_410_and_resumes_after_bookmarks() {
         let mut fake = Fake {
             lists: VecDeque::from([
-                Ok((Some(cm("5", Some(A))), "5".into())),
+                Ok((vec![cm("5", Some(A))], "5".into())),
                 Err(status(500)),
-                Ok((Some(cm("9", Some(B))), "9".into())),
+                Ok((vec![cm("9", Some(B))], "9".into())),
             ]),
             watches: VecDeque::from([
                 Ok(vec![
@@ -560,7 +431,7 @@ mod tests {
     #[test]
     fn missing_key_is_invalid_and_deletion_keeps_the_last_config() {
         let mut fake = Fake {
-            lists: VecDeque::from([Ok((None, "1".into()))]),
+            lists: VecDeque::from([Ok((vec![], "1".into()))]),
             watches: VecDeque::from([Ok(vec![
                 Ok(Event::Added(cm("2", Some(A)))),
                 Ok(Event::Modified(cm("3", None))),
