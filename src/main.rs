@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     );
     let result = match command {
         Ok(Command::Help) => {
-            print!("{}", cli::HELP);
+            print!("{}", cli::help());
             Ok(())
         }
         Ok(Command::Version) => {

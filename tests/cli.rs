@@ -126,3 +126,74 @@ fn check_exits_1_with_the_error_for_an_invalid_config() {
         text(&out.stderr)
     );
 }
+
+/// `--help` exactly: rendered from the flag table, it must read as it always did (and name every
+/// duration's range).
+#[test]
+fn help_is_exactly_the_documented_text() {
+    let out = spookd(&["--help"]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), HELP);
+}
+
+const HELP: &str = "spookd: a Kubernetes device plugin for virtual devices declared in YAML
+
+Usage:
+  spookd [OPTIONS]                       serve this node's devices to the kubelet
+  spookd check [--node-name NAME] PATH   check a config; print each node's resources and devices
+  spookd --help | --version
+
+Options (each may instead come from the environment variable in brackets; a flag wins):
+  --config PATH              config file, normally a key of a mounted ConfigMap
+                             [SPOOKD_CONFIG] (default /etc/spookd/config.yaml)
+  --node-name NAME           this node's name, as the config's hosts name it
+                             [NODE_NAME] (default: the host name, lower-cased)
+  --device-plugin-dir DIR    the kubelet's device-plugins directory (one spookd per directory: a
+                             second waits for the first to stop)
+                             [SPOOKD_DEVICE_PLUGIN_DIR] (default /var/lib/kubelet/device-plugins)
+  --poll-interval DURATION   how often the config file is read, e.g. 250ms, 2s, 1m, 1m30s
+                             [SPOOKD_POLL_INTERVAL] (default 1s; from 10ms to 1h)
+
+Config from a ConfigMap through the Kubernetes API instead of a file (not with --config):
+  --configmap NAMESPACE/NAME the ConfigMap to watch   [SPOOKD_CONFIGMAP]
+  --configmap-key KEY        its key holding the config   [SPOOKD_CONFIGMAP_KEY] (default config.yaml)
+  --api-server URL           https URL of the API server   [SPOOKD_API_SERVER]
+                             (default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)
+  --token-file PATH          bearer token, re-read on every request   [SPOOKD_TOKEN_FILE]
+                             (default /var/run/secrets/kubernetes.io/serviceaccount/token)
+  --ca-file PATH             the only CA trusted for the API server   [SPOOKD_CA_FILE]
+                             (default /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)
+  --watch-timeout DURATION   how long one watch request lasts; a silent connection is dropped
+                             after this plus a quarter   [SPOOKD_WATCH_TIMEOUT]
+                             (default 1m; from 1s to 1h)
+
+Removing resources spookd no longer serves from the node's status (needs RBAC on nodes; uses
+--api-server, --token-file and --ca-file as above, with the same in-cluster defaults):
+  --prune-stale-resources    remove a resource this spookd advertised and no longer serves from
+                             the node's capacity and allocatable once the kubelet shows it at 0
+                             [SPOOKD_PRUNE_STALE_RESOURCES=true] (default: off)
+  --prune-after DURATION     how long after it stopped serving a resource spookd re-checks and
+                             removes it   [SPOOKD_PRUNE_AFTER] (default 5m30s; from 1s to 720h)
+
+Exclusive access to devices mapped to several hosts, through coordination.k8s.io Leases (uses
+the API flags above; needs a Role on leases and the kubelet's podresources socket):
+  --exclusive-leases         hold a shared device's Lease while a container on this node has it;
+                             one held by another node is advertised Unhealthy here
+                             [SPOOKD_EXCLUSIVE_LEASES=true] (default: off)
+  --lease-namespace NS       where the Leases live   [SPOOKD_LEASE_NAMESPACE]
+                             (default: the namespace of spookd's ServiceAccount)
+  --lease-duration DURATION  how long a Lease lasts unrenewed   [SPOOKD_LEASE_DURATION]
+                             (default 40s; from 1s to 1h)
+  --pod-resources-socket PATH  the kubelet's podresources API   [SPOOKD_POD_RESOURCES_SOCKET]
+                             (default /var/lib/kubelet/pod-resources/kubelet.sock)
+
+  --metrics-addr ADDR:PORT   serve /healthz, /readyz and Prometheus /metrics over HTTP there,
+                             e.g. 0.0.0.0:9470   [SPOOKD_METRICS_ADDR] (default: off)
+  -h, --help                 print this help
+  -V, --version              print the version
+
+`check` reads only its flag, not NODE_NAME: without --node-name it prints every node.
+
+Logging: RUST_LOG (default info; e.g. RUST_LOG=debug).
+Exit status: 0 success; 1 error (for check: the config is invalid); 2 usage error.
+";

@@ -25,66 +25,6 @@ pub const DEFAULT_PRUNE_AFTER: Duration = Duration::from_secs(330);
 /// How long a shared device's Lease lasts without renewal.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(40);
 
-pub const HELP: &str = "\
-spookd: a Kubernetes device plugin for virtual devices declared in YAML
-
-Usage:
-  spookd [OPTIONS]                       serve this node's devices to the kubelet
-  spookd check [--node-name NAME] PATH   check a config; print each node's resources and devices
-  spookd --help | --version
-
-Options (each may instead come from the environment variable in brackets; a flag wins):
-  --config PATH              config file, normally a key of a mounted ConfigMap
-                             [SPOOKD_CONFIG] (default /etc/spookd/config.yaml)
-  --node-name NAME           this node's name, as the config's hosts name it
-                             [NODE_NAME] (default: the host name, lower-cased)
-  --device-plugin-dir DIR    the kubelet's device-plugins directory
-                             [SPOOKD_DEVICE_PLUGIN_DIR] (default /var/lib/kubelet/device-plugins)
-  --poll-interval DURATION   how often the config file is read, e.g. 250ms, 2s, 1m, 1m30s
-                             [SPOOKD_POLL_INTERVAL] (default 1s)
-
-Config from a ConfigMap through the Kubernetes API instead of a file (not with --config):
-  --configmap NAMESPACE/NAME the ConfigMap to watch   [SPOOKD_CONFIGMAP]
-  --configmap-key KEY        its key holding the config   [SPOOKD_CONFIGMAP_KEY] (default config.yaml)
-  --api-server URL           https URL of the API server   [SPOOKD_API_SERVER]
-                             (default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)
-  --token-file PATH          bearer token, re-read on every request   [SPOOKD_TOKEN_FILE]
-                             (default /var/run/secrets/kubernetes.io/serviceaccount/token)
-  --ca-file PATH             the only CA trusted for the API server   [SPOOKD_CA_FILE]
-                             (default /var/run/secrets/kubernetes.io/serviceaccount/ca.crt)
-  --watch-timeout DURATION   how long one watch request lasts; a silent connection is dropped
-                             after this plus a quarter   [SPOOKD_WATCH_TIMEOUT] (default 1m)
-
-Removing resources spookd no longer serves from the node's status (needs RBAC on nodes; uses
---api-server, --token-file and --ca-file as above, with the same in-cluster defaults):
-  --prune-stale-resources    remove a resource this spookd advertised and no longer serves from
-                             the node's capacity and allocatable once the kubelet shows it at 0
-                             [SPOOKD_PRUNE_STALE_RESOURCES=true] (default: off)
-  --prune-after DURATION     how long after it stopped serving a resource spookd re-checks and
-                             removes it   [SPOOKD_PRUNE_AFTER] (default 5m30s)
-
-Exclusive access to devices mapped to several hosts, through coordination.k8s.io Leases (uses
-the API flags above; needs a Role on leases and the kubelet's podresources socket):
-  --exclusive-leases         hold a shared device's Lease while a container on this node has it;
-                             one held by another node is advertised Unhealthy here
-                             [SPOOKD_EXCLUSIVE_LEASES=true] (default: off)
-  --lease-namespace NS       where the Leases live   [SPOOKD_LEASE_NAMESPACE]
-                             (default: the namespace of spookd's ServiceAccount)
-  --lease-duration DURATION  how long a Lease lasts unrenewed   [SPOOKD_LEASE_DURATION] (default 40s)
-  --pod-resources-socket PATH  the kubelet's podresources API   [SPOOKD_POD_RESOURCES_SOCKET]
-                             (default /var/lib/kubelet/pod-resources/kubelet.sock)
-
-  --metrics-addr ADDR:PORT   serve /healthz, /readyz and Prometheus /metrics over HTTP there,
-                             e.g. 0.0.0.0:9470   [SPOOKD_METRICS_ADDR] (default: off)
-  -h, --help                 print this help
-  -V, --version              print the version
-
-`check` reads only its flag, not NODE_NAME: without --node-name it prints every node.
-
-Logging: RUST_LOG (default info; e.g. RUST_LOG=debug).
-Exit status: 0 success; 1 error (for check: the config is invalid); 2 usage error.
-";
-
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
@@ -138,8 +78,8 @@ pub enum CliError {
     DurationRange {
         from: &'static str,
         value: String,
-        min: &'static str,
-        max: &'static str,
+        min: String,
+        max: String,
     },
     BadNodeName {
         from: &'static str,
@@ -248,7 +188,7 @@ impl std::error::Error for CliError {
     }
 }
 
-/// The flags that take a value.
+/// The flags, by name in the code; everything else about each is its [`Spec`] in [`FLAGS`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Flag {
     Config,
@@ -270,75 +210,363 @@ enum Flag {
     PodResourcesSocket,
 }
 
+/// Where a flag's help goes in `--help`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Group {
+    Main,
+    Api,
+    Prune,
+    Leases,
+    Metrics,
+}
+
+/// A flag's default, as `--help` shows it and the parser falls back to it.
+#[derive(Clone, Copy, Debug)]
+enum Fallback {
+    /// A literal value: `(default VALUE)`.
+    Text(&'static str),
+    /// A duration: `(default 1m30s)`.
+    Duration(Duration),
+    /// Something spookd works out: `(default: WHAT)`.
+    Derived(&'static str),
+}
+
+/// One flag, declared once: `--help`, the environment fallback, the switch rule, the default
+/// and the duration range all read it.
+struct Spec {
+    flag: Flag,
+    name: &'static str,
+    env: &'static str,
+    /// The value's name in `--help`; `None` for a switch (`--flag`, or `--flag=false`).
+    value: Option<&'static str>,
+    default: Fallback,
+    /// For a duration: the shortest and longest it may be.
+    range: Option<(Duration, Duration)>,
+    group: Group,
+    /// The help text, lines as printed: `{env}` is the variable (`{env}=true` for a switch),
+    /// `{default}` the default.
+    help: &'static str,
+}
+
+const MS: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Every flag: the one table.
+static FLAGS: &[Spec] = &[
+    Spec {
+        flag: Flag::Config,
+        name: "--config",
+        env: "SPOOKD_CONFIG",
+        value: Some("PATH"),
+        default: Fallback::Text(DEFAULT_CONFIG),
+        range: None,
+        group: Group::Main,
+        help: "config file, normally a key of a mounted ConfigMap\n[{env}] {default}",
+    },
+    Spec {
+        flag: Flag::NodeName,
+        name: "--node-name",
+        env: "NODE_NAME",
+        value: Some("NAME"),
+        default: Fallback::Derived("the host name, lower-cased"),
+        range: None,
+        group: Group::Main,
+        help: "this node's name, as the config's hosts name it\n[{env}] {default}",
+    },
+    Spec {
+        flag: Flag::DevicePluginDir,
+        name: "--device-plugin-dir",
+        env: "SPOOKD_DEVICE_PLUGIN_DIR",
+        value: Some("DIR"),
+        default: Fallback::Text(DEFAULT_DEVICE_PLUGIN_DIR),
+        range: None,
+        group: Group::Main,
+        help: "the kubelet's device-plugins directory (one spookd per directory: a\n\
+               second waits for the first to stop)\n[{env}] {default}",
+    },
+    Spec {
+        flag: Flag::PollInterval,
+        name: "--poll-interval",
+        env: "SPOOKD_POLL_INTERVAL",
+        value: Some("DURATION"),
+        default: Fallback::Duration(DEFAULT_POLL_INTERVAL),
+        range: Some((MS.saturating_mul(10), HOUR)),
+        group: Group::Main,
+        help: "how often the config file is read, e.g. 250ms, 2s, 1m, 1m30s\n[{env}] {default}",
+    },
+    Spec {
+        flag: Flag::ConfigMap,
+        name: "--configmap",
+        env: "SPOOKD_CONFIGMAP",
+        value: Some("NAMESPACE/NAME"),
+        default: Fallback::Derived("none"),
+        range: None,
+        group: Group::Api,
+        help: "the ConfigMap to watch   [{env}]",
+    },
+    Spec {
+        flag: Flag::ConfigMapKey,
+        name: "--configmap-key",
+        env: "SPOOKD_CONFIGMAP_KEY",
+        value: Some("KEY"),
+        default: Fallback::Text(DEFAULT_CONFIGMAP_KEY),
+        range: None,
+        group: Group::Api,
+        help: "its key holding the config   [{env}] {default}",
+    },
+    Spec {
+        flag: Flag::ApiServer,
+        name: "--api-server",
+        env: "SPOOKD_API_SERVER",
+        value: Some("URL"),
+        default: Fallback::Text("https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"),
+        range: None,
+        group: Group::Api,
+        help: "https URL of the API server   [{env}]\n{default}",
+    },
+    Spec {
+        flag: Flag::TokenFile,
+        name: "--token-file",
+        env: "SPOOKD_TOKEN_FILE",
+        value: Some("PATH"),
+        default: Fallback::Text(DEFAULT_TOKEN_FILE),
+        range: None,
+        group: Group::Api,
+        help: "bearer token, re-read on every request   [{env}]\n{default}",
+    },
+    Spec {
+        flag: Flag::CaFile,
+        name: "--ca-file",
+        env: "SPOOKD_CA_FILE",
+        value: Some("PATH"),
+        default: Fallback::Text(DEFAULT_CA_FILE),
+        range: None,
+        group: Group::Api,
+        help: "the only CA trusted for the API server   [{env}]\n{default}",
+    },
+    Spec {
+        flag: Flag::WatchTimeout,
+        name: "--watch-timeout",
+        env: "SPOOKD_WATCH_TIMEOUT",
+        value: Some("DURATION"),
+        default: Fallback::Duration(DEFAULT_WATCH_TIMEOUT),
+        range: Some((SECOND, HOUR)),
+        group: Group::Api,
+        help: "how long one watch request lasts; a silent connection is dropped\n\
+               after this plus a quarter   [{env}]\n{default}",
+    },
+    Spec {
+        flag: Flag::PruneStaleResources,
+        name: "--prune-stale-resources",
+        env: "SPOOKD_PRUNE_STALE_RESOURCES",
+        value: None,
+        default: Fallback::Derived("off"),
+        range: None,
+        group: Group::Prune,
+        help: "remove a resource this spookd advertised and no longer serves from\n\
+               the node's capacity and allocatable once the kubelet shows it at 0\n\
+               [{env}] {default}",
+    },
+    Spec {
+        flag: Flag::PruneAfter,
+        name: "--prune-after",
+        env: "SPOOKD_PRUNE_AFTER",
+        value: Some("DURATION"),
+        default: Fallback::Duration(DEFAULT_PRUNE_AFTER),
+        range: Some((SECOND, HOUR.saturating_mul(24 * 30))),
+        group: Group::Prune,
+        help: "how long after it stopped serving a resource spookd re-checks and\n\
+               removes it   [{env}] {default}",
+    },
+    Spec {
+        flag: Flag::ExclusiveLeases,
+        name: "--exclusive-leases",
+        env: "SPOOKD_EXCLUSIVE_LEASES",
+        value: None,
+        default: Fallback::Derived("off"),
+        range: None,
+        group: Group::Leases,
+        help: "hold a shared device's Lease while a container on this node has it;\n\
+               one held by another node is advertised Unhealthy here\n\
+               [{env}] {default}",
+    },
+    Spec {
+        flag: Flag::LeaseNamespace,
+        name: "--lease-namespace",
+        env: "SPOOKD_LEASE_NAMESPACE",
+        value: Some("NS"),
+        default: Fallback::Derived("the namespace of spookd's ServiceAccount"),
+        range: None,
+        group: Group::Leases,
+        help: "where the Leases live   [{env}]\n{default}",
+    },
+    Spec {
+        flag: Flag::LeaseDuration,
+        name: "--lease-duration",
+        env: "SPOOKD_LEASE_DURATION",
+        value: Some("DURATION"),
+        default: Fallback::Duration(DEFAULT_LEASE_DURATION),
+        range: Some((SECOND, HOUR)),
+        group: Group::Leases,
+        help: "how long a Lease lasts unrenewed   [{env}]\n{default}",
+    },
+    Spec {
+        flag: Flag::PodResourcesSocket,
+        name: "--pod-resources-socket",
+        env: "SPOOKD_POD_RESOURCES_SOCKET",
+        value: Some("PATH"),
+        default: Fallback::Text(podresources::DEFAULT_SOCKET),
+        range: None,
+        group: Group::Leases,
+        help: "the kubelet's podresources API   [{env}]\n{default}",
+    },
+    Spec {
+        flag: Flag::MetricsAddr,
+        name: "--metrics-addr",
+        env: "SPOOKD_METRICS_ADDR",
+        value: Some("ADDR:PORT"),
+        default: Fallback::Derived("off"),
+        range: None,
+        group: Group::Metrics,
+        help: "serve /healthz, /readyz and Prometheus /metrics over HTTP there,\n\
+               e.g. 0.0.0.0:9470   [{env}] {default}",
+    },
+];
+
+/// The sections of `--help`, each introduced by its text.
+const GROUPS: &[(Group, &str)] = &[
+    (
+        Group::Main,
+        "Options (each may instead come from the environment variable in brackets; a flag wins):\n",
+    ),
+    (
+        Group::Api,
+        "\nConfig from a ConfigMap through the Kubernetes API instead of a file (not with --config):\n",
+    ),
+    (
+        Group::Prune,
+        "\nRemoving resources spookd no longer serves from the node's status (needs RBAC on nodes; uses\n\
+         --api-server, --token-file and --ca-file as above, with the same in-cluster defaults):\n",
+    ),
+    (
+        Group::Leases,
+        "\nExclusive access to devices mapped to several hosts, through coordination.k8s.io Leases (uses\n\
+         the API flags above; needs a Role on leases and the kubelet's podresources socket):\n",
+    ),
+    (Group::Metrics, "\n"),
+];
+
+const HELP_HEAD: &str = "\
+spookd: a Kubernetes device plugin for virtual devices declared in YAML
+
+Usage:
+  spookd [OPTIONS]                       serve this node's devices to the kubelet
+  spookd check [--node-name NAME] PATH   check a config; print each node's resources and devices
+  spookd --help | --version
+
+";
+
+const HELP_TAIL: &str = "  -h, --help                 print this help
+  -V, --version              print the version
+
+`check` reads only its flag, not NODE_NAME: without --node-name it prints every node.
+
+Logging: RUST_LOG (default info; e.g. RUST_LOG=debug).
+Exit status: 0 success; 1 error (for check: the config is invalid); 2 usage error.
+";
+
+/// Where the help text starts on a line.
+const HELP_COLUMN: usize = 29;
+
 impl Flag {
-    const ALL: [Flag; 17] = [
-        Flag::Config,
-        Flag::NodeName,
-        Flag::DevicePluginDir,
-        Flag::PollInterval,
-        Flag::ConfigMap,
-        Flag::ConfigMapKey,
-        Flag::ApiServer,
-        Flag::TokenFile,
-        Flag::CaFile,
-        Flag::WatchTimeout,
-        Flag::MetricsAddr,
-        Flag::PruneStaleResources,
-        Flag::PruneAfter,
-        Flag::ExclusiveLeases,
-        Flag::LeaseNamespace,
-        Flag::LeaseDuration,
-        Flag::PodResourcesSocket,
-    ];
+    fn spec(self) -> &'static Spec {
+        // Every Flag has a row: `every_flag_has_one_spec` checks it.
+        FLAGS.iter().find(|s| s.flag == self).unwrap_or(&FLAGS[0])
+    }
 
     /// A switch is given alone (`--flag`, or `--flag=false`); every other flag takes a value.
     fn is_switch(self) -> bool {
-        matches!(self, Flag::PruneStaleResources | Flag::ExclusiveLeases)
+        self.spec().value.is_none()
     }
 
     fn name(self) -> &'static str {
-        match self {
-            Flag::Config => "--config",
-            Flag::NodeName => "--node-name",
-            Flag::DevicePluginDir => "--device-plugin-dir",
-            Flag::PollInterval => "--poll-interval",
-            Flag::ConfigMap => "--configmap",
-            Flag::ConfigMapKey => "--configmap-key",
-            Flag::ApiServer => "--api-server",
-            Flag::TokenFile => "--token-file",
-            Flag::CaFile => "--ca-file",
-            Flag::WatchTimeout => "--watch-timeout",
-            Flag::MetricsAddr => "--metrics-addr",
-            Flag::PruneStaleResources => "--prune-stale-resources",
-            Flag::PruneAfter => "--prune-after",
-            Flag::ExclusiveLeases => "--exclusive-leases",
-            Flag::LeaseNamespace => "--lease-namespace",
-            Flag::LeaseDuration => "--lease-duration",
-            Flag::PodResourcesSocket => "--pod-resources-socket",
-        }
+        self.spec().name
     }
 
     fn env(self) -> &'static str {
-        match self {
-            Flag::Config => "SPOOKD_CONFIG",
-            Flag::NodeName => "NODE_NAME",
-            Flag::DevicePluginDir => "SPOOKD_DEVICE_PLUGIN_DIR",
-            Flag::PollInterval => "SPOOKD_POLL_INTERVAL",
-            Flag::ConfigMap => "SPOOKD_CONFIGMAP",
-            Flag::ConfigMapKey => "SPOOKD_CONFIGMAP_KEY",
-            Flag::ApiServer => "SPOOKD_API_SERVER",
-            Flag::TokenFile => "SPOOKD_TOKEN_FILE",
-            Flag::CaFile => "SPOOKD_CA_FILE",
-            Flag::WatchTimeout => "SPOOKD_WATCH_TIMEOUT",
-            Flag::MetricsAddr => "SPOOKD_METRICS_ADDR",
-            Flag::PruneStaleResources => "SPOOKD_PRUNE_STALE_RESOURCES",
-            Flag::PruneAfter => "SPOOKD_PRUNE_AFTER",
-            Flag::ExclusiveLeases => "SPOOKD_EXCLUSIVE_LEASES",
-            Flag::LeaseNamespace => "SPOOKD_LEASE_NAMESPACE",
-            Flag::LeaseDuration => "SPOOKD_LEASE_DURATION",
-            Flag::PodResourcesSocket => "SPOOKD_POD_RESOURCES_SOCKET",
+        self.spec().env
+    }
+}
+
+/// `1s`, `1m`, `5m30s`, `10ms`: as the flags take it.
+fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() != 0 && d.as_secs() == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let (h, m, s) = (d.as_secs() / 3600, d.as_secs() / 60 % 60, d.as_secs() % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n != 0 {
+            out.push_str(&format!("{n}{unit}"));
         }
     }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
+}
+
+/// `--help`, from the table.
+pub fn help() -> String {
+    let mut out = String::from(HELP_HEAD);
+    for (group, intro) in GROUPS {
+        out.push_str(intro);
+        for spec in FLAGS.iter().filter(|s| s.group == *group) {
+            let head = match spec.value {
+                Some(value) => format!("{} {value}", spec.name),
+                None => spec.name.to_owned(),
+            };
+            let env = if spec.value.is_none() {
+                format!("{}=true", spec.env)
+            } else {
+                spec.env.to_owned()
+            };
+            let mut default = match spec.default {
+                Fallback::Text(t) => format!("(default {t}"),
+                Fallback::Duration(d) => format!("(default {}", format_duration(d)),
+                Fallback::Derived(what) => format!("(default: {what}"),
+            };
+            if let Some((min, max)) = spec.range {
+                default.push_str(&format!(
+                    "; from {} to {}",
+                    format_duration(min),
+                    format_duration(max)
+                ));
+            }
+            default.push(')');
+            let text = spec
+                .help
+                .replace("{env}", &env)
+                .replace("{default}", &default);
+            // Padded to the column; a head that reaches it gets two spaces.
+            let width = HELP_COLUMN - 2;
+            let pad = if head.len() < width {
+                width - head.len()
+            } else {
+                2
+            };
+            for (n, line) in text.lines().enumerate() {
+                if n == 0 {
+                    out.push_str(&format!("  {head}{}{line}\n", " ".repeat(pad)));
+                } else {
+                    out.push_str(&format!("{}{line}\n", " ".repeat(HELP_COLUMN)));
+                }
+            }
+        }
+    }
+    out.push_str(HELP_TAIL);
+    out
 }
 
 /// Parses the arguments after the program name. `env` looks up an environment variable and
@@ -370,9 +598,13 @@ pub fn parse(
             Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
             _ => (arg.clone(), None),
         };
-        let allowed: &[Flag] = if check { &[Flag::NodeName] } else { &Flag::ALL };
-        match allowed.iter().find(|f| f.name() == name) {
-            Some(&flag) => {
+        let found = FLAGS
+            .iter()
+            .map(|s| s.flag)
+            .filter(|f| !check || *f == Flag::NodeName)
+            .find(|f| f.name() == name);
+        match found {
+            Some(flag) => {
                 let value = match inline {
                     // `--config=` is a mistake, never "the default".
                     Some(v) if v.is_empty() => return Err(CliError::MissingValue(flag.name())),
@@ -418,25 +650,31 @@ pub fn parse(
     };
     // Every duration has a range: a floor where less would spin (a 1 ns poll is a busy loop),
     // a ceiling that keeps every deadline computed from it far inside `Instant`'s range.
-    let duration = |f: Flag, default: Duration| match value(f) {
-        Some((from, v)) => match parse_duration(&v) {
-            Some(d) if !d.is_zero() => {
-                let (min, max) = duration_range(f);
-                if d < min.0 || d > max.0 {
-                    return Err(CliError::DurationRange {
+    let duration = |f: Flag| {
+        let spec = f.spec();
+        match value(f) {
+            Some((from, v)) => match parse_duration(&v) {
+                Some(d) if !d.is_zero() => match spec.range {
+                    Some((min, max)) if d < min || d > max => Err(CliError::DurationRange {
                         from,
                         value: v,
-                        min: min.1,
-                        max: max.1,
-                    });
-                }
-                Ok(d)
-            }
-            _ => Err(CliError::BadDuration { from, value: v }),
-        },
-        None => Ok(default),
+                        min: format_duration(min),
+                        max: format_duration(max),
+                    }),
+                    _ => Ok(d),
+                },
+                _ => Err(CliError::BadDuration { from, value: v }),
+            },
+            None => match spec.default {
+                Fallback::Duration(d) => Ok(d),
+                _ => Err(CliError::BadDuration {
+                    from: spec.name,
+                    value: String::new(),
+                }),
+            },
+        }
     };
-    let poll_interval = duration(Flag::PollInterval, DEFAULT_POLL_INTERVAL)?;
+    let poll_interval = duration(Flag::PollInterval)?;
     // The API server and credentials, for whichever feature needs them (`by` names it).
     let connection = |by: &'static str| -> Result<Connection, CliError> {
         Ok(Connection {
@@ -465,7 +703,7 @@ pub fn parse(
                 key: value(Flag::ConfigMapKey)
                     .map_or_else(|| DEFAULT_CONFIGMAP_KEY.to_owned(), |(_, v)| v),
                 conn: connection(Flag::ConfigMap.name())?,
-                watch_timeout: duration(Flag::WatchTimeout, DEFAULT_WATCH_TIMEOUT)?,
+                watch_timeout: duration(Flag::WatchTimeout)?,
             })
         }
         (config, None) => Source::File {
@@ -501,7 +739,7 @@ pub fn parse(
     let prune = if switch(Flag::PruneStaleResources)? {
         Some(PruneOptions {
             conn: connection(Flag::PruneStaleResources.name())?,
-            after: duration(Flag::PruneAfter, DEFAULT_PRUNE_AFTER)?,
+            after: duration(Flag::PruneAfter)?,
         })
     } else {
         alone(Flag::PruneStaleResources, &[Flag::PruneAfter])?;
@@ -522,7 +760,7 @@ pub fn parse(
         Some(LeaseOptions {
             conn: connection(Flag::ExclusiveLeases.name())?,
             namespace,
-            duration: duration(Flag::LeaseDuration, DEFAULT_LEASE_DURATION)?,
+            duration: duration(Flag::LeaseDuration)?,
             pod_resources_socket: value(Flag::PodResourcesSocket)
                 .map_or_else(|| podresources::DEFAULT_SOCKET.into(), |(_, v)| v.into()),
         })
@@ -539,20 +777,6 @@ pub fn parse(
         device_plugin_dir: value(Flag::DevicePluginDir)
             .map_or_else(|| DEFAULT_DEVICE_PLUGIN_DIR.into(), |(_, v)| v.into()),
     })))
-}
-
-/// A duration flag's range, each end with how `--help` writes it.
-fn duration_range(f: Flag) -> ((Duration, &'static str), (Duration, &'static str)) {
-    const MS: Duration = Duration::from_millis(1);
-    const S: Duration = Duration::from_secs(1);
-    const H: Duration = Duration::from_secs(3600);
-    match f {
-        Flag::PollInterval => ((MS * 10, "10ms"), (H, "1h")),
-        Flag::WatchTimeout => ((S, "1s"), (H, "1h")),
-        Flag::PruneAfter => ((S, "1s"), (H * 24 * 30, "720h")),
-        Flag::LeaseDuration => ((S, "1s"), (H, "1h")),
-        _ => ((Duration::ZERO, "0s"), (H, "1h")),
-    }
 }
 
 /// A namespace: an RFC 1123 label.
@@ -963,8 +1187,41 @@ mod tests {
 
     #[test]
     fn help_names_every_flag_and_env_var() {
-        for f in Flag::ALL {
-            assert!(HELP.contains(f.name()) && HELP.contains(f.env()), "{f:?}");
+        let help = help();
+        for s in FLAGS {
+            assert!(
+                help.contains(s.name) && help.contains(s.env),
+                "{:?}",
+                s.flag
+            );
+        }
+    }
+
+    #[test]
+    fn every_flag_has_one_spec() {
+        for (i, s) in FLAGS.iter().enumerate() {
+            assert_eq!(
+                FLAGS.iter().filter(|t| t.flag == s.flag).count(),
+                1,
+                "{:?}",
+                s.flag
+            );
+            assert!(std::ptr::eq(s.flag.spec(), &FLAGS[i]));
+        }
+        assert_eq!(FLAGS.len(), 17);
+    }
+
+    #[test]
+    fn durations_are_written_as_the_flags_take_them() {
+        for (d, text) in [
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_secs(60), "1m"),
+            (Duration::from_secs(330), "5m30s"),
+            (Duration::from_millis(10), "10ms"),
+            (Duration::from_secs(3600 * 720), "720h"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Some(d));
         }
     }
 }
