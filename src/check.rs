@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::config::env;
+use crate::config::layout;
 use crate::config::{Config, NodeName};
 
 /// What each node (or only `only`) would serve, with every device's probe settings and its env as
@@ -37,7 +37,7 @@ pub fn describe(config: &Config, only: Option<&NodeName>) -> String {
                 if let Some(check) = &device.health_check {
                     let _ = writeln!(out, "      healthCheck: {check}");
                 }
-                for (k, v) in env::render(resource, &[device]) {
+                for (k, v) in layout::render(resource, &[device]) {
                     if k.contains("_DEV0_") {
                         let _ = writeln!(out, "      {k}={v}");
                     }

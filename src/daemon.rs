@@ -277,7 +277,7 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
         None => None,
     };
 
-    let env = Arc::new(
+    let grpc = Arc::new(
         grpcio::EnvBuilder::new()
             .cq_count(1)
             .name_prefix("spookd-grpc")
@@ -315,17 +315,17 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
             );
             let node = opts.node_name.clone();
             Some(
-                LeaseKeeper::spawn(leases, namespace, node, env.clone(), tx.clone())
+                LeaseKeeper::spawn(leases, namespace, node, grpc.clone(), tx.clone())
                     .map_err(startup("start the Lease thread"))?,
             )
         }
         None => None,
     };
-    let registrar = Registrar::spawn(env.clone(), dir.clone(), tx.clone())
+    let registrar = Registrar::spawn(grpc.clone(), dir.clone(), tx.clone())
         .map_err(startup("start the registrar thread"))?;
     let prober = Prober::spawn(tx.clone()).map_err(startup("start the probe thread"))?;
     let backend = Effects {
-        servers: plugin::Servers::new(env, dir.clone(), tx.clone()),
+        servers: plugin::Servers::new(grpc, dir.clone(), tx.clone()),
         registrar,
         prober,
         pruner,

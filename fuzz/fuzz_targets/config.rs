@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code)]
 mod config;
 
-use config::env;
+use config::layout;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(config) = config::Config::parse(data, "fuzz") else {
@@ -23,29 +23,29 @@ fuzz_target!(|data: &[u8]| {
             // A node's list is sorted by instanceID and has no duplicates.
             assert!(devices.windows(2).all(|w| w[0].id < w[1].id));
             let all: Vec<&config::Device> = devices.iter().collect();
-            let vars = env::render(&resource, &all);
+            let vars = layout::render(&resource, &all);
             let expected: usize = all.iter().map(|d| 2 + d.env.len()).sum::<usize>()
                 + 1
                 + all.first().map_or(0, |d| 2 + d.env.len());
             assert_eq!(vars.len(), expected, "generated names collided");
             let ids: Vec<String> = devices.iter().map(|d| d.id.to_string()).collect();
-            let whole = env::allocate(&resource, &devices, &[ids.clone()]);
+            let whole = layout::allocate(&resource, &devices, &[ids.clone()]);
             if let Ok(envs) = &whole {
                 assert_eq!(envs.len(), 1);
                 assert_eq!(envs[0], vars);
             }
             let (a, b) = ids.split_at(ids.len() / 2);
             if !a.is_empty() {
-                let split = env::allocate(&resource, &devices, &[a.to_vec(), b.to_vec()]);
+                let split = layout::allocate(&resource, &devices, &[a.to_vec(), b.to_vec()]);
                 if !b.is_empty() && whole.is_ok() {
                     assert!(split.is_ok(), "{split:?}");
                 }
-                let twice = env::allocate(&resource, &devices, &[a.to_vec(), a.to_vec()]);
-                assert!(matches!(twice, Err(env::Refusal::DuplicateDevice(_))));
+                let twice = layout::allocate(&resource, &devices, &[a.to_vec(), a.to_vec()]);
+                assert!(matches!(twice, Err(layout::Refusal::DuplicateDevice(_))));
             }
-            let unknown = env::allocate(&resource, &devices, &[vec!["\u{0}unknown".to_owned()]]);
-            assert!(matches!(unknown, Err(env::Refusal::UnknownDevice(_))));
-            assert!(matches!(env::allocate(&resource, &devices, &[]), Err(env::Refusal::NoContainers)));
+            let unknown = layout::allocate(&resource, &devices, &[vec!["\u{0}unknown".to_owned()]]);
+            assert!(matches!(unknown, Err(layout::Refusal::UnknownDevice(_))));
+            assert!(matches!(layout::allocate(&resource, &devices, &[]), Err(layout::Refusal::NoContainers)));
         }
     }
 });

@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code)]
 mod config;
 
-use config::env;
+use config::layout;
 
 use config::{Device, EnvKey, EnvValue, InstanceId, ResourceName};
 
@@ -44,8 +44,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let refs: Vec<&Device> = devices.iter().collect();
-    let out = env::render(&resource, &refs);
-    let p = env::prefix(&resource);
+    let out = layout::render(&resource, &refs);
+    let p = layout::prefix(&resource);
     let mut sorted = refs.clone();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     // Every generated name is distinct: the count is exact.

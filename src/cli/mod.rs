@@ -569,11 +569,11 @@ pub fn help() -> String {
     out
 }
 
-/// Parses the arguments after the program name. `env` looks up an environment variable and
+/// Parses the arguments after the program name. `var` looks up an environment variable and
 /// `hostname` gives the host name; both are parameters so tests control them.
 pub fn parse(
     args: impl IntoIterator<Item = OsString>,
-    env: impl Fn(&str) -> Option<String>,
+    var: impl Fn(&str) -> Option<String>,
     hostname: impl FnOnce() -> std::io::Result<String>,
 ) -> Result<Command, CliError> {
     let mut args = args
@@ -639,7 +639,7 @@ pub fn parse(
     let value = |f: Flag| -> Option<(&'static str, String)> {
         flag(f)
             .map(|v| (f.name(), v))
-            .or_else(|| env(f.env()).filter(|v| !v.is_empty()).map(|v| (f.env(), v)))
+            .or_else(|| var(f.env()).filter(|v| !v.is_empty()).map(|v| (f.env(), v)))
     };
     let node_name = match value(Flag::NodeName) {
         Some((from, v)) => node_name(from, v)?,
@@ -680,7 +680,7 @@ pub fn parse(
         Ok(Connection {
             server: match value(Flag::ApiServer) {
                 Some((from, url)) => api_server(from, url)?,
-                None => in_cluster_server(&env).ok_or(CliError::NoApiServer { by })?,
+                None => in_cluster_server(&var).ok_or(CliError::NoApiServer { by })?,
             },
             token_file: value(Flag::TokenFile)
                 .map_or_else(|| DEFAULT_TOKEN_FILE.into(), |(_, v)| v.into()),
@@ -800,9 +800,9 @@ fn api_server(from: &'static str, url: String) -> Result<String, CliError> {
 }
 
 /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`, as client-go builds it.
-fn in_cluster_server(env: &impl Fn(&str) -> Option<String>) -> Option<String> {
-    let host = env("KUBERNETES_SERVICE_HOST").filter(|h| !h.is_empty())?;
-    let port = env("KUBERNETES_SERVICE_PORT").filter(|p| !p.is_empty())?;
+fn in_cluster_server(var: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    let host = var("KUBERNETES_SERVICE_HOST").filter(|h| !h.is_empty())?;
+    let port = var("KUBERNETES_SERVICE_PORT").filter(|p| !p.is_empty())?;
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub mod env;
+pub mod layout;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -475,7 +475,7 @@ impl Config {
                 let resource = device.resource_name;
                 if !checked.contains(&resource) {
                     checked.insert(resource.clone());
-                    let prefix = env::prefix(&resource);
+                    let prefix = layout::prefix(&resource);
                     match prefixes.get(&prefix) {
                         Some(other) if *other != resource => {
                             return Err(ConfigError::PrefixCollision {
@@ -624,7 +624,7 @@ fn check_env_names(
             return BTreeSet::new();
         };
         let keys: Vec<&str> = keys.iter().copied().collect();
-        env::possible_names(resource, *count, &keys)
+        layout::possible_names(resource, *count, &keys)
             .into_iter()
             .collect()
     };

@@ -97,7 +97,7 @@ impl std::error::Error for PluginError {
 
 /// Starts this process's servers: one per resource, each on a fresh socket in the dir.
 pub struct Servers {
-    env: Arc<Environment>,
+    grpc: Arc<Environment>,
     dir: PathBuf,
     /// Random per process, so socket names never repeat across restarts (kubernetes#121994).
     instance: String,
@@ -105,10 +105,10 @@ pub struct Servers {
 }
 
 impl Servers {
-    pub fn new(env: Arc<Environment>, dir: PathBuf, state: Sender<Msg>) -> Self {
+    pub fn new(grpc: Arc<Environment>, dir: PathBuf, state: Sender<Msg>) -> Self {
         let instance = format!("{:08x}", random_u64() as u32);
         Servers {
-            env,
+            grpc,
             dir,
             instance,
             state,
@@ -131,7 +131,7 @@ impl Servers {
             server: id,
             state: self.state.clone(),
         });
-        let mut server = ServerBuilder::new(self.env.clone())
+        let mut server = ServerBuilder::new(self.grpc.clone())
             .register_service(service)
             .requests_slot_per_cq(REQUEST_SLOTS)
             .build()
@@ -345,9 +345,9 @@ impl proto::DevicePlugin for PluginService {
                     let mut resp = AllocateResponse::new();
                     resp.container_responses = envs
                         .into_iter()
-                        .map(|env| {
+                        .map(|vars| {
                             let mut c = ContainerAllocateResponse::new();
-                            c.envs = env.into_iter().collect();
+                            c.envs = vars.into_iter().collect();
                             c
                         })
                         .collect();

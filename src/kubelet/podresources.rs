@@ -48,8 +48,8 @@ impl std::error::Error for PodResourcesError {
 
 /// Reads every device assigned on the node. A fresh channel each time: the kubelet restarts, and
 /// a reused channel would wait out gRPC's reconnect backoff.
-pub fn assigned(env: &Arc<Environment>, path: &Path) -> Result<Assigned, PodResourcesError> {
-    let channel = ChannelBuilder::new(env.clone()).connect(&format!("unix:{}", path.display()));
+pub fn assigned(grpc: &Arc<Environment>, path: &Path) -> Result<Assigned, PodResourcesError> {
+    let channel = ChannelBuilder::new(grpc.clone()).connect(&format!("unix:{}", path.display()));
     let client = PodResourcesListerClient::new(channel);
     let response = client
         .list(CallOption::default().timeout(CALL_TIMEOUT))

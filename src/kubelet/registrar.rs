@@ -42,10 +42,10 @@ pub struct Registrar {
 }
 
 impl Registrar {
-    pub fn spawn(env: Arc<Environment>, dir: PathBuf, state: Sender<Msg>) -> io::Result<Self> {
+    pub fn spawn(grpc: Arc<Environment>, dir: PathBuf, state: Sender<Msg>) -> io::Result<Self> {
         let (jobs, rx) = crossbeam_channel::unbounded();
         let worker = Worker::spawn("spookd-register", move || {
-            run_registrar(&env, &dir, &rx, &state)
+            run_registrar(&grpc, &dir, &rx, &state)
         })?;
         Ok(Registrar {
             jobs,
@@ -68,7 +68,7 @@ impl Registrar {
     }
 }
 
-struct Pending {
+struct Attempt {
     endpoint: String,
     attempt: u32,
     at: Instant,
@@ -89,13 +89,13 @@ pub fn kubelet_identity(dir: &Path) -> Option<u64> {
     Some(h.finish())
 }
 
-fn run_registrar(env: &Arc<Environment>, dir: &Path, jobs: &Receiver<Job>, state: &Sender<Msg>) {
-    let mut pending: BTreeMap<ResourceName, Pending> = BTreeMap::new();
+fn run_registrar(grpc: &Arc<Environment>, dir: &Path, jobs: &Receiver<Job>, state: &Sender<Msg>) {
+    let mut pending: BTreeMap<ResourceName, Attempt> = BTreeMap::new();
     // What is registered with which kubelet.sock: a kubelet restart is seen both as our socket
     // deleted and as kubelet.sock created, and must not register the same endpoint twice (the
     // kubelet would drop and re-dial it).
     let mut done: BTreeMap<ResourceName, (String, Option<u64>)> = BTreeMap::new();
-    let apply = |pending: &mut BTreeMap<ResourceName, Pending>,
+    let apply = |pending: &mut BTreeMap<ResourceName, Attempt>,
                  done: &mut BTreeMap<ResourceName, (String, Option<u64>)>,
                  job: Job| match job {
         Job::Register { resource, endpoint } => {
@@ -107,7 +107,7 @@ fn run_registrar(env: &Arc<Environment>, dir: &Path, jobs: &Receiver<Job>, state
             }
             pending.insert(
                 resource,
-                Pending {
+                Attempt {
                     endpoint,
                     attempt: 0,
                     at: Instant::now(),
@@ -151,7 +151,7 @@ fn run_registrar(env: &Arc<Environment>, dir: &Path, jobs: &Receiver<Job>, state
                 p.endpoint,
                 p.attempt + 1
             );
-            let result = register(env, dir, &resource, &p.endpoint);
+            let result = register(grpc, dir, &resource, &p.endpoint);
             let endpoint = p.endpoint.clone();
             match result {
                 Ok(()) => {
@@ -192,7 +192,7 @@ fn send(
 /// One Register call on a fresh channel: a reused channel would wait out gRPC's own reconnect
 /// backoff after the kubelet restarts.
 fn register(
-    env: &Arc<Environment>,
+    grpc: &Arc<Environment>,
     dir: &Path,
     resource: &ResourceName,
     endpoint: &str,
@@ -201,7 +201,7 @@ fn register(
     if !socket.exists() {
         return Err(RegisterError::NoKubelet { socket });
     }
-    let channel = ChannelBuilder::new(env.clone())
+    let channel = ChannelBuilder::new(grpc.clone())
         .use_local_subchannel_pool(true)
         .connect(&format!("unix:{}", socket.display()));
     let client = RegistrationClient::new(channel);

@@ -430,7 +430,7 @@ impl LeaseKeeper {
         opts: LeaseOptions,
         namespace: String,
         node: NodeName,
-        env: Arc<grpcio::Environment>,
+        grpc: Arc<grpcio::Environment>,
         state: Sender<Msg>,
     ) -> io::Result<LeaseKeeper> {
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -446,7 +446,7 @@ impl LeaseKeeper {
             let mut api = HttpLeaseApi::new(opts.conn.clone(), &namespace);
             let socket = opts.pod_resources_socket.clone();
             let mut pod_resources =
-                move || podresources::assigned(&env, &socket).map_err(|e| e.to_string());
+                move || podresources::assigned(&grpc, &socket).map_err(|e| e.to_string());
             let mut keeper = Keeper::new(&node, opts.duration, Instant::now());
             run(
                 &rx,

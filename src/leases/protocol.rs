@@ -526,13 +526,15 @@ pub fn micro_time(t: SystemTime) -> String {
     )
 }
 
-/// Leases in memory with the API server's optimistic concurrency, for tests and models.
+/// Leases in memory with the API server's optimistic concurrency, for the unit tests.
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct MemoryLeases {
     pub leases: BTreeMap<String, Lease>,
     version: u64,
 }
 
+#[cfg(test)]
 fn memory_status(code: u16) -> ApiError {
     ApiError::Status {
         url: "memory".into(),
@@ -542,6 +544,7 @@ fn memory_status(code: u16) -> ApiError {
     }
 }
 
+#[cfg(test)]
 impl LeaseApi for MemoryLeases {
     fn create(&mut self, name: &str, holder: &str, d: Duration) -> Result<Lease, ApiError> {
         if self.leases.contains_key(name) {

@@ -48,7 +48,7 @@ impl FilePoller {
 }
 
 /// What one read saw: the content, or the kind of error (so a lasting error is logged once).
-enum Seen {
+enum LastRead {
     Content(Vec<u8>),
     Error(String),
 }
@@ -114,14 +114,14 @@ fn run(
     progress: &Progress,
 ) {
     let origin = path.display().to_string();
-    let mut last: Option<Seen> = None;
+    let mut last: Option<LastRead> = None;
     loop {
         let read = read_config(path);
         progress.beat();
         // Only a change is parsed: an idle poll is one read and a comparison.
         let changed = match (&read, &last) {
-            (Ok(bytes), Some(Seen::Content(before))) => bytes != before,
-            (Err(e), Some(Seen::Error(before))) => error_kind(e) != *before,
+            (Ok(bytes), Some(LastRead::Content(before))) => bytes != before,
+            (Err(e), Some(LastRead::Error(before))) => error_kind(e) != *before,
             _ => true,
         };
         if changed {
@@ -134,9 +134,9 @@ fn run(
                         },
                         Err(e) => Msg::ConfigInvalid(e),
                     };
-                    (Seen::Content(bytes), msg)
+                    (LastRead::Content(bytes), msg)
                 }
-                Err(e) => (Seen::Error(error_kind(&e)), Msg::ConfigInvalid(e)),
+                Err(e) => (LastRead::Error(error_kind(&e)), Msg::ConfigInvalid(e)),
             };
             if state.send(msg).is_err() {
                 return;

@@ -7,11 +7,11 @@ use log::{debug, info, warn};
 
 use super::msg::{AllocateError, AllocateReply, ContainerEnv, DeviceKey, LeaseCmd, LeaseRefusal};
 use super::{Backend, State};
-use crate::config::env::{self, Refusal};
+use crate::config::layout::{self, Refusal};
 use crate::config::ResourceName;
 
 /// An Allocate waiting for its Leases.
-pub(super) struct Pending {
+pub(super) struct Parked {
     resource: ResourceName,
     containers: Vec<Vec<String>>,
     envs: Vec<ContainerEnv>,
@@ -33,9 +33,9 @@ impl<B: Backend> State<B> {
                 let request = self.next_request;
                 self.next_request += 1;
                 debug!("{resource}: Allocate {request} waits for its Leases");
-                self.pending.insert(
+                self.parked.insert(
                     request,
-                    Pending {
+                    Parked {
                         resource,
                         containers,
                         envs,
@@ -53,7 +53,7 @@ impl<B: Backend> State<B> {
 
     /// The Leases of a parked Allocate were all taken (or refused): it is answered now.
     pub(super) fn leases_taken(&mut self, request: u64, result: Result<(), LeaseRefusal>) {
-        if let Some(p) = self.pending.remove(&request) {
+        if let Some(p) = self.parked.remove(&request) {
             let result = result.map(|()| p.envs).map_err(AllocateError::Lease);
             self.answer(&p.resource, &p.containers, result, p.reply);
         }
@@ -112,7 +112,7 @@ impl<B: Backend> State<B> {
             .ok_or_else(|| AllocateError::NotServed {
                 resource: resource.clone(),
             })?;
-        env::allocate(resource, &served.devices, containers).map_err(|refusal| {
+        layout::allocate(resource, &served.devices, containers).map_err(|refusal| {
             let resource = resource.clone();
             match refusal {
                 Refusal::NoContainers => AllocateError::NoContainers { resource },

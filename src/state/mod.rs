@@ -51,7 +51,7 @@ use log::{debug, error, info, warn};
 use crate::clock::later;
 use crate::config::{Config, ConfigError, Device, InstanceId, NodeName, ResourceName};
 
-use allocate::Pending;
+use allocate::Parked;
 use msg::{
     DeviceKey, LeaseCmd, LeaseReport, Listed, Listing, Msg, ProbeSet, Progress, RegisterError,
     Snapshot, StreamSender,
@@ -144,7 +144,7 @@ pub struct State<B: Backend> {
     /// The last Lease report: devices held by other nodes.
     held_elsewhere: BTreeMap<DeviceKey, String>,
     /// Allocates waiting for their Leases, by request number.
-    pending: BTreeMap<u64, Pending>,
+    parked: BTreeMap<u64, Parked>,
     next_request: u64,
     next_check: Instant,
     /// The config source's heartbeat, when it has one.
@@ -168,7 +168,7 @@ impl<B: Backend> State<B> {
             announced: None,
             shared: BTreeSet::new(),
             held_elsewhere: BTreeMap::new(),
-            pending: BTreeMap::new(),
+            parked: BTreeMap::new(),
             next_request: 0,
             next_check: later(now, FALLBACK_CHECK),
             source: None,
