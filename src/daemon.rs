@@ -1,6 +1,6 @@
 //! The daemon: the only place its threads are started. [`run`] takes the device-plugins dir's
 //! lock, binds every listener, then starts the threads in order (the Lease and prune threads, the
-//! registrar and prober behind the state thread's [`Effects`], the state thread, the kubelet
+//! registrar and prober behind the state thread's `Effects`, the state thread, the kubelet
 //! watcher, the config source, the metrics server) and, at a stop signal, stops them in reverse:
 //! the state thread first (it removes our sockets), then the inputs.
 

@@ -8,9 +8,9 @@
 //!   its directory and its podresources API.
 //! - [`kube`] talks to the Kubernetes API: one HTTPS client and one list-then-watch loop.
 //! - [`source`] reads configs (a file, or a ConfigMap through [`kube`]).
-//! - One room per optional feature: [`health`] probes, [`leases`] for exclusive access,
-//!   [`prune`] for stale resources, [`metrics`] for operators.
-//! - Small shared pieces: [`clock`], [`worker`], [`latest`], `random`, `backoff`.
+//! - One room per optional feature: `health` probes, [`leases`] for exclusive access,
+//!   `prune` for stale resources, `metrics` for operators.
+//! - Small shared pieces: [`clock`], `worker`, [`latest`], `random`, `backoff`.
 //!
 //! Imports go down this list, never up or sideways between features (a test checks it):
 //! shared pieces, then config, then state, then kube and kubelet, then the features and

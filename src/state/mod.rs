@@ -1,6 +1,9 @@
 //! The state thread: the one owner of everything spookd serves.
 //!
-//! Every other thread only sends [`Msg`]s here; nothing else mutates state. The protocol:
+//! Every other thread only sends [`Msg`]s here ([`msg`] is the whole vocabulary); nothing else
+//! mutates state. This module imports the vocabulary and the config model, never a feature: what
+//! it needs done it asks of its [`Backend`] (real in [`crate::daemon`], recorded in the tests).
+//! [`State::handle`] is the table of messages; Allocate lives in `allocate.rs`. The protocol:
 //!
 //! 1. A config source (the file poller or the API watch) reads the config, parses and checks it
 //!    at its edge, and sends [`Msg::Config`] or [`Msg::ConfigInvalid`]. An invalid one is logged
@@ -22,7 +25,7 @@
 //!    wiped ours) and our sockets being deleted ([`Msg::SocketRemoved`]: restart that server).
 //!    Every [`FALLBACK_CHECK`] the thread also stats the same files itself, in case an event was
 //!    missed.
-//! 6. The prober thread ([`crate::health`]) gets the set of health checks of the devices served
+//! 6. The prober thread (`health`) gets the set of health checks of the devices served
 //!    after every config that changes it ([`Backend::set_probes`]) and reports each change of a
 //!    device's health ([`Msg::Health`]); the resource's list, with each device's health, is pushed
 //!    at once. Allocate of an Unhealthy device still answers (the kubelet decides) and warns.
@@ -33,8 +36,12 @@
 //!    refusal, naming the holder). [`Msg::Leases`] reports devices held by other nodes: they are
 //!    advertised Unhealthy here until released or expired.
 //! 8. The metrics thread asks with [`Msg::Snapshot`] (carrying its reply channel) for the
-//!    counters and each resource's devices and registration, for /metrics and /healthz.
-//! 9. [`Msg::Shutdown`] stops every server, removes our sockets and ends the thread.
+//!    counters and each resource's devices and registration, for /metrics and /healthz. The file
+//!    source's heartbeat ([`Msg::SourceProgress`], once at start) lets /readyz show a source that
+//!    has stalled.
+//! 9. Every [`FALLBACK_CHECK`] a registered resource whose ListAndWatch streams the kubelet all
+//!    closed, and reopened none by the next check, is registered again.
+//! 10. [`Msg::Shutdown`] stops every server, removes our sockets and ends the thread.
 
 mod allocate;
 pub mod msg;
