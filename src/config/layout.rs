@@ -148,6 +148,64 @@ pub fn possible_names(resource: &ResourceName, count: usize, keys: &[&str]) -> V
     names
 }
 
+/// What one resource can set, for the collision check: its device count and every env key any
+/// of its devices sets.
+#[derive(Clone, Debug, Default)]
+pub struct Shape<'a> {
+    pub count: usize,
+    pub keys: BTreeSet<&'a str>,
+}
+
+impl Shape<'_> {
+    /// Whether `tail` can follow `<prefix>_` in a name this resource sets: `NUM_DEVICES`, `ID`,
+    /// `TYPE`, a key, or `DEV<n>_` (n below the count, written as Allocate writes it) and one of
+    /// those but `NUM_DEVICES`.
+    fn sets(&self, tail: &str) -> bool {
+        let field = |t: &str| t == "ID" || t == "TYPE" || self.keys.contains(t);
+        tail == "NUM_DEVICES" || field(tail) || self.dev(tail).is_some_and(|(_, rest)| field(rest))
+    }
+
+    /// `DEV<n>_rest` with n a canonical index below the count: (n, rest).
+    fn dev<'t>(&self, tail: &'t str) -> Option<(usize, &'t str)> {
+        let (n, rest) = tail.strip_prefix("DEV")?.split_once('_')?;
+        let canonical = !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && (n == "0" || !n.starts_with('0'));
+        let n: usize = n.parse().ok().filter(|_| canonical)?;
+        (n < self.count).then_some((n, rest))
+    }
+}
+
+/// A name both resources could set in one container, where `second`'s prefix is `first`'s
+/// followed by `_X` (`x` is X): every name either sets is `<prefix>_` and a tail, so a shared name
+/// is a tail of `first`'s that starts with `X_` and goes on with a tail of `second`'s. Found from
+/// `first`'s keys alone, never by listing names: a resource of 50,000 devices and many keys has
+/// billions (one test compares this with listing them, on small shapes).
+pub fn shared_name(prefix: &str, first: &Shape<'_>, x: &str, second: &Shape<'_>) -> Option<String> {
+    let x_ = format!("{x}_");
+    // Tails of `first` without an index: NUM_DEVICES, ID, TYPE and its keys.
+    let plain = ["NUM_DEVICES", "ID", "TYPE"]
+        .into_iter()
+        .chain(first.keys.iter().copied());
+    for tail in plain {
+        if tail.strip_prefix(&x_).is_some_and(|rest| second.sets(rest)) {
+            return Some(format!("{prefix}_{tail}"));
+        }
+    }
+    // Indexed tails of `first`, DEV<n>_<field>: X is DEV<n> itself (then DEV<n>_ID is both's), or
+    // DEV<n>_R and a key of `first` is R_ and a tail of `second`'s.
+    let (n, r) = match first.dev(&x_) {
+        Some((n, "")) => return Some(format!("{prefix}_DEV{n}_ID")),
+        Some((n, r)) => (n, r),
+        None => return None,
+    };
+    first
+        .keys
+        .iter()
+        .find(|k| k.strip_prefix(r).is_some_and(|rest| second.sets(rest)))
+        .map(|k| format!("{prefix}_DEV{n}_{k}"))
+}
+
 /// A device's (suffix, value) pairs: ID, TYPE and its env keys.
 fn fields<'a>(
     resource: &'a ResourceName,
@@ -220,6 +278,48 @@ mod tests {
                 proptest::prop_assert!(possible.contains(name), "{name} missing from possible_names");
             }
             proptest::prop_assert!(p.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The collision check without listing names agrees with listing them.
+        #[test]
+        fn shared_name_agrees_with_listing_every_name(
+            x in "(DEV(0|1|2|10|01)(_[A-Z]{1,2}){0,2}|[A-Z]{1,2}(_DEV[0-2])?(_[A-Z]{1,2})?)",
+            count_f in 0usize..4,
+            count_g in 1usize..4,
+            keys_f in proptest::collection::btree_set("(ID_|A_|DEV0_)?[A-Z]{1,2}(_ID|_TYPE|_NUM_DEVICES|_DEV[0-2]_ID|_[A-Z])?", 0..5),
+            keys_g in proptest::collection::btree_set("[A-Z]{1,2}(_[A-Z])?", 0..3),
+        ) {
+            let keys_f: BTreeSet<String> = keys_f.into_iter()
+                .filter(|k| EnvKey::try_from(k.clone()).is_ok())
+                .collect();
+            let keys_g: BTreeSet<String> = keys_g.into_iter()
+                .filter(|k| EnvKey::try_from(k.clone()).is_ok())
+                .collect();
+            let first = ResourceName::try_from("a.io/x".to_owned()).unwrap();
+            let p = prefix(&first);
+            let kf: Vec<&str> = keys_f.iter().map(String::as_str).collect();
+            let kg: Vec<&str> = keys_g.iter().map(String::as_str).collect();
+            let names_f: BTreeSet<String> = possible_names(&first, count_f, &kf).into_iter().collect();
+            // `second`'s names, built from its prefix directly (X need not come from a real name).
+            let second_prefix = format!("{p}_{x}");
+            let mut names_g = BTreeSet::from([format!("{second_prefix}_NUM_DEVICES")]);
+            for field in ["ID", "TYPE"].iter().chain(&kg) {
+                names_g.insert(format!("{second_prefix}_{field}"));
+                for m in 0..count_g {
+                    names_g.insert(format!("{second_prefix}_DEV{m}_{field}"));
+                }
+            }
+            let listed = names_f.intersection(&names_g).next().cloned();
+            let shape_f = Shape { count: count_f, keys: kf.iter().copied().collect() };
+            let shape_g = Shape { count: count_g, keys: kg.iter().copied().collect() };
+            let found = shared_name(&p, &shape_f, &x, &shape_g);
+            proptest::prop_assert_eq!(listed.is_some(), found.is_some(), "listed {:?}, found {:?}", listed, found);
+            if let Some(name) = found {
+                proptest::prop_assert!(names_f.contains(&name) && names_g.contains(&name), "{}", name);
+            }
         }
     }
 

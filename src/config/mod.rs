@@ -30,9 +30,25 @@ pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 /// time it is read, so a YAML alias used again counts again. A 1 MiB config written out holds at
 /// most ~40,000 of them; aliases could otherwise expand it a hundredfold (serde_yaml's own limit)
 /// into gigabytes. Counted while parsing: a config past it stops there.
-pub const MAX_ENTRIES: usize = 200_000;
+pub const MAX_ENTRIES: usize = 100_000;
 /// Most device entries (also counted each time an alias repeats them).
-pub const MAX_DEVICE_ENTRIES: usize = 50_000;
+pub const MAX_DEVICE_ENTRIES: usize = 20_000;
+/// Most structural tokens (`[ ] { } , :`, list dashes, lines) outside quotes and comments,
+/// counted before parsing: about one YAML event each, and serde_yaml holds every event of the
+/// document (~200 bytes each) before deserializing anything. A config of 10,000 devices in flow
+/// style has ~140,000; a dense 1 MiB file of `[],` would have 500,000 (~100 MB of events).
+pub const MAX_TOKENS: usize = 160_000;
+/// Deepest nesting (flow brackets, or list dashes on one line): parsing cost grows with depth
+/// times length, so 40,000 `[` took seconds and 1 MiB of them hours. A config needs 6.
+pub const MAX_DEPTH: usize = 64;
+/// Widest indentation, in columns (block nesting): a config needs about 12.
+pub const MAX_INDENT: usize = 256;
+/// Most resources one node may be given: each is a gRPC server with its socket, ~55 KB and two
+/// file descriptors, and the DaemonSet's 64 Mi limit must hold them all.
+pub const MAX_NODE_RESOURCES: usize = 256;
+/// Most devices one resource may have: its ListAndWatch list must stay well within the 4 MiB a
+/// gRPC message may carry (a device takes up to ~80 bytes of it).
+pub const MAX_RESOURCE_DEVICES: usize = 10_000;
 /// Most bytes of text (names, IDs, env keys and values) a config may expand to: an alias of one
 /// 32 KiB env value used 200,000 times would otherwise be 6 GiB of copies.
 pub const MAX_TEXT_BYTES: usize = 8 << 20;
@@ -201,6 +217,28 @@ pub enum ConfigError {
     TooLarge { origin: String, limit: usize },
     /// The config maps more (host, device) pairs than [`MAX_ASSIGNMENTS`].
     TooManyAssignments { origin: String, limit: usize },
+    /// The text is denser or deeper than a config needs ([`MAX_TOKENS`], [`MAX_DEPTH`],
+    /// [`MAX_INDENT`]); refused before parsing.
+    TooComplex {
+        origin: String,
+        line: usize,
+        what: &'static str,
+        limit: usize,
+    },
+    /// A node is given more resources than [`MAX_NODE_RESOURCES`].
+    TooManyResources {
+        origin: String,
+        node: NodeName,
+        count: usize,
+        limit: usize,
+    },
+    /// A resource has more devices than [`MAX_RESOURCE_DEVICES`].
+    TooManyDevices {
+        origin: String,
+        resource: ResourceName,
+        count: usize,
+        limit: usize,
+    },
     /// The same device appears twice with a different `field` (env or healthCheck).
     ConflictingDevice {
         origin: String,
@@ -249,6 +287,36 @@ impl fmt::Display for ConfigError {
             ConfigError::TooLarge { origin, limit } => write!(
                 f,
                 "{origin}: the config is larger than {limit} bytes (what a ConfigMap can hold)"
+            ),
+            ConfigError::TooComplex {
+                origin,
+                line,
+                what,
+                limit,
+            } => write!(
+                f,
+                "{origin}: line {line}: the config has more than {limit} {what}; no config needs \
+                 that many (refused before parsing)"
+            ),
+            ConfigError::TooManyResources {
+                origin,
+                node,
+                count,
+                limit,
+            } => write!(
+                f,
+                "{origin}: node {node} is given {count} resources, more than {limit} (each is a \
+                 gRPC server on its own socket); merge resources or split the hosts"
+            ),
+            ConfigError::TooManyDevices {
+                origin,
+                resource,
+                count,
+                limit,
+            } => write!(
+                f,
+                "{origin}: {resource} has {count} devices, more than {limit} (its device list must \
+                 fit one gRPC message)"
             ),
             ConfigError::TooManyAssignments { origin, limit } => write!(
                 f,
@@ -315,6 +383,9 @@ impl std::error::Error for ConfigError {
             | ConfigError::NotRegular { .. }
             | ConfigError::TooLarge { .. }
             | ConfigError::TooManyAssignments { .. }
+            | ConfigError::TooComplex { .. }
+            | ConfigError::TooManyResources { .. }
+            | ConfigError::TooManyDevices { .. }
             | ConfigError::ConflictingDevice { .. }
             | ConfigError::PrefixCollision { .. }
             | ConfigError::EnvNameCollision { .. } => None,
@@ -432,6 +503,12 @@ impl Config {
                 origin: origin.to_owned(),
             });
         }
+        prescan(text).map_err(|(line, what, limit)| ConfigError::TooComplex {
+            origin: origin.to_owned(),
+            line,
+            what,
+            limit,
+        })?;
         let raw: RawConfig = {
             let scope = ParseScope::enter(text);
             serde_yaml::from_slice(scope.text())
@@ -534,14 +611,41 @@ impl Config {
                 devices.push((resource, id, spec));
             }
         }
+        let mut per_resource: BTreeMap<&ResourceName, usize> = BTreeMap::new();
+        for (resource, _, _) in &devices {
+            *per_resource.entry(resource).or_default() += 1;
+        }
+        if let Some((resource, &count)) =
+            per_resource.iter().find(|(_, &n)| n > MAX_RESOURCE_DEVICES)
+        {
+            return Err(ConfigError::TooManyDevices {
+                origin: origin.to_owned(),
+                resource: (*resource).clone(),
+                count,
+                limit: MAX_RESOURCE_DEVICES,
+            });
+        }
         check_env_names(&devices, &prefixes, origin)?;
-        for served in hosts.values_mut() {
+        for (node, served) in &mut hosts {
             for i in served.iter_mut() {
                 *i = rank[*i];
             }
             served.sort_unstable();
             served.dedup();
             served.shrink_to_fit();
+            // Sorted by (resource, instanceID): each resource is one run.
+            let resources = 1 + served
+                .windows(2)
+                .filter(|w| devices[w[0]].0 != devices[w[1]].0)
+                .count();
+            if !served.is_empty() && resources > MAX_NODE_RESOURCES {
+                return Err(ConfigError::TooManyResources {
+                    origin: origin.to_owned(),
+                    node: node.clone(),
+                    count: resources,
+                    limit: MAX_NODE_RESOURCES,
+                });
+            }
         }
         Ok(Config { devices, hosts })
     }
@@ -595,7 +699,8 @@ impl Config {
 }
 
 /// Refuses a config where two resources could set the same env variable. Only a resource whose
-/// prefix extends another's by `_…` can: those pairs (rare) get their full name sets compared.
+/// prefix extends another's by `_…` can: those pairs (rare) are compared by the shape of the names
+/// each can set ([`layout::shared_name`]), in time linear in their keys, whatever their counts.
 fn check_env_names(
     devices: &[(ResourceName, InstanceId, Spec)],
     prefixes: &BTreeMap<String, ResourceName>,
@@ -613,28 +718,23 @@ fn check_env_names(
         return Ok(());
     }
     // Per resource: its device count and every env key any of its devices sets.
-    let mut shape: BTreeMap<&ResourceName, (usize, BTreeSet<&str>)> = BTreeMap::new();
+    let mut shapes: BTreeMap<&ResourceName, layout::Shape<'_>> = BTreeMap::new();
     for (resource, _, spec) in devices {
-        let (count, keys) = shape.entry(resource).or_default();
-        *count += 1;
-        keys.extend(spec.env.iter().map(|(k, _)| k.as_str()));
+        let shape = shapes.entry(resource).or_default();
+        shape.count += 1;
+        shape.keys.extend(spec.env.iter().map(|(k, _)| k.as_str()));
     }
-    let names = |resource: &ResourceName| -> BTreeSet<String> {
-        let Some((count, keys)) = shape.get(resource) else {
-            return BTreeSet::new();
-        };
-        let keys: Vec<&str> = keys.iter().copied().collect();
-        layout::possible_names(resource, *count, &keys)
-            .into_iter()
-            .collect()
-    };
+    let none = layout::Shape::default();
     for (first, second) in pairs {
-        if let Some(name) = names(second).intersection(&names(first)).next() {
+        let prefix = layout::prefix(first);
+        let x = &layout::prefix(second)[prefix.len() + 1..];
+        let shape = |r| shapes.get(r).unwrap_or(&none);
+        if let Some(name) = layout::shared_name(&prefix, shape(first), x, shape(second)) {
             return Err(ConfigError::EnvNameCollision {
                 origin: origin.to_owned(),
                 first: first.clone(),
                 second: second.clone(),
-                name: name.clone(),
+                name,
             });
         }
     }
@@ -670,6 +770,116 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         rest = tail;
     }
     Some(total)
+}
+
+/// Counts what the YAML parser would have to hold, without parsing: structural tokens outside
+/// quotes and comments, flow nesting, list dashes on one line, indentation. The error is (line,
+/// what, limit). Conservative where the YAML is unusual (a comma inside a block scalar counts).
+fn prescan(text: &[u8]) -> Result<(), (usize, &'static str, usize)> {
+    #[derive(PartialEq)]
+    enum In {
+        Plain,
+        Double,
+        Single,
+        Comment,
+    }
+    let (mut tokens, mut depth, mut line) = (0usize, 0usize, 1usize);
+    let mut state = In::Plain;
+    let mut at_line_start = true;
+    let (mut indent, mut dashes) = (0usize, 0usize);
+    let mut prev = b'\n';
+    let mut escaped = false;
+    for &b in text {
+        if b == b'\n' {
+            line += 1;
+            tokens += 1;
+            if state == In::Comment {
+                state = In::Plain;
+            }
+            at_line_start = true;
+            (indent, dashes) = (0, 0);
+            prev = b;
+            continue;
+        }
+        match state {
+            In::Comment => {}
+            In::Double => {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    state = In::Plain;
+                }
+            }
+            In::Single => {
+                if b == b'\'' {
+                    state = In::Plain;
+                }
+            }
+            In::Plain => {
+                if at_line_start {
+                    match b {
+                        b' ' => {
+                            indent += 1;
+                            if indent > MAX_INDENT {
+                                return Err((line, "columns of indentation", MAX_INDENT));
+                            }
+                            prev = b;
+                            continue;
+                        }
+                        b'-' => {}
+                        _ => at_line_start = false,
+                    }
+                }
+                match b {
+                    b'#' if prev.is_ascii_whitespace() => state = In::Comment,
+                    b'"' | b'\'' if prev.is_ascii_whitespace() || b"[{,:-?".contains(&prev) => {
+                        state = if b == b'"' { In::Double } else { In::Single };
+                    }
+                    b'[' | b'{' => {
+                        tokens += 1;
+                        depth += 1;
+                        if depth > MAX_DEPTH {
+                            return Err((line, "levels of nesting", MAX_DEPTH));
+                        }
+                    }
+                    b']' | b'}' => {
+                        tokens += 1;
+                        depth = depth.saturating_sub(1);
+                    }
+                    b',' | b':' => tokens += 1,
+                    b'-' if at_line_start => {
+                        tokens += 1;
+                        dashes += 1;
+                        if dashes > MAX_DEPTH {
+                            return Err((line, "levels of nesting", MAX_DEPTH));
+                        }
+                    }
+                    _ => {}
+                }
+                if at_line_start && b != b'-' && b != b' ' {
+                    at_line_start = false;
+                }
+            }
+        }
+        if tokens > MAX_TOKENS {
+            return Err((
+                line,
+                "structural tokens (list items, keys, commas, lines)",
+                MAX_TOKENS,
+            ));
+        }
+        prev = b;
+    }
+    if tokens > MAX_TOKENS {
+        return Err((
+            line,
+            "structural tokens (list items, keys, commas, lines)",
+            MAX_TOKENS,
+        ));
+    }
+    Ok(())
 }
 
 /// The text being parsed and what its entries have cost so far, for the leaf types' visitors.
@@ -789,16 +999,21 @@ fn style_of(s: &str) -> Style {
         if matches!(after.first(), Some(b'"' | b'\'')) {
             return Style::Explicit;
         }
-        let token = before.trim_ascii_end();
-        let token = &token[token
-            .iter()
-            .rposition(|b| b.is_ascii_whitespace())
-            .map_or(0, |i| i + 1)..];
-        if token == b"!!str" || token == b"!<tag:yaml.org,2002:str>" {
-            Style::Explicit
-        } else {
-            Style::Plain
+        // The tokens before it on its line, nearest first: an anchor (`&x`) says nothing; a tag
+        // `!!str` (or the non-specific `!`) makes it a string.
+        let line = before.rsplit(|b| *b == b'\n').next().unwrap_or_default();
+        for token in line
+            .split(|b| b.is_ascii_whitespace())
+            .rev()
+            .filter(|t| !t.is_empty())
+        {
+            match token {
+                b"!!str" | b"!<tag:yaml.org,2002:str>" | b"!" => return Style::Explicit,
+                t if t.starts_with(b"&") => continue,
+                _ => break,
+            }
         }
+        Style::Plain
     })
 }
 
@@ -813,19 +1028,36 @@ fn reads_as_non_string(s: &str) -> Option<&'static str> {
         return Some("a boolean");
     }
     let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let digits =
-        |t: &str, radix: u32| !t.is_empty() && t.chars().all(|c| c.is_digit(radix) || c == '_');
+    let digits = |t: &str, radix: u32| {
+        t.chars().any(|c| c.is_digit(radix)) && t.chars().all(|c| c.is_digit(radix) || c == '_')
+    };
     let prefixed = [("0x", 16), ("0o", 8), ("0b", 2)]
         .iter()
         .any(|(p, radix)| unsigned.strip_prefix(p).is_some_and(|t| digits(t, *radix)));
-    // Sexagesimal (YAML 1.1): 1:30.
-    let sexagesimal = unsigned.contains(':') && unsigned.split(':').all(|t| digits(t, 10));
+    // Sexagesimal (YAML 1.1): 1:30, 1:30:00.5.
+    let sexagesimal = unsigned.contains(':') && {
+        let parts: Vec<&str> = unsigned.split(':').collect();
+        let (last, rest) = parts.split_last().unwrap_or((&"", &[]));
+        rest.iter().all(|t| digits(t, 10)) && (digits(last, 10) || is_float(last))
+    };
     let number = digits(unsigned, 10)
         || prefixed
         || sexagesimal
         || is_float(unsigned)
         || words(&[".inf", "+.inf", "-.inf", ".nan"]);
-    number.then_some("a number")
+    if number {
+        return Some("a number");
+    }
+    // YAML 1.1 timestamps: 2001-12-14, 2001-12-14t21:59:43.10-05:00.
+    let b = s.as_bytes();
+    let date = b.len() >= 8
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && s[5..]
+            .split(['-', 't', 'T', ' '])
+            .take(2)
+            .all(|t| !t.is_empty() && t.len() <= 2 && t.bytes().all(|c| c.is_ascii_digit()));
+    date.then_some("a timestamp")
 }
 
 /// `1.5`, `.5`, `1.`, `1e3`, `1.5E-3` (digits may carry `_`).
@@ -1255,6 +1487,11 @@ impl<'de> Deserialize<'de> for InstanceId {
                 f.write_str("a quoted string, e.g. instanceID: \"0001\"")
             }
             fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<InstanceId, E> {
+                if s.is_empty() {
+                    return Err(E::custom(
+                        "instanceID is empty: a device needs an ID of 1 to 63 characters",
+                    ));
+                }
                 match reads_as_non_string(s).filter(|_| style_of(s) == Style::Plain) {
                     Some(kind) => Err(E::custom(format!(
                         "instanceID {s} must be a quoted string (YAML readers may take it for \
@@ -1285,7 +1522,10 @@ impl<'de> Deserialize<'de> for EnvValue {
             }
             fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<EnvValue, E> {
                 if reads_as_non_string(s) == Some("null") && style_of(s) == Style::Plain {
-                    return Err(E::invalid_type(de::Unexpected::Unit, &self));
+                    return Err(E::custom(
+                        "the env value is null (nothing, ~ or null), expected a string, number or \
+                         boolean: write \"\" for an empty value",
+                    ));
                 }
                 self.visit_str(s)
             }
@@ -1422,6 +1662,10 @@ deviceMapping:
             "A1234",
             "x # 0001",
             "!!str 0001",
+            "!!str &x 0001",
+            "&y !!str 0002",
+            "! 0003",
+            "0x_",
             "\"\\x30001\"",
             "|-\n          0001",
         ] {
@@ -1440,6 +1684,8 @@ deviceMapping:
             ("1.5", "a number"),
             ("1e3", "a number"),
             ("1:30", "a number"),
+            ("1:30:00.5", "a number"),
+            ("2001-12-14", "a timestamp"),
             (".inf", "a number"),
             ("99999999999999999999", "a number"),
             ("true", "a boolean"),
@@ -1605,6 +1851,13 @@ deviceMapping:
                 "{bad}: {e}"
             );
         }
+        let e = err(&device_with_env("{K: ~}"));
+        assert!(e.contains("the env value is null (nothing, ~ or null), expected a string, number or boolean: write \"\" for an empty value"), "{e}");
+        let e = err(&device_with_id("!!null"));
+        assert!(
+            e.contains("instanceID is empty: a device needs an ID of 1 to 63 characters"),
+            "{e}"
+        );
         // Quoted, a null word is a string.
         assert!(parse(&device_with_env("{K: \"~\", L: ''}")).is_ok());
     }
@@ -1667,11 +1920,16 @@ deviceMapping:
             hosts.join(", "),
             devices.join(", ")
         );
-        while text.len() < 900_000 {
+        // Within the token bound (a few hundred short lines), the expansion is what stops it.
+        let small = text.clone() + &"- {hosts: *H, devices: *D}\n".repeat(200);
+        let e = err(&small);
+        assert!(e.contains("the config expands to more than"), "{e}");
+        // The issue's 931 KB: refused before parsing, by its density alone.
+        while text.len() < 931_000 {
             text.push_str("- {hosts: *H, devices: *D}\n");
         }
         let e = err(&text);
-        assert!(e.contains("the config expands to more than"), "{e}");
+        assert!(e.contains("more than 160000 structural tokens"), "{e}");
         // Env maps behind an alias count too.
         let env: Vec<String> = (0..100).map(|i| format!("K{i}: v")).collect();
         let mut text = format!(
@@ -1684,7 +1942,7 @@ deviceMapping:
             ));
         }
         let e = err(&text);
-        assert!(e.contains("more than 200000 entries"), "{e}");
+        assert!(e.contains("more than 100000 entries"), "{e}");
         // One long value behind an alias, used over and over.
         let mut text = format!(
             "deviceMapping:\n- hosts: [a]\n  devices:\n  - {{resourceName: a.io/x, instanceID: \"0\", env: {{K: &V {}}}}}\n",
@@ -1700,6 +1958,110 @@ deviceMapping:
             e.contains("more than 8388608 bytes of names, IDs and env"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn dense_deep_and_wide_texts_are_refused_before_parsing() {
+        // 40,000 `[`: seconds of parsing (1 MiB of them: hours). Refused at once.
+        let e = err(&format!("deviceMapping: {}", "[".repeat(40_000)));
+        assert_eq!(
+            e,
+            "test.yaml: line 1: the config has more than 64 levels of nesting; no config needs \
+             that many (refused before parsing)"
+        );
+        assert!(
+            err(&format!("deviceMapping: {}", "{a: ".repeat(100))).contains("levels of nesting")
+        );
+        assert!(
+            err(&format!("deviceMapping:\n{}x\n", "- ".repeat(100))).contains("levels of nesting")
+        );
+        assert!(err(&format!("deviceMapping:\n{}- x\n", " ".repeat(300)))
+            .contains("columns of indentation"));
+        // 1 MiB of tiny list items: ~100 MB of parser events before any other bound applied.
+        let hosts = format!(
+            "deviceMapping:\n- hosts: [{}]\n  devices: []\n",
+            vec!["a"; 200_000].join(",")
+        );
+        assert!(err(&hosts).contains("more than 160000 structural tokens"));
+        // Brackets, commas and colons in quotes and comments are text, not structure.
+        let quoted = format!(
+            "# {}\ndeviceMapping:\n- hosts: [a]\n  devices:\n  - {{resourceName: a.io/x, instanceID: \"{}\", env: {{K: '{}'}}}}\n",
+            "[".repeat(1000),
+            "[[[[",
+            ",:[{".repeat(8_000)
+        );
+        assert!(
+            parse(&quoted).is_ok(),
+            "{:?}",
+            parse(&quoted).err().map(|e| e.to_string())
+        );
+        // The largest config the bench measures (10,000 devices in flow style) passes.
+        let mut big = String::from("deviceMapping:\n  - hosts: [n]\n    devices:\n");
+        for r in 0..200 {
+            for d in 0..50 {
+                big.push_str(&format!("      - {{resourceName: bench.example.com/r{r:03}, instanceID: \"d{d:02}\", env: {{IP: 127.0.0.1, PORT: \"{}\"}}}}\n", 9000 + d));
+            }
+        }
+        assert!(
+            parse(&big).is_ok(),
+            "{:?}",
+            parse(&big).err().map(|e| e.to_string())
+        );
+    }
+
+    #[test]
+    fn per_node_and_per_resource_bounds() {
+        // 300 resources of one device each on one node: 300 gRPC servers (2,000 took 129 MB).
+        let mut text = String::from("deviceMapping:\n- hosts: [n1]\n  devices:\n");
+        for i in 0..300 {
+            text.push_str(&format!(
+                "  - {{resourceName: a.io/r{i}, instanceID: \"1\"}}\n"
+            ));
+        }
+        assert_eq!(
+            err(&text),
+            "test.yaml: node n1 is given 300 resources, more than 256 (each is a gRPC server on \
+             its own socket); merge resources or split the hosts"
+        );
+        let mut text = String::from("deviceMapping:\n- hosts: [n1]\n  devices:\n");
+        for i in 0..10_001 {
+            text.push_str(&format!(
+                "  - {{resourceName: a.io/x, instanceID: \"{i}\"}}\n"
+            ));
+        }
+        assert!(err(&text).contains("a.io/x has 10001 devices, more than 10000"));
+    }
+
+    #[test]
+    fn the_collision_check_is_not_quadratic_in_devices_or_keys() {
+        // a.io/x with 700 devices sharing a 128-key env, and 250 resources a.io/x-rI: valid, and
+        // minutes of work when every pair listed both resources' names (1,400 and 1,000: 144 s).
+        let keys: Vec<String> = (0..128).map(|i| format!("K{i}: v")).collect();
+        let mut text = format!(
+            "deviceMapping:\n- hosts: [n1]\n  devices:\n  - {{resourceName: a.io/x, instanceID: \"0\", env: &E {{{}}}}}\n",
+            keys.join(", ")
+        );
+        // 700 × 128 keys: within the entries bound (the issue's 1,400 is past it now).
+        for i in 1..700 {
+            text.push_str(&format!(
+                "  - {{resourceName: a.io/x, instanceID: \"{i}\", env: *E}}\n"
+            ));
+        }
+        text.push_str("- hosts: [n2]\n  devices:\n");
+        for i in 0..250 {
+            text.push_str(&format!(
+                "  - {{resourceName: a.io/x-r{i}, instanceID: \"1\"}}\n"
+            ));
+        }
+        assert!(
+            parse(&text).is_ok(),
+            "{:?}",
+            parse(&text).err().map(|e| e.to_string())
+        );
+        // And a collision among them is still found: a.io/x-dev5 would set AIO_X_DEV5_ID.
+        let clash = text.replace("a.io/x-r7,", "a.io/x-dev5,");
+        assert!(err(&clash)
+            .contains("env variable AIO_X_DEV5_ID could be set by both a.io/x and a.io/x-dev5"));
     }
 
     #[test]
