@@ -260,8 +260,8 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
         opts.device_plugin_dir.display()
     );
     let dir = opts.device_plugin_dir;
-    std::fs::create_dir_all(&dir).map_err(startup("create the device-plugins dir"))?;
     check_socket_dir(&dir)?;
+    std::fs::create_dir_all(&dir).map_err(startup("create the device-plugins dir"))?;
     let mut signals = Signals::new(STOP_SIGNALS.iter().chain(IGNORED_SIGNALS))
         .map_err(startup("install signal handlers"))?;
     // One spookd per device-plugins dir: a second would register the same resources and take

@@ -1,7 +1,8 @@
 //! `/healthz`, `/readyz` and Prometheus `/metrics` on `--metrics-addr`.
 //!
 //! One thread (`spookd-metrics`) serves every connection from one `poll(2)` loop, with hard
-//! bounds: at most [`MAX_CONNECTIONS`] open (a new one pushes out the oldest), a request head of
+//! bounds: at most [`MAX_CONNECTIONS`] open (a new one pushes out the oldest), at most
+//! [`MAX_PENDING_OUTPUT`] of answers waiting to be read, a request head of
 //! at most 8 KiB, 2 s for the whole exchange, GET only, `Connection: close`. Idle, slow
 //! (byte-a-second) or garbage clients cost a slot each and never hold up another: a `/healthz`
 //! is answered as soon as its head arrives, however many others are open. The loop sleeps until
@@ -34,7 +35,13 @@ const CONNECTION_TIME: Duration = Duration::from_secs(2);
 const STATE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most connections open at once (one file descriptor each); a new one pushes out the oldest,
 /// so a client holding many open can never lock out the kubelet's probes.
-pub const MAX_CONNECTIONS: usize = 512;
+pub const MAX_CONNECTIONS: usize = 256;
+/// Most bytes of answers held for clients at once: a client that asks for /metrics and never
+/// reads holds its answer until its deadline, and 512 of them held 200 MB at 4,000 devices. Past
+/// this, /metrics answers 503 until others drain; /healthz and /readyz (a few bytes) always answer.
+pub const MAX_PENDING_OUTPUT: usize = 8 << 20;
+/// Each connection's kernel send buffer.
+const SEND_BUFFER: usize = 64 << 10;
 /// How long accepting pauses after it failed (out of file descriptors): the listener stays
 /// readable, and polling it at once again would spin.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -119,13 +126,15 @@ impl Server {
             let now = Instant::now();
             // `ready` is in the order of `conns`: handled before `accept` changes it.
             for (i, ready) in ready.into_iter().enumerate() {
+                let pending: usize = self.conns.iter().map(Conn::unsent).sum();
+                let room = MAX_PENDING_OUTPUT.saturating_sub(pending);
                 if let Some(conn) = self.conns.get_mut(i) {
                     if ready {
-                        conn.advance(&self.state);
+                        conn.advance(&self.state, room);
                     }
                     if now >= conn.deadline && conn.out.is_none() {
                         conn.out = Some((response(408, "request timeout\n"), 0));
-                        conn.advance(&self.state);
+                        conn.advance(&self.state, room);
                     }
                 }
             }
@@ -184,6 +193,10 @@ impl Server {
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
+                    // The kernel's send buffer grows to megabytes for a client that does not
+                    // read (and counts against the pod's memory): kept small, what is not sent
+                    // stays in our buffers, which MAX_PENDING_OUTPUT bounds.
+                    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&stream, SEND_BUFFER);
                     if self.conns.len() >= MAX_CONNECTIONS {
                         self.conns.pop_front();
                     }
@@ -209,8 +222,9 @@ impl Server {
 }
 
 impl Conn {
-    /// Reads what arrived or writes what the socket takes, without blocking.
-    fn advance(&mut self, state: &Sender<Msg>) {
+    /// Reads what arrived or writes what the socket takes, without blocking; an answer of more
+    /// than `room` bytes is refused (503) instead of held.
+    fn advance(&mut self, state: &Sender<Msg>, room: usize) {
         if self.out.is_none() {
             let mut buf = [0u8; 1024];
             loop {
@@ -226,8 +240,12 @@ impl Conn {
                             self.out = Some((response(431, "request too large\n"), 0));
                             break;
                         }
-                        if self.head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            self.out = Some((answer(&self.head, state), 0));
+                        // The blank line ending the head; bare LFs too, as curl -0 and some
+                        // probes send them.
+                        let done = self.head.windows(4).any(|w| w == b"\r\n\r\n")
+                            || self.head.windows(2).any(|w| w == b"\n\n");
+                        if done {
+                            self.out = Some((answer(&self.head, state, room), 0));
                             break;
                         }
                     }
@@ -257,6 +275,13 @@ impl Conn {
         }
     }
 
+    /// Bytes of its answer not yet written.
+    fn unsent(&self) -> usize {
+        self.out
+            .as_ref()
+            .map_or(0, |(out, sent)| out.len().saturating_sub(*sent))
+    }
+
     fn finished(&self) -> bool {
         self.out
             .as_ref()
@@ -264,9 +289,12 @@ impl Conn {
     }
 }
 
-/// The answer to one complete request head.
-fn answer(head: &[u8], state: &Sender<Msg>) -> Vec<u8> {
-    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+/// The answer to one complete request head; a /metrics answer larger than `room` is a 503.
+fn answer(head: &[u8], state: &Sender<Msg>, room: usize) -> Vec<u8> {
+    let line = head
+        .split(|b| *b == b'\r' || *b == b'\n')
+        .next()
+        .unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split(' ');
     let (method, target) = (
@@ -287,7 +315,16 @@ fn answer(head: &[u8], state: &Sender<Msg>) -> Vec<u8> {
         return response(503, "state thread not answering\n");
     };
     match path {
-        "/metrics" => response(200, &render(&snapshot)),
+        "/metrics" => {
+            let answer = response(200, &render(&snapshot));
+            if answer.len() > room {
+                return response(
+                    503,
+                    "too many /metrics answers are waiting to be read; try again\n",
+                );
+            }
+            answer
+        }
         "/healthz" => match unregistered(&snapshot) {
             None => response(200, "ok\n"),
             Some(reason) => response(503, &reason),

@@ -152,11 +152,28 @@ fn configs_that_would_exhaust_memory_are_refused_cheaply() {
     fs::write(&path, &bomb).unwrap();
     let out = spookd_limited(256 << 10, &format!("check {}", path.display()));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // Refused for its density before parsing (a shorter bomb is stopped by the expansion bound,
+    // see the config tests).
     assert!(
-        stderr(&out).contains("the config expands to more than"),
+        stderr(&out).contains("more than 160000 structural tokens"),
         "{}",
         stderr(&out)
     );
+    // Dense (1 MiB of one-letter hosts: ~100 MB of parser events) and deep (1 MiB of `[`:
+    // hours of parsing): refused before parsing, at once.
+    let dense = tmp.join("dense.yaml");
+    let mut text = String::from("deviceMapping:\n- hosts: [a");
+    while text.len() < 1_000_000 {
+        text.push_str(",a");
+    }
+    fs::write(&dense, text + "]\n  devices: []\n").unwrap();
+    let deep = tmp.join("deep.yaml");
+    fs::write(&deep, format!("deviceMapping: {}", "[".repeat(1_000_000))).unwrap();
+    for (path, what) in [(&dense, "structural tokens"), (&deep, "levels of nesting")] {
+        let out = spookd_limited(256 << 10, &format!("check {}", path.display()));
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains(what), "{}", stderr(&out));
+    }
     // A 50 MB file and a device that never ends: refused before parsing, without reading them.
     let big = tmp.join("big.yaml");
     fs::write(&big, "#".repeat(50 << 20)).unwrap();
@@ -291,7 +308,7 @@ fn idle_slow_and_garbage_clients_never_hold_up_healthz() {
     let fds = fs::read_dir(format!("/proc/{}/fd", s.spookd.pid()))
         .unwrap()
         .count();
-    assert!(fds < 512 + 64, "{fds} fds open");
+    assert!(fds < 256 + 64, "{fds} fds open");
     drop(idle);
     drop(slow);
     healthz("afterwards");
@@ -475,4 +492,75 @@ fn no_deadline_in_the_daemon_is_computed_with_a_bare_instant_plus_duration() {
         &mut found,
     );
     assert_eq!(found, Vec::<String>::new());
+}
+
+/// A client socket with a 1 KiB receive buffer, connected: what it is sent stays in the server.
+fn tiny_reader(addr: &str) -> TcpStream {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    sockopt::set_socket_recv_buffer_size(&fd, 1024).unwrap();
+    rustix::net::connect(&fd, &addr).unwrap();
+    TcpStream::from(fd)
+}
+
+#[test]
+fn clients_that_never_read_metrics_cannot_make_spookd_hold_unbounded_answers() {
+    // 40 resources × 100 devices: /metrics is ~400 KB. 512 clients asking for it and never
+    // reading held 200 MB (over the pod's 64 Mi) and slowed /healthz to the liveness timeout.
+    let mut config = String::from("deviceMapping:\n- hosts: [node1]\n  devices:\n");
+    for r in 0..40 {
+        for d in 0..100 {
+            config.push_str(&format!(
+                "  - {{resourceName: example.com/r{r}, instanceID: \"device-{d:03}\"}}\n"
+            ));
+        }
+    }
+    let s = Setup::with_args("node1", &config, &["--metrics-addr", "127.0.0.1:0"]);
+    let addr = metrics_addr(&s.spookd);
+    assert!(
+        s.kubelet.wait_until(WAIT, |k| k.plugins().len() == 40),
+        "{}",
+        s.spookd.log()
+    );
+    let (status, body) = get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.len() > 250_000, "{}", body.len());
+    let rss = |pid: u32| -> u64 {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = rss(s.spookd.pid());
+    let mut hogs = Vec::new();
+    for _ in 0..100 {
+        let mut c = tiny_reader(&addr);
+        c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        hogs.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Past the 8 MiB of waiting answers, /metrics says so; /healthz still answers.
+    let (status, body) = get(&addr, "/metrics");
+    assert_eq!(status, 503, "{}", &body[..body.len().min(200)]);
+    assert_eq!(
+        body,
+        "too many /metrics answers are waiting to be read; try again\n"
+    );
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    let grown = rss(s.spookd.pid()).saturating_sub(before);
+    assert!(
+        grown < 24 << 10,
+        "RSS grew {grown} KiB with 100 clients not reading"
+    );
+    drop(hogs);
+    // Their deadlines pass (2 s), their answers are dropped, and /metrics answers again.
+    let deadline = Instant::now() + WAIT;
+    while get(&addr, "/metrics").0 != 200 {
+        assert!(Instant::now() < deadline, "/metrics never recovered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

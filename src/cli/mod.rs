@@ -610,7 +610,11 @@ pub fn parse(
                     Some(v) if v.is_empty() => return Err(CliError::MissingValue(flag.name())),
                     Some(v) => v,
                     None if flag.is_switch() => "true".to_owned(),
-                    None => args.next().ok_or(CliError::MissingValue(flag.name()))?,
+                    // `--config ""` as much as `--config=`.
+                    None => args
+                        .next()
+                        .filter(|v| !v.is_empty())
+                        .ok_or(CliError::MissingValue(flag.name()))?,
                 };
                 if values.iter().any(|(f, _)| *f == flag) {
                     return Err(CliError::Duplicate(flag.name()));
@@ -768,6 +772,31 @@ pub fn parse(
         alone(Flag::ExclusiveLeases, &lease_flags)?;
         None
     };
+    // A flag given on the command line that the chosen mode ignores is a mistake too. (Only
+    // flags: an environment variable may be set for a mode another pod uses.)
+    let given = |flags: &[Flag]| flags.iter().copied().find(|f| flag(*f).is_some());
+    let api_source = matches!(source, Source::ConfigMap(_));
+    if !api_source {
+        if let Some(f) = given(&[Flag::ConfigMapKey, Flag::WatchTimeout]) {
+            return Err(CliError::Alone {
+                from: f.name(),
+                needs: Flag::ConfigMap.name(),
+            });
+        }
+    } else if let Some(f) = given(&[Flag::PollInterval]) {
+        return Err(CliError::Alone {
+            from: f.name(),
+            needs: "the file source (--config)",
+        });
+    }
+    if !api_source && prune.is_none() && leases.is_none() {
+        if let Some(f) = given(&[Flag::ApiServer, Flag::TokenFile, Flag::CaFile]) {
+            return Err(CliError::Alone {
+                from: f.name(),
+                needs: "--configmap, --prune-stale-resources or --exclusive-leases",
+            });
+        }
+    }
     Ok(Command::Run(Box::new(RunOptions {
         source,
         node_name,

@@ -17,8 +17,10 @@ use serde::Deserialize;
 use crate::backoff::Backoff;
 use crate::kube::client::ApiError;
 
-/// Longest a 429's Retry-After is honoured for.
+/// Longest a 429's Retry-After is honoured for, and the shortest (`Retry-After: 0` from a
+/// server under load must not make every node retry at once, in a loop).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+const MIN_RETRY_AFTER: Duration = Duration::from_millis(250);
 
 /// One line of a watch stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,7 +179,7 @@ impl Waits<'_> {
                 code: 429,
                 retry_after: Some(after),
                 ..
-            }) => (*after).min(MAX_RETRY_AFTER),
+            }) => (*after).clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER),
             _ => self.backoff.wait(),
         };
         !self.stopped(wait)

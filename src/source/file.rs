@@ -53,6 +53,24 @@ enum LastRead {
     Error(String),
 }
 
+/// New content of a plain file waits one poll: applied when the next read is the same.
+#[derive(Default)]
+struct Settle(Option<Vec<u8>>);
+
+impl Settle {
+    /// Whether `bytes`, just read and new, may be applied now; `wait`: not before it reads the
+    /// same twice.
+    fn ready(&mut self, bytes: &[u8], wait: bool) -> bool {
+        if !wait {
+            self.0 = None;
+            return true;
+        }
+        let same = self.0.as_deref() == Some(bytes);
+        self.0 = (!same).then(|| bytes.to_vec());
+        same
+    }
+}
+
 /// A read error's kind, to tell a lasting error from a new one.
 fn error_kind(e: &ConfigError) -> String {
     match e {
@@ -70,13 +88,9 @@ pub fn read_config(path: &Path) -> Result<Vec<u8>, ConfigError> {
         path: path.to_owned(),
         source,
     };
-    let file: File = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(path)
-        .map_err(read_error)?;
-    let kind = file.metadata().map_err(read_error)?.file_type();
-    if !kind.is_file() {
+    // Looked at before it is opened (opening a device can act: a watchdog arms), and again
+    // after, in case it was swapped in between.
+    let not_regular = |kind: fs::FileType| {
         let kind = if kind.is_fifo() {
             "a FIFO"
         } else if kind.is_dir() {
@@ -88,10 +102,23 @@ pub fn read_config(path: &Path) -> Result<Vec<u8>, ConfigError> {
         } else {
             "not a file"
         };
-        return Err(ConfigError::NotRegular {
+        ConfigError::NotRegular {
             path: path.to_owned(),
             kind,
-        });
+        }
+    };
+    let kind = fs::metadata(path).map_err(read_error)?.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(kind));
+    }
+    let file: File = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(read_error)?;
+    let kind = file.metadata().map_err(read_error)?.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(kind));
     }
     let mut bytes = Vec::new();
     file.take(MAX_CONFIG_BYTES as u64 + 1)
@@ -115,6 +142,7 @@ fn run(
 ) {
     let origin = path.display().to_string();
     let mut last: Option<LastRead> = None;
+    let mut settle = Settle::default();
     loop {
         let read = read_config(path);
         progress.beat();
@@ -124,7 +152,18 @@ fn run(
             (Err(e), Some(LastRead::Error(before))) => error_kind(e) != *before,
             _ => true,
         };
-        if changed {
+        // A mounted ConfigMap's key is a symlink the kubelet swaps atomically: its content is
+        // whole the moment it is seen. A plain file may be mid-rewrite (a shell's `>` truncates,
+        // then writes): a prefix cut at a line is valid YAML, and applying it would drain the
+        // devices after the cut. So its new content waits one poll to read the same.
+        let atomic = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        // Before the first content there is nothing to drain: applied at once.
+        let had_content = matches!(last, Some(LastRead::Content(_)));
+        let settled = match &read {
+            Ok(bytes) if changed => settle.ready(bytes, !atomic && had_content),
+            _ => settle.ready(&[], false),
+        };
+        if changed && settled {
             let (seen, msg) = match read {
                 Ok(bytes) => {
                     let msg = match Config::parse(&bytes, &origin) {
@@ -153,6 +192,50 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::NodeName;
+
+    #[test]
+    fn new_content_waits_to_read_the_same_twice() {
+        let mut s = Settle::default();
+        assert!(s.ready(b"a", false));
+        assert!(!s.ready(b"half", true));
+        assert!(!s.ready(b"whole", true));
+        assert!(s.ready(b"whole", true));
+        assert!(!s.ready(b"next", true));
+    }
+
+    #[test]
+    fn a_plain_file_rewritten_in_place_is_applied_only_once_it_reads_the_same_twice() {
+        let dir = std::env::temp_dir().join(format!("spookd-settle-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        let full = "deviceMapping:\n- hosts: [n]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"1\"}\n  - {resourceName: a.io/x, instanceID: \"2\"}\n";
+        fs::write(&path, full).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let poller = FilePoller::spawn(path.clone(), Duration::from_millis(1000), tx).unwrap();
+        let t = Duration::from_secs(5);
+        assert!(matches!(rx.recv_timeout(t).unwrap(), Msg::Config { .. }));
+        // A writer part-way through: the first device only, valid YAML. Read by at most one poll,
+        // then rewritten whole: never applied.
+        let half = &full[..full.rfind("  - ").unwrap()];
+        fs::write(&path, half).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        fs::write(&path, full.replace('2', "3")).unwrap();
+        match rx.recv_timeout(t).unwrap() {
+            Msg::Config { config, .. } => {
+                let n = NodeName::try_from("n".to_owned()).unwrap();
+                let ids: Vec<String> = config
+                    .for_node(&n)
+                    .values()
+                    .flat_map(|d| d.iter().map(|d| d.id.to_string()))
+                    .collect();
+                assert_eq!(ids, ["1", "3"], "a half-written file was applied");
+            }
+            _ => panic!("expected a config"),
+        }
+        drop(poller);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn sends_each_new_content_once_and_follows_errors() {
