@@ -151,7 +151,8 @@ Options (each may instead come from the environment variable in brackets; a flag
   --device-plugin-dir DIR    the kubelet's device-plugins directory (one spookd per directory: a
                              second waits for the first to stop)
                              [SPOOKD_DEVICE_PLUGIN_DIR] (default /var/lib/kubelet/device-plugins)
-  --poll-interval DURATION   how often the config file is read, e.g. 250ms, 2s, 1m, 1m30s
+  --poll-interval DURATION   the longest wait between two reads of the config file (a change is
+                             read at once, through inotify), e.g. 250ms, 2s, 1m, 1m30s
                              [SPOOKD_POLL_INTERVAL] (default 1s; from 10ms to 1h)
 
 Config from a ConfigMap through the Kubernetes API instead of a file (not with --config):

@@ -293,7 +293,8 @@ static FLAGS: &[Spec] = &[
         default: Fallback::Duration(DEFAULT_POLL_INTERVAL),
         range: Some((MS.saturating_mul(10), HOUR)),
         group: Group::Main,
-        help: "how often the config file is read, e.g. 250ms, 2s, 1m, 1m30s\n[{env}] {default}",
+        help: "the longest wait between two reads of the config file (a change is\n\
+               read at once, through inotify), e.g. 250ms, 2s, 1m, 1m30s\n[{env}] {default}",
     },
     Spec {
         flag: Flag::ConfigMap,
