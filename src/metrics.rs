@@ -125,10 +125,12 @@ impl Server {
             let (listener_ready, ready) = self.wait();
             let now = Instant::now();
             // `ready` is in the order of `conns`: handled before `accept` changes it.
+            // Summed once per wake, then kept up to date as each connection advances.
+            let mut pending: usize = self.conns.iter().map(Conn::unsent).sum();
             for (i, ready) in ready.into_iter().enumerate() {
-                let pending: usize = self.conns.iter().map(Conn::unsent).sum();
-                let room = MAX_PENDING_OUTPUT.saturating_sub(pending);
                 if let Some(conn) = self.conns.get_mut(i) {
+                    let before = conn.unsent();
+                    let room = MAX_PENDING_OUTPUT.saturating_sub(pending);
                     if ready {
                         conn.advance(&self.state, room);
                     }
@@ -136,6 +138,7 @@ impl Server {
                         conn.out = Some((response(408, "request timeout\n"), 0));
                         conn.advance(&self.state, room);
                     }
+                    pending = (pending - before).saturating_add(conn.unsent());
                 }
             }
             // Done, failed, or out of time (a client that does not read its answer).

@@ -858,9 +858,6 @@ fn prescan(text: &[u8]) -> Result<(), (usize, &'static str, usize)> {
                     }
                     _ => {}
                 }
-                if at_line_start && b != b'-' && b != b' ' {
-                    at_line_start = false;
-                }
             }
         }
         if tokens > MAX_TOKENS {
