@@ -9,12 +9,13 @@
 //! - [`kube`] talks to the Kubernetes API: one HTTPS client and one list-then-watch loop.
 //! - [`source`] reads configs (a file, or a ConfigMap through [`kube`]).
 //! - One room per optional feature: `health` probes, [`leases`] for exclusive access,
-//!   `prune` for stale resources, `metrics` for operators.
+//!   `prune` for stale resources, `metrics` for operators, [`dra`] for the DRA driver mode (it
+//!   builds on the Lease protocol, so it sits one layer above the other features).
 //! - Small shared pieces: [`clock`], `worker`, [`latest`], `random`, `backoff`.
 //!
 //! Imports go down this list, never up or sideways between features (a test checks it):
 //! shared pieces, then config, then state, then kube and kubelet, then the features and
-//! sources, then cli, check and daemon. The kubelet stand-in (`src/sim.rs`) is not part of the
+//! sources, then dra, then cli, check and daemon. The kubelet stand-in (`src/sim.rs`) is not part of the
 //! library: kubelet-sim and the tests compile it by path.
 
 pub(crate) mod backoff;
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod dra;
 pub(crate) mod health;
 pub mod kube;
 pub mod kubelet;

@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["state"],
     &["kube", "kubelet"],
     &["source", "health", "leases", "prune", "metrics"],
+    &["dra"],
     &["cli", "check"],
     &["daemon"],
 ];

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod dra;
 pub mod layout;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -178,6 +179,14 @@ struct Spec {
     health_check: Option<HealthCheck>,
 }
 
+/// A device and every host that reaches it ([`Config::placements`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement<'a> {
+    pub resource: &'a ResourceName,
+    pub device: Device,
+    pub hosts: Vec<&'a NodeName>,
+}
+
 /// The devices one node serves: per resource, its devices sorted by instanceID.
 pub type NodeDevices = BTreeMap<ResourceName, Arc<[Device]>>;
 
@@ -262,6 +271,24 @@ pub enum ConfigError {
         first: ResourceName,
         second: ResourceName,
         name: String,
+    },
+    /// `--dra`: two devices (or two resources) derive the same DRA name (see [`dra`]).
+    DraNameCollision {
+        origin: String,
+        /// "device name" or "DeviceClass name".
+        what: &'static str,
+        first: String,
+        second: String,
+        name: String,
+    },
+    /// `--dra`: a device's resourceName or instanceID is longer than a ResourceSlice attribute
+    /// may be.
+    DraAttributeTooLong {
+        origin: String,
+        resource: ResourceName,
+        instance: InstanceId,
+        attribute: &'static str,
+        limit: usize,
     },
 }
 
@@ -356,6 +383,28 @@ impl fmt::Display for ConfigError {
                 "{origin}: env variable {name} could be set by both {first} and {second} (a \
                  container given both would get only one value); rename a resource or an env key"
             ),
+            ConfigError::DraNameCollision {
+                origin,
+                what,
+                first,
+                second,
+                name,
+            } => write!(
+                f,
+                "{origin}: {first} and {second} both get the DRA {what} {name} (names are \
+                 lower-cased, with other characters as '-'); rename one of them"
+            ),
+            ConfigError::DraAttributeTooLong {
+                origin,
+                resource,
+                instance,
+                attribute,
+                limit,
+            } => write!(
+                f,
+                "{origin}: device {resource} instanceID \"{instance}\": its {attribute} is longer \
+                 than {limit} bytes, the most a ResourceSlice attribute may hold"
+            ),
         }
     }
 }
@@ -388,7 +437,9 @@ impl std::error::Error for ConfigError {
             | ConfigError::TooManyDevices { .. }
             | ConfigError::ConflictingDevice { .. }
             | ConfigError::PrefixCollision { .. }
-            | ConfigError::EnvNameCollision { .. } => None,
+            | ConfigError::EnvNameCollision { .. }
+            | ConfigError::DraNameCollision { .. }
+            | ConfigError::DraAttributeTooLong { .. } => None,
         }
     }
 }
@@ -674,6 +725,28 @@ impl Config {
         out
     }
 
+    /// Every device once, in (resource, instanceID) order, with the hosts that reach it (sorted).
+    pub fn placements(&self) -> Vec<Placement<'_>> {
+        let mut hosts: Vec<Vec<&NodeName>> = vec![Vec::new(); self.devices.len()];
+        // Nodes come in order, so each device's hosts are sorted.
+        for (node, served) in &self.hosts {
+            for &i in served {
+                hosts[i].push(node);
+            }
+        }
+        (self.devices.iter().zip(hosts))
+            .map(|((resource, id, spec), hosts)| Placement {
+                resource,
+                device: Device {
+                    id: id.clone(),
+                    env: spec.env.clone(),
+                    health_check: spec.health_check,
+                },
+                hosts,
+            })
+            .collect()
+    }
+
     /// Every node the config names.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeName> {
         self.hosts.keys()
@@ -739,6 +812,19 @@ fn check_env_names(
         }
     }
     Ok(())
+}
+
+/// FNV-1a, 64 bits: stable across builds and machines (unlike the standard library's hasher), for
+/// names derived from a device on every node alike (Lease and DRA device names).
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// Parses a duration as the config and the command line take it: `250ms`, `2s`, `1m`, `1h`, `1.5s`, `1m30s`: one or more number-unit pairs.
@@ -1219,7 +1305,7 @@ fn invalid(what: &'static str, value: &str, rule: &'static str) -> InvalidValue 
 }
 
 /// RFC 1123 label: lowercase alphanumerics and '-', starting and ending alphanumeric, ≤ 63.
-fn is_dns_label(s: &str) -> bool {
+pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
@@ -1230,7 +1316,7 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 /// RFC 1123 subdomain: dot-separated labels, ≤ 253 in all.
-fn is_dns_subdomain(s: &str) -> bool {
+pub fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 

@@ -188,7 +188,7 @@ impl Drop for PluginServer {
 
 /// Why binding `path` fails, found by binding it ourselves (out of file descriptors, no
 /// permission, a path too long); `None` if it works now.
-fn bind_cause(path: &Path) -> Option<io::Error> {
+pub fn bind_cause(path: &Path) -> Option<io::Error> {
     match std::os::unix::net::UnixListener::bind(path) {
         Ok(listener) => {
             drop(listener);

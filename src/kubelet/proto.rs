@@ -14,6 +14,16 @@ mod generated {
 }
 pub use generated::api::*;
 
+/// The DRA plugin API's messages (served by [`crate::dra`]; v1 and v1beta1 share them).
+pub mod dra {
+    pub use super::generated::dra::*;
+}
+
+/// The kubelet's plugin registration messages (for [`crate::dra`]).
+pub mod pluginregistration {
+    pub use super::generated::pluginregistration::*;
+}
+
 /// The kubelet's podresources API v1 (only `List`).
 pub mod podresources {
     pub use super::generated::podresources::*;
@@ -74,7 +84,8 @@ pub const KUBELET_SOCKET: &str = "kubelet.sock";
 pub const HEALTHY: &str = "Healthy";
 pub const UNHEALTHY: &str = "Unhealthy";
 
-const fn method<Req: protobuf::Message, Resp: protobuf::Message>(
+/// A gRPC method with protobuf marshalling.
+pub const fn method<Req: protobuf::Message, Resp: protobuf::Message>(
     ty: MethodType,
     name: &'static str,
 ) -> Method<Req, Resp> {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use crate::config::{InstanceId, ResourceName};
+use crate::config::{stable_hash as fnv1a, InstanceId, ResourceName};
 use crate::kube::client::{ApiError, Client, Connection, Lines, Method};
 use crate::kube::watch::{self, Versioned, WatchEvent};
 
@@ -84,18 +84,6 @@ pub fn lease_name(resource: &ResourceName, id: &InstanceId) -> String {
         let _ = write!(name, "-{hash:016x}");
     }
     name
-}
-
-/// FNV-1a, 64 bits: stable across builds and machines (unlike the standard library's hasher).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in *part {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
 }
 
 /// A Lease as spookd reads it.

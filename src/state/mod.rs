@@ -44,6 +44,7 @@
 //! 10. [`Msg::Shutdown`] stops every server, removes our sockets and ends the thread.
 
 mod allocate;
+mod dra;
 pub mod msg;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,6 +57,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, error, info, warn};
 
 use crate::clock::later;
+use crate::config::dra::Inventory;
 use crate::config::{Config, ConfigError, Device, InstanceId, NodeName, ResourceName};
 
 use allocate::Parked;
@@ -99,6 +101,12 @@ pub trait Backend {
     fn leases(&mut self, cmd: LeaseCmd);
     /// The resources served now (after every config that changes them, and the first).
     fn served(&mut self, resources: BTreeSet<ResourceName>);
+    /// `--dra`: this is a DRA driver: no device-plugin servers; each good config is published.
+    fn dra(&self) -> bool {
+        false
+    }
+    /// `--dra`: hands the publisher the inventory of a new good config.
+    fn publish(&mut self, _inventory: Arc<Inventory>) {}
 }
 
 /// A resource this node serves. Fields drop in order: streams end before their server shuts down.
@@ -158,11 +166,14 @@ pub struct State<B: Backend> {
     source: Option<Progress>,
     /// Counters for /metrics; devices and registration are read from `served`.
     stats: Snapshot,
+    /// `--dra`: the last good config's inventory and the driver's counters.
+    dra: Option<dra::Driver>,
 }
 
 impl<B: Backend> State<B> {
     pub fn new(node: NodeName, backend: B, now: Instant) -> Self {
         let kubelet = backend.kubelet_socket();
+        let dra = backend.dra().then(dra::Driver::default);
         State {
             node,
             backend,
@@ -180,6 +191,7 @@ impl<B: Backend> State<B> {
             next_check: later(now, FALLBACK_CHECK),
             source: None,
             stats: Snapshot::default(),
+            dra,
         }
     }
 
@@ -199,6 +211,8 @@ impl<B: Backend> State<B> {
             Msg::Registered { resource, endpoint, result } => self.registered(&resource, &endpoint, result),
             Msg::Snapshot { reply } => drop(reply.send(self.snapshot())),
             Msg::SourceProgress(progress) => self.source = Some(progress),
+            Msg::Prepare { claims, reply } => self.prepare(&claims, &reply),
+            Msg::Dra(event) => self.dra_event(event),
             Msg::Shutdown => return Flow::Stop,
         }
         self.reap(now);
@@ -207,13 +221,20 @@ impl<B: Backend> State<B> {
 
     /// A good config: counted, then applied.
     fn config(&mut self, origin: &str, config: &Config, now: Instant) {
+        if self.dra.is_some() {
+            return self.dra_config(origin, config);
+        }
+        self.count_good();
+        self.apply(origin, config, now);
+    }
+
+    fn count_good(&mut self) {
         self.stats.reloads_ok += 1;
         self.stats.source_problem = None;
         self.stats.last_reload_success = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .ok()
             .map(|d| d.as_secs_f64());
-        self.apply(origin, config, now);
     }
 
     /// A config that failed a check, or could not be read: logged, counted; the last good stays.
@@ -630,6 +651,7 @@ impl<B: Backend> State<B> {
     /// The counters, and per resource its devices and whether it is registered.
     pub fn snapshot(&self) -> Snapshot {
         let mut s = self.stats.clone();
+        s.dra = self.dra.as_ref().map(|d| d.status.clone());
         s.configured = self.have_config;
         if s.source_problem.is_none() {
             if let Some(silent) = self.source.as_ref().and_then(|p| p.stalled(Instant::now())) {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 
+use crate::config::dra::EnvRefusal;
 use crate::config::{Config, ConfigError, HealthCheck, InstanceId, ResourceName};
 
 /// Everything the state thread is told. Requests that need an answer carry their reply channel.
@@ -63,8 +64,85 @@ pub enum Msg {
     },
     /// The config source's heartbeat: /readyz and a metric say so when it stalls.
     SourceProgress(Progress),
+    /// `--dra`: the env of each claim (one answer per claim, in order).
+    Prepare {
+        claims: Vec<ClaimDevices>,
+        reply: PrepareReply,
+    },
+    /// `--dra`: what the publisher or the kubelet plugin did, for /metrics.
+    Dra(DraEvent),
     /// Stop serving: stop every server, remove our sockets, end the thread.
     Shutdown,
+}
+
+/// `--dra`: a claim to prepare, as the API has it allocated: its UID and the names of the devices
+/// this driver gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimDevices {
+    pub uid: String,
+    pub devices: Vec<String>,
+}
+
+/// Why a claim's env cannot be given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrepareRefusal {
+    /// No valid config has been read since start.
+    NoConfig,
+    Env(EnvRefusal),
+}
+
+impl fmt::Display for PrepareRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PrepareRefusal::NoConfig => write!(f, "spookd has read no valid config yet"),
+            PrepareRefusal::Env(EnvRefusal::UnknownDevice(name)) => write!(
+                f,
+                "device {name} is not in the config (removed since it was allocated?)"
+            ),
+            PrepareRefusal::Env(EnvRefusal::TooLarge { bytes, limit }) => write!(
+                f,
+                "the claim's env would take {bytes} bytes, more than {limit} a container may be \
+                 given"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PrepareRefusal {}
+
+/// Where the env of a Prepare's claims goes.
+pub type PrepareReply = crossbeam_channel::Sender<Vec<Result<ContainerEnv, PrepareRefusal>>>;
+
+/// `--dra`: what the publisher and the kubelet plugin report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DraEvent {
+    /// This node became the publisher (true) or stopped being it.
+    Leader(bool),
+    /// The pool was published (or found up to date) at `generation`.
+    Published {
+        generation: i64,
+        slices: usize,
+        devices: usize,
+    },
+    /// A publish attempt failed; it is retried.
+    PublishFailed,
+    /// The kubelet's answer to our plugin registration.
+    Registered(bool),
+    /// A NodePrepareResources or NodeUnprepareResources call: claims that succeeded and failed.
+    Claims { ok: u64, failed: u64 },
+}
+
+/// `--dra`: the driver's counters, as /metrics shows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DraStatus {
+    pub leader: bool,
+    pub generation: i64,
+    pub slices: usize,
+    pub devices: usize,
+    pub publish_failures: u64,
+    pub registered: bool,
+    pub claims_ok: u64,
+    pub claims_failed: u64,
 }
 
 /// Why an Allocate was refused. Answered to the kubelet as INVALID_ARGUMENT (or UNAVAILABLE).
@@ -279,6 +357,8 @@ pub struct Snapshot {
     pub leases_held: u64,
     pub lease_acquisitions_won: u64,
     pub lease_acquisitions_lost: u64,
+    /// `--dra`: the driver's counters; `None` in device-plugin mode.
+    pub dra: Option<DraStatus>,
 }
 
 /// When a source last finished a read: a source stuck in a system call (a hung network

@@ -1,0 +1,236 @@
+//! The DRA driver's API calls over the one HTTPS client: its ResourceSlices and DeviceClasses
+//! (list, create, replace at a version, delete at a version) and the ResourceClaims it prepares
+//! (get). Objects are sent as YAML, which the API server takes as it takes JSON.
+
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::dra::objects::{self, DeviceClass, List, ResourceSlice, MANAGED_BY};
+use crate::kube::client::{ApiError, Client, Connection, Method, REQUEST_TIMEOUT};
+
+/// Largest list read: a pool of 10,000 devices is about 5 MiB.
+const MAX_LIST: u64 = 64 << 20;
+/// Largest single object read.
+const MAX_OBJECT: u64 = 4 << 20;
+
+/// An object with a name and a version.
+pub trait Object: Serialize + DeserializeOwned {
+    fn name(&self) -> &str;
+    fn version(&self) -> &str;
+}
+
+impl Object for ResourceSlice {
+    fn name(&self) -> &str {
+        &self.metadata.name
+    }
+    fn version(&self) -> &str {
+        &self.metadata.resource_version
+    }
+}
+
+impl Object for DeviceClass {
+    fn name(&self) -> &str {
+        &self.metadata.name
+    }
+    fn version(&self) -> &str {
+        &self.metadata.resource_version
+    }
+}
+
+/// One driver's objects of one kind. An existing name on create, or a moved version on replace
+/// or delete, is [`ApiError::Status`] 409; a missing one 404.
+pub trait Objects<T> {
+    /// Every object of this driver.
+    fn list(&mut self) -> Result<Vec<T>, ApiError>;
+    fn create(&mut self, object: &T) -> Result<(), ApiError>;
+    /// Replaces the object at the version it names.
+    fn replace(&mut self, object: &T) -> Result<(), ApiError>;
+    fn delete(&mut self, name: &str, version: &str) -> Result<(), ApiError>;
+}
+
+/// A collection of cluster-scoped objects over HTTPS.
+pub struct HttpObjects<T> {
+    client: Client,
+    /// `https://server/apis/resource.k8s.io/v1/<plural>`
+    base: String,
+    /// `?fieldSelector=…` or `?labelSelector=…`: this driver's objects.
+    selector: String,
+    _kind: PhantomData<T>,
+}
+
+fn escape(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
+        .replace(',', "%2C")
+}
+
+impl HttpObjects<ResourceSlice> {
+    /// The ResourceSlices of `driver`.
+    pub fn slices(conn: Connection, driver: &str) -> Self {
+        let base = format!("{}/apis/resource.k8s.io/v1/resourceslices", conn.server);
+        HttpObjects {
+            client: Client::new(conn),
+            base,
+            selector: format!("?fieldSelector={}", escape(&format!("spec.driver={driver}"))),
+            _kind: PhantomData,
+        }
+    }
+}
+
+impl HttpObjects<DeviceClass> {
+    /// The DeviceClasses spookd made for `driver` (by their labels).
+    pub fn classes(conn: Connection, driver: &str) -> Self {
+        let base = format!("{}/apis/resource.k8s.io/v1/deviceclasses", conn.server);
+        let selector = format!(
+            "{}={},{}={driver}",
+            MANAGED_BY.0,
+            MANAGED_BY.1,
+            objects::INSTANCE_LABEL
+        );
+        HttpObjects {
+            client: Client::new(conn),
+            base,
+            selector: format!("?labelSelector={}", escape(&selector)),
+            _kind: PhantomData,
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, ApiError> {
+    serde_yaml::from_slice(body).map_err(|source| ApiError::Decode {
+        url: url.to_owned(),
+        source,
+    })
+}
+
+impl<T: Object> Objects<T> for HttpObjects<T> {
+    fn list(&mut self) -> Result<Vec<T>, ApiError> {
+        let url = format!("{}{}", self.base, self.selector);
+        let response = self.client.get(&url, REQUEST_TIMEOUT)?;
+        let body = Client::read_body(&url, response, MAX_LIST)?;
+        Ok(decode::<List<T>>(&url, &body)?.items)
+    }
+
+    fn create(&mut self, object: &T) -> Result<(), ApiError> {
+        let body = serde_yaml::to_string(object).unwrap_or_default();
+        self.client
+            .send(Method::Post, &self.base, "application/yaml", &body)
+            .map(drop)
+    }
+
+    fn replace(&mut self, object: &T) -> Result<(), ApiError> {
+        let url = format!("{}/{}", self.base, object.name());
+        let body = serde_yaml::to_string(object).unwrap_or_default();
+        self.client
+            .send(Method::Put, &url, "application/yaml", &body)
+            .map(drop)
+    }
+
+    fn delete(&mut self, name: &str, version: &str) -> Result<(), ApiError> {
+        let url = format!("{}/{name}", self.base);
+        // Versions are decimal numbers as the server wrote them; anything else is not sent.
+        let version = if version.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            version
+        } else {
+            ""
+        };
+        let body = format!(
+            r#"{{"apiVersion":"v1","kind":"DeleteOptions","preconditions":{{"resourceVersion":"{version}"}}}}"#
+        );
+        match self
+            .client
+            .send(Method::Delete, &url, "application/json", &body)
+        {
+            Err(e) if e.status() == Some(404) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+}
+
+/// A ResourceClaim, as much as preparing it needs.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct ResourceClaim {
+    #[serde(default)]
+    pub metadata: ClaimMeta,
+    #[serde(default)]
+    pub status: ClaimStatus,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct ClaimMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub uid: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct ClaimStatus {
+    #[serde(default)]
+    pub allocation: Option<Allocation>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct Allocation {
+    #[serde(default)]
+    pub devices: AllocatedDevices,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct AllocatedDevices {
+    #[serde(default)]
+    pub results: Vec<AllocationResult>,
+}
+
+/// One device given to one request of the claim.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct AllocationResult {
+    #[serde(default)]
+    pub request: String,
+    #[serde(default)]
+    pub driver: String,
+    #[serde(default)]
+    pub pool: String,
+    #[serde(default)]
+    pub device: String,
+}
+
+/// Reading ResourceClaims.
+pub trait Claims {
+    /// The claim `namespace/name`; `None` if it does not exist.
+    fn get(&mut self, namespace: &str, name: &str) -> Result<Option<ResourceClaim>, ApiError>;
+}
+
+pub struct HttpClaims {
+    client: Client,
+}
+
+impl HttpClaims {
+    pub fn new(conn: Connection) -> Self {
+        HttpClaims {
+            client: Client::new(conn),
+        }
+    }
+}
+
+impl Claims for HttpClaims {
+    fn get(&mut self, namespace: &str, name: &str) -> Result<Option<ResourceClaim>, ApiError> {
+        let url = format!(
+            "{}/apis/resource.k8s.io/v1/namespaces/{namespace}/resourceclaims/{name}",
+            self.client.conn.server
+        );
+        match self.client.get(&url, REQUEST_TIMEOUT) {
+            Ok(response) => {
+                let body = Client::read_body(&url, response, MAX_OBJECT)?;
+                decode(&url, &body).map(Some)
+            }
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The API objects a DRA driver writes (`resource.k8s.io/v1` ResourceSlices and DeviceClasses),
+//! built from an [`Inventory`] alone: every leader builds the same ones. Typed both ways: what is
+//! read back is compared with what would be written, field by field, ignoring what the server
+//! adds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::dra::{Inventory, DraDevice, MAX_SLICE_DEVICES, RESOURCE_ATTRIBUTE};
+use crate::config::NodeName;
+
+pub const API_VERSION: &str = "resource.k8s.io/v1";
+/// The one pool of a driver's devices.
+pub const POOL: &str = "spookd";
+/// Labels on every object spookd writes, to list its own.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "spookd");
+/// The second label: the driver the object belongs to.
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource_version: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceSlice {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: Meta,
+    pub spec: SliceSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SliceSpec {
+    pub driver: String,
+    pub pool: Pool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<NodeSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_nodes: Option<bool>,
+    #[serde(default)]
+    pub devices: Vec<SliceDevice>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pool {
+    pub name: String,
+    #[serde(default)]
+    pub generation: i64,
+    #[serde(default)]
+    pub resource_slice_count: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSelector {
+    pub node_selector_terms: Vec<NodeSelectorTerm>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSelectorTerm {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<Requirement>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_fields: Vec<Requirement>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliceDevice {
+    pub name: String,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, Attribute>,
+}
+
+/// A device attribute: exactly one of its fields is set (spookd writes strings).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribute {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub string: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bool: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceClass {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: Meta,
+    pub spec: ClassSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassSpec {
+    #[serde(default)]
+    pub selectors: Vec<Selector>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selector {
+    pub cel: Cel,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cel {
+    pub expression: String,
+}
+
+/// A list as the API answers it.
+#[derive(Debug, Deserialize)]
+pub struct List<T> {
+    #[serde(default = "Vec::new")]
+    pub items: Vec<T>,
+}
+
+/// The labels of every object of `driver`.
+pub fn labels(driver: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+        (INSTANCE_LABEL.to_owned(), driver.to_owned()),
+    ])
+}
+
+/// The name of slice number `n` of `driver`'s pool.
+pub fn slice_name(driver: &str, n: usize) -> String {
+    format!("{driver}-{n}")
+}
+
+/// The node selector of a host set: exactly those node names. (Always a selector, even for one
+/// host: the kubelet deletes the slices naming its node in `nodeName` when our plugin goes away,
+/// and these are the publisher's.)
+fn selector(hosts: &[NodeName]) -> NodeSelector {
+    NodeSelector {
+        node_selector_terms: vec![NodeSelectorTerm {
+            match_expressions: Vec::new(),
+            match_fields: vec![Requirement {
+                key: "metadata.name".to_owned(),
+                operator: "In".to_owned(),
+                values: hosts.iter().map(|h| h.to_string()).collect(),
+            }],
+        }],
+    }
+}
+
+fn device(d: &DraDevice) -> SliceDevice {
+    SliceDevice {
+        name: d.name.clone(),
+        attributes: (d.attributes.iter())
+            .map(|(k, v)| {
+                let value = Attribute {
+                    string: Some(v.clone()),
+                    ..Attribute::default()
+                };
+                (k.clone(), value)
+            })
+            .collect(),
+    }
+}
+
+/// The pool's slices at `generation`: devices grouped by host set (sets in order, devices by
+/// name), at most [`MAX_SLICE_DEVICES`] a slice, named `<driver>-<n>`.
+pub fn slices(driver: &str, inventory: &Inventory, generation: i64) -> Vec<ResourceSlice> {
+    let mut groups: BTreeMap<&Arc<[NodeName]>, Vec<&DraDevice>> = BTreeMap::new();
+    for d in inventory.devices() {
+        groups.entry(&d.hosts).or_default().push(d);
+    }
+    let chunks: Vec<(&Arc<[NodeName]>, &[&DraDevice])> = groups
+        .iter()
+        .flat_map(|(hosts, devices)| devices.chunks(MAX_SLICE_DEVICES).map(move |c| (*hosts, c)))
+        .collect();
+    let count = chunks.len() as i64;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(n, (hosts, devices))| ResourceSlice {
+            api_version: API_VERSION.to_owned(),
+            kind: "ResourceSlice".to_owned(),
+            metadata: Meta {
+                name: slice_name(driver, n),
+                resource_version: String::new(),
+                labels: labels(driver),
+            },
+            spec: SliceSpec {
+                driver: driver.to_owned(),
+                pool: Pool {
+                    name: POOL.to_owned(),
+                    generation,
+                    resource_slice_count: count,
+                },
+                node_name: None,
+                node_selector: Some(selector(hosts)),
+                all_nodes: None,
+                devices: devices.iter().map(|d| device(d)).collect(),
+            },
+        })
+        .collect()
+}
+
+/// One DeviceClass per resource, selecting this driver's devices of that resource.
+pub fn classes(driver: &str, inventory: &Inventory) -> Vec<DeviceClass> {
+    (inventory.classes().iter())
+        .map(|(name, resource)| DeviceClass {
+            api_version: API_VERSION.to_owned(),
+            kind: "DeviceClass".to_owned(),
+            metadata: Meta {
+                name: name.clone(),
+                resource_version: String::new(),
+                labels: labels(driver),
+            },
+            spec: ClassSpec {
+                selectors: vec![Selector {
+                    // Driver names are DNS subdomains and resource names extended resource
+                    // names: neither holds a quote or a backslash.
+                    cel: Cel {
+                        expression: format!(
+                            "device.driver == \"{driver}\" && \
+                             device.attributes[\"{driver}\"].{RESOURCE_ATTRIBUTE} == \"{resource}\""
+                        ),
+                    },
+                }],
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn inventory(yaml: &str) -> Inventory {
+        Inventory::new(&Config::parse(yaml.as_bytes(), "t").unwrap(), "t").unwrap()
+    }
+
+    #[test]
+    fn devices_are_grouped_by_host_set_and_chunked() {
+        let mut yaml = String::from("deviceMapping:\n  - hosts: [b, a]\n    devices:\n");
+        for i in 0..130 {
+            yaml.push_str(&format!("      - {{resourceName: a.io/x, instanceID: '{i:03}'}}\n"));
+        }
+        yaml.push_str("  - hosts: [c]\n    devices:\n      - {resourceName: a.io/y, instanceID: '1', env: {IP: 10.0.0.1}}\n");
+        let slices = slices("d.io", &inventory(&yaml), 7);
+        let summary: Vec<(String, Vec<String>, usize, i64, i64)> = slices
+            .iter()
+            .map(|s| {
+                let values = s.spec.node_selector.as_ref().unwrap().node_selector_terms[0]
+                    .match_fields[0]
+                    .values
+                    .clone();
+                (
+                    s.metadata.name.clone(),
+                    values,
+                    s.spec.devices.len(),
+                    s.spec.pool.generation,
+                    s.spec.pool.resource_slice_count,
+                )
+            })
+            .collect();
+        let ab = vec!["a".to_owned(), "b".to_owned()];
+        assert_eq!(
+            summary,
+            [
+                ("d.io-0".to_owned(), ab.clone(), 128, 7, 3),
+                ("d.io-1".to_owned(), ab, 2, 7, 3),
+                ("d.io-2".to_owned(), vec!["c".to_owned()], 1, 7, 3),
+            ]
+        );
+        let y = &slices[2].spec.devices[0];
+        assert_eq!(y.name, "y-a-io-1");
+        assert_eq!(y.attributes["IP"].string.as_deref(), Some("10.0.0.1"));
+        assert_eq!(y.attributes["resourceName"].string.as_deref(), Some("a.io/y"));
+        // What is read back compares equal to what was written.
+        let text = serde_yaml::to_string(&slices[2]).unwrap();
+        let back: ResourceSlice = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back, slices[2]);
+    }
+
+    #[test]
+    fn one_class_per_resource() {
+        let classes = classes(
+            "d.io",
+            &inventory("deviceMapping:\n  - hosts: [a]\n    devices:\n      - {resourceName: skao.int/oscilloscope, instanceID: '1'}\n"),
+        );
+        assert_eq!(classes.len(), 1);
+        assert_eq!(classes[0].metadata.name, "oscilloscope.skao.int");
+        assert_eq!(
+            classes[0].spec.selectors[0].cel.expression,
+            "device.driver == \"d.io\" && device.attributes[\"d.io\"].resourceName == \"skao.int/oscilloscope\""
+        );
+    }
+}

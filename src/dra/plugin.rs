@@ -1,0 +1,567 @@
+//! The kubelet plugin (`spookd-dra-plugin`): on every node, the DRA service on
+//! `<plugins>/<driver>/dra.sock` and the registration service on
+//! `<plugins_registry>/<driver>-reg.sock`, which the kubelet's plugin watcher finds and dials.
+//!
+//! gRPC handlers never block: they queue a job here (a full queue is RESOURCE_EXHAUSTED) and
+//! answer when it is done. For each claim of a NodePrepareResources the thread reads the
+//! ResourceClaim from the API, checks its UID, takes this driver's allocation results, asks the
+//! state thread for the claim's env ([`Msg::Prepare`]), writes the claim's CDI spec and answers
+//! its CDI device ID for each device. A claim that cannot be prepared gets its error in its own
+//! entry; the others are prepared. A claim whose spec is already written keeps it (a repeated
+//! call answers the same; the env of a claim's containers does not change under them).
+//! NodeUnprepareResources removes the spec; a claim without one is already unprepared.
+//!
+//! The sockets are checked every [`SOCKET_CHECK`]: one that was deleted is bound again, and the
+//! kubelet's plugin watcher registers it anew.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use futures_channel::oneshot;
+use futures_util::FutureExt as _;
+use grpcio::{
+    Environment, RpcContext, RpcStatus, RpcStatusCode, ServerBuilder, ServerCredentials, UnarySink,
+};
+use log::{info, warn};
+
+use crate::config::{is_dns_label, is_dns_subdomain};
+use crate::dra::api::Claims;
+use crate::dra::cdi::{valid_uid, CdiDir};
+use crate::dra::objects::POOL;
+use crate::dra::proto::{
+    self, Claim, InfoRequest, NodePrepareResourceResponse, NodePrepareResourcesRequest,
+    NodePrepareResourcesResponse, NodeUnprepareResourceResponse, NodeUnprepareResourcesRequest,
+    NodeUnprepareResourcesResponse, PluginInfo, RegistrationStatus, RegistrationStatusResponse,
+    Version,
+};
+use crate::kubelet::plugin::bind_cause;
+use crate::state::msg::{ClaimDevices, DraEvent, Msg};
+use crate::worker::Worker;
+
+/// How often the sockets are checked for having been deleted.
+pub const SOCKET_CHECK: Duration = Duration::from_secs(10);
+/// Calls queued at most; more are refused until the queue drains.
+const QUEUE: usize = 64;
+/// Most claims one call prepares; the rest get an error in their entry (the kubelet retries).
+pub const MAX_CLAIMS: usize = 64;
+/// Longest wait for the state thread's answer.
+const STATE_WAIT: Duration = Duration::from_secs(10);
+/// Calls a server keeps pre-posted (the kubelet makes one at a time).
+const REQUEST_SLOTS: usize = 4;
+
+/// The socket file names.
+pub const DRA_SOCKET: &str = "dra.sock";
+
+/// Where the plugin's sockets go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sockets {
+    /// `<plugins>/<driver>/dra.sock`
+    pub dra: PathBuf,
+    /// `<plugins_registry>/<driver>-reg.sock`
+    pub registration: PathBuf,
+}
+
+impl Sockets {
+    pub fn new(plugins_dir: &Path, registry_dir: &Path, driver: &str) -> Sockets {
+        Sockets {
+            dra: plugins_dir.join(driver).join(DRA_SOCKET),
+            registration: registry_dir.join(format!("{driver}-reg.sock")),
+        }
+    }
+}
+
+/// Why a socket could not be served.
+#[derive(Debug)]
+pub enum SocketError {
+    Build(grpcio::Error),
+    Dir {
+        path: PathBuf,
+        source: io::Error,
+    },
+    Bind {
+        path: PathBuf,
+        source: grpcio::Error,
+        cause: Option<io::Error>,
+    },
+}
+
+impl fmt::Display for SocketError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SocketError::Build(e) => write!(f, "cannot build a gRPC server: {e}"),
+            SocketError::Dir { path, source } => {
+                write!(f, "cannot create {}: {source}", path.display())
+            }
+            SocketError::Bind {
+                path,
+                cause: Some(cause),
+                ..
+            } => write!(f, "cannot listen on {}: {cause}", path.display()),
+            SocketError::Bind { path, source, .. } => {
+                write!(f, "cannot listen on {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for SocketError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SocketError::Build(e) | SocketError::Bind { source: e, .. } => Some(e),
+            SocketError::Dir { source, .. } => Some(source),
+        }
+    }
+}
+
+/// A served socket; dropping it removes the socket first, then stops the server.
+struct Bound {
+    path: PathBuf,
+    _server: grpcio::Server,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn bind(grpc: &Arc<Environment>, service: grpcio::Service, path: &Path) -> Result<Bound, SocketError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|source| SocketError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    // Ours (the caller holds the plugin dir's lock): a socket left by a dead spookd goes.
+    let _ = fs::remove_file(path);
+    let mut server = ServerBuilder::new(grpc.clone())
+        .register_service(service)
+        .requests_slot_per_cq(REQUEST_SLOTS)
+        .build()
+        .map_err(SocketError::Build)?;
+    server
+        .add_listening_port(format!("unix:{}", path.display()), ServerCredentials::insecure())
+        .map_err(|source| SocketError::Bind {
+            path: path.to_owned(),
+            source,
+            cause: bind_cause(path),
+        })?;
+    let bound = Bound {
+        path: path.to_owned(),
+        _server: server,
+    };
+    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o600));
+    let mut bound = bound;
+    bound._server.start();
+    Ok(bound)
+}
+
+enum Job {
+    Prepare {
+        claims: Vec<Claim>,
+        reply: oneshot::Sender<NodePrepareResourcesResponse>,
+    },
+    Unprepare {
+        claims: Vec<Claim>,
+        reply: oneshot::Sender<NodeUnprepareResourcesResponse>,
+    },
+}
+
+#[derive(Clone)]
+struct DraService {
+    jobs: Sender<Job>,
+}
+
+fn refused<T>(e: &TrySendError<T>) -> RpcStatus {
+    match e {
+        TrySendError::Full(_) => RpcStatus::with_message(
+            RpcStatusCode::RESOURCE_EXHAUSTED,
+            format!("{QUEUE} calls are queued already; retry"),
+        ),
+        TrySendError::Disconnected(_) => stopping(),
+    }
+}
+
+fn stopping() -> RpcStatus {
+    RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, "spookd is stopping".to_owned())
+}
+
+impl proto::DraPlugin for DraService {
+    fn prepare(
+        &mut self,
+        ctx: RpcContext<'_>,
+        _version: Version,
+        req: NodePrepareResourcesRequest,
+        sink: UnarySink<NodePrepareResourcesResponse>,
+    ) {
+        let (reply, answer) = oneshot::channel();
+        if let Err(e) = self.jobs.try_send(Job::Prepare {
+            claims: req.claims,
+            reply,
+        }) {
+            ctx.spawn(sink.fail(refused(&e)).map(|_| ()));
+            return;
+        }
+        ctx.spawn(async move {
+            let _ = match answer.await {
+                Ok(resp) => sink.success(resp).await,
+                Err(_) => sink.fail(stopping()).await,
+            };
+        });
+    }
+
+    fn unprepare(
+        &mut self,
+        ctx: RpcContext<'_>,
+        _version: Version,
+        req: NodeUnprepareResourcesRequest,
+        sink: UnarySink<NodeUnprepareResourcesResponse>,
+    ) {
+        let (reply, answer) = oneshot::channel();
+        if let Err(e) = self.jobs.try_send(Job::Unprepare {
+            claims: req.claims,
+            reply,
+        }) {
+            ctx.spawn(sink.fail(refused(&e)).map(|_| ()));
+            return;
+        }
+        ctx.spawn(async move {
+            let _ = match answer.await {
+                Ok(resp) => sink.success(resp).await,
+                Err(_) => sink.fail(stopping()).await,
+            };
+        });
+    }
+}
+
+#[derive(Clone)]
+struct RegistrationService {
+    info: PluginInfo,
+    state: Sender<Msg>,
+}
+
+impl proto::Registration for RegistrationService {
+    fn get_info(&mut self, ctx: RpcContext<'_>, _req: InfoRequest, sink: UnarySink<PluginInfo>) {
+        ctx.spawn(sink.success(self.info.clone()).map(|_| ()));
+    }
+
+    fn notify_registration_status(
+        &mut self,
+        ctx: RpcContext<'_>,
+        req: RegistrationStatus,
+        sink: UnarySink<RegistrationStatusResponse>,
+    ) {
+        if req.plugin_registered {
+            info!("the kubelet registered DRA driver {}", self.info.name);
+        } else {
+            // The kubelet's own words: what it could not accept.
+            warn!(
+                "the kubelet refused DRA driver {}: {}",
+                self.info.name,
+                req.error.escape_debug()
+            );
+        }
+        let _ = self
+            .state
+            .send(Msg::Dra(DraEvent::Registered(req.plugin_registered)));
+        ctx.spawn(sink.success(RegistrationStatusResponse::new()).map(|_| ()));
+    }
+}
+
+/// What the plugin thread works with.
+pub struct PluginContext {
+    pub driver: String,
+    pub sockets: Sockets,
+    pub cdi: CdiDir,
+    pub claims: Box<dyn Claims + Send>,
+    pub state: Sender<Msg>,
+}
+
+/// Handle of the kubelet plugin; dropping it removes its sockets and stops it.
+pub struct KubeletPlugin {
+    // Dropped first: the thread sees it disconnect and stops.
+    _stop: Sender<()>,
+    _worker: Worker,
+}
+
+struct Served {
+    grpc: Arc<Environment>,
+    jobs: Sender<Job>,
+    info: PluginInfo,
+    state: Sender<Msg>,
+    // Registration first: it drops (and its socket goes) before the DRA socket.
+    registration: Option<Bound>,
+    dra: Option<Bound>,
+}
+
+impl Served {
+    fn bind_dra(&self, path: &Path) -> Result<Bound, SocketError> {
+        let service = proto::create_dra_plugin(DraService {
+            jobs: self.jobs.clone(),
+        });
+        bind(&self.grpc, service, path)
+    }
+
+    fn bind_registration(&self, path: &Path) -> Result<Bound, SocketError> {
+        let service = proto::create_registration(RegistrationService {
+            info: self.info.clone(),
+            state: self.state.clone(),
+        });
+        bind(&self.grpc, service, path)
+    }
+
+    /// Binds again a socket that was deleted (the DRA one first: registration points at it).
+    fn repair(&mut self, sockets: &Sockets) {
+        let gone = |b: &Option<Bound>, p: &Path| b.is_none() || fs::symlink_metadata(p).is_err();
+        if gone(&self.dra, &sockets.dra) {
+            warn!("{} is gone; serving it again", sockets.dra.display());
+            self.dra = None;
+            match self.bind_dra(&sockets.dra) {
+                Ok(b) => self.dra = Some(b),
+                Err(e) => warn!("{e}"),
+            }
+        }
+        if gone(&self.registration, &sockets.registration) {
+            warn!("{} is gone; serving it again", sockets.registration.display());
+            self.registration = None;
+            match self.bind_registration(&sockets.registration) {
+                Ok(b) => self.registration = Some(b),
+                Err(e) => warn!("{e}"),
+            }
+        }
+    }
+}
+
+impl KubeletPlugin {
+    /// Binds both sockets (an error here is a start-up error) and starts the plugin thread.
+    pub fn spawn(grpc: Arc<Environment>, ctx: PluginContext) -> Result<KubeletPlugin, SocketError> {
+        let (jobs, rx) = crossbeam_channel::bounded(QUEUE);
+        let mut info = PluginInfo::new();
+        info.type_ = proto::PLUGIN_TYPE.to_owned();
+        info.name = ctx.driver.clone();
+        info.endpoint = ctx.sockets.dra.display().to_string();
+        info.supported_versions = vec![proto::V1.to_owned(), proto::V1BETA1.to_owned()];
+        let mut served = Served {
+            grpc,
+            jobs: jobs.clone(),
+            info,
+            state: ctx.state.clone(),
+            registration: None,
+            dra: None,
+        };
+        served.dra = Some(served.bind_dra(&ctx.sockets.dra)?);
+        served.registration = Some(served.bind_registration(&ctx.sockets.registration)?);
+        info!(
+            "DRA driver {}: serving {} (registration {})",
+            ctx.driver,
+            ctx.sockets.dra.display(),
+            ctx.sockets.registration.display()
+        );
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let worker = Worker::spawn("spookd-dra-plugin", move || run(ctx, served, &rx, &stopped))
+            .map_err(|source| SocketError::Dir {
+                path: PathBuf::from("(thread)"),
+                source,
+            })?
+            // It may be in an API call (30 s at most): the process is exiting anyway.
+            .stop_wait(Duration::from_millis(300));
+        Ok(KubeletPlugin {
+            _stop: stop,
+            _worker: worker,
+        })
+    }
+}
+
+fn run(mut ctx: PluginContext, mut served: Served, jobs: &Receiver<Job>, stop: &Receiver<()>) {
+    loop {
+        crossbeam_channel::select! {
+            recv(jobs) -> job => match job {
+                Ok(Job::Prepare { claims, reply }) => {
+                    let _ = reply.send(prepare(&mut ctx, &claims));
+                }
+                Ok(Job::Unprepare { claims, reply }) => {
+                    let _ = reply.send(unprepare(&ctx, &claims));
+                }
+                Err(_) => break,
+            },
+            recv(stop) -> _ => break,
+            default(SOCKET_CHECK) => served.repair(&ctx.sockets),
+        }
+    }
+    drop(served);
+    info!("DRA plugin stopped; sockets removed (prepared claims' CDI specs stay)");
+}
+
+/// Checks a claim's identity as the kubelet sent it: it becomes a URL and a file name.
+fn check_claim(claim: &Claim) -> Result<(), String> {
+    if !valid_uid(&claim.uid) {
+        return Err(format!("claim UID {:?} is not a Kubernetes UID", claim.uid));
+    }
+    if !is_dns_label(&claim.namespace) {
+        return Err(format!("namespace {:?} is not a DNS label", claim.namespace));
+    }
+    if !is_dns_subdomain(&claim.name) || claim.name.is_empty() {
+        return Err(format!("claim name {:?} is not a DNS subdomain", claim.name));
+    }
+    Ok(())
+}
+
+/// One claim's allocation results of this driver: (request, device) pairs.
+fn results(ctx: &mut PluginContext, claim: &Claim) -> Result<Vec<(String, String)>, String> {
+    check_claim(claim)?;
+    let what = format!("ResourceClaim {}/{}", claim.namespace, claim.name);
+    let found = ctx
+        .claims
+        .get(&claim.namespace, &claim.name)
+        .map_err(|e| format!("cannot read {what}: {e}"))?
+        .ok_or_else(|| format!("{what} does not exist"))?;
+    if found.metadata.uid != claim.uid {
+        return Err(format!(
+            "{what} has UID {}, not {} (deleted and created again?)",
+            found.metadata.uid, claim.uid
+        ));
+    }
+    let allocation = found
+        .status
+        .allocation
+        .ok_or_else(|| format!("{what} is not allocated"))?;
+    let mut out = Vec::new();
+    for r in allocation.devices.results {
+        if r.driver != ctx.driver {
+            continue;
+        }
+        if r.pool != POOL {
+            return Err(format!(
+                "{what} was given device {} of pool {:?}; driver {} publishes only pool {POOL}",
+                r.device, r.pool, ctx.driver
+            ));
+        }
+        out.push((r.request, r.device));
+    }
+    Ok(out)
+}
+
+fn error(e: String) -> NodePrepareResourceResponse {
+    let mut r = NodePrepareResourceResponse::new();
+    r.error = e;
+    r
+}
+
+fn prepare(ctx: &mut PluginContext, claims: &[Claim]) -> NodePrepareResourcesResponse {
+    let mut answers: BTreeMap<String, NodePrepareResourceResponse> = BTreeMap::new();
+    // Claims read and allocated, waiting for their env: (uid, results).
+    let mut ready: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for (n, claim) in claims.iter().enumerate() {
+        if answers.contains_key(&claim.uid) || ready.iter().any(|(u, _)| *u == claim.uid) {
+            continue;
+        }
+        if n >= MAX_CLAIMS {
+            answers.insert(
+                claim.uid.clone(),
+                error(format!("more than {MAX_CLAIMS} claims in one call; asked again later")),
+            );
+            continue;
+        }
+        match results(ctx, claim) {
+            Ok(r) => ready.push((claim.uid.clone(), r)),
+            Err(e) => {
+                warn!("cannot prepare claim {}: {e}", claim.uid.escape_debug());
+                answers.insert(claim.uid.clone(), error(e));
+            }
+        }
+    }
+    let envs = ask_env(&ctx.state, &ready);
+    for ((uid, results), env) in ready.into_iter().zip(envs) {
+        let written = env.and_then(|env| {
+            if ctx.cdi.has(&uid) {
+                return Ok(());
+            }
+            ctx.cdi.write(&uid, &env).map_err(|e| e.to_string())
+        });
+        let answer = match written {
+            Ok(()) => {
+                let mut r = NodePrepareResourceResponse::new();
+                r.devices = results
+                    .into_iter()
+                    .map(|(request, device)| {
+                        let mut d = proto::Device::new();
+                        d.request_names = vec![request];
+                        d.pool_name = POOL.to_owned();
+                        d.device_name = device;
+                        d.cdi_device_ids = vec![ctx.cdi.device_id(&uid)];
+                        d
+                    })
+                    .collect();
+                r
+            }
+            Err(e) => {
+                warn!("cannot prepare claim {uid}: {e}");
+                error(e)
+            }
+        };
+        answers.insert(uid, answer);
+    }
+    let failed = answers.values().filter(|a| !a.error.is_empty()).count() as u64;
+    let _ = ctx.state.send(Msg::Dra(DraEvent::Claims {
+        ok: answers.len() as u64 - failed,
+        failed,
+    }));
+    let mut resp = NodePrepareResourcesResponse::new();
+    resp.claims = answers.into_iter().collect();
+    resp
+}
+
+/// The state thread's env for each ready claim (an error for each if it does not answer).
+fn ask_env(
+    state: &Sender<Msg>,
+    ready: &[(String, Vec<(String, String)>)],
+) -> Vec<Result<BTreeMap<String, String>, String>> {
+    if ready.is_empty() {
+        return Vec::new();
+    }
+    let claims = ready
+        .iter()
+        .map(|(uid, results)| ClaimDevices {
+            uid: uid.clone(),
+            devices: results.iter().map(|(_, d)| d.clone()).collect(),
+        })
+        .collect();
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    let asked = state.send(Msg::Prepare { claims, reply }).is_ok();
+    match answer.recv_timeout(STATE_WAIT).ok().filter(|_| asked) {
+        Some(envs) if envs.len() == ready.len() => envs
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect(),
+        _ => ready
+            .iter()
+            .map(|_| Err("spookd's state thread did not answer; retry".to_owned()))
+            .collect(),
+    }
+}
+
+fn unprepare(ctx: &PluginContext, claims: &[Claim]) -> NodeUnprepareResourcesResponse {
+    let mut answers: BTreeMap<String, NodeUnprepareResourceResponse> = BTreeMap::new();
+    for claim in claims {
+        let mut r = NodeUnprepareResourceResponse::new();
+        if let Err(e) = ctx.cdi.remove(&claim.uid) {
+            r.error = e.to_string();
+        }
+        answers.insert(claim.uid.clone(), r);
+    }
+    let failed = answers.values().filter(|a| !a.error.is_empty()).count() as u64;
+    let _ = ctx.state.send(Msg::Dra(DraEvent::Claims {
+        ok: answers.len() as u64 - failed,
+        failed,
+    }));
+    let mut resp = NodeUnprepareResourcesResponse::new();
+    resp.claims = answers.into_iter().collect();
+    resp
+}

@@ -1,0 +1,532 @@
+//! The publisher (`spookd-dra-publish`): on every node, it competes for the driver's leader Lease;
+//! the node holding it publishes the pool (ResourceSlices) and the DeviceClasses of the last good
+//! config, and only it. So one `spookd --dra` DaemonSet both serves each kubelet and publishes,
+//! with nothing else to deploy.
+//!
+//! - **Leadership** is the Lease protocol of [`crate::leases::protocol`] (optimistic concurrency,
+//!   expiry judged by our own clock): a follower tries every eighth of the duration, the leader
+//!   renews every third and counts itself leader until the start of its last renewal plus the
+//!   duration minus a tenth; a failed renewal past that is leadership lost. At a stop the leader
+//!   releases the Lease, so another takes over at its next try.
+//! - **Publishing** ([`reconcile`]) lists the driver's slices and compares them with what the
+//!   inventory gives at their generation: equal, nothing is written. Otherwise every slice is
+//!   written at the next generation (the scheduler ignores a pool's older generations), then
+//!   slices no longer wanted are deleted. Writes name the version read, so two publishers racing
+//!   (a leader that lost its Lease while a call hung) cannot both win. DeviceClasses are
+//!   compared and written the same way, without generations.
+//! - It publishes on leadership won, on each new inventory, after a failure (with the backoff),
+//!   and every [`RESYNC`] in case someone edited or deleted what it wrote.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use log::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::clock::later;
+use crate::config::dra::Inventory;
+use crate::dra::api::{Object, Objects};
+use crate::dra::objects::{self, DeviceClass, ResourceSlice, POOL};
+use crate::kube::client::ApiError;
+use crate::leases::protocol::{self, Acquired, Lease, LeaseApi, Observations};
+use crate::state::msg::{DraEvent, Msg};
+use crate::worker::Worker;
+
+/// How often the leader re-reads its objects and repairs them.
+pub const RESYNC: Duration = Duration::from_secs(60);
+/// Retries of a failed publish.
+const RETRY: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(30));
+
+/// The leader Lease's name for `driver`: `spookd-dra-<driver>` with dots as dashes, cut to a DNS
+/// label with a hash when longer.
+pub fn leader_lease_name(driver: &str) -> String {
+    let name = format!("spookd-dra-{}", driver.replace('.', "-"));
+    if name.len() <= 63 {
+        return name;
+    }
+    let hash = crate::config::stable_hash(&[driver.as_bytes()]);
+    let mut cut: String = name.chars().take(54).collect();
+    while cut.ends_with('-') {
+        cut.pop();
+    }
+    format!("{cut}-{:08x}", hash as u32)
+}
+
+/// Holding the leader Lease.
+pub struct Leadership {
+    name: String,
+    me: String,
+    duration: Duration,
+    seen: Observations,
+    held: Option<Lease>,
+    /// Leader until then (the start of the last renewal, plus the duration, minus a margin).
+    until: Instant,
+}
+
+impl Leadership {
+    pub fn new(name: String, me: String, duration: Duration, now: Instant) -> Self {
+        Leadership {
+            name,
+            me,
+            duration,
+            seen: Observations::default(),
+            held: None,
+            until: now,
+        }
+    }
+
+    pub fn is_leader(&self, now: Instant) -> bool {
+        self.held.is_some() && now < self.until
+    }
+
+    /// Tries to take or renew the Lease; returns when to try next.
+    pub fn step(&mut self, api: &mut dyn LeaseApi, now: Instant) -> Instant {
+        let valid = later(now, self.duration.saturating_sub(self.duration / 10));
+        match self.held.take() {
+            Some(held) => match protocol::renew(api, &held, &self.me) {
+                Ok(Some(lease)) => {
+                    self.held = Some(lease);
+                    self.until = valid;
+                }
+                Ok(None) => warn!("leader Lease {} was taken over; not publishing", self.name),
+                Err(e) if now < self.until => {
+                    warn!("cannot renew the leader Lease {}: {e}; retrying", self.name);
+                    self.held = Some(held);
+                }
+                Err(e) => warn!(
+                    "cannot renew the leader Lease {}: {e}; it has run out, not publishing",
+                    self.name
+                ),
+            },
+            None => {
+                match protocol::acquire(
+                    api,
+                    &mut self.seen,
+                    &self.name,
+                    &self.me,
+                    self.duration,
+                    now,
+                ) {
+                    Ok(Acquired::Won(lease)) => {
+                        self.held = Some(lease);
+                        self.until = valid;
+                    }
+                    Ok(Acquired::HeldBy(holder)) => debug!("{holder} publishes"),
+                    Err(e) => debug!("cannot read the leader Lease {}: {e}", self.name),
+                }
+            }
+        }
+        let every = if self.held.is_some() { 3 } else { 8 };
+        later(now, (self.duration / every).max(Duration::from_millis(50)))
+    }
+
+    /// Gives the Lease up (at a stop), so another node takes over at once.
+    pub fn release(&mut self, api: &mut dyn LeaseApi) {
+        if let Some(held) = self.held.take() {
+            match protocol::release(api, &held, &self.me) {
+                Ok(()) => info!("released the leader Lease {}", self.name),
+                Err(e) => warn!("cannot release the leader Lease {}: {e}", self.name),
+            }
+        }
+    }
+}
+
+/// What a publish found or did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub generation: i64,
+    pub slices: usize,
+    pub devices: usize,
+    /// Whether anything was written or deleted.
+    pub changed: bool,
+}
+
+/// Makes the driver's slices and classes what `inventory` gives (see the module doc).
+pub fn reconcile(
+    slices: &mut dyn Objects<ResourceSlice>,
+    classes: &mut dyn Objects<DeviceClass>,
+    driver: &str,
+    inventory: &Inventory,
+) -> Result<Published, ApiError> {
+    let mut changed = reconcile_classes(classes, driver, inventory)?;
+    let observed: Vec<ResourceSlice> = slices
+        .list()?
+        .into_iter()
+        .filter(|s| s.spec.driver == driver)
+        .collect();
+    let current = observed
+        .iter()
+        .filter(|s| s.spec.pool.name == POOL)
+        .map(|s| s.spec.pool.generation)
+        .max()
+        .unwrap_or(0);
+    let same = |want: &[ResourceSlice]| {
+        observed.len() == want.len()
+            && want.iter().all(|w| {
+                observed.iter().any(|o| {
+                    o.metadata.name == w.metadata.name
+                        && o.spec == w.spec
+                        && w.metadata.labels.iter().all(|(k, v)| o.metadata.labels.get(k) == Some(v))
+                })
+            })
+    };
+    let mut generation = current;
+    let mut want = objects::slices(driver, inventory, current);
+    if !same(&want) {
+        // A hostile or broken server's i64::MAX must not overflow.
+        generation = current.saturating_add(1);
+        want = objects::slices(driver, inventory, generation);
+        for slice in &mut want {
+            match observed.iter().find(|o| o.metadata.name == slice.metadata.name) {
+                Some(old) => {
+                    slice.metadata.resource_version = old.metadata.resource_version.clone();
+                    slices.replace(slice)?;
+                }
+                None => slices.create(slice)?,
+            }
+        }
+        for old in &observed {
+            if !want.iter().any(|w| w.metadata.name == old.metadata.name) {
+                slices.delete(old.name(), old.version())?;
+            }
+        }
+        changed = true;
+    }
+    Ok(Published {
+        generation,
+        slices: want.len(),
+        devices: inventory.devices().len(),
+        changed,
+    })
+}
+
+fn reconcile_classes(
+    api: &mut dyn Objects<DeviceClass>,
+    driver: &str,
+    inventory: &Inventory,
+) -> Result<bool, ApiError> {
+    let observed = api.list()?;
+    let want = objects::classes(driver, inventory);
+    let mut changed = false;
+    for class in &want {
+        match observed.iter().find(|o| o.metadata.name == class.metadata.name) {
+            Some(old) if old.spec == class.spec => {}
+            Some(old) => {
+                let mut class = class.clone();
+                class.metadata.resource_version = old.metadata.resource_version.clone();
+                api.replace(&class)?;
+                changed = true;
+            }
+            None => match api.create(class) {
+                Ok(()) => changed = true,
+                // Someone else's class of that name (not labelled ours): theirs to keep.
+                Err(e) if e.status() == Some(409) => warn!(
+                    "a DeviceClass {} exists that spookd did not make; leaving it as it is",
+                    class.metadata.name
+                ),
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    for old in &observed {
+        if !want.iter().any(|w| w.metadata.name == old.metadata.name) {
+            api.delete(old.name(), old.version())?;
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
+enum Cmd {
+    Publish(Arc<Inventory>),
+}
+
+/// The API calls the publisher makes.
+pub struct PublisherApi {
+    pub leases: Box<dyn LeaseApi + Send>,
+    pub slices: Box<dyn Objects<ResourceSlice> + Send>,
+    pub classes: Box<dyn Objects<DeviceClass> + Send>,
+}
+
+/// Handle of the publisher thread; dropping it releases the Lease and stops the thread.
+pub struct Publisher {
+    tx: Sender<Cmd>,
+    _worker: Worker,
+}
+
+impl Publisher {
+    pub fn spawn(
+        api: PublisherApi,
+        driver: String,
+        leadership: Leadership,
+        state: Sender<Msg>,
+    ) -> std::io::Result<Publisher> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let worker = Worker::spawn("spookd-dra-publish", move || {
+            run(api, &driver, leadership, &rx, &state)
+        })?
+        // At a stop it may be in an API call (up to 30 s): the process is exiting anyway.
+        .stop_wait(Duration::from_millis(300));
+        Ok(Publisher {
+            tx,
+            _worker: worker,
+        })
+    }
+
+    /// Publishes `inventory` (when this node leads).
+    pub fn publish(&self, inventory: Arc<Inventory>) {
+        let _ = self.tx.send(Cmd::Publish(inventory));
+    }
+}
+
+fn run(
+    mut api: PublisherApi,
+    driver: &str,
+    mut leadership: Leadership,
+    rx: &Receiver<Cmd>,
+    state: &Sender<Msg>,
+) {
+    let mut inventory: Option<Arc<Inventory>> = None;
+    let mut backoff = Backoff::new(RETRY);
+    let now = Instant::now();
+    let mut next_lease = now;
+    let mut next_publish = now;
+    let mut leader = false;
+    let mut failing = false;
+    loop {
+        let mut deadline = next_lease;
+        if leader && inventory.is_some() {
+            deadline = deadline.min(next_publish);
+        }
+        match rx.recv_deadline(deadline) {
+            Ok(Cmd::Publish(new)) => {
+                inventory = Some(new);
+                next_publish = Instant::now();
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        let now = Instant::now();
+        if now >= next_lease {
+            next_lease = leadership.step(api.leases.as_mut(), now);
+        }
+        let now = Instant::now();
+        if leadership.is_leader(now) != leader {
+            leader = !leader;
+            if leader {
+                info!("this node leads: publishing driver {driver}'s devices");
+                next_publish = now;
+            } else {
+                info!("this node no longer leads: another publishes");
+            }
+            let _ = state.send(Msg::Dra(DraEvent::Leader(leader)));
+        }
+        let Some(inv) = inventory.as_deref().filter(|_| leader && now >= next_publish) else {
+            continue;
+        };
+        match reconcile(api.slices.as_mut(), api.classes.as_mut(), driver, inv) {
+            Ok(p) => {
+                if p.changed || failing {
+                    info!(
+                        "published {} devices in {} ResourceSlices, pool {POOL} generation {}",
+                        p.devices, p.slices, p.generation
+                    );
+                }
+                failing = false;
+                backoff.reset();
+                next_publish = later(Instant::now(), RESYNC);
+                let _ = state.send(Msg::Dra(DraEvent::Published {
+                    generation: p.generation,
+                    slices: p.slices,
+                    devices: p.devices,
+                }));
+            }
+            Err(e) => {
+                let wait = backoff.wait();
+                if !failing {
+                    warn!("cannot publish driver {driver}'s devices: {e}; retrying");
+                } else {
+                    debug!("publish failed again: {e}; retrying in {wait:?}");
+                }
+                failing = true;
+                next_publish = later(Instant::now(), wait);
+                let _ = state.send(Msg::Dra(DraEvent::PublishFailed));
+            }
+        }
+    }
+    leadership.release(api.leases.as_mut());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::collections::BTreeMap;
+
+    /// Objects in memory with the server's optimistic concurrency; counts writes.
+    struct Memory<T> {
+        objects: BTreeMap<String, (u64, T)>,
+        version: u64,
+        writes: usize,
+    }
+
+    impl<T> Default for Memory<T> {
+        fn default() -> Self {
+            Memory {
+                objects: BTreeMap::new(),
+                version: 0,
+                writes: 0,
+            }
+        }
+    }
+
+    fn status(code: u16) -> ApiError {
+        ApiError::Status {
+            url: "memory".into(),
+            code,
+            retry_after: None,
+            body: String::new(),
+        }
+    }
+
+    trait Versioned: Clone {
+        fn set_version(&mut self, v: String);
+    }
+    impl Versioned for ResourceSlice {
+        fn set_version(&mut self, v: String) {
+            self.metadata.resource_version = v;
+        }
+    }
+    impl Versioned for DeviceClass {
+        fn set_version(&mut self, v: String) {
+            self.metadata.resource_version = v;
+        }
+    }
+
+    impl<T: Object + Versioned> Objects<T> for Memory<T> {
+        fn list(&mut self) -> Result<Vec<T>, ApiError> {
+            Ok(self.objects.values().map(|(_, o)| o.clone()).collect())
+        }
+        fn create(&mut self, o: &T) -> Result<(), ApiError> {
+            if self.objects.contains_key(o.name()) {
+                return Err(status(409));
+            }
+            self.version += 1;
+            self.writes += 1;
+            let mut o = o.clone();
+            o.set_version(self.version.to_string());
+            self.objects.insert(o.name().to_owned(), (self.version, o));
+            Ok(())
+        }
+        fn replace(&mut self, o: &T) -> Result<(), ApiError> {
+            match self.objects.get(o.name()) {
+                None => return Err(status(404)),
+                Some((v, _)) if v.to_string() != o.version() => return Err(status(409)),
+                _ => {}
+            }
+            self.version += 1;
+            self.writes += 1;
+            let mut o = o.clone();
+            o.set_version(self.version.to_string());
+            self.objects.insert(o.name().to_owned(), (self.version, o));
+            Ok(())
+        }
+        fn delete(&mut self, name: &str, version: &str) -> Result<(), ApiError> {
+            match self.objects.get(name) {
+                None => Ok(()),
+                Some((v, _)) if v.to_string() != version => Err(status(409)),
+                _ => {
+                    self.writes += 1;
+                    self.objects.remove(name);
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn inventory(yaml: &str) -> Inventory {
+        Inventory::new(&Config::parse(yaml.as_bytes(), "t").unwrap(), "t").unwrap()
+    }
+
+    const TWO_SETS: &str = "deviceMapping:
+  - hosts: [a, b]
+    devices:
+      - {resourceName: a.io/x, instanceID: '1'}
+      - {resourceName: a.io/x, instanceID: '2'}
+  - hosts: [c]
+    devices:
+      - {resourceName: a.io/y, instanceID: '1'}
+";
+
+    #[test]
+    fn publishes_once_then_only_what_changed() {
+        let (mut slices, mut classes) = (Memory::default(), Memory::default());
+        let inv = inventory(TWO_SETS);
+        let p = reconcile(&mut slices, &mut classes, "d.io", &inv).unwrap();
+        assert_eq!((p.generation, p.slices, p.devices, p.changed), (1, 2, 3, true));
+        assert_eq!(slices.writes, 2);
+        assert_eq!(classes.writes, 2);
+        // Up to date: nothing written.
+        let p = reconcile(&mut slices, &mut classes, "d.io", &inv).unwrap();
+        assert_eq!((p.generation, p.changed), (1, false));
+        assert_eq!(slices.writes, 2);
+        // Device 2 moves to host c, resource a.io/y goes: generation 2, one slice, the other
+        // deleted, a.io/y's class deleted.
+        let moved = inventory(
+            "deviceMapping:
+  - hosts: [a, b]
+    devices:
+      - {resourceName: a.io/x, instanceID: '1'}
+  - hosts: [c]
+    devices:
+      - {resourceName: a.io/x, instanceID: '2'}
+",
+        );
+        let p = reconcile(&mut slices, &mut classes, "d.io", &moved).unwrap();
+        assert_eq!((p.generation, p.slices, p.changed), (2, 2, true));
+        let now: Vec<(String, i64, Vec<String>)> = slices
+            .objects
+            .values()
+            .map(|(_, s)| {
+                (
+                    s.metadata.name.clone(),
+                    s.spec.pool.generation,
+                    s.spec.devices.iter().map(|d| d.name.clone()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            now,
+            [
+                ("d.io-0".to_owned(), 2, vec!["x-a-io-1".to_owned()]),
+                ("d.io-1".to_owned(), 2, vec!["x-a-io-2".to_owned()]),
+            ]
+        );
+        let names: Vec<&String> = classes.objects.keys().collect();
+        assert_eq!(names, ["x.a.io"]);
+        // Someone deletes a slice: the next publish repairs it at a new generation.
+        slices.objects.remove("d.io-1");
+        let p = reconcile(&mut slices, &mut classes, "d.io", &moved).unwrap();
+        assert_eq!((p.generation, p.changed), (3, true));
+        assert_eq!(slices.objects.len(), 2);
+    }
+
+    #[test]
+    fn a_huge_generation_from_the_server_does_not_overflow() {
+        let (mut slices, mut classes) = (Memory::default(), Memory::default());
+        let inv = inventory(TWO_SETS);
+        let mut s = objects::slices("d.io", &inv, i64::MAX).remove(0);
+        s.spec.devices.clear();
+        slices.create(&s).unwrap();
+        let p = reconcile(&mut slices, &mut classes, "d.io", &inv).unwrap();
+        assert_eq!(p.generation, i64::MAX);
+    }
+
+    #[test]
+    fn lease_names_are_dns_labels() {
+        assert_eq!(leader_lease_name("spookd.dev"), "spookd-dra-spookd-dev");
+        let long = leader_lease_name(&format!("{}.io", "a".repeat(60)));
+        assert_eq!(long.len(), 63);
+    }
+}
