@@ -18,11 +18,18 @@ use signal_hook::consts::{
 use signal_hook::iterator::Signals;
 
 use crate::cli::{RunOptions, Source};
+use crate::config::dra::Inventory;
 use crate::config::ResourceName;
+use crate::dra::api::{HttpClaims, HttpObjects};
+use crate::dra::cdi::CdiDir;
+use crate::dra::plugin::{KubeletPlugin, PluginContext, Sockets};
+use crate::dra::publish::{leader_lease_name, Leadership, Publisher, PublisherApi};
+use crate::dra::DraOptions;
 use crate::health::Prober;
 use crate::kubelet::plugin::{self, PluginError, PluginServer};
 use crate::kubelet::registrar::{self, Registrar};
 use crate::kubelet::watcher::Watcher;
+use crate::leases::protocol::HttpLeaseApi;
 use crate::leases::LeaseKeeper;
 use crate::metrics::MetricsListener;
 use crate::prune::Pruner;
@@ -52,6 +59,8 @@ pub enum DaemonError {
         len: usize,
         max: usize,
     },
+    /// A socket's path is longer than a Unix socket's may be.
+    SocketPath { path: PathBuf, len: usize },
 }
 
 impl fmt::Display for DaemonError {
@@ -64,6 +73,12 @@ impl fmt::Display for DaemonError {
                  {max} (a Unix socket's path holds 107 bytes)",
                 dir.display()
             ),
+            DaemonError::SocketPath { path, len } => write!(
+                f,
+                "the socket path {} is {len} bytes long; a Unix socket's path holds at most \
+                 {MAX_SOCKET_PATH}",
+                path.display()
+            ),
         }
     }
 }
@@ -72,7 +87,7 @@ impl std::error::Error for DaemonError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             DaemonError::Startup { source, .. } => Some(source),
-            DaemonError::SocketDir { .. } => None,
+            DaemonError::SocketDir { .. } | DaemonError::SocketPath { .. } => None,
         }
     }
 }
@@ -162,6 +177,18 @@ const MAX_SOCKET_PATH: usize = 107;
 /// a server number of up to 20 digits + `.sock`.
 const LONGEST_SOCKET_NAME: usize = 7 + 24 + 1 + 8 + 1 + 20 + 5;
 
+/// Refuses a socket path longer than a Unix socket's.
+fn check_socket_path(path: &Path) -> Result<(), DaemonError> {
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(DaemonError::SocketPath {
+            path: path.to_owned(),
+            len,
+        });
+    }
+    Ok(())
+}
+
 /// Refuses a device-plugins dir whose sockets could not be bound (gRPC would only say
 /// `BindFail`, later, on every resource).
 fn check_socket_dir(dir: &Path) -> Result<(), DaemonError> {
@@ -220,8 +247,8 @@ fn lock_dir(dir: &Path, signals: &mut Signals) -> Result<Option<std::fs::File>, 
     }
 }
 
-/// Runs the daemon until a stop signal: starts every thread in order, stops them in reverse.
-pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
+/// Logging (gRPC core's too), and a panic anywhere ends the process.
+fn init() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     // gRPC core reads the level once: below debug, keep its INFO chatter ("epoll fd: 5") out.
     let level = log::max_level();
@@ -238,7 +265,11 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
         error!("panic: {info}; aborting");
         std::process::abort();
     }));
-    let source = match &opts.source {
+}
+
+/// What the config source is, for the start-up line.
+fn describe(source: &Source) -> String {
+    match source {
         Source::File {
             path,
             poll_interval,
@@ -253,7 +284,214 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
             api.conn.ca_file.display(),
             api.conn.token_file.display()
         ),
+    }
+}
+
+/// The running config source: exactly one of them.
+struct Sources {
+    _file: Option<FilePoller>,
+    _api: Option<ApiSource>,
+}
+
+/// Starts the config source; its handle stops its thread when dropped.
+fn start_source(
+    source: Source,
+    tx: &crossbeam_channel::Sender<Msg>,
+) -> Result<Sources, DaemonError> {
+    Ok(match source {
+        Source::File {
+            path,
+            poll_interval,
+        } => {
+            let poller = FilePoller::spawn(path, poll_interval, tx.clone())
+                .map_err(startup("start the config file poller"))?;
+            let _ = tx.send(Msg::SourceProgress(poller.progress()));
+            Sources {
+                _file: Some(poller),
+                _api: None,
+            }
+        }
+        Source::ConfigMap(api) => Sources {
+            _file: None,
+            _api: Some(ApiSource::spawn(api, tx.clone()).map_err(startup("start the API watch"))?),
+        },
+    })
+}
+
+/// Returns at the first stop signal; logs and ignores the others.
+fn wait_for_stop(signals: &mut Signals) {
+    for signal in signals.forever() {
+        if STOP_SIGNALS.contains(&signal) {
+            info!("received signal {signal}; stopping");
+            break;
+        }
+        info!("received signal {signal}; ignored (the config applies live; SIGTERM stops spookd)");
+    }
+}
+
+/// The namespace of the Leases: the flag's, or the ServiceAccount's.
+fn lease_namespace(given: Option<String>, what: &'static str) -> Result<String, DaemonError> {
+    match given {
+        Some(ns) => Ok(ns),
+        None => std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+            .map(|ns| ns.trim().to_owned())
+            .map_err(startup(what)),
+    }
+}
+
+/// The state thread's side effects as a DRA driver: only the publisher (no device-plugin
+/// servers, registrations or probes).
+struct DraEffects {
+    publisher: Publisher,
+}
+
+impl Backend for DraEffects {
+    type Server = ();
+    type Error = &'static str;
+
+    fn start(&mut self, _: &ResourceName, _: u64) -> Result<((), String), &'static str> {
+        Err("a DRA driver serves no device-plugin sockets")
+    }
+    fn register(&mut self, _: &ResourceName, _: &str) {}
+    fn forget(&mut self, _: &ResourceName) {}
+    fn socket_exists(&self, _: &str) -> bool {
+        true
+    }
+    fn kubelet_socket(&self) -> Option<u64> {
+        None
+    }
+    fn set_probes(&mut self, _: ProbeSet) {}
+    fn exclusive(&self) -> bool {
+        false
+    }
+    fn leases(&mut self, _: LeaseCmd) {}
+    fn served(&mut self, _: BTreeSet<ResourceName>) {}
+    fn dra(&self) -> bool {
+        true
+    }
+    fn publish(&mut self, inventory: Arc<Inventory>) {
+        self.publisher.publish(inventory);
+    }
+}
+
+/// `--dra`: the kubelet plugin, the publisher, the state thread, the config source and the
+/// metrics server; stopped in reverse (the plugin's sockets first, then the state thread, whose
+/// backend releases the leader Lease).
+fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
+    init();
+    info!(
+        "spookd {VERSION} starting as DRA driver {}: node {}, {}, kubelet plugins {}, registry \
+         {}, CDI specs in {}, API server {}",
+        dra.driver,
+        opts.node_name,
+        describe(&opts.source),
+        dra.plugins_dir.display(),
+        dra.registry_dir.display(),
+        dra.cdi_dir.display(),
+        dra.conn.server
+    );
+    let sockets = Sockets::new(&dra.plugins_dir, &dra.registry_dir, &dra.driver);
+    for path in [&sockets.dra, &sockets.registration] {
+        check_socket_path(path)?;
+    }
+    let plugin_dir = dra.plugins_dir.join(&dra.driver);
+    std::fs::create_dir_all(&plugin_dir).map_err(startup("create the plugin's directory"))?;
+    std::fs::create_dir_all(&dra.registry_dir)
+        .map_err(startup("create the kubelet's plugin registry"))?;
+    let mut signals = Signals::new(STOP_SIGNALS.iter().chain(IGNORED_SIGNALS))
+        .map_err(startup("install signal handlers"))?;
+    // One spookd per driver and node: a second would serve the same sockets.
+    let Some(_lock) = lock_dir(&plugin_dir, &mut signals)? else {
+        return Ok(());
     };
+    let metrics = match opts.metrics_addr {
+        Some(addr) => Some(MetricsListener::bind(addr).map_err(startup("serve --metrics-addr"))?),
+        None => None,
+    };
+    let namespace = lease_namespace(
+        dra.lease_namespace.clone(),
+        "read the ServiceAccount's namespace for the leader Lease (set --lease-namespace)",
+    )?;
+    let lease = leader_lease_name(&dra.driver);
+    info!(
+        "leader Lease {namespace}/{lease}, {:?}: the node holding it publishes",
+        dra.lease_duration
+    );
+    let grpc = Arc::new(
+        grpcio::EnvBuilder::new()
+            .cq_count(1)
+            .name_prefix("spookd-grpc")
+            .build(),
+    );
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let api = PublisherApi {
+        leases: Box::new(HttpLeaseApi::new(dra.conn.clone(), &namespace)),
+        slices: Box::new(HttpObjects::slices(dra.conn.clone(), &dra.driver)),
+        classes: Box::new(HttpObjects::classes(dra.conn.clone(), &dra.driver)),
+    };
+    let leadership = Leadership::new(
+        lease,
+        opts.node_name.to_string(),
+        dra.lease_duration,
+        Instant::now(),
+    );
+    let publisher = Publisher::spawn(api, dra.driver.clone(), leadership, tx.clone())
+        .map_err(startup("start the publisher thread"))?;
+    let state = State::new(opts.node_name, DraEffects { publisher }, Instant::now());
+    let mut state_thread = Worker::spawn("spookd-state", move || state::run(state, &rx))
+        .map_err(startup("start the state thread"))?;
+    let inputs = (|| -> Result<_, DaemonError> {
+        let plugin = KubeletPlugin::spawn(
+            grpc,
+            PluginContext {
+                driver: dra.driver.clone(),
+                sockets,
+                cdi: CdiDir::new(dra.cdi_dir.clone(), &dra.driver),
+                claims: Box::new(HttpClaims::new(dra.conn.clone())),
+                state: tx.clone(),
+            },
+        )
+        .map_err(|e| DaemonError::Startup {
+            what: "serve the kubelet plugin",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let sources = start_source(opts.source, &tx)?;
+        let metrics = match metrics {
+            Some(listener) => Some(
+                listener
+                    .serve(tx.clone())
+                    .map_err(startup("start the metrics thread"))?,
+            ),
+            None => None,
+        };
+        Ok((plugin, sources, metrics))
+    })();
+    let (plugin, sources, metrics) = match inputs {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            let _ = tx.send(Msg::Shutdown);
+            state_thread.join_timeout(SHUTDOWN_WAIT);
+            return Err(e);
+        }
+    };
+    wait_for_stop(&mut signals);
+    drop(plugin);
+    let _ = tx.send(Msg::Shutdown);
+    if !state_thread.join_timeout(SHUTDOWN_WAIT) {
+        warn!("state thread did not stop within {SHUTDOWN_WAIT:?}; exiting anyway");
+    }
+    drop(metrics);
+    drop(sources);
+    Ok(())
+}
+
+/// Runs the daemon until a stop signal: starts every thread in order, stops them in reverse.
+pub fn run(mut opts: RunOptions) -> Result<(), DaemonError> {
+    if let Some(dra) = opts.dra.take() {
+        return run_dra(opts, dra);
+    }
+    init();
+    let source = describe(&opts.source);
     info!(
         "spookd {VERSION} starting: node {}, {source}, device-plugins dir {}",
         opts.node_name,
@@ -298,14 +536,10 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     };
     let keeper = match opts.leases {
         Some(leases) => {
-            let namespace = match leases.namespace.clone() {
-                Some(ns) => ns,
-                None => std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
-                    .map(|ns| ns.trim().to_owned())
-                    .map_err(startup(
-                        "read the ServiceAccount's namespace for the Leases (set --lease-namespace)",
-                    ))?,
-            };
+            let namespace = lease_namespace(
+                leases.namespace.clone(),
+                "read the ServiceAccount's namespace for the Leases (set --lease-namespace)",
+            )?;
             info!(
                 "exclusive Leases for shared devices in namespace {namespace}, {:?} each \
                  (API server {}, podresources {})",
@@ -339,23 +573,7 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let inputs = (|| -> Result<_, DaemonError> {
         let watcher =
             Watcher::spawn(&dir, tx.clone()).map_err(startup("watch the device-plugins dir"))?;
-        // Exactly one source runs; the handles stop their threads when dropped.
-        let (file_source, api_source) = match opts.source {
-            Source::File {
-                path,
-                poll_interval,
-            } => {
-                let poller = FilePoller::spawn(path, poll_interval, tx.clone())
-                    .map_err(startup("start the config file poller"))?;
-                let _ = tx.send(Msg::SourceProgress(poller.progress()));
-                (Some(poller), None)
-            }
-            Source::ConfigMap(api) => {
-                let watch =
-                    ApiSource::spawn(api, tx.clone()).map_err(startup("start the API watch"))?;
-                (None, Some(watch))
-            }
-        };
+        let sources = start_source(opts.source, &tx)?;
         let metrics = match metrics {
             Some(listener) => Some(
                 listener
@@ -364,9 +582,9 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
             ),
             None => None,
         };
-        Ok((watcher, file_source, api_source, metrics))
+        Ok((watcher, sources, metrics))
     })();
-    let (watcher, file_source, api_source, metrics) = match inputs {
+    let (watcher, sources, metrics) = match inputs {
         Ok(inputs) => inputs,
         Err(e) => {
             let _ = tx.send(Msg::Shutdown);
@@ -375,21 +593,14 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
         }
     };
 
-    for signal in signals.forever() {
-        if STOP_SIGNALS.contains(&signal) {
-            info!("received signal {signal}; stopping");
-            break;
-        }
-        info!("received signal {signal}; ignored (the config applies live; SIGTERM stops spookd)");
-    }
+    wait_for_stop(&mut signals);
     // The state thread first: it removes our sockets. Then the inputs, which may be blocked.
     let _ = tx.send(Msg::Shutdown);
     if !state_thread.join_timeout(SHUTDOWN_WAIT) {
         warn!("state thread did not stop within {SHUTDOWN_WAIT:?}; exiting anyway");
     }
     drop(metrics);
-    drop(file_source);
-    drop(api_source);
+    drop(sources);
     drop(watcher);
     Ok(())
 }

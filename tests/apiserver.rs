@@ -159,6 +159,9 @@ struct State {
     /// Deleted Leases as (version of the deletion, name), to replay to a watch from before.
     lease_tombstones: Vec<(u64, String)>,
     watchers: Vec<Sender<WatchMsg>>,
+    /// `resource.k8s.io/v1` objects by (collection path, name): ResourceSlices, DeviceClasses,
+    /// ResourceClaims.
+    objects: BTreeMap<(String, String), serde_yaml::Value>,
     /// Watch connections being served now.
     open_watches: usize,
     requests: Vec<Request>,
@@ -202,6 +205,7 @@ impl ApiServer {
                 lease_watchers: Vec::new(),
                 lease_tombstones: Vec::new(),
                 watchers: Vec::new(),
+                objects: BTreeMap::new(),
                 open_watches: 0,
                 requests: Vec::new(),
             }),
@@ -351,6 +355,54 @@ impl ApiServer {
         let deadline = Instant::now() + timeout;
         loop {
             if self.node().is_some_and(|n| done(&n)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The `resource.k8s.io/v1` objects of a collection (`resourceslices`, `deviceclasses`, or
+    /// `namespaces/NS/resourceclaims`), by name.
+    pub fn objects(&self, collection: &str) -> BTreeMap<String, serde_yaml::Value> {
+        let path = format!("{RESOURCE_API}/{collection}");
+        (self.shared.lock().objects.iter())
+            .filter(|((c, _), _)| *c == path)
+            .map(|((_, n), o)| (n.clone(), o.clone()))
+            .collect()
+    }
+
+    /// Stores `object` in `collection` as is (a ResourceClaim the scheduler allocated, say),
+    /// with a fresh resourceVersion.
+    pub fn put_object(&self, collection: &str, mut object: serde_yaml::Value) {
+        let mut st = self.shared.lock();
+        st.version += 1;
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        object["metadata"]["resourceVersion"] = st.version.to_string().into();
+        st.objects
+            .insert((format!("{RESOURCE_API}/{collection}"), name), object);
+        self.shared.changed.notify_all();
+    }
+
+    /// Removes an object as someone else would.
+    pub fn remove_object(&self, collection: &str, name: &str) {
+        let mut st = self.shared.lock();
+        st.objects
+            .remove(&(format!("{RESOURCE_API}/{collection}"), name.to_owned()));
+    }
+
+    /// Waits until `done` holds for `collection`'s objects (bounded).
+    pub fn wait_objects(
+        &self,
+        collection: &str,
+        timeout: Duration,
+        done: impl Fn(&BTreeMap<String, serde_yaml::Value>) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&self.objects(collection)) {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -683,6 +735,176 @@ fn serve_leases(st: &mut State, method: &str, rest: &str, body: &str) -> (u16, S
     }
 }
 
+/// The `resource.k8s.io/v1` group.
+const RESOURCE_API: &str = "/apis/resource.k8s.io/v1";
+
+/// Decodes the `%XX` escapes of a query value.
+fn unescape_query(v: &str) -> String {
+    let mut out = Vec::new();
+    let b = v.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let hex = (b[i] == b'%' && i + 2 < b.len())
+            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        if let Some(x) = hex {
+            out.push(x);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `object` matches a list's `fieldSelector` (only `spec.driver=…`) and
+/// `labelSelector` (`k=v,…`).
+fn selected(object: &serde_yaml::Value, query: &str) -> bool {
+    for pair in query.split('&') {
+        let Some((k, v)) = pair.split_once('=') else {
+            continue;
+        };
+        let v = unescape_query(v);
+        match k {
+            "fieldSelector" => {
+                for term in v.split(',') {
+                    let Some((field, want)) = term.split_once('=') else {
+                        return false;
+                    };
+                    let got = match field {
+                        "spec.driver" => object["spec"]["driver"].as_str(),
+                        "metadata.name" => object["metadata"]["name"].as_str(),
+                        _ => return false,
+                    };
+                    if got != Some(want) {
+                        return false;
+                    }
+                }
+            }
+            "labelSelector" => {
+                for term in v.split(',') {
+                    let Some((label, want)) = term.split_once('=') else {
+                        return false;
+                    };
+                    if object["metadata"]["labels"][label].as_str() != Some(want) {
+                        return false;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    true
+}
+
+/// The objects of `resource.k8s.io/v1` with the real optimistic concurrency: create (409 if it
+/// exists), get, list with selectors, replace at a `resourceVersion` (409 if it moved, 404 if it
+/// is gone), delete with a `resourceVersion` precondition (409). Bodies are YAML or JSON.
+fn serve_objects(st: &mut State, method: &str, target: &str, body: &str) -> (u16, String) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let collections = ["resourceslices", "deviceclasses"];
+    let (collection, name) = match path.rsplit_once('/') {
+        Some((c, n))
+            if collections.iter().any(|k| c.ends_with(&format!("v1/{k}")))
+                || c.ends_with("/resourceclaims") =>
+        {
+            (c.to_owned(), Some(n.to_owned()))
+        }
+        _ => (path.to_owned(), None),
+    };
+    let kind = if collection.ends_with("resourceslices") {
+        "ResourceSlice"
+    } else if collection.ends_with("deviceclasses") {
+        "DeviceClass"
+    } else {
+        "ResourceClaim"
+    };
+    let yaml = |v: &serde_yaml::Value| serde_yaml::to_string(v).unwrap();
+    let parsed: Result<serde_yaml::Value, _> = serde_yaml::from_str(body);
+    match (method, name) {
+        ("GET", None) => {
+            let items: Vec<serde_yaml::Value> = (st.objects.iter())
+                .filter(|((c, _), o)| *c == collection && selected(o, query))
+                .map(|(_, o)| o.clone())
+                .collect();
+            let mut list = serde_yaml::Mapping::new();
+            list.insert("kind".into(), format!("{kind}List").into());
+            list.insert("apiVersion".into(), "resource.k8s.io/v1".into());
+            let mut meta = serde_yaml::Mapping::new();
+            meta.insert("resourceVersion".into(), st.version.to_string().into());
+            list.insert("metadata".into(), meta.into());
+            list.insert("items".into(), items.into());
+            (200, yaml(&list.into()))
+        }
+        ("GET", Some(name)) => match st.objects.get(&(collection, name)) {
+            Some(o) => (200, yaml(o)),
+            None => (404, status_json(404, "NotFound")),
+        },
+        ("POST", None) => {
+            let Ok(mut o) = parsed else {
+                return (400, status_json(400, "BadRequest"));
+            };
+            if o["kind"] != kind || o["apiVersion"] != "resource.k8s.io/v1" {
+                return (400, status_json(400, "BadRequest"));
+            }
+            let Some(name) = o["metadata"]["name"].as_str().map(str::to_owned) else {
+                return (422, status_json(422, "Invalid"));
+            };
+            let key = (collection, name);
+            if st.objects.contains_key(&key) {
+                return (409, status_json(409, "AlreadyExists"));
+            }
+            st.version += 1;
+            o["metadata"]["resourceVersion"] = st.version.to_string().into();
+            o["metadata"]["uid"] = format!("uid-{}", st.version).into();
+            st.objects.insert(key, o.clone());
+            (201, yaml(&o))
+        }
+        ("PUT", Some(name)) => {
+            let Ok(mut o) = parsed else {
+                return (400, status_json(400, "BadRequest"));
+            };
+            if o["kind"] != kind || o["metadata"]["name"].as_str() != Some(name.as_str()) {
+                return (400, status_json(400, "BadRequest"));
+            }
+            let key = (collection, name);
+            let Some(old) = st.objects.get(&key) else {
+                return (404, status_json(404, "NotFound"));
+            };
+            if o["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"] {
+                return (409, status_json(409, "Conflict"));
+            }
+            st.version += 1;
+            o["metadata"]["resourceVersion"] = st.version.to_string().into();
+            o["metadata"]["uid"] = old["metadata"]["uid"].clone();
+            st.objects.insert(key, o.clone());
+            (200, yaml(&o))
+        }
+        ("DELETE", Some(name)) => {
+            let key = (collection, name);
+            let Some(old) = st.objects.get(&key) else {
+                return (404, status_json(404, "NotFound"));
+            };
+            let want = parsed.ok().and_then(|b| {
+                b["preconditions"]["resourceVersion"]
+                    .as_str()
+                    .map(str::to_owned)
+            });
+            if let Some(want) = want.filter(|w| !w.is_empty()) {
+                if old["metadata"]["resourceVersion"].as_str() != Some(want.as_str()) {
+                    return (409, status_json(409, "Conflict"));
+                }
+            }
+            st.objects.remove(&key);
+            st.version += 1;
+            (200, status_json(200, "Success"))
+        }
+        _ => (405, status_json(405, "MethodNotAllowed")),
+    }
+}
+
 fn node_json(node: &Node) -> String {
     let map = |m: &BTreeMap<String, String>| -> String {
         let entries: Vec<String> = m
@@ -896,6 +1118,15 @@ fn serve(shared: &Arc<Shared>, config: Arc<rustls::ServerConfig>, tcp: TcpStream
     }
     if !token_ok {
         return respond(&mut tls, 401, "", &status_json(401, "Unauthorized"));
+    }
+    if target.starts_with(RESOURCE_API) {
+        let (code, body) = {
+            let mut st = shared.lock();
+            let answer = serve_objects(&mut st, &method, &target, &body);
+            shared.changed.notify_all();
+            answer
+        };
+        return respond(&mut tls, code, "", &body);
     }
     let leases = format!(
         "/apis/coordination.k8s.io/v1/namespaces/{}/leases",

@@ -156,7 +156,7 @@ Options (each may instead come from the environment variable in brackets; a flag
                              [SPOOKD_POLL_INTERVAL] (default 1s; from 10ms to 1h)
 
 Config from a ConfigMap through the Kubernetes API instead of a file (not with --config):
-  --configmap NAMESPACE/NAME the ConfigMap to watch   [SPOOKD_CONFIGMAP]
+  --configmap NAMESPACE/NAME  the ConfigMap to watch   [SPOOKD_CONFIGMAP]
   --configmap-key KEY        its key holding the config   [SPOOKD_CONFIGMAP_KEY] (default config.yaml)
   --api-server URL           https URL of the API server   [SPOOKD_API_SERVER]
                              (default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)
@@ -187,6 +187,21 @@ the API flags above; needs a Role on leases and the kubelet's podresources socke
                              (default 40s; from 1s to 1h)
   --pod-resources-socket PATH  the kubelet's podresources API   [SPOOKD_POD_RESOURCES_SOCKET]
                              (default /var/lib/kubelet/pod-resources/kubelet.sock)
+
+A DRA driver instead of device-plugin servers (Kubernetes 1.34 or later; uses the API flags
+above, and --lease-namespace and --lease-duration for the leader Lease):
+  --dra                      run as a DRA driver: publish every device once in ResourceSlices (the
+                             node holding the leader Lease publishes) and prepare claims for the
+                             kubelet with CDI specs, instead of device-plugin servers
+                             [SPOOKD_DRA=true] (default: off)
+  --dra-driver NAME          the driver's name (a DNS subdomain); also the CDI vendor
+                             [SPOOKD_DRA_DRIVER] (default spookd.dev)
+  --kubelet-plugins-dir DIR  the plugin's socket goes in DIR/<driver>/dra.sock
+                             [SPOOKD_KUBELET_PLUGINS_DIR] (default /var/lib/kubelet/plugins)
+  --kubelet-registry-dir DIR  the kubelet's plugin registry   [SPOOKD_KUBELET_REGISTRY_DIR]
+                             (default /var/lib/kubelet/plugins_registry)
+  --cdi-dir DIR              where prepared claims' CDI specs are written   [SPOOKD_CDI_DIR]
+                             (default /var/run/cdi)
 
   --metrics-addr ADDR:PORT   serve /healthz, /readyz and Prometheus /metrics over HTTP there,
                              e.g. 0.0.0.0:9470   [SPOOKD_METRICS_ADDR] (default: off)

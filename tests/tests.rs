@@ -14,6 +14,7 @@ mod util;
 mod api;
 mod cli;
 mod daemon;
+mod dra;
 mod exclusive;
 mod health;
 mod hostile;

@@ -5,7 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{parse_duration, InvalidValue, NodeName};
+use crate::config::{is_dns_subdomain, parse_duration, InvalidValue, NodeName};
+use crate::dra::{self, DraOptions};
 use crate::kube::client::Connection;
 use crate::kubelet::podresources;
 use crate::leases::LeaseOptions;
@@ -49,6 +50,8 @@ pub struct RunOptions {
     pub prune: Option<PruneOptions>,
     /// `--exclusive-leases`: `None` when off.
     pub leases: Option<LeaseOptions>,
+    /// `--dra`: a DRA driver instead of device-plugin servers; `None` when off.
+    pub dra: Option<DraOptions>,
 }
 
 /// Where the config comes from.
@@ -118,6 +121,15 @@ pub enum CliError {
         from: &'static str,
         needs: &'static str,
     },
+    /// Two switches that exclude each other.
+    Conflict {
+        from: &'static str,
+        with: &'static str,
+    },
+    BadDriver {
+        from: &'static str,
+        value: String,
+    },
 }
 
 impl fmt::Display for CliError {
@@ -174,6 +186,18 @@ impl fmt::Display for CliError {
             CliError::Alone { from, needs } => {
                 write!(f, "{from} only has a meaning with {needs}")
             }
+            CliError::Conflict { from, with } => write!(
+                f,
+                "{from} is a device-plugin feature; {with} runs a DRA driver instead (the \
+                 scheduler gives each device to one claim: no Leases or pruning needed)"
+            ),
+            CliError::BadDriver { from, value } => write!(
+                f,
+                "{from}: {value:?} is not a driver name (a lowercase DNS subdomain of at most \
+                 {} characters, e.g. {})",
+                dra::MAX_DRIVER,
+                dra::DEFAULT_DRIVER
+            ),
         }
     }
 }
@@ -208,6 +232,11 @@ enum Flag {
     LeaseNamespace,
     LeaseDuration,
     PodResourcesSocket,
+    Dra,
+    DraDriver,
+    KubeletPluginsDir,
+    KubeletRegistryDir,
+    CdiDir,
 }
 
 /// Where a flag's help goes in `--help`.
@@ -217,6 +246,7 @@ enum Group {
     Api,
     Prune,
     Leases,
+    Dra,
     Metrics,
 }
 
@@ -423,6 +453,61 @@ static FLAGS: &[Spec] = &[
         help: "the kubelet's podresources API   [{env}]\n{default}",
     },
     Spec {
+        flag: Flag::Dra,
+        name: "--dra",
+        env: "SPOOKD_DRA",
+        value: None,
+        default: Fallback::Derived("off"),
+        range: None,
+        group: Group::Dra,
+        help: "run as a DRA driver: publish every device once in ResourceSlices (the\n\
+               node holding the leader Lease publishes) and prepare claims for the\n\
+               kubelet with CDI specs, instead of device-plugin servers\n\
+               [{env}] {default}",
+    },
+    Spec {
+        flag: Flag::DraDriver,
+        name: "--dra-driver",
+        env: "SPOOKD_DRA_DRIVER",
+        value: Some("NAME"),
+        default: Fallback::Text(dra::DEFAULT_DRIVER),
+        range: None,
+        group: Group::Dra,
+        help: "the driver's name (a DNS subdomain); also the CDI vendor\n\
+               [{env}] {default}",
+    },
+    Spec {
+        flag: Flag::KubeletPluginsDir,
+        name: "--kubelet-plugins-dir",
+        env: "SPOOKD_KUBELET_PLUGINS_DIR",
+        value: Some("DIR"),
+        default: Fallback::Text(dra::DEFAULT_PLUGINS_DIR),
+        range: None,
+        group: Group::Dra,
+        help: "the plugin's socket goes in DIR/<driver>/dra.sock\n\
+               [{env}] {default}",
+    },
+    Spec {
+        flag: Flag::KubeletRegistryDir,
+        name: "--kubelet-registry-dir",
+        env: "SPOOKD_KUBELET_REGISTRY_DIR",
+        value: Some("DIR"),
+        default: Fallback::Text(dra::DEFAULT_REGISTRY_DIR),
+        range: None,
+        group: Group::Dra,
+        help: "the kubelet's plugin registry   [{env}]\n{default}",
+    },
+    Spec {
+        flag: Flag::CdiDir,
+        name: "--cdi-dir",
+        env: "SPOOKD_CDI_DIR",
+        value: Some("DIR"),
+        default: Fallback::Text(dra::DEFAULT_CDI_DIR),
+        range: None,
+        group: Group::Dra,
+        help: "where prepared claims' CDI specs are written   [{env}]\n{default}",
+    },
+    Spec {
         flag: Flag::MetricsAddr,
         name: "--metrics-addr",
         env: "SPOOKD_METRICS_ADDR",
@@ -454,6 +539,11 @@ const GROUPS: &[(Group, &str)] = &[
         Group::Leases,
         "\nExclusive access to devices mapped to several hosts, through coordination.k8s.io Leases (uses\n\
          the API flags above; needs a Role on leases and the kubelet's podresources socket):\n",
+    ),
+    (
+        Group::Dra,
+        "\nA DRA driver instead of device-plugin servers (Kubernetes 1.34 or later; uses the API flags\n\
+         above, and --lease-namespace and --lease-duration for the leader Lease):\n",
     ),
     (Group::Metrics, "\n"),
 ];
@@ -552,7 +642,7 @@ pub fn help() -> String {
                 .replace("{default}", &default);
             // Padded to the column; a head that reaches it gets two spaces.
             let width = HELP_COLUMN - 2;
-            let pad = if head.len() < width {
+            let pad = if head.len() + 2 <= width {
                 width - head.len()
             } else {
                 2
@@ -750,18 +840,22 @@ pub fn parse(
         alone(Flag::PruneStaleResources, &[Flag::PruneAfter])?;
         None
     };
-    let lease_flags = [
-        Flag::LeaseNamespace,
-        Flag::LeaseDuration,
-        Flag::PodResourcesSocket,
-    ];
+    let lease_namespace = || match value(Flag::LeaseNamespace) {
+        Some((from, ns)) if !is_namespace(&ns) => Err(CliError::BadNamespace { from, value: ns }),
+        other => Ok(other.map(|(_, ns)| ns)),
+    };
+    let dra_on = switch(Flag::Dra)?;
+    let lease_flags: &[Flag] = if dra_on {
+        &[Flag::PodResourcesSocket]
+    } else {
+        &[
+            Flag::LeaseNamespace,
+            Flag::LeaseDuration,
+            Flag::PodResourcesSocket,
+        ]
+    };
     let leases = if switch(Flag::ExclusiveLeases)? {
-        let namespace = match value(Flag::LeaseNamespace) {
-            Some((from, ns)) if !is_namespace(&ns) => {
-                return Err(CliError::BadNamespace { from, value: ns })
-            }
-            other => other.map(|(_, ns)| ns),
-        };
+        let namespace = lease_namespace()?;
         Some(LeaseOptions {
             conn: connection(Flag::ExclusiveLeases.name())?,
             namespace,
@@ -770,7 +864,47 @@ pub fn parse(
                 .map_or_else(|| podresources::DEFAULT_SOCKET.into(), |(_, v)| v.into()),
         })
     } else {
-        alone(Flag::ExclusiveLeases, &lease_flags)?;
+        alone(Flag::ExclusiveLeases, lease_flags)?;
+        None
+    };
+    let dra_flags = [
+        Flag::DraDriver,
+        Flag::KubeletPluginsDir,
+        Flag::KubeletRegistryDir,
+        Flag::CdiDir,
+    ];
+    let dra = if dra_on {
+        for (on, f) in [
+            (leases.is_some(), Flag::ExclusiveLeases),
+            (prune.is_some(), Flag::PruneStaleResources),
+        ] {
+            if on {
+                return Err(CliError::Conflict {
+                    from: f.name(),
+                    with: Flag::Dra.name(),
+                });
+            }
+        }
+        let driver = match value(Flag::DraDriver) {
+            Some((from, d)) if !(is_dns_subdomain(&d) && d.len() <= dra::MAX_DRIVER) => {
+                return Err(CliError::BadDriver { from, value: d })
+            }
+            Some((_, d)) => d,
+            None => dra::DEFAULT_DRIVER.to_owned(),
+        };
+        let dir =
+            |f: Flag, default: &str| value(f).map_or_else(|| default.into(), |(_, v)| v.into());
+        Some(DraOptions {
+            driver,
+            plugins_dir: dir(Flag::KubeletPluginsDir, dra::DEFAULT_PLUGINS_DIR),
+            registry_dir: dir(Flag::KubeletRegistryDir, dra::DEFAULT_REGISTRY_DIR),
+            cdi_dir: dir(Flag::CdiDir, dra::DEFAULT_CDI_DIR),
+            conn: connection(Flag::Dra.name())?,
+            lease_namespace: lease_namespace()?,
+            lease_duration: duration(Flag::LeaseDuration)?,
+        })
+    } else {
+        alone(Flag::Dra, &dra_flags)?;
         None
     };
     // A flag given on the command line that the chosen mode ignores is a mistake too. (Only
@@ -790,11 +924,19 @@ pub fn parse(
             needs: "the file source (--config)",
         });
     }
-    if !api_source && prune.is_none() && leases.is_none() {
+    if !api_source && prune.is_none() && leases.is_none() && dra.is_none() {
         if let Some(f) = given(&[Flag::ApiServer, Flag::TokenFile, Flag::CaFile]) {
             return Err(CliError::Alone {
                 from: f.name(),
-                needs: "--configmap, --prune-stale-resources or --exclusive-leases",
+                needs: "--configmap, --prune-stale-resources, --exclusive-leases or --dra",
+            });
+        }
+    }
+    if dra.is_some() {
+        if let Some(f) = given(&[Flag::DevicePluginDir]) {
+            return Err(CliError::Alone {
+                from: f.name(),
+                needs: "device-plugin servers (not --dra)",
             });
         }
     }
@@ -804,6 +946,7 @@ pub fn parse(
         metrics_addr,
         prune,
         leases,
+        dra,
         device_plugin_dir: value(Flag::DevicePluginDir)
             .map_or_else(|| DEFAULT_DEVICE_PLUGIN_DIR.into(), |(_, v)| v.into()),
     })))
@@ -878,6 +1021,97 @@ mod tests {
     }
 
     #[test]
+    fn dra_mode_takes_its_flags_the_api_and_the_lease_flags() {
+        let o = opts(
+            &[
+                "--dra",
+                "--dra-driver",
+                "scopes.skao.int",
+                "--kubelet-plugins-dir",
+                "/p",
+                "--cdi-dir",
+                "/cdi",
+                "--api-server",
+                "https://127.0.0.1:6443",
+                "--lease-namespace",
+                "lab",
+                "--lease-duration",
+                "15s",
+            ],
+            &[("SPOOKD_KUBELET_REGISTRY_DIR", "/reg")],
+        );
+        assert_eq!(
+            o.dra,
+            Some(DraOptions {
+                driver: "scopes.skao.int".into(),
+                plugins_dir: "/p".into(),
+                registry_dir: "/reg".into(),
+                cdi_dir: "/cdi".into(),
+                conn: Connection {
+                    server: "https://127.0.0.1:6443".into(),
+                    token_file: DEFAULT_TOKEN_FILE.into(),
+                    ca_file: DEFAULT_CA_FILE.into(),
+                },
+                lease_namespace: Some("lab".into()),
+                lease_duration: Duration::from_secs(15),
+            })
+        );
+        let defaults = opts(&["--dra", "--api-server", "https://a:1"], &[])
+            .dra
+            .unwrap();
+        assert_eq!(defaults.driver, dra::DEFAULT_DRIVER);
+        assert_eq!(
+            defaults.plugins_dir,
+            PathBuf::from(dra::DEFAULT_PLUGINS_DIR)
+        );
+        assert_eq!(
+            defaults.registry_dir,
+            PathBuf::from(dra::DEFAULT_REGISTRY_DIR)
+        );
+        assert_eq!(defaults.cdi_dir, PathBuf::from(dra::DEFAULT_CDI_DIR));
+        assert_eq!(defaults.lease_duration, DEFAULT_LEASE_DURATION);
+    }
+
+    #[test]
+    fn dra_mode_refuses_what_does_not_fit_it() {
+        let err = |args: &[&str]| run(args, &[]).unwrap_err().to_string();
+        let with = |extra: &[&str]| {
+            let mut v = vec!["--dra", "--api-server", "https://a:1"];
+            v.extend_from_slice(extra);
+            err(&v)
+        };
+        let long = "a".repeat(64);
+        for bad in ["Upper.io", "a_b.io", "-a.io", long.as_str()] {
+            assert!(
+                with(&["--dra-driver", bad]).contains("is not a driver name"),
+                "{bad}"
+            );
+        }
+        assert!(with(&["--exclusive-leases"]).starts_with("--exclusive-leases is a device-plugin"));
+        assert!(
+            with(&["--prune-stale-resources"]).starts_with("--prune-stale-resources is a device")
+        );
+        assert_eq!(
+            with(&["--device-plugin-dir", "/x"]),
+            "--device-plugin-dir only has a meaning with device-plugin servers (not --dra)"
+        );
+        assert_eq!(
+            err(&["--cdi-dir", "/x"]),
+            "--cdi-dir only has a meaning with --dra"
+        );
+        assert_eq!(
+            err(&["--dra"]),
+            "--dra needs --api-server outside a cluster (KUBERNETES_SERVICE_HOST and \
+             KUBERNETES_SERVICE_PORT are not set)"
+        );
+        // Without --dra or --exclusive-leases, the lease flags stand alone.
+        assert_eq!(
+            err(&["--lease-duration", "5s"]),
+            "--lease-duration only has a meaning with --exclusive-leases"
+        );
+    }
+
+    #[test]
     fn defaults() {
         assert_eq!(
             opts(&[], &[]),
@@ -891,6 +1125,7 @@ mod tests {
                 metrics_addr: None,
                 prune: None,
                 leases: None,
+                dra: None,
             }
         );
     }
@@ -916,6 +1151,7 @@ mod tests {
                 metrics_addr: Some("127.0.0.1:9470".parse().unwrap()),
                 prune: None,
                 leases: None,
+                dra: None,
             }
         );
         let o = opts(
@@ -942,6 +1178,7 @@ mod tests {
                 metrics_addr: Some("[::1]:0".parse().unwrap()),
                 prune: None,
                 leases: None,
+                dra: None,
             }
         );
     }
@@ -1238,7 +1475,7 @@ mod tests {
             );
             assert!(std::ptr::eq(s.flag.spec(), &FLAGS[i]));
         }
-        assert_eq!(FLAGS.len(), 17);
+        assert_eq!(FLAGS.len(), 22);
     }
 
     #[test]

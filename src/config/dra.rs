@@ -119,7 +119,11 @@ impl Inventory {
                 return Err(ConfigError::DraNameCollision {
                     origin: origin.to_owned(),
                     what: "device name",
-                    first: format!("{} instanceID {:?}", first.resource, first.device.id.as_str()),
+                    first: format!(
+                        "{} instanceID {:?}",
+                        first.resource,
+                        first.device.id.as_str()
+                    ),
                     second: format!("{resource} instanceID {:?}", id.as_str()),
                     name,
                 });
@@ -214,7 +218,10 @@ fn attributes(resource: &ResourceName, device: &Device) -> (BTreeMap<String, Str
 
 /// The device's name in a ResourceSlice (see the module doc).
 pub fn device_name(resource: &ResourceName, id: &InstanceId) -> String {
-    let (domain, name) = resource.as_str().split_once('/').unwrap_or(("", resource.as_str()));
+    let (domain, name) = resource
+        .as_str()
+        .split_once('/')
+        .unwrap_or(("", resource.as_str()));
     let mut out = String::with_capacity(MAX_LABEL);
     for c in format!("{name}-{domain}-{id}").chars() {
         let c = match c {
@@ -249,7 +256,10 @@ pub fn device_name(resource: &ResourceName, id: &InstanceId) -> String {
 /// The DeviceClass of a resource: `<name>.<domain>`, lower-cased, `_` as `-`; each label starts
 /// and ends with a letter or digit.
 pub fn class_name(resource: &ResourceName) -> String {
-    let (domain, name) = resource.as_str().split_once('/').unwrap_or(("", resource.as_str()));
+    let (domain, name) = resource
+        .as_str()
+        .split_once('/')
+        .unwrap_or(("", resource.as_str()));
     let labels: Vec<String> = name
         .split('.')
         .map(|label| {
@@ -284,10 +294,22 @@ mod tests {
     #[test]
     fn device_names_are_readable_dns_labels() {
         let scope = res("skao.int/oscilloscope");
-        assert_eq!(device_name(&scope, &id("0001")), "oscilloscope-skao-int-0001");
-        assert_eq!(device_name(&scope, &id("sg-1")), "oscilloscope-skao-int-sg-1");
-        assert_eq!(device_name(&scope, &id("A1234")), "oscilloscope-skao-int-a1234");
-        assert_eq!(device_name(&scope, &id("x/ y..z_")), "oscilloscope-skao-int-x-y-z");
+        assert_eq!(
+            device_name(&scope, &id("0001")),
+            "oscilloscope-skao-int-0001"
+        );
+        assert_eq!(
+            device_name(&scope, &id("sg-1")),
+            "oscilloscope-skao-int-sg-1"
+        );
+        assert_eq!(
+            device_name(&scope, &id("A1234")),
+            "oscilloscope-skao-int-a1234"
+        );
+        assert_eq!(
+            device_name(&scope, &id("x/ y..z_")),
+            "oscilloscope-skao-int-x-y-z"
+        );
         let long = device_name(&scope, &id(&"Z".repeat(63)));
         assert_eq!(long.len(), 63);
         assert!(is_dns_label(&long), "{long}");
@@ -300,10 +322,15 @@ mod tests {
 
     #[test]
     fn class_names_are_dns_subdomains() {
-        assert_eq!(class_name(&res("skao.int/oscilloscope")), "oscilloscope.skao.int");
+        assert_eq!(
+            class_name(&res("skao.int/oscilloscope")),
+            "oscilloscope.skao.int"
+        );
         assert_eq!(class_name(&res("a.io/My_Scope.v2")), "my-scope.v2.a.io");
         assert_eq!(class_name(&res("a.io/x._y")), "x.y.a.io");
-        assert!(crate::config::is_dns_subdomain(&class_name(&res("a.io/A-._-b"))));
+        assert!(crate::config::is_dns_subdomain(&class_name(&res(
+            "a.io/A-._-b"
+        ))));
     }
 
     fn inventory(yaml: &str) -> Result<Inventory, ConfigError> {
@@ -325,7 +352,10 @@ mod tests {
         )
         .unwrap();
         let names: Vec<&str> = inv.devices().iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["oscilloscope-skao-int-0001", "oscilloscope-skao-int-0002"]);
+        assert_eq!(
+            names,
+            ["oscilloscope-skao-int-0001", "oscilloscope-skao-int-0002"]
+        );
         let first = &inv.devices()[0];
         let hosts: Vec<&str> = first.hosts.iter().map(NodeName::as_str).collect();
         assert_eq!(hosts, ["a", "b", "c"]);
@@ -334,13 +364,19 @@ mod tests {
             BTreeMap::from([
                 ("IP".to_owned(), "10.0.0.1".to_owned()),
                 ("instanceID".to_owned(), "0001".to_owned()),
-                ("resourceName".to_owned(), "skao.int/oscilloscope".to_owned()),
+                (
+                    "resourceName".to_owned(),
+                    "skao.int/oscilloscope".to_owned()
+                ),
             ])
         );
         assert_eq!(first.skipped, ["LONG_VALUE"]);
         assert_eq!(
             inv.classes(),
-            &BTreeMap::from([("oscilloscope.skao.int".to_owned(), res("skao.int/oscilloscope"))])
+            &BTreeMap::from([(
+                "oscilloscope.skao.int".to_owned(),
+                res("skao.int/oscilloscope")
+            )])
         );
     }
 
@@ -383,7 +419,13 @@ mod tests {
         ))
         .unwrap_err();
         assert!(
-            matches!(e, ConfigError::DraAttributeTooLong { attribute: "resourceName", .. }),
+            matches!(
+                e,
+                ConfigError::DraAttributeTooLong {
+                    attribute: "resourceName",
+                    ..
+                }
+            ),
             "{e}"
         );
     }
@@ -401,7 +443,11 @@ mod tests {
         )
         .unwrap();
         let env = inv
-            .env(&["widget-example-com-3", "gadget-example-com-g", "widget-example-com-3"])
+            .env(&[
+                "widget-example-com-3",
+                "gadget-example-com-g",
+                "widget-example-com-3",
+            ])
             .unwrap();
         let want: BTreeMap<String, String> = [
             ("EXAMPLECOM_GADGET_DEV0_ID", "g"),
@@ -421,7 +467,9 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         assert_eq!(env, want);
-        let two = inv.env(&["widget-example-com-3", "widget-example-com-1"]).unwrap();
+        let two = inv
+            .env(&["widget-example-com-3", "widget-example-com-1"])
+            .unwrap();
         assert_eq!(two["EXAMPLECOM_WIDGET_DEV0_ID"], "1");
         assert_eq!(two["EXAMPLECOM_WIDGET_DEV1_ID"], "3");
         assert_eq!(two["EXAMPLECOM_WIDGET_NUM_DEVICES"], "2");

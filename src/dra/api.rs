@@ -74,7 +74,10 @@ impl HttpObjects<ResourceSlice> {
         HttpObjects {
             client: Client::new(conn),
             base,
-            selector: format!("?fieldSelector={}", escape(&format!("spec.driver={driver}"))),
+            selector: format!(
+                "?fieldSelector={}",
+                escape(&format!("spec.driver={driver}"))
+            ),
             _kind: PhantomData,
         }
     }

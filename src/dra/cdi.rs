@@ -251,8 +251,14 @@ mod tests {
     fn uids_that_could_leave_the_dir_are_refused() {
         let cdi = CdiDir::new(PathBuf::from("/nonexistent"), "d.io");
         for bad in ["", "../x", "a/b", "a.b", &"a".repeat(65), "a b", "é"] {
-            assert!(matches!(cdi.write(bad, &BTreeMap::new()), Err(CdiError::BadUid(_))), "{bad:?}");
-            assert!(matches!(cdi.remove(bad), Err(CdiError::BadUid(_))), "{bad:?}");
+            assert!(
+                matches!(cdi.write(bad, &BTreeMap::new()), Err(CdiError::BadUid(_))),
+                "{bad:?}"
+            );
+            assert!(
+                matches!(cdi.remove(bad), Err(CdiError::BadUid(_))),
+                "{bad:?}"
+            );
             assert!(!cdi.has(bad));
         }
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::dra::{Inventory, DraDevice, MAX_SLICE_DEVICES, RESOURCE_ATTRIBUTE};
+use crate::config::dra::{DraDevice, Inventory, MAX_SLICE_DEVICES, RESOURCE_ATTRIBUTE};
 use crate::config::NodeName;
 
 pub const API_VERSION: &str = "resource.k8s.io/v1";
@@ -268,7 +268,9 @@ mod tests {
     fn devices_are_grouped_by_host_set_and_chunked() {
         let mut yaml = String::from("deviceMapping:\n  - hosts: [b, a]\n    devices:\n");
         for i in 0..130 {
-            yaml.push_str(&format!("      - {{resourceName: a.io/x, instanceID: '{i:03}'}}\n"));
+            yaml.push_str(&format!(
+                "      - {{resourceName: a.io/x, instanceID: '{i:03}'}}\n"
+            ));
         }
         yaml.push_str("  - hosts: [c]\n    devices:\n      - {resourceName: a.io/y, instanceID: '1', env: {IP: 10.0.0.1}}\n");
         let slices = slices("d.io", &inventory(&yaml), 7);
@@ -300,7 +302,10 @@ mod tests {
         let y = &slices[2].spec.devices[0];
         assert_eq!(y.name, "y-a-io-1");
         assert_eq!(y.attributes["IP"].string.as_deref(), Some("10.0.0.1"));
-        assert_eq!(y.attributes["resourceName"].string.as_deref(), Some("a.io/y"));
+        assert_eq!(
+            y.attributes["resourceName"].string.as_deref(),
+            Some("a.io/y")
+        );
         // What is read back compares equal to what was written.
         let text = serde_yaml::to_string(&slices[2]).unwrap();
         let back: ResourceSlice = serde_yaml::from_str(&text).unwrap();

@@ -132,7 +132,11 @@ impl Drop for Bound {
     }
 }
 
-fn bind(grpc: &Arc<Environment>, service: grpcio::Service, path: &Path) -> Result<Bound, SocketError> {
+fn bind(
+    grpc: &Arc<Environment>,
+    service: grpcio::Service,
+    path: &Path,
+) -> Result<Bound, SocketError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|source| SocketError::Dir {
             path: dir.to_owned(),
@@ -147,7 +151,10 @@ fn bind(grpc: &Arc<Environment>, service: grpcio::Service, path: &Path) -> Resul
         .build()
         .map_err(SocketError::Build)?;
     server
-        .add_listening_port(format!("unix:{}", path.display()), ServerCredentials::insecure())
+        .add_listening_port(
+            format!("unix:{}", path.display()),
+            ServerCredentials::insecure(),
+        )
         .map_err(|source| SocketError::Bind {
             path: path.to_owned(),
             source,
@@ -329,7 +336,10 @@ impl Served {
             }
         }
         if gone(&self.registration, &sockets.registration) {
-            warn!("{} is gone; serving it again", sockets.registration.display());
+            warn!(
+                "{} is gone; serving it again",
+                sockets.registration.display()
+            );
             self.registration = None;
             match self.bind_registration(&sockets.registration) {
                 Ok(b) => self.registration = Some(b),
@@ -405,10 +415,16 @@ fn check_claim(claim: &Claim) -> Result<(), String> {
         return Err(format!("claim UID {:?} is not a Kubernetes UID", claim.uid));
     }
     if !is_dns_label(&claim.namespace) {
-        return Err(format!("namespace {:?} is not a DNS label", claim.namespace));
+        return Err(format!(
+            "namespace {:?} is not a DNS label",
+            claim.namespace
+        ));
     }
     if !is_dns_subdomain(&claim.name) || claim.name.is_empty() {
-        return Err(format!("claim name {:?} is not a DNS subdomain", claim.name));
+        return Err(format!(
+            "claim name {:?} is not a DNS subdomain",
+            claim.name
+        ));
     }
     Ok(())
 }
@@ -465,7 +481,9 @@ fn prepare(ctx: &mut PluginContext, claims: &[Claim]) -> NodePrepareResourcesRes
         if n >= MAX_CLAIMS {
             answers.insert(
                 claim.uid.clone(),
-                error(format!("more than {MAX_CLAIMS} claims in one call; asked again later")),
+                error(format!(
+                    "more than {MAX_CLAIMS} claims in one call; asked again later"
+                )),
             );
             continue;
         }

@@ -2,15 +2,14 @@
 //! its plugin registration API, with gRPC glue written once, as for the device-plugin API.
 
 use grpcio::{
-    CallOption, Channel, Client, Method, MethodType, RpcContext, Service, ServiceBuilder,
-    UnarySink,
+    CallOption, Channel, Client, Method, MethodType, RpcContext, Service, ServiceBuilder, UnarySink,
 };
 
 pub use crate::kubelet::proto::dra::*;
+use crate::kubelet::proto::method;
 pub use crate::kubelet::proto::pluginregistration::{
     InfoRequest, PluginInfo, RegistrationStatus, RegistrationStatusResponse,
 };
-use crate::kubelet::proto::method;
 
 /// `PluginInfo.type` of a DRA driver.
 pub const PLUGIN_TYPE: &str = "DRAPlugin";
@@ -44,8 +43,10 @@ pub const UNPREPARE_V1BETA1: Unprepare = method(
     MethodType::Unary,
     "/k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin/NodeUnprepareResources",
 );
-pub const GET_INFO: Method<InfoRequest, PluginInfo> =
-    method(MethodType::Unary, "/pluginregistration.Registration/GetInfo");
+pub const GET_INFO: Method<InfoRequest, PluginInfo> = method(
+    MethodType::Unary,
+    "/pluginregistration.Registration/GetInfo",
+);
 pub const NOTIFY_REGISTRATION_STATUS: Method<RegistrationStatus, RegistrationStatusResponse> =
     method(
         MethodType::Unary,

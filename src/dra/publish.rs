@@ -142,12 +142,15 @@ pub struct Published {
     pub changed: bool,
 }
 
-/// Makes the driver's slices and classes what `inventory` gives (see the module doc).
+/// Makes the driver's slices and classes what `inventory` gives (see the module doc). `floor` is
+/// the highest generation this publisher wrote before: a pool whose slices were all deleted
+/// meanwhile must not go back to an older generation.
 pub fn reconcile(
     slices: &mut dyn Objects<ResourceSlice>,
     classes: &mut dyn Objects<DeviceClass>,
     driver: &str,
     inventory: &Inventory,
+    floor: i64,
 ) -> Result<Published, ApiError> {
     let mut changed = reconcile_classes(classes, driver, inventory)?;
     let observed: Vec<ResourceSlice> = slices
@@ -160,14 +163,18 @@ pub fn reconcile(
         .filter(|s| s.spec.pool.name == POOL)
         .map(|s| s.spec.pool.generation)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .max(floor);
     let same = |want: &[ResourceSlice]| {
         observed.len() == want.len()
             && want.iter().all(|w| {
                 observed.iter().any(|o| {
                     o.metadata.name == w.metadata.name
                         && o.spec == w.spec
-                        && w.metadata.labels.iter().all(|(k, v)| o.metadata.labels.get(k) == Some(v))
+                        && w.metadata
+                            .labels
+                            .iter()
+                            .all(|(k, v)| o.metadata.labels.get(k) == Some(v))
                 })
             })
     };
@@ -178,7 +185,10 @@ pub fn reconcile(
         generation = current.saturating_add(1);
         want = objects::slices(driver, inventory, generation);
         for slice in &mut want {
-            match observed.iter().find(|o| o.metadata.name == slice.metadata.name) {
+            match observed
+                .iter()
+                .find(|o| o.metadata.name == slice.metadata.name)
+            {
                 Some(old) => {
                     slice.metadata.resource_version = old.metadata.resource_version.clone();
                     slices.replace(slice)?;
@@ -210,7 +220,10 @@ fn reconcile_classes(
     let want = objects::classes(driver, inventory);
     let mut changed = false;
     for class in &want {
-        match observed.iter().find(|o| o.metadata.name == class.metadata.name) {
+        match observed
+            .iter()
+            .find(|o| o.metadata.name == class.metadata.name)
+        {
             Some(old) if old.spec == class.spec => {}
             Some(old) => {
                 let mut class = class.clone();
@@ -294,6 +307,7 @@ fn run(
     let mut next_publish = now;
     let mut leader = false;
     let mut failing = false;
+    let mut floor = 0;
     loop {
         let mut deadline = next_lease;
         if leader && inventory.is_some() {
@@ -322,11 +336,21 @@ fn run(
             }
             let _ = state.send(Msg::Dra(DraEvent::Leader(leader)));
         }
-        let Some(inv) = inventory.as_deref().filter(|_| leader && now >= next_publish) else {
+        let Some(inv) = inventory
+            .as_deref()
+            .filter(|_| leader && now >= next_publish)
+        else {
             continue;
         };
-        match reconcile(api.slices.as_mut(), api.classes.as_mut(), driver, inv) {
+        match reconcile(
+            api.slices.as_mut(),
+            api.classes.as_mut(),
+            driver,
+            inv,
+            floor,
+        ) {
             Ok(p) => {
+                floor = p.generation;
                 if p.changed || failing {
                     info!(
                         "published {} devices in {} ResourceSlices, pool {POOL} generation {}",
@@ -463,12 +487,15 @@ mod tests {
     fn publishes_once_then_only_what_changed() {
         let (mut slices, mut classes) = (Memory::default(), Memory::default());
         let inv = inventory(TWO_SETS);
-        let p = reconcile(&mut slices, &mut classes, "d.io", &inv).unwrap();
-        assert_eq!((p.generation, p.slices, p.devices, p.changed), (1, 2, 3, true));
+        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0).unwrap();
+        assert_eq!(
+            (p.generation, p.slices, p.devices, p.changed),
+            (1, 2, 3, true)
+        );
         assert_eq!(slices.writes, 2);
         assert_eq!(classes.writes, 2);
         // Up to date: nothing written.
-        let p = reconcile(&mut slices, &mut classes, "d.io", &inv).unwrap();
+        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0).unwrap();
         assert_eq!((p.generation, p.changed), (1, false));
         assert_eq!(slices.writes, 2);
         // Device 2 moves to host c, resource a.io/y goes: generation 2, one slice, the other
@@ -483,7 +510,7 @@ mod tests {
       - {resourceName: a.io/x, instanceID: '2'}
 ",
         );
-        let p = reconcile(&mut slices, &mut classes, "d.io", &moved).unwrap();
+        let p = reconcile(&mut slices, &mut classes, "d.io", &moved, 0).unwrap();
         assert_eq!((p.generation, p.slices, p.changed), (2, 2, true));
         let now: Vec<(String, i64, Vec<String>)> = slices
             .objects
@@ -507,9 +534,13 @@ mod tests {
         assert_eq!(names, ["x.a.io"]);
         // Someone deletes a slice: the next publish repairs it at a new generation.
         slices.objects.remove("d.io-1");
-        let p = reconcile(&mut slices, &mut classes, "d.io", &moved).unwrap();
+        let p = reconcile(&mut slices, &mut classes, "d.io", &moved, 0).unwrap();
         assert_eq!((p.generation, p.changed), (3, true));
         assert_eq!(slices.objects.len(), 2);
+        // Every slice deleted: the generation goes on from the highest this publisher wrote.
+        slices.objects.clear();
+        let p = reconcile(&mut slices, &mut classes, "d.io", &moved, 3).unwrap();
+        assert_eq!(p.generation, 4);
     }
 
     #[test]
@@ -519,7 +550,7 @@ mod tests {
         let mut s = objects::slices("d.io", &inv, i64::MAX).remove(0);
         s.spec.devices.clear();
         slices.create(&s).unwrap();
-        let p = reconcile(&mut slices, &mut classes, "d.io", &inv).unwrap();
+        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0).unwrap();
         assert_eq!(p.generation, i64::MAX);
     }
 

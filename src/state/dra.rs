@@ -9,9 +9,9 @@ use log::info;
 
 use crate::config::dra::Inventory;
 use crate::config::Config;
-use crate::state::msg::{ClaimDevices, DraEvent, DraStatus, PrepareRefusal, PrepareReply};
 #[cfg(doc)]
 use crate::state::msg::Msg;
+use crate::state::msg::{ClaimDevices, DraEvent, DraStatus, PrepareRefusal, PrepareReply};
 use crate::state::{Backend, State};
 
 /// The DRA driver's part of the state.

@@ -1,0 +1,781 @@
+//! `--dra`: the real binary as a DRA driver against the API server stand-in (ResourceSlices,
+//! DeviceClasses, ResourceClaims, the leader Lease) and the kubelet's DRA stand-in (plugin
+//! registry, NodePrepareResources and NodeUnprepareResources over both versions), and the CDI
+//! specs it writes consumed by a real CDI consumer, podman.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_yaml::Value;
+
+use crate::apiserver::{self, ApiServer, Credentials, Fault};
+use crate::sim::dra::DraKubelet;
+use crate::util::{ConfigVolume, Spookd, TempDir, WAIT};
+use spookd::dra::proto::Version;
+
+const DRIVER: &str = "spookd.dev";
+
+const CONFIG: &str = r#"
+deviceMapping:
+  - hosts: [node1, node2]
+    devices:
+      - resourceName: skao.int/oscilloscope
+        instanceID: "0001"
+        env: {IP: 10.0.10.215}
+  - hosts: [node1]
+    devices:
+      - resourceName: skao.int/oscilloscope
+        instanceID: "0002"
+        env: {IP: 10.0.10.216}
+      - resourceName: example.com/widget
+        instanceID: sg-1
+"#;
+
+/// One node: its own kubelet dirs and CDI dir, sharing the API server and config.
+struct Node {
+    dir: TempDir,
+    kubelet: DraKubelet,
+    spookd: Option<Spookd>,
+    name: String,
+}
+
+impl Node {
+    fn start(
+        name: &str,
+        api: &ApiServer,
+        creds: &Credentials,
+        config: &Path,
+        extra: &[&str],
+    ) -> Node {
+        let dir = TempDir::new();
+        let kubelet = DraKubelet::start(&dir.join("registry"));
+        let mut node = Node {
+            dir,
+            kubelet,
+            spookd: None,
+            name: name.to_owned(),
+        };
+        node.spookd = Some(node.run(api, creds, config, extra));
+        node
+    }
+
+    fn run(&self, api: &ApiServer, creds: &Credentials, config: &Path, extra: &[&str]) -> Spookd {
+        let url = api.url();
+        let (plugins, registry, cdi) = (
+            self.dir.join("plugins"),
+            self.dir.join("registry"),
+            self.cdi(),
+        );
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--dra".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--poll-interval".as_ref(),
+            "50ms".as_ref(),
+            "--node-name".as_ref(),
+            self.name.as_ref(),
+            "--api-server".as_ref(),
+            url.as_ref(),
+            "--token-file".as_ref(),
+            creds.token.as_os_str(),
+            "--ca-file".as_ref(),
+            creds.ca.as_os_str(),
+            "--lease-namespace".as_ref(),
+            "spookd".as_ref(),
+            "--lease-duration".as_ref(),
+            "2s".as_ref(),
+            "--kubelet-plugins-dir".as_ref(),
+            plugins.as_os_str(),
+            "--kubelet-registry-dir".as_ref(),
+            registry.as_os_str(),
+        ];
+        if !extra.contains(&"--cdi-dir") {
+            args.extend(["--cdi-dir".as_ref(), cdi.as_os_str()]);
+        }
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        let n = RUNS.fetch_add(1, Ordering::Relaxed);
+        Spookd::start_args(&args, self.dir.join(&format!("spookd-{n}.log")))
+    }
+
+    fn cdi(&self) -> PathBuf {
+        self.dir.join("cdi")
+    }
+
+    fn spookd(&self) -> &Spookd {
+        self.spookd.as_ref().unwrap()
+    }
+
+    fn log(&self) -> String {
+        self.spookd.as_ref().map(Spookd::log).unwrap_or_default()
+    }
+}
+
+/// An object as the test compares it: without what the server adds.
+fn strip(mut v: Value) -> Value {
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_mapping_mut) {
+        meta.remove("resourceVersion");
+        meta.remove("uid");
+    }
+    v
+}
+
+fn generation(slices: &BTreeMap<String, Value>) -> Vec<i64> {
+    slices
+        .values()
+        .map(|s| s["spec"]["pool"]["generation"].as_i64().unwrap())
+        .collect()
+}
+
+fn writes(api: &ApiServer) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.target.starts_with("/apis/resource.k8s.io") && r.method != "GET")
+        .count()
+}
+
+fn lease_holder(api: &ApiServer) -> Option<String> {
+    api.leases()
+        .get("spookd-dra-spookd-dev")
+        .map(|l| l.holder.clone())
+        .filter(|h| !h.is_empty())
+}
+
+const SLICES: &str = r#"
+spookd.dev-0:
+  apiVersion: resource.k8s.io/v1
+  kind: ResourceSlice
+  metadata:
+    name: spookd.dev-0
+    labels: {app.kubernetes.io/instance: spookd.dev, app.kubernetes.io/managed-by: spookd}
+  spec:
+    driver: spookd.dev
+    pool: {name: spookd, generation: 1, resourceSliceCount: 2}
+    nodeSelector:
+      nodeSelectorTerms:
+        - matchFields: [{key: metadata.name, operator: In, values: [node1]}]
+    devices:
+      - name: oscilloscope-skao-int-0002
+        attributes:
+          IP: {string: 10.0.10.216}
+          instanceID: {string: "0002"}
+          resourceName: {string: skao.int/oscilloscope}
+      - name: widget-example-com-sg-1
+        attributes:
+          instanceID: {string: sg-1}
+          resourceName: {string: example.com/widget}
+spookd.dev-1:
+  apiVersion: resource.k8s.io/v1
+  kind: ResourceSlice
+  metadata:
+    name: spookd.dev-1
+    labels: {app.kubernetes.io/instance: spookd.dev, app.kubernetes.io/managed-by: spookd}
+  spec:
+    driver: spookd.dev
+    pool: {name: spookd, generation: 1, resourceSliceCount: 2}
+    nodeSelector:
+      nodeSelectorTerms:
+        - matchFields: [{key: metadata.name, operator: In, values: [node1, node2]}]
+    devices:
+      - name: oscilloscope-skao-int-0001
+        attributes:
+          IP: {string: 10.0.10.215}
+          instanceID: {string: "0001"}
+          resourceName: {string: skao.int/oscilloscope}
+"#;
+
+const CLASSES: &str = r#"
+oscilloscope.skao.int:
+  apiVersion: resource.k8s.io/v1
+  kind: DeviceClass
+  metadata:
+    name: oscilloscope.skao.int
+    labels: {app.kubernetes.io/instance: spookd.dev, app.kubernetes.io/managed-by: spookd}
+  spec:
+    selectors:
+      - cel:
+          expression: device.driver == "spookd.dev" && device.attributes["spookd.dev"].resourceName == "skao.int/oscilloscope"
+widget.example.com:
+  apiVersion: resource.k8s.io/v1
+  kind: DeviceClass
+  metadata:
+    name: widget.example.com
+    labels: {app.kubernetes.io/instance: spookd.dev, app.kubernetes.io/managed-by: spookd}
+  spec:
+    selectors:
+      - cel:
+          expression: device.driver == "spookd.dev" && device.attributes["spookd.dev"].resourceName == "example.com/widget"
+"#;
+
+fn stripped(objects: BTreeMap<String, Value>) -> BTreeMap<String, Value> {
+    objects.into_iter().map(|(k, v)| (k, strip(v))).collect()
+}
+
+/// Where the objects spookd wrote are kept for scripts/test to validate against the schemas.
+fn keep_for_validation(name: &str, objects: &BTreeMap<String, Value>) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dra-objects");
+    std::fs::create_dir_all(&dir).unwrap();
+    let docs: Vec<String> = objects
+        .values()
+        .map(|o| serde_yaml::to_string(&strip(o.clone())).unwrap())
+        .collect();
+    std::fs::write(dir.join(format!("{name}.yaml")), docs.join("---\n")).unwrap();
+}
+
+#[test]
+fn publishes_every_device_once_and_follows_config_edits() {
+    let (api, creds) = apiserver::with_credentials("dra-publish");
+    let tmp = TempDir::new();
+    let mut config = ConfigVolume::new(tmp.join("cm"), CONFIG);
+    let node = Node::start("node1", &api, &creds, &config.path(), &[]);
+    let want: BTreeMap<String, Value> = serde_yaml::from_str(SLICES).unwrap();
+    let ok = api.wait_objects("resourceslices", WAIT, |s| stripped(s.clone()) == want);
+    assert!(
+        ok,
+        "slices: {:#?}\n--- log ---\n{}",
+        api.objects("resourceslices"),
+        node.log()
+    );
+    let classes: BTreeMap<String, Value> = serde_yaml::from_str(CLASSES).unwrap();
+    assert!(api.wait_objects("deviceclasses", WAIT, |c| stripped(c.clone()) == classes));
+    assert_eq!(lease_holder(&api).as_deref(), Some("node1"));
+    keep_for_validation("slices", &api.objects("resourceslices"));
+    keep_for_validation("classes", &api.objects("deviceclasses"));
+
+    // Up to date: the resync writes nothing.
+    let before = writes(&api);
+    assert!(node
+        .spookd()
+        .wait_log("published 3 devices in 2 ResourceSlices", 1));
+
+    // 0002 moves to both hosts and the widget goes: one slice at generation 2, the other
+    // deleted, the widget's class deleted.
+    config.write(
+        r#"
+deviceMapping:
+  - hosts: [node1, node2]
+    devices:
+      - resourceName: skao.int/oscilloscope
+        instanceID: "0001"
+        env: {IP: 10.0.10.215}
+      - resourceName: skao.int/oscilloscope
+        instanceID: "0002"
+        env: {IP: 10.0.10.216}
+"#,
+    );
+    let ok = api.wait_objects("resourceslices", WAIT, |s| {
+        s.len() == 1 && generation(s) == [2]
+    });
+    assert!(ok, "{:#?}\n{}", api.objects("resourceslices"), node.log());
+    let slice = &api.objects("resourceslices")["spookd.dev-0"];
+    let names: Vec<&str> = slice["spec"]["devices"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["oscilloscope-skao-int-0001", "oscilloscope-skao-int-0002"]
+    );
+    assert_eq!(slice["spec"]["pool"]["resourceSliceCount"], 1);
+    assert_eq!(
+        slice["spec"]["nodeSelector"]["nodeSelectorTerms"][0]["matchFields"][0]["values"],
+        serde_yaml::from_str::<Value>("[node1, node2]").unwrap()
+    );
+    assert!(api.wait_objects("deviceclasses", WAIT, |c| c
+        .keys()
+        .eq(["oscilloscope.skao.int"])));
+    assert!(writes(&api) > before);
+
+    // An invalid config on the leader publishes nothing: the last good stays.
+    let before = writes(&api);
+    config.write("deviceMapping:\n  - hosts: [node1]\n    devices:\n      - {resourceName: a.io/x, instanceID: A1}\n      - {resourceName: a.io/x, instanceID: a1}\n");
+    assert!(
+        node.spookd().wait_log("both get the DRA device name", 1),
+        "{}",
+        node.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(writes(&api), before);
+    assert_eq!(generation(&api.objects("resourceslices")), [2]);
+
+    // Someone deletes the slice: the next resync is a minute away, so a config edit brings it
+    // back now, at a new generation.
+    api.remove_object("resourceslices", "spookd.dev-0");
+    config.write(CONFIG);
+    let ok = api.wait_objects("resourceslices", WAIT, |s| {
+        s.len() == 2 && generation(s) == [3, 3]
+    });
+    assert!(ok, "{:#?}", api.objects("resourceslices"));
+}
+
+#[test]
+fn api_faults_are_retried_until_published() {
+    let (api, creds) = apiserver::with_credentials("dra-faults");
+    api.fail_when("POST", "/resourceslices", Fault::Status(500, None));
+    api.fail_when("GET", "/resourceslices", Fault::Status(429, Some(0)));
+    api.fail_when("POST", "/deviceclasses", Fault::Status(503, None));
+    let tmp = TempDir::new();
+    let config = ConfigVolume::new(tmp.join("cm"), CONFIG);
+    let node = Node::start("node1", &api, &creds, &config.path(), &[]);
+    let want: BTreeMap<String, Value> = serde_yaml::from_str(SLICES).unwrap();
+    let ok = api.wait_objects("resourceslices", WAIT, |s| stripped(s.clone()) == want);
+    assert!(ok, "{}", node.log());
+    assert!(
+        node.log()
+            .contains("cannot publish driver spookd.dev's devices"),
+        "{}",
+        node.log()
+    );
+}
+
+#[test]
+fn another_node_takes_over_when_the_leader_goes() {
+    let (api, creds) = apiserver::with_credentials("dra-failover");
+    let tmp = TempDir::new();
+    let mut config = ConfigVolume::new(tmp.join("cm"), CONFIG);
+    let mut a = Node::start("node1", &api, &creds, &config.path(), &[]);
+    assert!(a.spookd().wait_log("this node leads", 1), "{}", a.log());
+    let mut b = Node::start("node2", &api, &creds, &config.path(), &[]);
+    assert!(api.wait_objects("resourceslices", WAIT, |s| s.len() == 2));
+    assert!(
+        b.kubelet.wait_registered(DRIVER, WAIT).is_some(),
+        "{}",
+        b.log()
+    );
+    assert_eq!(lease_holder(&api).as_deref(), Some("node1"));
+    assert!(!b.log().contains("this node leads"));
+
+    // The leader dies without a word: node2 leads within the Lease's duration (2 s, plus its
+    // eighth for the next try and the slack of a loaded machine).
+    let died = Instant::now();
+    drop(a.spookd.take());
+    let deadline = died + Duration::from_secs(6);
+    while lease_holder(&api).as_deref() != Some("node2") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(lease_holder(&api).as_deref(), Some("node2"), "{}", b.log());
+    let took = died.elapsed();
+    // Not before the Lease could have run out: its last renewal was at most a third of the
+    // duration before the leader died.
+    assert!(
+        took >= Duration::from_millis(1000),
+        "took over after {took:?}: too early"
+    );
+    assert!(b.spookd().wait_log("this node leads", 1));
+    // The new leader publishes what changes.
+    config.write(&CONFIG.replace("10.0.10.216", "10.0.10.217"));
+    let ok = api.wait_objects("resourceslices", WAIT, |s| {
+        generation(s) == [2, 2] && serde_yaml::to_string(s).unwrap().contains("10.0.10.217")
+    });
+    assert!(ok, "{}", b.log());
+
+    // A leader stopped cleanly releases the Lease: the other leads at once.
+    a.spookd = Some(a.run(&api, &creds, &config.path(), &[]));
+    assert!(a.kubelet.wait_registered(DRIVER, WAIT).is_some());
+    let stopped = Instant::now();
+    b.spookd.as_mut().unwrap().terminate();
+    assert!(b.log().contains("released the leader Lease"), "{}", b.log());
+    assert!(a.spookd().wait_log("this node leads", 1), "{}", a.log());
+    assert!(
+        stopped.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        stopped.elapsed()
+    );
+}
+
+/// A ResourceClaim the scheduler allocated: `devices` as (request, device).
+fn claim(namespace: &str, name: &str, uid: &str, devices: &[(&str, &str)]) -> Value {
+    let results: Vec<String> = devices
+        .iter()
+        .map(|(request, device)| {
+            format!("{{request: {request}, driver: {DRIVER}, pool: spookd, device: {device}}}")
+        })
+        .collect();
+    serde_yaml::from_str(&format!(
+        "apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {{name: {name}, namespace: {namespace}, uid: {uid}}}
+spec:
+  devices:
+    requests: [{{name: scope, exactly: {{deviceClassName: oscilloscope.skao.int}}}}]
+status:
+  allocation:
+    devices:
+      results: [{}]
+",
+        results.join(", ")
+    ))
+    .unwrap()
+}
+
+/// The env of a CDI spec file.
+fn spec_env(path: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let spec: Value = serde_yaml::from_str(&text).unwrap();
+    spec["devices"][0]["containerEdits"]["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let (k, v) = e.as_str().unwrap().split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Both scopes: the seed's layout, numbered within the claim.
+fn two_scopes_env() -> BTreeMap<String, String> {
+    env(&[
+        ("SKAOINT_OSCILLOSCOPE_DEV0_ID", "0001"),
+        ("SKAOINT_OSCILLOSCOPE_DEV0_IP", "10.0.10.215"),
+        ("SKAOINT_OSCILLOSCOPE_DEV0_TYPE", "skao.int/oscilloscope"),
+        ("SKAOINT_OSCILLOSCOPE_DEV1_ID", "0002"),
+        ("SKAOINT_OSCILLOSCOPE_DEV1_IP", "10.0.10.216"),
+        ("SKAOINT_OSCILLOSCOPE_DEV1_TYPE", "skao.int/oscilloscope"),
+        ("SKAOINT_OSCILLOSCOPE_ID", "0001"),
+        ("SKAOINT_OSCILLOSCOPE_IP", "10.0.10.215"),
+        ("SKAOINT_OSCILLOSCOPE_NUM_DEVICES", "2"),
+        ("SKAOINT_OSCILLOSCOPE_TYPE", "skao.int/oscilloscope"),
+    ])
+}
+
+#[test]
+fn prepares_claims_with_cdi_specs_and_unprepares_them() {
+    let (api, creds) = apiserver::with_credentials("dra-prepare");
+    let tmp = TempDir::new();
+    let config = ConfigVolume::new(tmp.join("cm"), CONFIG);
+    let mut node = Node::start("node1", &api, &creds, &config.path(), &[]);
+    let reg = node.kubelet.wait_registered(DRIVER, WAIT);
+    let reg = reg.unwrap_or_else(|| panic!("not registered\n{}", node.log()));
+    assert_eq!(reg.versions, ["v1.DRAPlugin", "v1beta1.DRAPlugin"]);
+    assert_eq!(
+        reg.endpoint,
+        node.dir
+            .join("plugins/spookd.dev/dra.sock")
+            .display()
+            .to_string()
+    );
+    assert!(node
+        .spookd()
+        .wait_log("the kubelet registered DRA driver spookd.dev", 1));
+
+    api.put_object(
+        "namespaces/lab/resourceclaims",
+        claim(
+            "lab",
+            "scopes",
+            "uid-1",
+            &[
+                ("scope", "oscilloscope-skao-int-0002"),
+                ("scope", "oscilloscope-skao-int-0001"),
+            ],
+        ),
+    );
+    api.put_object(
+        "namespaces/lab/resourceclaims",
+        claim(
+            "lab",
+            "moved",
+            "uid-new",
+            &[("scope", "oscilloscope-skao-int-0001")],
+        ),
+    );
+    api.put_object(
+        "namespaces/lab/resourceclaims",
+        claim(
+            "lab",
+            "gone",
+            "uid-3",
+            &[("scope", "oscilloscope-skao-int-0099")],
+        ),
+    );
+    let claims = [
+        ("lab", "uid-1", "scopes"),
+        ("lab", "uid-old", "moved"),
+        ("lab", "uid-2", "missing"),
+        ("lab", "uid-3", "gone"),
+        ("../x", "uid-4", "bad"),
+    ];
+    let answer = node.kubelet.prepare(DRIVER, Version::V1, &claims).unwrap();
+    let errors: BTreeMap<&str, &str> = answer
+        .claims
+        .iter()
+        .map(|(uid, r)| (uid.as_str(), r.error.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        BTreeMap::from([
+            ("uid-1", ""),
+            ("uid-old", "ResourceClaim lab/moved has UID uid-new, not uid-old (deleted and created again?)"),
+            ("uid-2", "ResourceClaim lab/missing does not exist"),
+            (
+                "uid-3",
+                "device oscilloscope-skao-int-0099 is not in the config (removed since it was allocated?)"
+            ),
+            ("uid-4", "namespace \"../x\" is not a DNS label"),
+        ]),
+        "{}",
+        node.log()
+    );
+    let devices: Vec<(Vec<String>, String, String, Vec<String>)> = answer.claims["uid-1"]
+        .devices
+        .iter()
+        .map(|d| {
+            (
+                d.request_names.to_vec(),
+                d.pool_name.clone(),
+                d.device_name.clone(),
+                d.cdi_device_ids.to_vec(),
+            )
+        })
+        .collect();
+    let id = vec!["spookd.dev/claim=uid-1".to_owned()];
+    assert_eq!(
+        devices,
+        [
+            (
+                vec!["scope".to_owned()],
+                "spookd".to_owned(),
+                "oscilloscope-skao-int-0002".to_owned(),
+                id.clone()
+            ),
+            (
+                vec!["scope".to_owned()],
+                "spookd".to_owned(),
+                "oscilloscope-skao-int-0001".to_owned(),
+                id.clone()
+            ),
+        ]
+    );
+    let spec = node.cdi().join("spookd.dev-claim_uid-1.yaml");
+    assert_eq!(spec_env(&spec), two_scopes_env());
+    let specs: Vec<_> = std::fs::read_dir(node.cdi())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(specs.len(), 1, "{specs:?}");
+
+    // Repeated, and over v1beta1: the same answer.
+    let again = node
+        .kubelet
+        .prepare(DRIVER, Version::V1beta1, &claims[..1])
+        .unwrap();
+    assert_eq!(again.claims["uid-1"], answer.claims["uid-1"]);
+
+    // spookd restarts: the spec stays, the plugin registers again, the answer is the same.
+    node.spookd.as_mut().unwrap().terminate();
+    assert!(spec.exists());
+    let first = node.kubelet.registrations(DRIVER);
+    node.spookd = Some(node.run(&api, &creds, &config.path(), &[]));
+    let deadline = Instant::now() + WAIT;
+    while node.kubelet.registrations(DRIVER) == first && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        node.kubelet.registrations(DRIVER),
+        first + 1,
+        "{}",
+        node.log()
+    );
+    let again = node
+        .kubelet
+        .prepare(DRIVER, Version::V1, &claims[..1])
+        .unwrap();
+    assert_eq!(again.claims["uid-1"], answer.claims["uid-1"]);
+    assert_eq!(spec_env(&spec), two_scopes_env());
+
+    // The kubelet restarts: it finds the socket again.
+    node.kubelet.restart();
+    assert!(node.kubelet.wait_registered(DRIVER, WAIT).is_some());
+    assert_eq!(node.kubelet.registrations(DRIVER), first + 2);
+
+    // Unprepare removes the spec; unknown claims succeed; a bad UID is an error of its own.
+    let gone = node
+        .kubelet
+        .unprepare(
+            DRIVER,
+            Version::V1,
+            &[
+                ("lab", "uid-1", "scopes"),
+                ("lab", "uid-9", "x"),
+                ("lab", "../../etc", "x"),
+            ],
+        )
+        .unwrap();
+    let errors: BTreeMap<&str, &str> = gone
+        .claims
+        .iter()
+        .map(|(u, r)| (u.as_str(), r.error.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        BTreeMap::from([
+            (
+                "../../etc",
+                "claim UID \"../../etc\" is not 1 to 64 letters, digits and '-'"
+            ),
+            ("uid-1", ""),
+            ("uid-9", ""),
+        ])
+    );
+    assert!(!spec.exists());
+    // A deleted socket is served again and registered anew.
+    std::fs::remove_file(node.dir.join("registry/spookd.dev-reg.sock")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node.kubelet.registrations(DRIVER) < first + 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        node.kubelet.registrations(DRIVER),
+        first + 3,
+        "{}",
+        node.log()
+    );
+}
+
+/// A busybox image podman can run without a registry.
+fn busybox_image() -> &'static str {
+    const IMAGE: &str = "localhost/spookd-busybox:test";
+    let exists = std::process::Command::new("podman")
+        .args(["image", "exists", IMAGE])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !exists {
+        let dir = TempDir::new();
+        std::fs::create_dir_all(dir.join("root/bin")).unwrap();
+        std::fs::copy("/bin/busybox", dir.join("root/bin/busybox")).expect("busybox-static");
+        let tar = dir.join("root.tar");
+        let ok = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(dir.join("root"))
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let ok = std::process::Command::new("podman")
+            .arg("import")
+            .arg(&tar)
+            .arg(IMAGE)
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    }
+    IMAGE
+}
+
+#[test]
+fn podman_runs_a_container_with_a_prepared_claims_env() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let podman = std::process::Command::new("podman")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !(root && podman) && std::env::var_os("SPOOKD_SKIP_PODMAN").is_some() {
+        eprintln!("skipped: podman as root is needed (SPOOKD_SKIP_PODMAN is set)");
+        return;
+    }
+    assert!(root && podman, "this test runs podman as root (scripts/prereqs installs it); set SPOOKD_SKIP_PODMAN=1 to skip it");
+    let (api, creds) = apiserver::with_credentials("dra-podman");
+    let tmp = TempDir::new();
+    let config = ConfigVolume::new(tmp.join("cm"), CONFIG);
+    // podman 4.3 reads CDI specs from /etc/cdi and /var/run/cdi only: a driver name of this run's
+    // own keeps its spec apart from anything else there.
+    let driver = format!("t{}.spookd.test", std::process::id());
+    let node = Node::start(
+        "node1",
+        &api,
+        &creds,
+        &config.path(),
+        &["--dra-driver", &driver, "--cdi-dir", "/var/run/cdi"],
+    );
+    assert!(
+        node.kubelet.wait_registered(&driver, WAIT).is_some(),
+        "{}",
+        node.log()
+    );
+    let mut object = claim(
+        "lab",
+        "scopes",
+        "uid-podman",
+        &[
+            ("scope", "oscilloscope-skao-int-0001"),
+            ("scope", "oscilloscope-skao-int-0002"),
+        ],
+    );
+    for r in object["status"]["allocation"]["devices"]["results"]
+        .as_sequence_mut()
+        .unwrap()
+    {
+        r["driver"] = driver.clone().into();
+    }
+    api.put_object("namespaces/lab/resourceclaims", object);
+    let answer = node
+        .kubelet
+        .prepare(&driver, Version::V1, &[("lab", "uid-podman", "scopes")])
+        .unwrap();
+    let prepared = &answer.claims["uid-podman"];
+    assert_eq!(prepared.error, "", "{}", node.log());
+    let cdi_id = prepared.devices[0].cdi_device_ids[0].clone();
+    assert_eq!(cdi_id, format!("{driver}/claim=uid-podman"));
+    let image = busybox_image();
+    let out = std::process::Command::new("podman")
+        .args([
+            "--runtime",
+            "/usr/sbin/runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "run",
+            "--rm",
+        ])
+        .args([
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ])
+        .args(["--device", &cdi_id, image, "/bin/busybox", "env"])
+        .output()
+        .unwrap();
+    let spec = PathBuf::from("/var/run/cdi").join(format!("{driver}-claim_uid-podman.yaml"));
+    let unprepared =
+        node.kubelet
+            .unprepare(&driver, Version::V1, &[("lab", "uid-podman", "scopes")]);
+    assert!(!spec.exists());
+    assert!(
+        out.status.success(),
+        "podman: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.starts_with("SKAOINT_"))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    assert_eq!(seen, two_scopes_env());
+    assert_eq!(unprepared.unwrap().claims["uid-podman"].error, "");
+}
