@@ -24,7 +24,7 @@ use log::{info, warn};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::clock::later;
-use crate::state::msg::{Msg, Snapshot};
+use crate::state::msg::{DraStatus, Msg, Snapshot};
 use crate::worker::Worker;
 
 /// Largest request head read.
@@ -536,12 +536,94 @@ pub fn render(s: &Snapshot) -> String {
         "Registrations with the kubelet, by resource and result.",
         by_result(&s.registrations),
     );
+    if let Some(d) = &s.dra {
+        render_dra(d, &mut family);
+    }
     out
+}
+
+/// `--dra`: the driver's families.
+fn render_dra(d: &DraStatus, family: &mut impl FnMut(&str, &str, &str, Vec<String>)) {
+    let one = |v: u64| vec![format!(" {v}")];
+    family(
+        "spookd_dra_leader",
+        "gauge",
+        "Whether this node holds the driver's leader Lease and publishes.",
+        one(u64::from(d.leader)),
+    );
+    family(
+        "spookd_dra_pool_generation",
+        "gauge",
+        "The generation of the pool last published or found up to date (0: not yet, or never led).",
+        vec![format!(" {}", d.generation)],
+    );
+    family(
+        "spookd_dra_published_devices",
+        "gauge",
+        "Devices in the pool last published by this node.",
+        one(d.devices as u64),
+    );
+    family(
+        "spookd_dra_resource_slices",
+        "gauge",
+        "ResourceSlices in the pool last published by this node.",
+        one(d.slices as u64),
+    );
+    family(
+        "spookd_dra_publish_failures_total",
+        "counter",
+        "Publish attempts that failed (each is retried).",
+        one(d.publish_failures),
+    );
+    family(
+        "spookd_dra_plugin_registered",
+        "gauge",
+        "Whether the kubelet accepted the plugin's registration.",
+        one(u64::from(d.registered)),
+    );
+    family(
+        "spookd_dra_claims_total",
+        "counter",
+        "Claims prepared or unprepared, by result.",
+        vec![
+            format!("{{result=\"ok\"}} {}", d.claims_ok),
+            format!("{{result=\"error\"}} {}", d.claims_failed),
+        ],
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renders_the_dra_drivers_families_in_dra_mode_only() {
+        let mut s = Snapshot::default();
+        assert!(!render(&s).contains("spookd_dra_"));
+        s.dra = Some(DraStatus {
+            leader: true,
+            generation: 7,
+            slices: 2,
+            devices: 130,
+            publish_failures: 1,
+            registered: true,
+            claims_ok: 3,
+            claims_failed: 1,
+        });
+        let text = render(&s);
+        for line in [
+            "spookd_dra_leader 1",
+            "spookd_dra_pool_generation 7",
+            "spookd_dra_published_devices 130",
+            "spookd_dra_resource_slices 2",
+            "spookd_dra_publish_failures_total 1",
+            "spookd_dra_plugin_registered 1",
+            "spookd_dra_claims_total{result=\"ok\"} 3",
+            "spookd_dra_claims_total{result=\"error\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+    }
 
     #[test]
     fn renders_the_text_format() {

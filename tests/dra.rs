@@ -779,3 +779,134 @@ fn podman_runs_a_container_with_a_prepared_claims_env() {
     assert_eq!(seen, two_scopes_env());
     assert_eq!(unprepared.unwrap().claims["uid-podman"].error, "");
 }
+
+/// `scripts/demo-dra`: the whole flow without a cluster, printed (ignored by the suite).
+#[test]
+#[ignore = "a demo: scripts/demo-dra runs it"]
+fn demo() {
+    let say = |s: &str| println!("\n==> {s}");
+    let (api, creds) = apiserver::with_credentials("dra-demo");
+    let tmp = TempDir::new();
+    let config = ConfigVolume::new(tmp.join("cm"), CONFIG);
+    say("the config (two scopes, one widget; 0001 reaches node1 and node2)");
+    print!("{CONFIG}");
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let podman = root
+        && std::process::Command::new("podman")
+            .arg("--version")
+            .output()
+            .is_ok();
+    let driver = if podman {
+        format!("demo{}.spookd.test", std::process::id())
+    } else {
+        DRIVER.to_owned()
+    };
+    let mut extra = vec!["--dra-driver", driver.as_str()];
+    if podman {
+        extra.extend(["--cdi-dir", "/var/run/cdi"]);
+    }
+    say(&format!("spookd --dra --dra-driver {driver} --node-name node1 … (against an HTTPS API stand-in and a kubelet stand-in)"));
+    let node = Node::start("node1", &api, &creds, &config.path(), &extra);
+    assert!(
+        api.wait_objects("resourceslices", WAIT, |s| s.len() == 2),
+        "{}",
+        node.log()
+    );
+    say("it leads (Lease spookd-dra-…) and published these ResourceSlices and DeviceClasses");
+    for (_, o) in api
+        .objects("resourceslices")
+        .into_iter()
+        .chain(api.objects("deviceclasses"))
+    {
+        println!(
+            "---\n{}",
+            serde_yaml::to_string(&strip(o)).unwrap().trim_end()
+        );
+    }
+    let reg = node.kubelet.wait_registered(&driver, WAIT).unwrap();
+    say(&format!(
+        "the kubelet stand-in found the plugin: endpoint {}, versions {:?}",
+        reg.endpoint, reg.versions
+    ));
+    let mut object = claim(
+        "lab",
+        "scopes",
+        "0b7c4e36-5a1f-4c9e-9d0e-1f2a3b4c5d6e",
+        &[
+            ("scope", "oscilloscope-skao-int-0001"),
+            ("scope", "oscilloscope-skao-int-0002"),
+        ],
+    );
+    for r in object["status"]["allocation"]["devices"]["results"]
+        .as_sequence_mut()
+        .unwrap()
+    {
+        r["driver"] = driver.clone().into();
+    }
+    api.put_object("namespaces/lab/resourceclaims", object);
+    say("the scheduler allocated both scopes to claim lab/scopes; the kubelet calls NodePrepareResources");
+    let uid = "0b7c4e36-5a1f-4c9e-9d0e-1f2a3b4c5d6e";
+    let answer = node
+        .kubelet
+        .prepare(&driver, Version::V1, &[("lab", uid, "scopes")])
+        .unwrap();
+    for d in &answer.claims[uid].devices {
+        println!(
+            "device {} (pool {}, request {:?}) → CDI {:?}",
+            d.device_name, d.pool_name, d.request_names, d.cdi_device_ids
+        );
+    }
+    let cdi_dir = if podman {
+        PathBuf::from("/var/run/cdi")
+    } else {
+        node.cdi()
+    };
+    let spec = cdi_dir.join(format!("{driver}-claim_{uid}.yaml"));
+    say(&format!("the CDI spec {}", spec.display()));
+    print!("{}", std::fs::read_to_string(&spec).unwrap());
+    if podman {
+        let id = format!("{driver}/claim={uid}");
+        say(&format!(
+            "podman run --device {id} busybox env (the container runtime applies the spec)"
+        ));
+        let out = std::process::Command::new("podman")
+            .args([
+                "--runtime",
+                "/usr/sbin/runc",
+                "--cgroup-manager",
+                "cgroupfs",
+                "run",
+                "--rm",
+            ])
+            .args([
+                "--network",
+                "none",
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=1024:1024",
+            ])
+            .args(["--device", &id, busybox_image(), "/bin/busybox", "env"])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("SKAOINT_"))
+        {
+            println!("{line}");
+        }
+        print!("{}", String::from_utf8_lossy(&out.stderr));
+    } else {
+        say("(podman runs the container only as root: skipped)");
+    }
+    node.kubelet
+        .unprepare(&driver, Version::V1, &[("lab", uid, "scopes")])
+        .unwrap();
+    say(&format!(
+        "NodeUnprepareResources: the spec is gone: {}",
+        !spec.exists()
+    ));
+}

@@ -83,3 +83,104 @@ impl<B: Backend> State<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+    use std::rc::Rc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::config::dra::EnvRefusal;
+    use crate::config::{NodeName, ResourceName};
+    use crate::state::msg::{LeaseCmd, Msg, ProbeSet};
+
+    struct Published(Rc<RefCell<Vec<Arc<Inventory>>>>);
+
+    impl Backend for Published {
+        type Server = ();
+        type Error = &'static str;
+        fn start(&mut self, _: &ResourceName, _: u64) -> Result<((), String), &'static str> {
+            panic!("a DRA driver starts no device-plugin server")
+        }
+        fn register(&mut self, _: &ResourceName, _: &str) {
+            panic!("a DRA driver registers no resource")
+        }
+        fn forget(&mut self, _: &ResourceName) {}
+        fn socket_exists(&self, _: &str) -> bool {
+            true
+        }
+        fn kubelet_socket(&self) -> Option<u64> {
+            None
+        }
+        fn set_probes(&mut self, _: ProbeSet) {}
+        fn exclusive(&self) -> bool {
+            false
+        }
+        fn leases(&mut self, _: LeaseCmd) {}
+        fn served(&mut self, _: BTreeSet<ResourceName>) {}
+        fn dra(&self) -> bool {
+            true
+        }
+        fn publish(&mut self, inventory: Arc<Inventory>) {
+            self.0.borrow_mut().push(inventory);
+        }
+    }
+
+    fn msg(yaml: &str) -> Msg {
+        Msg::Config {
+            origin: "t".into(),
+            config: Config::parse(yaml.as_bytes(), "t").unwrap(),
+        }
+    }
+
+    fn prepare(s: &mut State<Published>, devices: &[&str]) -> Result<usize, PrepareRefusal> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let claims = vec![ClaimDevices {
+            uid: "u".into(),
+            devices: devices.iter().map(|d| (*d).to_owned()).collect(),
+        }];
+        s.handle(Msg::Prepare { claims, reply }, Instant::now());
+        answer.recv().unwrap().remove(0).map(|env| env.len())
+    }
+
+    const ONE: &str = "deviceMapping:\n  - hosts: [x]\n    devices:\n      - {resourceName: a.io/s, instanceID: '1'}\n";
+
+    #[test]
+    fn good_configs_are_published_once_and_bad_ones_never() {
+        let published = Rc::new(RefCell::new(Vec::new()));
+        let node = NodeName::try_from("n1".to_owned()).unwrap();
+        let mut s = State::new(node, Published(published.clone()), Instant::now());
+        assert_eq!(
+            prepare(&mut s, &["s-a-io-1"]),
+            Err(PrepareRefusal::NoConfig)
+        );
+        s.handle(msg(ONE), Instant::now());
+        s.handle(msg(ONE), Instant::now());
+        assert_eq!(published.borrow().len(), 1);
+        // Names that collide: the config is invalid here (and only here), the last good stays.
+        let clash = "deviceMapping:\n  - hosts: [x]\n    devices:\n      - {resourceName: a.io/s, instanceID: A}\n      - {resourceName: a.io/s, instanceID: a}\n";
+        s.handle(msg(clash), Instant::now());
+        assert_eq!(published.borrow().len(), 1);
+        let snap = s.snapshot();
+        assert_eq!((snap.reloads_ok, snap.reloads_error), (2, 1));
+        // Served on no node in device-plugin terms, whatever the hosts.
+        assert!(snap.resources.is_empty());
+        assert_eq!(prepare(&mut s, &["s-a-io-1"]), Ok(5));
+        assert_eq!(
+            prepare(&mut s, &["s-a-io-2"]),
+            Err(PrepareRefusal::Env(EnvRefusal::UnknownDevice(
+                "s-a-io-2".into()
+            )))
+        );
+        s.handle(Msg::Dra(DraEvent::Leader(true)), Instant::now());
+        s.handle(
+            Msg::Dra(DraEvent::Claims { ok: 2, failed: 1 }),
+            Instant::now(),
+        );
+        let dra = s.snapshot().dra.unwrap();
+        assert!(dra.leader);
+        assert_eq!((dra.claims_ok, dra.claims_failed), (2, 1));
+    }
+}
