@@ -319,3 +319,83 @@ fn both_image_stages_set_the_allocator_environment() {
     );
     assert_eq!(finals[0], finals[1]);
 }
+
+/// The DRA manifests: the names spookd derives are the names the manifests use.
+#[test]
+fn the_dra_manifests_match_what_spookd_derives() {
+    use spookd::config::dra::{class_name, Inventory};
+    use spookd::dra::publish::leader_lease_name;
+    let example = docs("manifests/dra/example.yaml");
+    let docs = docs("manifests/dra/spookd-dra.yaml");
+    let cm = find(&docs, "ConfigMap");
+    let config = Config::parse(s(&cm["data"]["config.yaml"]).as_bytes(), "ConfigMap").unwrap();
+    let inventory = Inventory::new(&config, "ConfigMap").unwrap();
+    let template = find(&example, "ResourceClaimTemplate");
+    let class =
+        s(&template["spec"]["spec"]["devices"]["requests"][0]["exactly"]["deviceClassName"]);
+    assert!(inventory.classes().contains_key(class), "{class}");
+    let resource =
+        spookd::config::ResourceName::try_from("skao.int/oscilloscope".to_owned()).unwrap();
+    assert_eq!(class, class_name(&resource));
+    let deployment = find(&example, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    // The one device is published once: of two replicas, one runs.
+    assert_eq!(inventory.devices().len(), 1);
+
+    let role = docs.iter().find(|d| d["kind"] == "Role").unwrap();
+    assert_eq!(
+        s(&role["rules"][1]["resourceNames"][0]),
+        leader_lease_name(spookd::dra::DEFAULT_DRIVER)
+    );
+    let cluster_role = find(&docs, "ClusterRole");
+    let rules: Vec<(String, Vec<String>)> = cluster_role["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let verbs = r["verbs"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|v| s(v).to_owned())
+                .collect();
+            (s(&r["resources"][0]).to_owned(), verbs)
+        })
+        .collect();
+    let v = |l: &[&str]| l.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        rules,
+        [
+            (
+                "resourceslices".to_owned(),
+                v(&["get", "list", "watch", "create", "update", "delete"])
+            ),
+            (
+                "deviceclasses".to_owned(),
+                v(&["get", "list", "create", "update", "delete"])
+            ),
+            ("resourceclaims".to_owned(), v(&["get"])),
+        ]
+    );
+    let ds = find(&docs, "DaemonSet");
+    let mounts: Vec<&str> = ds["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| s(&m["mountPath"]))
+        .collect();
+    for dir in [
+        spookd::dra::DEFAULT_PLUGINS_DIR,
+        spookd::dra::DEFAULT_REGISTRY_DIR,
+        spookd::dra::DEFAULT_CDI_DIR,
+        "/etc/spookd",
+    ] {
+        assert!(mounts.contains(&dir), "{dir} not mounted: {mounts:?}");
+    }
+    let env = &ds["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(env
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "SPOOKD_DRA" && e["value"] == "true"));
+}
