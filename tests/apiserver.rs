@@ -70,8 +70,13 @@ pub struct Credentials {
 
 /// A stand-in for namespace `spookd` accepting the token `secret`, with credentials for it.
 pub fn with_credentials(ca_name: &str) -> (ApiServer, Credentials) {
+    with_configmap(ca_name, "unused")
+}
+
+/// The same, serving ConfigMap `spookd/<configmap>`.
+pub fn with_configmap(ca_name: &str, configmap: &str) -> (ApiServer, Credentials) {
     let pki = Pki::new(ca_name);
-    let api = ApiServer::start(&pki, "spookd", "unused", "secret");
+    let api = ApiServer::start(&pki, "spookd", configmap, "secret");
     let dir = crate::util::TempDir::new();
     let (token, ca) = (dir.join("token"), dir.join("ca.crt"));
     std::fs::write(&token, "secret\n").unwrap();

@@ -68,12 +68,16 @@ impl Node {
             self.dir.join("registry"),
             self.cdi(),
         );
-        let mut args: Vec<&std::ffi::OsStr> = vec![
-            "--dra".as_ref(),
-            "--config".as_ref(),
-            config.as_os_str(),
-            "--poll-interval".as_ref(),
-            "50ms".as_ref(),
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--dra".as_ref()];
+        if !extra.contains(&"--configmap") {
+            args.extend([
+                "--config".as_ref(),
+                config.as_os_str(),
+                "--poll-interval".as_ref(),
+                "50ms".as_ref(),
+            ]);
+        }
+        let rest: [&std::ffi::OsStr; 16] = [
             "--node-name".as_ref(),
             self.name.as_ref(),
             "--api-server".as_ref(),
@@ -91,6 +95,7 @@ impl Node {
             "--kubelet-registry-dir".as_ref(),
             registry.as_os_str(),
         ];
+        args.extend(rest);
         if !extra.contains(&"--cdi-dir") {
             args.extend(["--cdi-dir".as_ref(), cdi.as_os_str()]);
         }
@@ -310,6 +315,25 @@ deviceMapping:
         s.len() == 2 && generation(s) == [3, 3]
     });
     assert!(ok, "{:#?}", api.objects("resourceslices"));
+}
+
+#[test]
+fn the_configmap_source_feeds_the_driver_too() {
+    let (api, creds) = apiserver::with_configmap("dra-configmap", "spookd-dra");
+    api.set(CONFIG);
+    let node = Node::start(
+        "node1",
+        &api,
+        &creds,
+        Path::new("/nonexistent"),
+        &["--configmap", "spookd/spookd-dra"],
+    );
+    let want: BTreeMap<String, Value> = serde_yaml::from_str(SLICES).unwrap();
+    let ok = api.wait_objects("resourceslices", WAIT, |s| stripped(s.clone()) == want);
+    assert!(ok, "{}", node.log());
+    api.set(&CONFIG.replace("10.0.10.216", "10.0.10.218"));
+    let ok = api.wait_objects("resourceslices", WAIT, |s| generation(s) == [2, 2]);
+    assert!(ok, "{}", node.log());
 }
 
 #[test]

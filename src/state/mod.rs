@@ -42,6 +42,11 @@
 //! 9. Every [`FALLBACK_CHECK`] a registered resource whose ListAndWatch streams the kubelet all
 //!    closed, and reopened none by the next check, is registered again.
 //! 10. [`Msg::Shutdown`] stops every server, removes our sockets and ends the thread.
+//! 11. With `--dra` ([`crate::dra`], `dra.rs` here) none of 2–9 happens: no device-plugin
+//!     servers. A good config becomes an [`Inventory`] (one whose devices cannot be published is
+//!     invalid, and the last good one stays) handed to the publisher ([`Backend::publish`]); the
+//!     kubelet plugin asks for each claim's env with [`Msg::Prepare`], carrying its reply channel;
+//!     the publisher and the plugin report leadership, publishes and claims with [`Msg::Dra`].
 
 mod allocate;
 mod dra;
