@@ -118,7 +118,7 @@ impl Prune {
                 let hint = match e.status() {
                     Some(403) => {
                         " (spookd's ServiceAccount needs get and patch on nodes and patch on \
-                         nodes/status: apply manifests/prune/)"
+                         nodes/status: apply manifests/overlays/prune/)"
                     }
                     Some(409 | 422) => " (the Node changed meanwhile; checking again)",
                     _ => "",

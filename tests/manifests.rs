@@ -4,6 +4,24 @@
 use serde_yaml::Value;
 use spookd::config::{Config, NodeName};
 
+/// A kustomization as `kubectl kustomize` renders it (through scripts/kustomize, which finds or
+/// installs a kubectl that knows components).
+fn rendered(dir: &str) -> Vec<Value> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new(format!("{root}/scripts/kustomize"))
+        .arg(format!("{root}/{dir}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{dir}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_yaml::Deserializer::from_slice(&out.stdout)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+fn docs_in(paths: &[&str]) -> Vec<Value> {
+    paths.iter().flat_map(|p| docs(p)).collect()
+}
+
 fn docs(path: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     serde_yaml::Deserializer::from_str(&text)
@@ -23,7 +41,7 @@ fn s(v: &Value) -> &str {
 
 #[test]
 fn the_sample_config_is_valid_and_names_the_seed_devices() {
-    let docs = docs("manifests/10-spookd-device-plugin.yaml");
+    let docs = docs("manifests/base/10-spookd-device-plugin.yaml");
     let cm = find(&docs, "ConfigMap");
     let config = Config::parse(s(&cm["data"]["config.yaml"]).as_bytes(), "ConfigMap").unwrap();
     let node1 = config.for_node(&NodeName::try_from("node1".to_owned()).unwrap());
@@ -43,9 +61,9 @@ fn the_sample_config_is_valid_and_names_the_seed_devices() {
 #[test]
 fn names_and_namespace() {
     let all: Vec<Value> = [
-        "manifests/00-namespace.yaml",
-        "manifests/10-spookd-device-plugin.yaml",
-        "manifests/20-test-consumer.yaml",
+        "manifests/base/00-namespace.yaml",
+        "manifests/base/10-spookd-device-plugin.yaml",
+        "manifests/base/20-test-consumer.yaml",
     ]
     .iter()
     .flat_map(|p| docs(p))
@@ -68,7 +86,7 @@ fn names_and_namespace() {
 
 #[test]
 fn the_role_grants_only_reading_the_one_configmap() {
-    let docs = docs("manifests/10-spookd-device-plugin.yaml");
+    let docs = docs("manifests/base/10-spookd-device-plugin.yaml");
     let rules = find(&docs, "Role")["rules"].as_sequence().unwrap();
     assert_eq!(rules.len(), 1);
     let r = &rules[0];
@@ -146,7 +164,7 @@ fn check_daemonset(ds: &Value, file_source: bool) {
     }
     // The API source and the optional pruning authenticate with the ServiceAccount's token.
     assert_eq!(pod["automountServiceAccountToken"], true);
-    // manifests/prune/ and manifests/exclusive-leases/ switch features on through these
+    // The prune and exclusive-leases components switch features on through these
     // optional ConfigMaps.
     for (i, name) in ["spookd-prune", "spookd-exclusive-leases"]
         .iter()
@@ -183,18 +201,34 @@ fn check_daemonset(ds: &Value, file_source: bool) {
 #[test]
 fn daemonsets_follow_the_deploy_contract() {
     check_daemonset(
-        find(&docs("manifests/10-spookd-device-plugin.yaml"), "DaemonSet"),
+        find(&docs("manifests/base/10-spookd-device-plugin.yaml"), "DaemonSet"),
         true,
     );
-    check_daemonset(
-        find(&docs("manifests/api-source/daemonset.yaml"), "DaemonSet"),
-        false,
-    );
+    check_daemonset(find(&rendered("manifests/overlays/api-source"), "DaemonSet"), false);
+    // Each overlay is the base and its component: the same DaemonSet but for what the
+    // component changes.
+    let base = rendered("manifests");
+    let files = docs_in(&[
+        "manifests/base/00-namespace.yaml",
+        "manifests/base/10-spookd-device-plugin.yaml",
+        "manifests/base/20-test-consumer.yaml",
+    ]);
+    // kubectl apply -k manifests/ applies what kubectl apply -f manifests/base/ does.
+    assert_eq!(base.len(), files.len());
+    assert_eq!(find(&base, "DaemonSet"), find(&files, "DaemonSet"));
+    for (overlay, extra) in [
+        ("prune", "manifests/components/prune/prune.yaml"),
+        ("exclusive-leases", "manifests/components/exclusive-leases/exclusive-leases.yaml"),
+    ] {
+        let got = rendered(&format!("manifests/overlays/{overlay}"));
+        assert_eq!(got.len(), base.len() + docs(extra).len(), "{overlay}");
+        assert_eq!(find(&got, "DaemonSet"), find(&base, "DaemonSet"), "{overlay}");
+    }
 }
 
 #[test]
 fn the_test_consumer_wants_one_widget_and_one_thingamajig_twice() {
-    let docs = docs("manifests/20-test-consumer.yaml");
+    let docs = docs("manifests/base/20-test-consumer.yaml");
     let d = find(&docs, "Deployment");
     assert_eq!(d["spec"]["replicas"], 2);
     let limits = &d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"];
@@ -208,7 +242,14 @@ fn the_test_consumer_wants_one_widget_and_one_thingamajig_twice() {
 fn shipped_configs_probe_only_localhost() {
     let root = env!("CARGO_MANIFEST_DIR");
     let mut files = vec![format!("{root}/README.md")];
-    for dir in ["manifests", "manifests/api-source", "scripts"] {
+    for dir in [
+        "manifests/base",
+        "manifests/components/api-source",
+        "manifests/components/prune",
+        "manifests/components/exclusive-leases",
+        "manifests/dra",
+        "scripts",
+    ] {
         for entry in std::fs::read_dir(format!("{root}/{dir}")).unwrap() {
             let path = entry.unwrap().path();
             if path.is_file() {
@@ -234,7 +275,7 @@ fn shipped_configs_probe_only_localhost() {
 
 #[test]
 fn the_prune_overlay_switches_pruning_on_with_only_the_node_rights_it_needs() {
-    let docs = docs("manifests/prune/prune.yaml");
+    let docs = docs("manifests/components/prune/prune.yaml");
     let cm = find(&docs, "ConfigMap");
     assert_eq!(cm["metadata"]["name"], "spookd-prune");
     assert_eq!(cm["metadata"]["namespace"], "spookd");
@@ -267,7 +308,7 @@ fn the_prune_overlay_switches_pruning_on_with_only_the_node_rights_it_needs() {
 
 #[test]
 fn the_exclusive_leases_overlay_grants_only_leases_in_spookds_namespace() {
-    let docs = docs("manifests/exclusive-leases/exclusive-leases.yaml");
+    let docs = docs("manifests/components/exclusive-leases/exclusive-leases.yaml");
     let cm = find(&docs, "ConfigMap");
     assert_eq!(cm["metadata"]["name"], "spookd-exclusive-leases");
     assert_eq!(cm["data"]["SPOOKD_EXCLUSIVE_LEASES"], "true");

@@ -523,7 +523,7 @@ impl Observer<Lease> for LeaseWatch<'_> {
             Phase::Watch => {
                 let hint = if why.contains("HTTP 403") {
                     " (spookd's ServiceAccount needs get, list, watch, create, update and delete \
-                     on leases in the Lease namespace: see manifests/exclusive-leases/)"
+                     on leases in the Lease namespace: see manifests/components/exclusive-leases/)"
                 } else {
                     ""
                 };

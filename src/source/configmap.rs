@@ -208,7 +208,7 @@ impl Observer<ConfigMap> for Watch<'_> {
             Some(401) => " (token rejected: it is re-read from its file on the next attempt)",
             Some(403) => {
                 " (spookd's ServiceAccount needs get, list and watch on this ConfigMap: see the \
-                 Role in manifests/)"
+                 Role in manifests/base/)"
             }
             _ if bad_certificate(e) => {
                 untrusted = format!(
