@@ -19,12 +19,13 @@ use signal_hook::iterator::Signals;
 
 use crate::cli::{RunOptions, Source};
 use crate::config::dra::Inventory;
-use crate::config::ResourceName;
+use crate::config::{NodeName, ResourceName};
 use crate::dra::api::{HttpClaims, HttpObjects};
 use crate::dra::cdi::CdiDir;
 use crate::dra::plugin::{KubeletPlugin, PluginContext, Sockets};
 use crate::dra::publish::{leader_lease_name, Leadership, Publisher, PublisherApi};
 use crate::dra::DraOptions;
+use crate::events::{EventOptions, Events};
 use crate::health::Prober;
 use crate::kubelet::plugin::{self, PluginError, PluginServer};
 use crate::kubelet::registrar::{self, Registrar};
@@ -35,7 +36,7 @@ use crate::metrics::MetricsListener;
 use crate::prune::Pruner;
 use crate::source::configmap::ApiSource;
 use crate::source::file::FilePoller;
-use crate::state::msg::{LeaseCmd, Msg, ProbeSet};
+use crate::state::msg::{LeaseCmd, Msg, Notice, ProbeSet};
 use crate::state::{self, Backend, State};
 use crate::worker::Worker;
 use crate::VERSION;
@@ -106,6 +107,8 @@ struct Effects {
     pruner: Option<Pruner>,
     /// With `--exclusive-leases`.
     keeper: Option<LeaseKeeper>,
+    /// In a cluster: Kubernetes Events.
+    events: Option<Events>,
 }
 
 impl Backend for Effects {
@@ -155,6 +158,31 @@ impl Backend for Effects {
             keeper.send(cmd);
         }
     }
+
+    fn notify(&mut self, notice: Notice) {
+        if let Some(events) = &self.events {
+            events.send(notice);
+        }
+    }
+}
+
+/// Starts the events thread when Events are on.
+fn start_events(
+    opts: Option<EventOptions>,
+    node: &NodeName,
+    tx: &crossbeam_channel::Sender<Msg>,
+) -> Result<Option<Events>, DaemonError> {
+    let Some(opts) = opts else {
+        info!("Kubernetes Events off (no Pod or API server known: outside a cluster?)");
+        return Ok(None);
+    };
+    info!(
+        "Kubernetes Events about Pod {}/{} (API server {})",
+        opts.pod.namespace, opts.pod.name, opts.conn.server
+    );
+    Events::spawn(opts, node, tx.clone())
+        .map(Some)
+        .map_err(startup("start the events thread"))
 }
 
 /// Signals that stop spookd cleanly (sockets removed, exit 0).
@@ -343,6 +371,7 @@ fn lease_namespace(given: Option<String>, what: &'static str) -> Result<String, 
 /// servers, registrations or probes).
 struct DraEffects {
     publisher: Publisher,
+    events: Option<Events>,
 }
 
 impl Backend for DraEffects {
@@ -371,6 +400,11 @@ impl Backend for DraEffects {
     }
     fn publish(&mut self, inventory: Arc<Inventory>) {
         self.publisher.publish(inventory);
+    }
+    fn notify(&mut self, notice: Notice) {
+        if let Some(events) = &self.events {
+            events.send(notice);
+        }
     }
 }
 
@@ -437,7 +471,12 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
     );
     let publisher = Publisher::spawn(api, dra.driver.clone(), leadership, tx.clone())
         .map_err(startup("start the publisher thread"))?;
-    let state = State::new(opts.node_name, DraEffects { publisher }, Instant::now());
+    let events = start_events(opts.events.clone(), &opts.node_name, &tx)?;
+    let state = State::new(
+        opts.node_name,
+        DraEffects { publisher, events },
+        Instant::now(),
+    );
     let mut state_thread = Worker::spawn("spookd-state", move || state::run(state, &rx))
         .map_err(startup("start the state thread"))?;
     let inputs = (|| -> Result<_, DaemonError> {
@@ -558,12 +597,14 @@ pub fn run(mut opts: RunOptions) -> Result<(), DaemonError> {
     let registrar = Registrar::spawn(grpc.clone(), dir.clone(), tx.clone())
         .map_err(startup("start the registrar thread"))?;
     let prober = Prober::spawn(tx.clone()).map_err(startup("start the probe thread"))?;
+    let events = start_events(opts.events.clone(), &opts.node_name, &tx)?;
     let backend = Effects {
         servers: plugin::Servers::new(grpc, dir.clone(), tx.clone()),
         registrar,
         prober,
         pruner,
         keeper,
+        events,
     };
     let state = State::new(opts.node_name, backend, Instant::now());
     let mut state_thread = Worker::spawn("spookd-state", move || state::run(state, &rx))

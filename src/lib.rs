@@ -9,7 +9,7 @@
 //! - [`kube`] talks to the Kubernetes API: one HTTPS client and one list-then-watch loop.
 //! - [`source`] reads configs (a file, or a ConfigMap through [`kube`]).
 //! - One room per optional feature: `health` probes, [`leases`] for exclusive access,
-//!   `prune` for stale resources, `metrics` for operators, [`dra`] for the DRA driver mode (it
+//!   `prune` for stale resources, `metrics` and [`events`] for operators, [`dra`] for the DRA driver mode (it
 //!   builds on the Lease protocol, so it sits one layer above the other features).
 //! - Small shared pieces: [`clock`], `worker`, [`latest`], `random`, `backoff`.
 //!
@@ -25,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dra;
+pub mod events;
 pub(crate) mod health;
 pub mod kube;
 pub mod kubelet;

@@ -536,6 +536,12 @@ pub fn render(s: &Snapshot) -> String {
         "Registrations with the kubelet, by resource and result.",
         by_result(&s.registrations),
     );
+    family(
+        "spookd_events_failed_total",
+        "counter",
+        "Kubernetes Events that could not be written or were dropped (best effort: serving goes on).",
+        vec![format!(" {}", s.events_failed)],
+    );
     if let Some(d) = &s.dra {
         render_dra(d, &mut family);
     }

@@ -391,6 +391,15 @@ impl ApiServer {
         self.shared.changed.notify_all();
     }
 
+    /// The Events of `namespace`, by name.
+    pub fn events(&self, namespace: &str) -> BTreeMap<String, serde_yaml::Value> {
+        let path = format!("{EVENTS_API}{namespace}/events");
+        (self.shared.lock().objects.iter())
+            .filter(|((c, _), _)| *c == path)
+            .map(|((_, n), o)| (n.clone(), o.clone()))
+            .collect()
+    }
+
     /// Removes an object as someone else would.
     pub fn remove_object(&self, collection: &str, name: &str) {
         let mut st = self.shared.lock();
@@ -742,6 +751,94 @@ fn serve_leases(st: &mut State, method: &str, rest: &str, body: &str) -> (u16, S
 
 /// The `resource.k8s.io/v1` group.
 const RESOURCE_API: &str = "/apis/resource.k8s.io/v1";
+/// The `events.k8s.io/v1` group.
+const EVENTS_API: &str = "/apis/events.k8s.io/v1/namespaces/";
+
+/// Merges a JSON merge patch into `target` (RFC 7386: null removes, objects merge).
+fn merge(target: &mut serde_yaml::Value, patch: &serde_yaml::Value) {
+    match (target.as_mapping_mut(), patch.as_mapping()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else if let Some(existing) = t.get_mut(k) {
+                    merge(existing, v);
+                } else {
+                    t.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+/// Events: create (409 if the name exists, 422 without the fields the API requires), list, get,
+/// and a merge patch (the series).
+fn serve_events(
+    st: &mut State,
+    method: &str,
+    target: &str,
+    body: &str,
+    content_type: &str,
+) -> (u16, String) {
+    let rest = &target[EVENTS_API.len()..];
+    let (namespace, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    let collection = format!("{EVENTS_API}{namespace}/events");
+    let name = rest
+        .strip_prefix("events")
+        .unwrap_or("")
+        .trim_start_matches('/');
+    let yaml = |v: &serde_yaml::Value| serde_yaml::to_string(v).unwrap();
+    match (method, name) {
+        ("POST", "") => {
+            let Ok(mut o) = serde_yaml::from_str::<serde_yaml::Value>(body) else {
+                return (400, status_json(400, "BadRequest"));
+            };
+            let required = [
+                "eventTime",
+                "reportingController",
+                "reportingInstance",
+                "action",
+                "reason",
+            ];
+            if o["kind"] != "Event"
+                || o["metadata"]["namespace"].as_str() != Some(namespace)
+                || required
+                    .iter()
+                    .any(|f| o[*f].as_str().is_none_or(str::is_empty))
+            {
+                return (422, status_json(422, "Invalid"));
+            }
+            let Some(name) = o["metadata"]["name"].as_str().map(str::to_owned) else {
+                return (422, status_json(422, "Invalid"));
+            };
+            let key = (collection, name);
+            if st.objects.contains_key(&key) {
+                return (409, status_json(409, "AlreadyExists"));
+            }
+            st.version += 1;
+            o["metadata"]["resourceVersion"] = st.version.to_string().into();
+            st.objects.insert(key, o.clone());
+            (201, yaml(&o))
+        }
+        ("PATCH", name) if !name.is_empty() => {
+            if content_type != "application/merge-patch+json" {
+                return (415, status_json(415, "UnsupportedMediaType"));
+            }
+            let Ok(patch) = serde_yaml::from_str::<serde_yaml::Value>(body) else {
+                return (400, status_json(400, "BadRequest"));
+            };
+            let Some(o) = st.objects.get_mut(&(collection, name.to_owned())) else {
+                return (404, status_json(404, "NotFound"));
+            };
+            merge(o, &patch);
+            let out = yaml(o);
+            st.version += 1;
+            (200, out)
+        }
+        _ => (405, status_json(405, "MethodNotAllowed")),
+    }
+}
 
 /// Decodes the `%XX` escapes of a query value.
 fn unescape_query(v: &str) -> String {
@@ -1123,6 +1220,29 @@ fn serve(shared: &Arc<Shared>, config: Arc<rustls::ServerConfig>, tcp: TcpStream
     }
     if !token_ok {
         return respond(&mut tls, 401, "", &status_json(401, "Unauthorized"));
+    }
+    if target.starts_with(EVENTS_API) {
+        let (code, body) = {
+            let mut st = shared.lock();
+            let answer = serve_events(&mut st, &method, &target, &body, &content_type);
+            shared.changed.notify_all();
+            answer
+        };
+        return respond(&mut tls, code, "", &body);
+    }
+    let by_name = {
+        let st = shared.lock();
+        format!("/api/v1/namespaces/{}/configmaps/{}", st.namespace, st.name)
+    };
+    if method == "GET" && target == by_name {
+        let st = shared.lock();
+        if st.configmap.is_none() {
+            drop(st);
+            return respond(&mut tls, 404, "", &status_json(404, "NotFound"));
+        }
+        let json = configmap_json(&st);
+        drop(st);
+        return respond(&mut tls, 200, "", &json);
     }
     if target.starts_with(RESOURCE_API) {
         let (code, body) = {

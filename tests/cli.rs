@@ -203,6 +203,15 @@ above, and --lease-namespace and --lease-duration for the leader Lease):
   --cdi-dir DIR              where prepared claims' CDI specs are written   [SPOOKD_CDI_DIR]
                              (default /var/run/cdi)
 
+Kubernetes Events (events.k8s.io/v1; uses the API flags above; needs create and patch on
+events in the Pod's namespace, and in the ConfigMap's for the API source):
+  --events                   write Kubernetes Events when a config is refused or applied and when
+                             a device's health changes   [SPOOKD_EVENTS=true]
+                             (default: on when the Pod and an API server are known)
+  --pod-name NAME            spookd's own Pod, which the Events are about   [POD_NAME]
+  --pod-namespace NS         its namespace, where the Events go   [POD_NAMESPACE]
+  --pod-uid UID              its UID, so kubectl describe pod shows them   [POD_UID]
+
   --metrics-addr ADDR:PORT   serve /healthz, /readyz and Prometheus /metrics over HTTP there,
                              e.g. 0.0.0.0:9470   [SPOOKD_METRICS_ADDR] (default: off)
   -h, --help                 print this help

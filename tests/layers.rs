@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["state"],
     &["kube", "kubelet"],
     &["source", "health", "leases", "prune", "metrics"],
-    &["dra"],
+    &["dra", "events"],
     &["cli", "check"],
     &["daemon"],
 ];

@@ -12,7 +12,11 @@ fn rendered(dir: &str) -> Vec<Value> {
         .arg(format!("{root}/{dir}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{dir}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_yaml::Deserializer::from_slice(&out.stdout)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect()
@@ -74,6 +78,9 @@ fn names_and_namespace() {
         match kind {
             "Namespace" => assert_eq!(name, "spookd"),
             "ResourceQuota" => assert_eq!(name, "spookd-critical-pods"),
+            "Role" | "RoleBinding" if name.ends_with(":events") => {
+                assert_eq!(name, "spookd-device-plugin:events")
+            }
             "Role" => assert_eq!(name, "spookd-device-plugin:watch-configmaps"),
             "Deployment" => assert_eq!(name, "spookd-test-consumer"),
             _ => assert_eq!(name, "spookd-device-plugin", "{kind}"),
@@ -85,9 +92,44 @@ fn names_and_namespace() {
 }
 
 #[test]
+fn events_need_only_create_and_patch_in_spookds_namespace() {
+    let docs = docs("manifests/base/10-spookd-device-plugin.yaml");
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "spookd-device-plugin:events")
+        .unwrap();
+    let want: Value = serde_yaml::from_str(
+        "[{apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch]}]",
+    )
+    .unwrap();
+    assert_eq!(role["rules"], want);
+    let env = &find(&docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["env"];
+    for (name, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("POD_UID", "metadata.uid"),
+    ] {
+        let e = env
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap();
+        assert_eq!(e["valueFrom"]["fieldRef"]["fieldPath"], field, "{name}");
+    }
+}
+
+#[test]
 fn the_role_grants_only_reading_the_one_configmap() {
     let docs = docs("manifests/base/10-spookd-device-plugin.yaml");
-    let rules = find(&docs, "Role")["rules"].as_sequence().unwrap();
+    let rules = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Role" && d["metadata"]["name"] == "spookd-device-plugin:watch-configmaps"
+        })
+        .unwrap()["rules"]
+        .as_sequence()
+        .unwrap();
     assert_eq!(rules.len(), 1);
     let r = &rules[0];
     assert_eq!(
@@ -201,10 +243,16 @@ fn check_daemonset(ds: &Value, file_source: bool) {
 #[test]
 fn daemonsets_follow_the_deploy_contract() {
     check_daemonset(
-        find(&docs("manifests/base/10-spookd-device-plugin.yaml"), "DaemonSet"),
+        find(
+            &docs("manifests/base/10-spookd-device-plugin.yaml"),
+            "DaemonSet",
+        ),
         true,
     );
-    check_daemonset(find(&rendered("manifests/overlays/api-source"), "DaemonSet"), false);
+    check_daemonset(
+        find(&rendered("manifests/overlays/api-source"), "DaemonSet"),
+        false,
+    );
     // Each overlay is the base and its component: the same DaemonSet but for what the
     // component changes.
     let base = rendered("manifests");
@@ -218,11 +266,18 @@ fn daemonsets_follow_the_deploy_contract() {
     assert_eq!(find(&base, "DaemonSet"), find(&files, "DaemonSet"));
     for (overlay, extra) in [
         ("prune", "manifests/components/prune/prune.yaml"),
-        ("exclusive-leases", "manifests/components/exclusive-leases/exclusive-leases.yaml"),
+        (
+            "exclusive-leases",
+            "manifests/components/exclusive-leases/exclusive-leases.yaml",
+        ),
     ] {
         let got = rendered(&format!("manifests/overlays/{overlay}"));
         assert_eq!(got.len(), base.len() + docs(extra).len(), "{overlay}");
-        assert_eq!(find(&got, "DaemonSet"), find(&base, "DaemonSet"), "{overlay}");
+        assert_eq!(
+            find(&got, "DaemonSet"),
+            find(&base, "DaemonSet"),
+            "{overlay}"
+        );
     }
 }
 

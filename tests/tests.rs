@@ -15,6 +15,7 @@ mod api;
 mod cli;
 mod daemon;
 mod dra;
+mod events;
 mod exclusive;
 mod health;
 mod hostile;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::config::{is_dns_subdomain, parse_duration, InvalidValue, NodeName};
 use crate::dra::{self, DraOptions};
+use crate::events::{EventOptions, ObjectRef};
 use crate::kube::client::Connection;
 use crate::kubelet::podresources;
 use crate::leases::LeaseOptions;
@@ -52,6 +53,8 @@ pub struct RunOptions {
     pub leases: Option<LeaseOptions>,
     /// `--dra`: a DRA driver instead of device-plugin servers; `None` when off.
     pub dra: Option<DraOptions>,
+    /// Kubernetes Events about configs and devices; `None` when off (outside a cluster).
+    pub events: Option<EventOptions>,
 }
 
 /// Where the config comes from.
@@ -130,6 +133,12 @@ pub enum CliError {
         from: &'static str,
         value: String,
     },
+    /// `--events` on, without the Pod to report about.
+    NoPod,
+    BadPod {
+        from: &'static str,
+        value: String,
+    },
 }
 
 impl fmt::Display for CliError {
@@ -191,6 +200,14 @@ impl fmt::Display for CliError {
                 "{from} is a device-plugin feature; {with} runs a DRA driver instead (the \
                  scheduler gives each device to one claim: no Leases or pruning needed)"
             ),
+            CliError::NoPod => write!(
+                f,
+                "--events needs the Pod to report about: --pod-name and --pod-namespace (POD_NAME \
+                 and POD_NAMESPACE, from the downward API)"
+            ),
+            CliError::BadPod { from, value } => {
+                write!(f, "{from}: {value:?} is not a Pod's name, namespace or UID")
+            }
             CliError::BadDriver { from, value } => write!(
                 f,
                 "{from}: {value:?} is not a driver name (a lowercase DNS subdomain of at most \
@@ -237,6 +254,10 @@ enum Flag {
     KubeletPluginsDir,
     KubeletRegistryDir,
     CdiDir,
+    Events,
+    PodName,
+    PodNamespace,
+    PodUid,
 }
 
 /// Where a flag's help goes in `--help`.
@@ -247,6 +268,7 @@ enum Group {
     Prune,
     Leases,
     Dra,
+    Events,
     Metrics,
 }
 
@@ -508,6 +530,47 @@ static FLAGS: &[Spec] = &[
         help: "where prepared claims' CDI specs are written   [{env}]\n{default}",
     },
     Spec {
+        flag: Flag::Events,
+        name: "--events",
+        env: "SPOOKD_EVENTS",
+        value: None,
+        default: Fallback::Derived("on when the Pod and an API server are known"),
+        range: None,
+        group: Group::Events,
+        help: "write Kubernetes Events when a config is refused or applied and when\n\
+               a device's health changes   [{env}]\n{default}",
+    },
+    Spec {
+        flag: Flag::PodName,
+        name: "--pod-name",
+        env: "POD_NAME",
+        value: Some("NAME"),
+        default: Fallback::Derived("none"),
+        range: None,
+        group: Group::Events,
+        help: "spookd's own Pod, which the Events are about   [{env}]",
+    },
+    Spec {
+        flag: Flag::PodNamespace,
+        name: "--pod-namespace",
+        env: "POD_NAMESPACE",
+        value: Some("NS"),
+        default: Fallback::Derived("none"),
+        range: None,
+        group: Group::Events,
+        help: "its namespace, where the Events go   [{env}]",
+    },
+    Spec {
+        flag: Flag::PodUid,
+        name: "--pod-uid",
+        env: "POD_UID",
+        value: Some("UID"),
+        default: Fallback::Derived("none"),
+        range: None,
+        group: Group::Events,
+        help: "its UID, so kubectl describe pod shows them   [{env}]",
+    },
+    Spec {
         flag: Flag::MetricsAddr,
         name: "--metrics-addr",
         env: "SPOOKD_METRICS_ADDR",
@@ -544,6 +607,11 @@ const GROUPS: &[(Group, &str)] = &[
         Group::Dra,
         "\nA DRA driver instead of device-plugin servers (Kubernetes 1.34 or later; uses the API flags\n\
          above, and --lease-namespace and --lease-duration for the leader Lease):\n",
+    ),
+    (
+        Group::Events,
+        "\nKubernetes Events (events.k8s.io/v1; uses the API flags above; needs create and patch on\n\
+         events in the Pod's namespace, and in the ConfigMap's for the API source):\n",
     ),
     (Group::Metrics, "\n"),
 ];
@@ -924,7 +992,8 @@ pub fn parse(
             needs: "the file source (--config)",
         });
     }
-    if !api_source && prune.is_none() && leases.is_none() && dra.is_none() {
+    let events = events(&value, &switch, &source, &var)?;
+    if !api_source && prune.is_none() && leases.is_none() && dra.is_none() && events.is_none() {
         if let Some(f) = given(&[Flag::ApiServer, Flag::TokenFile, Flag::CaFile]) {
             return Err(CliError::Alone {
                 from: f.name(),
@@ -947,9 +1016,85 @@ pub fn parse(
         prune,
         leases,
         dra,
+        events,
         device_plugin_dir: value(Flag::DevicePluginDir)
             .map_or_else(|| DEFAULT_DEVICE_PLUGIN_DIR.into(), |(_, v)| v.into()),
     })))
+}
+
+/// `--events`: on when asked, or when the Pod and an API server are known (in a cluster); off
+/// when asked, or outside a cluster.
+fn events(
+    value: &dyn Fn(Flag) -> Option<(&'static str, String)>,
+    switch: &dyn Fn(Flag) -> Result<bool, CliError>,
+    source: &Source,
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<EventOptions>, CliError> {
+    let asked = value(Flag::Events).is_some();
+    if asked && !switch(Flag::Events)? {
+        return Ok(None);
+    }
+    let (Some((nf, name)), Some((sf, namespace))) =
+        (value(Flag::PodName), value(Flag::PodNamespace))
+    else {
+        return if asked {
+            Err(CliError::NoPod)
+        } else {
+            Ok(None)
+        };
+    };
+    if !is_object_name(&name) {
+        return Err(CliError::BadPod {
+            from: nf,
+            value: name,
+        });
+    }
+    if !is_namespace(&namespace) {
+        return Err(CliError::BadPod {
+            from: sf,
+            value: namespace,
+        });
+    }
+    let uid = match value(Flag::PodUid) {
+        Some((from, uid))
+            if uid.len() > 64 || !uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+        {
+            return Err(CliError::BadPod { from, value: uid })
+        }
+        Some((_, uid)) => uid,
+        None => String::new(),
+    };
+    let server = match value(Flag::ApiServer) {
+        Some((from, url)) => api_server(from, url)?,
+        None => match in_cluster_server(&var) {
+            Some(server) => server,
+            None if asked => {
+                return Err(CliError::NoApiServer {
+                    by: Flag::Events.name(),
+                })
+            }
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(EventOptions {
+        conn: Connection {
+            server,
+            token_file: value(Flag::TokenFile)
+                .map_or_else(|| DEFAULT_TOKEN_FILE.into(), |(_, v)| v.into()),
+            ca_file: value(Flag::CaFile).map_or_else(|| DEFAULT_CA_FILE.into(), |(_, v)| v.into()),
+        },
+        pod: ObjectRef {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            namespace,
+            name,
+            uid,
+        },
+        configmap: match source {
+            Source::ConfigMap(api) => Some((api.namespace.clone(), api.name.clone())),
+            Source::File { .. } => None,
+        },
+    }))
 }
 
 /// A namespace: an RFC 1123 label.
@@ -973,7 +1118,7 @@ fn api_server(from: &'static str, url: String) -> Result<String, CliError> {
 }
 
 /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`, as client-go builds it.
-fn in_cluster_server(var: &impl Fn(&str) -> Option<String>) -> Option<String> {
+fn in_cluster_server(var: &dyn Fn(&str) -> Option<String>) -> Option<String> {
     let host = var("KUBERNETES_SERVICE_HOST").filter(|h| !h.is_empty())?;
     let port = var("KUBERNETES_SERVICE_PORT").filter(|p| !p.is_empty())?;
     let host = if host.contains(':') {
@@ -1018,6 +1163,54 @@ mod tests {
 
     fn node(n: &str) -> NodeName {
         NodeName::try_from(n.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn events_are_on_in_a_cluster_and_off_outside_unless_asked() {
+        let cluster = [
+            ("POD_NAME", "spookd-x1"),
+            ("POD_NAMESPACE", "spookd"),
+            ("POD_UID", "0b7c4e36-5a1f"),
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+        ];
+        let on = opts(&[], &cluster).events.unwrap();
+        assert_eq!(on.conn.server, "https://10.0.0.1:443");
+        assert_eq!(
+            on.pod,
+            ObjectRef {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                namespace: "spookd".into(),
+                name: "spookd-x1".into(),
+                uid: "0b7c4e36-5a1f".into(),
+            }
+        );
+        assert_eq!(on.configmap, None);
+        let cm = opts(&["--configmap", "lab/cfg"], &cluster).events.unwrap();
+        assert_eq!(cm.configmap, Some(("lab".into(), "cfg".into())));
+        // Outside a cluster (no Pod, or no API server): off.
+        assert_eq!(opts(&[], &cluster[..2]).events, None);
+        assert_eq!(opts(&[], &cluster[2..]).events, None);
+        assert_eq!(opts(&["--events=false"], &cluster).events, None);
+        let err = |args: &[&str], env: &[(&str, &str)]| run(args, env).unwrap_err().to_string();
+        assert!(err(&["--events"], &cluster[2..]).starts_with("--events needs the Pod"));
+        assert!(err(&["--events"], &cluster[..2]).starts_with("--events needs --api-server"));
+        assert_eq!(
+            err(&["--pod-name", "Bad_Name"], &cluster[1..]),
+            "--pod-name: \"Bad_Name\" is not a Pod's name, namespace or UID"
+        );
+        assert!(err(
+            &[],
+            &[
+                ("POD_UID", "../x"),
+                cluster[0],
+                cluster[1],
+                cluster[3],
+                cluster[4]
+            ]
+        )
+        .starts_with("POD_UID: "));
     }
 
     #[test]
@@ -1126,6 +1319,7 @@ mod tests {
                 prune: None,
                 leases: None,
                 dra: None,
+                events: None,
             }
         );
     }
@@ -1152,6 +1346,7 @@ mod tests {
                 prune: None,
                 leases: None,
                 dra: None,
+                events: None,
             }
         );
         let o = opts(
@@ -1179,6 +1374,7 @@ mod tests {
                 prune: None,
                 leases: None,
                 dra: None,
+                events: None,
             }
         );
     }
@@ -1475,7 +1671,7 @@ mod tests {
             );
             assert!(std::ptr::eq(s.flag.spec(), &FLAGS[i]));
         }
-        assert_eq!(FLAGS.len(), 22);
+        assert_eq!(FLAGS.len(), 26);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::config::dra::Inventory;
 use crate::config::Config;
 #[cfg(doc)]
 use crate::state::msg::Msg;
-use crate::state::msg::{ClaimDevices, DraEvent, DraStatus, PrepareRefusal, PrepareReply};
+use crate::state::msg::{ClaimDevices, DraEvent, DraStatus, Notice, PrepareRefusal, PrepareReply};
 use crate::state::{Backend, State};
 
 /// The DRA driver's part of the state.
@@ -36,13 +36,20 @@ impl<B: Backend> State<B> {
             info!("{origin}: the same devices as before; nothing to publish");
             return;
         }
-        info!(
-            "{origin}: {} devices of {} resources to publish",
-            inventory.devices().len(),
-            inventory.classes().len()
-        );
         driver.inventory = Some(inventory.clone());
+        let (devices, resources) = (inventory.devices().len(), inventory.classes().len());
+        info!("{origin}: {devices} devices of {resources} resources to publish");
         self.backend.publish(inventory);
+        self.backend.notify(Notice {
+            warning: false,
+            reason: "ConfigApplied",
+            action: "Apply",
+            note: format!(
+                "node {} applied the config from {origin}: {devices} devices of {resources} \
+                 resources, published by the leader",
+                self.node
+            ),
+        });
     }
 
     pub(super) fn prepare(&mut self, claims: &[ClaimDevices], reply: &PrepareReply) {

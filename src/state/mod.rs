@@ -67,8 +67,8 @@ use crate::config::{Config, ConfigError, Device, InstanceId, NodeName, ResourceN
 
 use allocate::Parked;
 use msg::{
-    DeviceKey, LeaseCmd, LeaseReport, Listed, Listing, Msg, ProbeSet, Progress, RegisterError,
-    Snapshot, StreamSender,
+    DeviceKey, LeaseCmd, LeaseReport, Listed, Listing, Msg, Notice, ProbeSet, Progress,
+    RegisterError, Snapshot, StreamSender,
 };
 
 /// How long a removed resource's server lives after pushing its empty list, so the kubelet reads it.
@@ -112,6 +112,8 @@ pub trait Backend {
     }
     /// `--dra`: hands the publisher the inventory of a new good config.
     fn publish(&mut self, _inventory: Arc<Inventory>) {}
+    /// Tells the cluster's operators (a Kubernetes Event), best effort: never blocks.
+    fn notify(&mut self, _notice: Notice) {}
 }
 
 /// A resource this node serves. Fields drop in order: streams end before their server shuts down.
@@ -218,6 +220,7 @@ impl<B: Backend> State<B> {
             Msg::SourceProgress(progress) => self.source = Some(progress),
             Msg::Prepare { claims, reply } => self.prepare(&claims, &reply),
             Msg::Dra(event) => self.dra_event(event),
+            Msg::EventFailed => self.stats.events_failed += 1,
             Msg::Shutdown => return Flow::Stop,
         }
         self.reap(now);
@@ -244,6 +247,12 @@ impl<B: Backend> State<B> {
 
     /// A config that failed a check, or could not be read: logged, counted; the last good stays.
     fn config_invalid(&mut self, e: &ConfigError) {
+        self.backend.notify(Notice {
+            warning: true,
+            reason: "InvalidConfig",
+            action: "Reject",
+            note: format!("node {}: {e}; the last good config stays", self.node),
+        });
         self.stats.reloads_error += 1;
         self.stats.source_problem = e.is_unreadable().then(|| e.to_string());
         if self.have_config {
@@ -444,6 +453,24 @@ impl<B: Backend> State<B> {
                 ""
             }
         );
+        let per_resource: Vec<String> = (self.served.iter())
+            .map(|(r, s)| format!("{r}: {}", s.devices.len()))
+            .collect();
+        let serves = if per_resource.is_empty() {
+            "nothing".to_owned()
+        } else {
+            per_resource.join(", ")
+        };
+        self.backend.notify(Notice {
+            warning: false,
+            reason: "ConfigApplied",
+            action: "Apply",
+            note: format!(
+                "node {} applied the config from {origin}: {} resources, {count} devices ({serves})",
+                self.node,
+                self.served.len()
+            ),
+        });
     }
 
     fn retire(&mut self, resource: &ResourceName, now: Instant) {
@@ -552,6 +579,21 @@ impl<B: Backend> State<B> {
         } else {
             warn!("{resource} {id}: Unhealthy ({detail}); the kubelet stops counting it");
         }
+        self.backend.notify(Notice {
+            warning: !healthy,
+            reason: if healthy {
+                "DeviceHealthy"
+            } else {
+                "DeviceUnhealthy"
+            },
+            action: "Probe",
+            note: format!(
+                "node {}: {resource} device {:?} is {} ({detail})",
+                self.node,
+                id.as_str(),
+                if healthy { "Healthy" } else { "Unhealthy" }
+            ),
+        });
         self.stats.health_changes += 1;
         push(resource, served);
     }
@@ -804,6 +846,7 @@ mod tests {
         served: Vec<Vec<String>>,
         exclusive: bool,
         leases: Vec<LeaseCmd>,
+        notices: Vec<Notice>,
     }
 
     struct FakeBackend(Rc<RefCell<Log>>);
@@ -851,6 +894,9 @@ mod tests {
         fn served(&mut self, resources: BTreeSet<ResourceName>) {
             let names = resources.iter().map(ToString::to_string).collect();
             self.0.borrow_mut().served.push(names);
+        }
+        fn notify(&mut self, notice: Notice) {
+            self.0.borrow_mut().notices.push(notice);
         }
         fn exclusive(&self) -> bool {
             self.0.borrow().exclusive
@@ -1213,6 +1259,53 @@ mod tests {
     }
 
     const PROBED: &str = "deviceMapping:\n- hosts: [n1]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"1\", healthCheck: {tcp: \"127.0.0.1:7\"}}\n  - {resourceName: a.io/x, instanceID: \"2\"}\n";
+
+    #[test]
+    fn operators_are_told_of_refused_and_applied_configs_and_health_changes() {
+        let (mut s, log, now) = setup();
+        s.handle(config(PROBED), now);
+        let err = Config::parse(b"deviceMapping: [", "t").unwrap_err();
+        let text = err.to_string();
+        s.handle(Msg::ConfigInvalid(err), now);
+        s.handle(health("a.io/x", "1", false), now);
+        s.handle(health("a.io/x", "1", false), now);
+        s.handle(health("a.io/x", "1", true), now);
+        let seen: Vec<(bool, &str, &str, String)> = log
+            .borrow()
+            .notices
+            .iter()
+            .map(|n| (n.warning, n.reason, n.action, n.note.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    false,
+                    "ConfigApplied",
+                    "Apply",
+                    "node n1 applied the config from t: 1 resources, 2 devices (a.io/x: 2)".into()
+                ),
+                (
+                    true,
+                    "InvalidConfig",
+                    "Reject",
+                    format!("node n1: {text}; the last good config stays")
+                ),
+                (
+                    true,
+                    "DeviceUnhealthy",
+                    "Probe",
+                    "node n1: a.io/x device \"1\" is Unhealthy (test)".into()
+                ),
+                (
+                    false,
+                    "DeviceHealthy",
+                    "Probe",
+                    "node n1: a.io/x device \"1\" is Healthy (test)".into()
+                ),
+            ]
+        );
+    }
 
     #[test]
     fn health_changes_are_pushed_and_only_for_probed_devices() {

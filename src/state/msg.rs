@@ -71,8 +71,21 @@ pub enum Msg {
     },
     /// `--dra`: what the publisher or the kubelet plugin did, for /metrics.
     Dra(DraEvent),
+    /// A Kubernetes Event could not be written (or was dropped): counted for /metrics.
+    EventFailed,
     /// Stop serving: stop every server, remove our sockets, end the thread.
     Shutdown,
+}
+
+/// What the state thread tells the cluster's operators: a Kubernetes Event's type, reason,
+/// action and note (the events thread adds whom it is about).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// `Warning`, else `Normal`.
+    pub warning: bool,
+    pub reason: &'static str,
+    pub action: &'static str,
+    pub note: String,
 }
 
 /// `--dra`: a claim to prepare, as the API has it allocated: its UID and the names of the devices
@@ -359,6 +372,8 @@ pub struct Snapshot {
     pub lease_acquisitions_lost: u64,
     /// `--dra`: the driver's counters; `None` in device-plugin mode.
     pub dra: Option<DraStatus>,
+    /// Kubernetes Events that could not be written or were dropped.
+    pub events_failed: u64,
 }
 
 /// When a source last finished a read: a source stuck in a system call (a hung network

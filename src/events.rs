@@ -1,0 +1,550 @@
+//! Kubernetes Events (`events.k8s.io/v1`, served from 1.19 on): what a node's operator sees in
+//! `kubectl get events` and `kubectl describe pod` (and, for the API source, `kubectl describe
+//! configmap`) when this node rejects a config, applies one, or sees a device's health change.
+//!
+//! The `spookd-events` thread gets [`Notice`]s from the state thread through a bounded queue that
+//! never blocks it (a full queue drops the notice and counts it). Each notice becomes an Event
+//! regarding spookd's own Pod (from the downward API) and, for the API source, another regarding
+//! the ConfigMap. The same notice again (the same regarding object, reason and note: the same
+//! error in another config version) is counted as Kubernetes counts repeats: the first Event's
+//! `series` is patched with the new count and time, nothing new is created. Best effort: an API
+//! call that fails is logged once until one works again, counted ([`Msg::EventFailed`]), and the
+//! notice is dropped.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use log::{debug, info, warn};
+use serde::Deserialize;
+
+use crate::config::NodeName;
+use crate::kube::client::{ApiError, Client, Connection, Method, REQUEST_TIMEOUT};
+use crate::kube::json_string;
+use crate::leases::protocol::micro_time;
+use crate::state::msg::{Msg, Notice};
+use crate::worker::Worker;
+
+/// The controller name on every Event.
+pub const REPORTING_CONTROLLER: &str = "spookd.dev/device-plugin";
+/// Longest note the API takes (1 KiB).
+const MAX_NOTE: usize = 1024;
+/// Notices waiting at most.
+const QUEUE: usize = 256;
+/// Series remembered at most (the oldest is forgotten first); the API server keeps Events for an
+/// hour by default.
+const MAX_SERIES: usize = 128;
+/// A repeat after this long starts a new Event instead of counting in the old one (the API
+/// server deletes Events an hour after their last change).
+const SERIES_WINDOW: Duration = Duration::from_secs(30 * 60);
+
+/// An object an Event is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// Empty when unknown.
+    pub uid: String,
+}
+
+/// Where Events go, and about what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventOptions {
+    pub conn: Connection,
+    /// spookd's own Pod (name, namespace and UID from the downward API).
+    pub pod: ObjectRef,
+    /// The API source's ConfigMap (namespace, name): Events regarding it too.
+    pub configmap: Option<(String, String)>,
+}
+
+/// The Event calls; the real one speaks HTTPS.
+pub trait EventApi {
+    /// Creates the Event `body` (JSON) in `namespace`.
+    fn create(&mut self, namespace: &str, body: &str) -> Result<(), ApiError>;
+    /// Sets the series of Event `namespace/name`; 404 if it is gone.
+    fn series(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        count: u32,
+        last: &str,
+    ) -> Result<(), ApiError>;
+    /// The UID of ConfigMap `namespace/name`.
+    fn configmap_uid(&mut self, namespace: &str, name: &str) -> Result<String, ApiError>;
+}
+
+/// A note cut to what the API takes, at a character boundary.
+fn cut(note: &str) -> &str {
+    if note.len() <= MAX_NOTE {
+        return note;
+    }
+    let mut end = MAX_NOTE - 3;
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    &note[..end]
+}
+
+/// One series: an Event and how often its notice came.
+struct Series {
+    name: String,
+    count: u32,
+    first: SystemTime,
+    /// Recency, for forgetting the oldest.
+    used: u64,
+}
+
+/// What the thread decides: which Events to create and which series to count. Pure apart from
+/// its [`EventApi`], so the tests give it a fake.
+pub struct Recorder {
+    pod: ObjectRef,
+    configmap: Option<(String, String)>,
+    configmap_ref: Option<ObjectRef>,
+    instance: String,
+    series: BTreeMap<(ObjectRef, &'static str, String), Series>,
+    clock: u64,
+    /// An API call failed and nothing has worked since: the next failure is not logged again.
+    failing: bool,
+}
+
+impl Recorder {
+    pub fn new(opts: &EventOptions, node: &NodeName) -> Recorder {
+        Recorder {
+            pod: opts.pod.clone(),
+            configmap: opts.configmap.clone(),
+            configmap_ref: None,
+            instance: format!("spookd-{node}"),
+            series: BTreeMap::new(),
+            clock: 0,
+            failing: false,
+        }
+    }
+
+    /// The objects a notice is about: the Pod, and the ConfigMap once its UID is known.
+    fn regarding(&mut self, api: &mut dyn EventApi) -> Result<Vec<ObjectRef>, ApiError> {
+        let mut out = vec![self.pod.clone()];
+        if let Some((namespace, name)) = &self.configmap {
+            if self.configmap_ref.is_none() {
+                let uid = api.configmap_uid(namespace, name)?;
+                self.configmap_ref = Some(ObjectRef {
+                    api_version: "v1".into(),
+                    kind: "ConfigMap".into(),
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    uid,
+                });
+            }
+            out.extend(self.configmap_ref.clone());
+        }
+        Ok(out)
+    }
+
+    /// Reports `notice`; returns how many API calls failed.
+    pub fn record(&mut self, api: &mut dyn EventApi, notice: &Notice, now: SystemTime) -> u64 {
+        let mut failed = 0;
+        let regarding = match self.regarding(api) {
+            Ok(r) => r,
+            Err(e) => {
+                self.failed(&e);
+                // The Pod still gets its Event.
+                failed += 1;
+                vec![self.pod.clone()]
+            }
+        };
+        for object in regarding {
+            match self.one(api, &object, notice, now) {
+                Ok(()) => {
+                    if self.failing {
+                        info!("Events are written again");
+                    }
+                    self.failing = false;
+                }
+                Err(e) => {
+                    self.failed(&e);
+                    failed += 1;
+                }
+            }
+        }
+        failed
+    }
+
+    fn failed(&mut self, e: &ApiError) {
+        if !self.failing {
+            warn!(
+                "cannot write a Kubernetes Event: {e}; serving goes on (needs create and patch on \
+                 events.events.k8s.io in the namespace; see manifests/base/); logged once until \
+                 one is written"
+            );
+        }
+        self.failing = true;
+    }
+
+    fn one(
+        &mut self,
+        api: &mut dyn EventApi,
+        object: &ObjectRef,
+        notice: &Notice,
+        now: SystemTime,
+    ) -> Result<(), ApiError> {
+        let note = cut(&notice.note).to_owned();
+        let key = (object.clone(), notice.reason, note.clone());
+        self.clock += 1;
+        let time = micro_time(now);
+        if let Some(series) = self.series.get_mut(&key) {
+            let recent = now
+                .duration_since(series.first)
+                .is_ok_and(|d| d < SERIES_WINDOW);
+            if recent {
+                series.count = series.count.saturating_add(1);
+                series.used = self.clock;
+                match api.series(&object.namespace, &series.name, series.count, &time) {
+                    Err(e) if e.status() == Some(404) => {}
+                    other => return other,
+                }
+            }
+            // Gone from the API or too old: a new Event.
+            self.series.remove(&key);
+        }
+        let nanos = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let mut name = format!("{}.{nanos:x}", object.name);
+        name.truncate(253);
+        let q = |s: &str| json_string(s);
+        let uid = if object.uid.is_empty() {
+            String::new()
+        } else {
+            format!(",\"uid\":{}", q(&object.uid))
+        };
+        let instance: String = self.instance.chars().take(128).collect();
+        let body = format!(
+            r#"{{"apiVersion":"events.k8s.io/v1","kind":"Event","metadata":{{"name":{},"namespace":{}}},"eventTime":{},"reportingController":{},"reportingInstance":{},"action":{},"reason":{},"type":{},"note":{},"regarding":{{"apiVersion":{},"kind":{},"namespace":{},"name":{}{uid}}}}}"#,
+            q(&name),
+            q(&object.namespace),
+            q(&time),
+            q(REPORTING_CONTROLLER),
+            q(&instance),
+            q(notice.action),
+            q(notice.reason),
+            q(if notice.warning { "Warning" } else { "Normal" }),
+            q(&note),
+            q(&object.api_version),
+            q(&object.kind),
+            q(&object.namespace),
+            q(&object.name),
+        );
+        api.create(&object.namespace, &body)?;
+        debug!(
+            "Event {}/{name}: {} {}",
+            object.namespace, notice.reason, note
+        );
+        if self.series.len() >= MAX_SERIES {
+            let oldest = (self.series.iter())
+                .min_by_key(|(_, s)| s.used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.series.remove(&k);
+            }
+        }
+        self.series.insert(
+            key,
+            Series {
+                name,
+                count: 1,
+                first: now,
+                used: self.clock,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Events over HTTPS.
+pub struct HttpEventApi {
+    client: Client,
+}
+
+impl HttpEventApi {
+    pub fn new(conn: Connection) -> Self {
+        HttpEventApi {
+            client: Client::new(conn),
+        }
+    }
+
+    fn base(&self, namespace: &str) -> String {
+        format!(
+            "{}/apis/events.k8s.io/v1/namespaces/{namespace}/events",
+            self.client.conn.server
+        )
+    }
+}
+
+#[derive(Deserialize)]
+struct UidOnly {
+    metadata: UidMeta,
+}
+
+#[derive(Deserialize)]
+struct UidMeta {
+    #[serde(default)]
+    uid: String,
+}
+
+impl EventApi for HttpEventApi {
+    fn create(&mut self, namespace: &str, body: &str) -> Result<(), ApiError> {
+        let url = self.base(namespace);
+        self.client
+            .send(Method::Post, &url, "application/json", body)
+            .map(drop)
+    }
+
+    fn series(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        count: u32,
+        last: &str,
+    ) -> Result<(), ApiError> {
+        let url = format!("{}/{name}", self.base(namespace));
+        // Numbers and an RFC 3339 time: nothing to escape.
+        let body = format!(r#"{{"series":{{"count":{count},"lastObservedTime":"{last}"}}}}"#);
+        self.client
+            .patch(&url, "application/merge-patch+json", &body)
+            .map(drop)
+    }
+
+    fn configmap_uid(&mut self, namespace: &str, name: &str) -> Result<String, ApiError> {
+        let url = format!(
+            "{}/api/v1/namespaces/{namespace}/configmaps/{name}",
+            self.client.conn.server
+        );
+        let response = self.client.get(&url, REQUEST_TIMEOUT)?;
+        let body = Client::read_body(&url, response, 4 << 20)?;
+        let cm: UidOnly = serde_yaml::from_slice(&body).map_err(|source| ApiError::Decode {
+            url: url.clone(),
+            source,
+        })?;
+        Ok(cm.metadata.uid)
+    }
+}
+
+/// Handle of the `spookd-events` thread; dropping it stops the thread.
+pub struct Events {
+    tx: Sender<Notice>,
+    state: Sender<Msg>,
+    _worker: Worker,
+}
+
+impl Events {
+    pub fn spawn(
+        opts: EventOptions,
+        node: &NodeName,
+        state: Sender<Msg>,
+    ) -> std::io::Result<Events> {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let mut recorder = Recorder::new(&opts, node);
+        let mut api = HttpEventApi::new(opts.conn);
+        let to_state = state.clone();
+        let worker = Worker::spawn("spookd-events", move || {
+            run(&mut recorder, &mut api, &rx, &to_state)
+        })?
+        // It may be in an API call at a stop: the process is exiting anyway.
+        .stop_wait(Duration::from_millis(100));
+        Ok(Events {
+            tx,
+            state,
+            _worker: worker,
+        })
+    }
+
+    /// Queues `notice`; a full queue drops it (and counts it as failed): never blocks.
+    pub fn send(&self, notice: Notice) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(notice) {
+            let _ = self.state.send(Msg::EventFailed);
+        }
+    }
+}
+
+fn run(
+    recorder: &mut Recorder,
+    api: &mut dyn EventApi,
+    rx: &Receiver<Notice>,
+    state: &Sender<Msg>,
+) {
+    for notice in rx {
+        for _ in 0..recorder.record(api, &notice, SystemTime::now()) {
+            let _ = state.send(Msg::EventFailed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Fake {
+        created: Vec<(String, serde_yaml::Value)>,
+        patched: Vec<(String, String, u32)>,
+        fail: Option<u16>,
+        gone: bool,
+    }
+
+    fn status(code: u16) -> ApiError {
+        ApiError::Status {
+            url: "fake".into(),
+            code,
+            retry_after: None,
+            body: String::new(),
+        }
+    }
+
+    impl EventApi for Fake {
+        fn create(&mut self, namespace: &str, body: &str) -> Result<(), ApiError> {
+            if let Some(code) = self.fail {
+                return Err(status(code));
+            }
+            self.created
+                .push((namespace.into(), serde_yaml::from_str(body).unwrap()));
+            Ok(())
+        }
+        fn series(&mut self, ns: &str, name: &str, count: u32, _: &str) -> Result<(), ApiError> {
+            if self.gone {
+                return Err(status(404));
+            }
+            self.patched.push((ns.into(), name.into(), count));
+            Ok(())
+        }
+        fn configmap_uid(&mut self, _: &str, _: &str) -> Result<String, ApiError> {
+            Ok("cm-uid".into())
+        }
+    }
+
+    fn opts(configmap: bool) -> EventOptions {
+        EventOptions {
+            conn: Connection {
+                server: "https://x".into(),
+                token_file: "/t".into(),
+                ca_file: "/c".into(),
+            },
+            pod: ObjectRef {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                namespace: "spookd".into(),
+                name: "spookd-abc".into(),
+                uid: "pod-uid".into(),
+            },
+            configmap: configmap.then(|| ("cfg".to_owned(), "spookd-device-plugin".to_owned())),
+        }
+    }
+
+    fn invalid(note: &str) -> Notice {
+        Notice {
+            warning: true,
+            reason: "InvalidConfig",
+            action: "Reject",
+            note: note.into(),
+        }
+    }
+
+    #[test]
+    fn a_notice_is_an_event_about_the_pod_and_the_configmap() {
+        let node = NodeName::try_from("node1".to_owned()).unwrap();
+        let mut r = Recorder::new(&opts(true), &node);
+        let mut api = Fake::default();
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            r.record(&mut api, &invalid("node node1: line 3: bad"), t),
+            0
+        );
+        assert_eq!(api.created.len(), 2);
+        let (ns, pod) = &api.created[0];
+        assert_eq!(ns, "spookd");
+        let want: serde_yaml::Value = serde_yaml::from_str(&format!(
+            "apiVersion: events.k8s.io/v1
+kind: Event
+metadata: {{name: spookd-abc.{:x}, namespace: spookd}}
+eventTime: '2023-11-14T22:13:20.000000Z'
+reportingController: spookd.dev/device-plugin
+reportingInstance: spookd-node1
+action: Reject
+reason: InvalidConfig
+type: Warning
+note: 'node node1: line 3: bad'
+regarding: {{apiVersion: v1, kind: Pod, namespace: spookd, name: spookd-abc, uid: pod-uid}}
+",
+            1_700_000_000_000_000_000u128
+        ))
+        .unwrap();
+        assert_eq!(pod, &want);
+        let (ns, cm) = &api.created[1];
+        assert_eq!(ns, "cfg");
+        assert_eq!(cm["regarding"]["kind"], "ConfigMap");
+        assert_eq!(cm["regarding"]["uid"], "cm-uid");
+        assert_eq!(cm["metadata"]["namespace"], "cfg");
+    }
+
+    #[test]
+    fn repeats_count_in_a_series_and_new_notes_are_new_events() {
+        let node = NodeName::try_from("node1".to_owned()).unwrap();
+        let mut r = Recorder::new(&opts(false), &node);
+        let mut api = Fake::default();
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        r.record(&mut api, &invalid("bad"), t);
+        r.record(&mut api, &invalid("bad"), t + Duration::from_secs(5));
+        r.record(&mut api, &invalid("bad"), t + Duration::from_secs(9));
+        assert_eq!(api.created.len(), 1);
+        let name = api.created[0].1["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            api.patched,
+            [
+                ("spookd".to_owned(), name.clone(), 2),
+                ("spookd".to_owned(), name, 3)
+            ]
+        );
+        r.record(&mut api, &invalid("worse"), t + Duration::from_secs(10));
+        assert_eq!(api.created.len(), 2);
+        // Long after, or deleted by the API server: a new Event.
+        r.record(
+            &mut api,
+            &invalid("bad"),
+            t + SERIES_WINDOW + Duration::from_secs(1),
+        );
+        assert_eq!(api.created.len(), 3);
+        api.gone = true;
+        r.record(
+            &mut api,
+            &invalid("bad"),
+            t + SERIES_WINDOW + Duration::from_secs(2),
+        );
+        assert_eq!(api.created.len(), 4);
+    }
+
+    #[test]
+    fn failures_are_counted_and_long_notes_cut() {
+        let node = NodeName::try_from("node1".to_owned()).unwrap();
+        let mut r = Recorder::new(&opts(false), &node);
+        let mut api = Fake {
+            fail: Some(403),
+            ..Fake::default()
+        };
+        assert_eq!(r.record(&mut api, &invalid("x"), SystemTime::now()), 1);
+        assert!(r.failing);
+        api.fail = None;
+        let long = "é".repeat(1000);
+        assert_eq!(r.record(&mut api, &invalid(&long), SystemTime::now()), 0);
+        assert!(!r.failing);
+        let note = api.created[0].1["note"].as_str().unwrap().to_owned();
+        assert!(
+            note.len() <= MAX_NOTE && long.starts_with(&note),
+            "{}",
+            note.len()
+        );
+    }
+}
