@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use crate::config::dra::Inventory;
 use crate::config::layout;
 use crate::config::{Config, NodeName};
 
@@ -51,6 +52,21 @@ pub fn describe(config: &Config, only: Option<&NodeName>) -> String {
         "config is valid: {} nodes, {resources} node resources",
         config.nodes().count()
     );
+    // --dra has rules of its own (names and attribute lengths): a config valid here can still be
+    // refused there, so say so (the exit status stays the device plugin's).
+    match Inventory::new(config, "the config") {
+        Ok(inv) => {
+            let _ = writeln!(
+                out,
+                "as a DRA driver (--dra): {} devices, {} DeviceClasses",
+                inv.devices().len(),
+                inv.classes().len()
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(out, "as a DRA driver (--dra) it would be refused: {e}");
+        }
+    }
     out
 }
 

@@ -24,6 +24,7 @@ use log::{info, warn};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::clock::later;
+use crate::kube::json_string;
 use crate::state::msg::{DraStatus, Msg, Snapshot};
 use crate::worker::Worker;
 
@@ -311,8 +312,8 @@ fn answer(head: &[u8], state: &Sender<Msg>, room: usize) -> Vec<u8> {
         return response(405, "only GET\n");
     }
     let path = target.split('?').next().unwrap_or_default();
-    if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        return response(404, "try /healthz, /readyz or /metrics\n");
+    if !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/status") {
+        return response(404, "try /healthz, /readyz, /metrics or /status\n");
     }
     let Some(snapshot) = snapshot(state) else {
         return response(503, "state thread not answering\n");
@@ -325,6 +326,13 @@ fn answer(head: &[u8], state: &Sender<Msg>, room: usize) -> Vec<u8> {
                     503,
                     "too many /metrics answers are waiting to be read; try again\n",
                 );
+            }
+            answer
+        }
+        "/status" => {
+            let answer = json_response(&status_json(&snapshot));
+            if answer.len() > room {
+                return response(503, "too many answers are waiting to be read; try again\n");
             }
             answer
         }
@@ -392,6 +400,60 @@ fn response(code: u16, body: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+fn json_response(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// `/status`: what `spookd status` shows, as JSON: per resource its registration and devices
+/// (health, what the probe last saw, the Lease's holder), and the DRA driver's state.
+pub fn status_json(s: &Snapshot) -> String {
+    let q = |v: &str| json_string(v);
+    let opt = |v: Option<&String>| v.map_or_else(|| "null".to_owned(), |v| q(v));
+    let mut resources = Vec::new();
+    for (name, (_, _, registered)) in &s.resources {
+        let devices: Vec<String> = (s.devices.iter())
+            .filter(|((r, _), _)| r == name)
+            .map(|((r, id), healthy)| {
+                let key = (r.clone(), id.clone());
+                format!(
+                    r#"{{"id":{},"healthy":{healthy},"probe":{},"leaseHolder":{}}}"#,
+                    q(id),
+                    opt(s.probe_details.get(&key)),
+                    opt(s.lease_holders.get(&key)),
+                )
+            })
+            .collect();
+        resources.push(format!(
+            r#"{{"name":{},"registered":{registered},"devices":[{}]}}"#,
+            q(name),
+            devices.join(",")
+        ));
+    }
+    let dra = match &s.dra {
+        None => "null".to_owned(),
+        Some(d) => format!(
+            r#"{{"leader":{},"generation":{},"slices":{},"devices":{},"registered":{}}}"#,
+            d.leader, d.generation, d.slices, d.devices, d.registered
+        ),
+    };
+    format!(
+        r#"{{"node":{},"mode":{},"configured":{},"sourceProblem":{},"resources":[{}],"dra":{dra}}}"#,
+        q(&s.node),
+        q(if s.dra.is_some() {
+            "dra"
+        } else {
+            "device-plugin"
+        }),
+        s.configured,
+        opt(s.source_problem.as_ref()),
+        resources.join(",")
+    )
 }
 
 /// Escapes a label value for the Prometheus text format (backslash, quote and LF); any other

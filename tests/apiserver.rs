@@ -812,6 +812,9 @@ fn serve_events(
             let Some(name) = o["metadata"]["name"].as_str().map(str::to_owned) else {
                 return (422, status_json(422, "Invalid"));
             };
+            if let Some(why) = invalid_slice(&o) {
+                return (422, status_json(422, &why.replace(['\'', '`'], "")));
+            }
             let key = (collection, name);
             if st.objects.contains_key(&key) {
                 return (409, status_json(409, "AlreadyExists"));
@@ -901,6 +904,25 @@ fn selected(object: &serde_yaml::Value, query: &str) -> bool {
     true
 }
 
+/// The API server's semantic checks of a ResourceSlice's node selector, which no schema has: one
+/// term, and a field requirement with `In` or `NotIn` names exactly one value.
+fn invalid_slice(o: &serde_yaml::Value) -> Option<String> {
+    let terms = o["spec"]["nodeSelector"]["nodeSelectorTerms"].as_sequence()?;
+    if terms.len() != 1 {
+        return Some("must have exactly one node selector term".into());
+    }
+    for f in terms[0]["matchFields"].as_sequence().into_iter().flatten() {
+        let n = f["values"].as_sequence().map_or(0, Vec::len);
+        if matches!(f["operator"].as_str(), Some("In" | "NotIn")) && n != 1 {
+            return Some(
+                "must be only one value when `operator` is 'In' or 'NotIn' for node field selector"
+                    .into(),
+            );
+        }
+    }
+    None
+}
+
 /// The objects of `resource.k8s.io/v1` with the real optimistic concurrency: create (409 if it
 /// exists), get, list with selectors, replace at a `resourceVersion` (409 if it moved, 404 if it
 /// is gone), delete with a `resourceVersion` precondition (409). Bodies are YAML or JSON.
@@ -927,15 +949,35 @@ fn serve_objects(st: &mut State, method: &str, target: &str, body: &str) -> (u16
     let parsed: Result<serde_yaml::Value, _> = serde_yaml::from_str(body);
     match (method, name) {
         ("GET", None) => {
-            let items: Vec<serde_yaml::Value> = (st.objects.iter())
+            let all: Vec<serde_yaml::Value> = (st.objects.iter())
                 .filter(|((c, _), o)| *c == collection && selected(o, query))
                 .map(|(_, o)| o.clone())
                 .collect();
+            // Pages as the real server cuts them: `limit`, and an opaque `continue` token.
+            let param = |name: &str| {
+                query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix(&format!("{name}=")))
+                    .map(unescape_query)
+            };
+            let start: usize = param("continue")
+                .and_then(|t| t.strip_prefix("page:").and_then(|n| n.parse().ok()))
+                .unwrap_or(0);
+            let limit: usize = param("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(usize::MAX);
+            let items: Vec<serde_yaml::Value> =
+                all.iter().skip(start).take(limit).cloned().collect();
+            let next = (start.saturating_add(limit) < all.len())
+                .then(|| format!("page:{}", start + limit));
             let mut list = serde_yaml::Mapping::new();
             list.insert("kind".into(), format!("{kind}List").into());
             list.insert("apiVersion".into(), "resource.k8s.io/v1".into());
             let mut meta = serde_yaml::Mapping::new();
             meta.insert("resourceVersion".into(), st.version.to_string().into());
+            if let Some(next) = next {
+                meta.insert("continue".into(), next.into());
+            }
             list.insert("metadata".into(), meta.into());
             list.insert("items".into(), items.into());
             (200, yaml(&list.into()))
@@ -970,6 +1012,9 @@ fn serve_objects(st: &mut State, method: &str, target: &str, body: &str) -> (u16
             };
             if o["kind"] != kind || o["metadata"]["name"].as_str() != Some(name.as_str()) {
                 return (400, status_json(400, "BadRequest"));
+            }
+            if let Some(why) = invalid_slice(&o) {
+                return (422, status_json(422, &why.replace(['\'', '`'], "")));
             }
             let key = (collection, name);
             let Some(old) = st.objects.get(&key) else {

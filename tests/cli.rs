@@ -87,7 +87,25 @@ fn check_prints_each_node_and_exits_0_for_a_valid_config() {
          \x20     EXAMPLECOM_WIDGET_DEV0_IP=192.168.0.200\n\
          \x20     EXAMPLECOM_WIDGET_DEV0_PORT=12345\n\
          \x20     EXAMPLECOM_WIDGET_DEV0_TYPE=example.com/widget\n\
-         config is valid: 3 nodes, 5 node resources\n"
+         config is valid: 3 nodes, 5 node resources\n\
+         as a DRA driver (--dra): 3 devices, 3 DeviceClasses\n"
+    );
+    let clash_path = tmp.join("clash.yaml");
+    std::fs::write(
+        &clash_path,
+        "deviceMapping:\n  - hosts: [n1]\n    devices:\n      - {resourceName: a.io/x, instanceID: A1}\n      - {resourceName: a.io/x, instanceID: a1}\n",
+    )
+    .unwrap();
+    let clash = spookd(&["check", clash_path.to_str().unwrap()]);
+    assert_eq!(clash.status.code(), Some(0));
+    assert!(
+        text(&clash.stdout).ends_with(
+            "as a DRA driver (--dra) it would be refused: the config: a.io/x instanceID \"A1\" \
+             and a.io/x instanceID \"a1\" both get the DRA device name x-a-io-a1 (names are \
+             lower-cased, with other characters as '-'); rename one of them\n"
+        ),
+        "{}",
+        text(&clash.stdout)
     );
     let all = text(&spookd(&["check", path.to_str().unwrap()]).stdout);
     assert!(

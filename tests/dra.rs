@@ -182,7 +182,7 @@ spookd.dev-1:
     pool: {name: spookd, generation: 1, resourceSliceCount: 2}
     nodeSelector:
       nodeSelectorTerms:
-        - matchFields: [{key: metadata.name, operator: In, values: [node1, node2]}]
+        - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [node1, node2]}]
     devices:
       - name: oscilloscope-skao-int-0001
         attributes:
@@ -287,7 +287,7 @@ deviceMapping:
     );
     assert_eq!(slice["spec"]["pool"]["resourceSliceCount"], 1);
     assert_eq!(
-        slice["spec"]["nodeSelector"]["nodeSelectorTerms"][0]["matchFields"][0]["values"],
+        slice["spec"]["nodeSelector"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"],
         serde_yaml::from_str::<Value>("[node1, node2]").unwrap()
     );
     assert!(api.wait_objects("deviceclasses", WAIT, |c| c
@@ -334,6 +334,40 @@ fn the_configmap_source_feeds_the_driver_too() {
     api.set(&CONFIG.replace("10.0.10.216", "10.0.10.218"));
     let ok = api.wait_objects("resourceslices", WAIT, |s| generation(s) == [2, 2]);
     assert!(ok, "{}", node.log());
+}
+
+#[test]
+fn a_pool_of_many_slices_is_read_in_pages() {
+    let (api, creds) = apiserver::with_credentials("dra-pages");
+    let tmp = TempDir::new();
+    // 20 host sets of one device each: 20 slices, two pages of 16.
+    let many = |ip: &str| {
+        let mut yaml = String::from("deviceMapping:\n");
+        for i in 0..20 {
+            yaml.push_str(&format!(
+                "  - hosts: [node{i}]\n    devices:\n      - {{resourceName: a.io/x, instanceID: '{i}', env: {{IP: {ip}}}}}\n"
+            ));
+        }
+        yaml
+    };
+    let mut config = ConfigVolume::new(tmp.join("cm"), &many("10.0.0.1"));
+    let node = Node::start("node0", &api, &creds, &config.path(), &[]);
+    assert!(
+        api.wait_objects("resourceslices", WAIT, |s| s.len() == 20),
+        "{}",
+        node.log()
+    );
+    config.write(&many("10.0.0.2"));
+    let ok = api.wait_objects("resourceslices", WAIT, |s| {
+        s.len() == 20 && generation(s).iter().all(|g| *g == 2)
+    });
+    assert!(ok, "{}", node.log());
+    let paged = api.requests().iter().any(|r| {
+        r.method == "GET"
+            && r.target.contains("/resourceslices?")
+            && r.target.contains("&continue=page%3A16")
+    });
+    assert!(paged, "no second page was asked for");
 }
 
 #[test]
@@ -648,7 +682,7 @@ fn prepares_claims_with_cdi_specs_and_unprepares_them() {
         BTreeMap::from([
             (
                 "../../etc",
-                "claim UID \"../../etc\" is not 1 to 64 letters, digits and '-'"
+                "claim UID \"../../etc\" is not 1 to 64 letters, digits and '-' (a letter or digit at each end)"
             ),
             ("uid-1", ""),
             ("uid-9", ""),

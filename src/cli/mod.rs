@@ -211,7 +211,7 @@ impl fmt::Display for CliError {
             CliError::BadDriver { from, value } => write!(
                 f,
                 "{from}: {value:?} is not a driver name (a lowercase DNS subdomain of at most \
-                 {} characters, e.g. {})",
+                 {} characters, starting with a letter, e.g. {})",
                 dra::MAX_DRIVER,
                 dra::DEFAULT_DRIVER
             ),
@@ -954,7 +954,12 @@ pub fn parse(
             }
         }
         let driver = match value(Flag::DraDriver) {
-            Some((from, d)) if !(is_dns_subdomain(&d) && d.len() <= dra::MAX_DRIVER) => {
+            // Also the CDI vendor, which must start with a letter.
+            Some((from, d))
+                if !(is_dns_subdomain(&d)
+                    && d.len() <= dra::MAX_DRIVER
+                    && d.starts_with(|c: char| c.is_ascii_lowercase())) =>
+            {
                 return Err(CliError::BadDriver { from, value: d })
             }
             Some((_, d)) => d,
@@ -1274,7 +1279,13 @@ mod tests {
             err(&v)
         };
         let long = "a".repeat(64);
-        for bad in ["Upper.io", "a_b.io", "-a.io", long.as_str()] {
+        for bad in [
+            "Upper.io",
+            "a_b.io",
+            "-a.io",
+            "3d.example.com",
+            long.as_str(),
+        ] {
             assert!(
                 with(&["--dra-driver", bad]).contains("is not a driver name"),
                 "{bad}"

@@ -10,8 +10,13 @@ use serde::{Deserialize, Serialize};
 use crate::dra::objects::{self, DeviceClass, List, ResourceSlice, MANAGED_BY};
 use crate::kube::client::{ApiError, Client, Connection, Method, REQUEST_TIMEOUT};
 
-/// Largest list read: a pool of 10,000 devices is about 5 MiB.
-const MAX_LIST: u64 = 64 << 20;
+/// Objects per page of a list: at most 128 devices a slice, so a page holds at most about 2,000
+/// devices, and decoding one stays a few MiB whatever the pool's size.
+const PAGE: usize = 16;
+/// Largest page read.
+const MAX_PAGE: u64 = 8 << 20;
+/// Most pages read for one list (10,000 devices a resource, 256 resources: far more than needed).
+const MAX_PAGES: usize = 10_000;
 /// Largest single object read.
 const MAX_OBJECT: u64 = 4 << 20;
 
@@ -60,11 +65,19 @@ pub struct HttpObjects<T> {
     _kind: PhantomData<T>,
 }
 
+/// Percent-encodes a query value: everything but unreserved characters (a continue token is
+/// opaque base64 with `=`, `+` and `/`).
 fn escape(s: &str) -> String {
-    s.replace('%', "%25")
-        .replace('/', "%2F")
-        .replace('=', "%3D")
-        .replace(',', "%2C")
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 impl HttpObjects<ResourceSlice> {
@@ -111,10 +124,29 @@ fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, ApiError> {
 
 impl<T: Object> Objects<T> for HttpObjects<T> {
     fn list(&mut self) -> Result<Vec<T>, ApiError> {
-        let url = format!("{}{}", self.base, self.selector);
-        let response = self.client.get(&url, REQUEST_TIMEOUT)?;
-        let body = Client::read_body(&url, response, MAX_LIST)?;
-        Ok(decode::<List<T>>(&url, &body)?.items)
+        let mut items = Vec::new();
+        let mut next = String::new();
+        for _ in 0..MAX_PAGES {
+            let mut url = format!("{}{}&limit={PAGE}", self.base, self.selector);
+            if !next.is_empty() {
+                url.push_str(&format!("&continue={}", escape(&next)));
+            }
+            let response = self.client.get(&url, REQUEST_TIMEOUT)?;
+            let body = Client::read_body(&url, response, MAX_PAGE)?;
+            let page = decode::<List<T>>(&url, &body)?;
+            items.extend(page.items);
+            if page.metadata.next.is_empty() {
+                return Ok(items);
+            }
+            next = page.metadata.next;
+        }
+        Err(ApiError::Read {
+            url: self.base.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("more than {MAX_PAGES} pages"),
+            ),
+        })
     }
 
     fn create(&mut self, object: &T) -> Result<(), ApiError> {

@@ -38,7 +38,8 @@ impl fmt::Display for CdiError {
         match self {
             CdiError::BadUid(uid) => write!(
                 f,
-                "claim UID {uid:?} is not 1 to {MAX_UID} letters, digits and '-'"
+                "claim UID {uid:?} is not 1 to {MAX_UID} letters, digits and '-' (a letter or \
+                 digit at each end)"
             ),
             CdiError::Io { path, what, source } => {
                 write!(f, "cannot {what} the CDI spec {}: {source}", path.display())
@@ -56,11 +57,15 @@ impl std::error::Error for CdiError {
     }
 }
 
-/// Whether `uid` can name a CDI device and a file: a UUID's characters only.
+/// Whether `uid` can name a CDI device and a file: a UUID's characters only, starting and ending
+/// with a letter or digit (as CDI device names must).
 pub fn valid_uid(uid: &str) -> bool {
-    !uid.is_empty()
-        && uid.len() <= MAX_UID
-        && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    let b = uid.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_UID
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
 }
 
 #[derive(Serialize)]
@@ -116,6 +121,25 @@ impl CdiDir {
         self.dir.join(format!("{}{uid}.yaml", self.prefix))
     }
 
+    fn tmp_path(&self, uid: &str) -> PathBuf {
+        self.dir.join(format!(".{}{uid}.tmp", self.prefix))
+    }
+
+    /// Removes the temp files of writes that never finished (spookd killed, a full disk).
+    pub fn sweep(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let prefix = format!(".{}", self.prefix);
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(".tmp") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// Whether a spec for `uid` is there (as a regular file: anything else is not ours).
     pub fn has(&self, uid: &str) -> bool {
         valid_uid(uid)
@@ -145,16 +169,18 @@ impl CdiDir {
             return Err(CdiError::BadUid(uid.to_owned()));
         }
         let path = self.spec_path(uid);
-        let tmp = self.dir.join(format!(".{}{uid}.tmp", self.prefix));
+        let tmp = self.tmp_path(uid);
         let io = |what| {
             let path = path.clone();
             move |source| CdiError::Io { path, what, source }
         };
         fs::create_dir_all(&self.dir).map_err(io("create the directory of"))?;
+        // A temp file left by a spookd killed mid-write goes first; then it is created new
+        // (O_EXCL: a symlink planted there is not followed).
+        let _ = fs::remove_file(&tmp);
         let mut file = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o644)
             .open(&tmp)
             .map_err(io("create"))?;
@@ -170,6 +196,7 @@ impl CdiDir {
         if !valid_uid(uid) {
             return Err(CdiError::BadUid(uid.to_owned()));
         }
+        let _ = fs::remove_file(self.tmp_path(uid));
         let path = self.spec_path(uid);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(CdiError::Io {
@@ -244,13 +271,33 @@ mod tests {
         cdi.remove(uid).unwrap();
         cdi.remove(uid).unwrap();
         assert!(!cdi.has(uid));
+        // A write killed halfway leaves a temp file: the next write replaces it, a sweep removes
+        // it, and a symlink planted there is not followed.
+        let tmp = dir.join(format!(".spookd.dev-claim_{uid}.tmp"));
+        std::os::unix::fs::symlink("/nonexistent/target", &tmp).unwrap();
+        cdi.write(uid, &env).unwrap();
+        assert!(!tmp.exists() && fs::symlink_metadata(&tmp).is_err());
+        fs::write(&tmp, "half").unwrap();
+        cdi.sweep();
+        assert!(fs::symlink_metadata(&tmp).is_err());
+        cdi.remove(uid).unwrap();
         fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn uids_that_could_leave_the_dir_are_refused() {
         let cdi = CdiDir::new(PathBuf::from("/nonexistent"), "d.io");
-        for bad in ["", "../x", "a/b", "a.b", &"a".repeat(65), "a b", "é"] {
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "a.b",
+            &"a".repeat(65),
+            "a b",
+            "é",
+            "-a",
+            "a-",
+        ] {
             assert!(
                 matches!(cdi.write(bad, &BTreeMap::new()), Err(CdiError::BadUid(_))),
                 "{bad:?}"

@@ -138,11 +138,20 @@ pub struct Cel {
     pub expression: String,
 }
 
-/// A list as the API answers it.
+/// A list as the API answers it (one page of it).
 #[derive(Debug, Deserialize)]
 pub struct List<T> {
     #[serde(default = "Vec::new")]
     pub items: Vec<T>,
+    #[serde(default)]
+    pub metadata: ListMeta,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ListMeta {
+    /// Where the next page starts; empty on the last.
+    #[serde(default, rename = "continue")]
+    pub next: String,
 }
 
 /// The labels of every object of `driver`.
@@ -158,18 +167,36 @@ pub fn slice_name(driver: &str, n: usize) -> String {
     format!("{driver}-{n}")
 }
 
-/// The node selector of a host set: exactly those node names. (Always a selector, even for one
-/// host: the kubelet deletes the slices naming its node in `nodeName` when our plugin goes away,
-/// and these are the publisher's.)
+/// The label the kubelet sets to the node's host name, which is its name (`--hostname-override`
+/// changes both alike).
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// The node selector of a host set. One host: its name (`metadata.name`, a field). Several: the
+/// API takes one node selector term, and a field requirement with one value only, so they are
+/// matched by their `kubernetes.io/hostname` label. (Always a selector, even for one host: the
+/// kubelet deletes the slices naming its node in `nodeName` when our plugin goes away, and these
+/// are the publisher's.)
 fn selector(hosts: &[NodeName]) -> NodeSelector {
+    let values: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    let (match_fields, match_expressions) = if values.len() == 1 {
+        let field = Requirement {
+            key: "metadata.name".to_owned(),
+            operator: "In".to_owned(),
+            values,
+        };
+        (vec![field], Vec::new())
+    } else {
+        let label = Requirement {
+            key: HOSTNAME_LABEL.to_owned(),
+            operator: "In".to_owned(),
+            values,
+        };
+        (Vec::new(), vec![label])
+    };
     NodeSelector {
         node_selector_terms: vec![NodeSelectorTerm {
-            match_expressions: Vec::new(),
-            match_fields: vec![Requirement {
-                key: "metadata.name".to_owned(),
-                operator: "In".to_owned(),
-                values: hosts.iter().map(|h| h.to_string()).collect(),
-            }],
+            match_expressions,
+            match_fields,
         }],
     }
 }
@@ -277,10 +304,20 @@ mod tests {
         let summary: Vec<(String, Vec<String>, usize, i64, i64)> = slices
             .iter()
             .map(|s| {
-                let values = s.spec.node_selector.as_ref().unwrap().node_selector_terms[0]
-                    .match_fields[0]
-                    .values
-                    .clone();
+                let terms = &s.spec.node_selector.as_ref().unwrap().node_selector_terms;
+                assert_eq!(terms.len(), 1);
+                let term = &terms[0];
+                let r = term
+                    .match_fields
+                    .first()
+                    .or(term.match_expressions.first())
+                    .unwrap();
+                if term.match_fields.is_empty() {
+                    assert_eq!(r.key, HOSTNAME_LABEL);
+                } else {
+                    assert_eq!((r.key.as_str(), r.values.len()), ("metadata.name", 1));
+                }
+                let values = r.values.clone();
                 (
                     s.metadata.name.clone(),
                     values,

@@ -21,7 +21,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures_channel::oneshot;
@@ -31,6 +31,7 @@ use grpcio::{
 };
 use log::{info, warn};
 
+use crate::clock::later;
 use crate::config::{is_dns_label, is_dns_subdomain};
 use crate::dra::api::Claims;
 use crate::dra::cdi::{valid_uid, CdiDir};
@@ -49,10 +50,15 @@ use crate::worker::Worker;
 pub const SOCKET_CHECK: Duration = Duration::from_secs(10);
 /// Calls queued at most; more are refused until the queue drains.
 const QUEUE: usize = 64;
-/// Most claims one call prepares; the rest get an error in their entry (the kubelet retries).
+/// Most claims one call may name (a pod's claims; the kubelet sends one pod's at a time): a call
+/// with more is refused whole, as INVALID_ARGUMENT.
 pub const MAX_CLAIMS: usize = 64;
 /// Longest wait for the state thread's answer.
 const STATE_WAIT: Duration = Duration::from_secs(10);
+/// Most time one call spends reading claims (each read is bounded by the API client too): the
+/// claims not read by then get an error in their entry, and the kubelet asks for them again. So
+/// a slow API server cannot hold the thread, and the unprepares queued behind, for long.
+const CALL_BUDGET: Duration = Duration::from_secs(20);
 /// Calls a server keeps pre-posted (the kubelet makes one at a time).
 const REQUEST_SLOTS: usize = 4;
 
@@ -208,6 +214,17 @@ impl proto::DraPlugin for DraService {
         req: NodePrepareResourcesRequest,
         sink: UnarySink<NodePrepareResourcesResponse>,
     ) {
+        if req.claims.len() > MAX_CLAIMS {
+            let status = RpcStatus::with_message(
+                RpcStatusCode::INVALID_ARGUMENT,
+                format!(
+                    "{} claims in one call; at most {MAX_CLAIMS}",
+                    req.claims.len()
+                ),
+            );
+            ctx.spawn(sink.fail(status).map(|_| ()));
+            return;
+        }
         let (reply, answer) = oneshot::channel();
         if let Err(e) = self.jobs.try_send(Job::Prepare {
             claims: req.claims,
@@ -231,6 +248,17 @@ impl proto::DraPlugin for DraService {
         req: NodeUnprepareResourcesRequest,
         sink: UnarySink<NodeUnprepareResourcesResponse>,
     ) {
+        if req.claims.len() > MAX_CLAIMS {
+            let status = RpcStatus::with_message(
+                RpcStatusCode::INVALID_ARGUMENT,
+                format!(
+                    "{} claims in one call; at most {MAX_CLAIMS}",
+                    req.claims.len()
+                ),
+            );
+            ctx.spawn(sink.fail(status).map(|_| ()));
+            return;
+        }
         let (reply, answer) = oneshot::channel();
         if let Err(e) = self.jobs.try_send(Job::Unprepare {
             claims: req.claims,
@@ -296,6 +324,18 @@ pub struct KubeletPlugin {
     // Dropped first: the thread sees it disconnect and stops.
     _stop: Sender<()>,
     _worker: Worker,
+    sockets: Sockets,
+}
+
+impl Drop for KubeletPlugin {
+    fn drop(&mut self) {
+        // The thread removes them when it stops; one stuck in an API call past the handle's wait
+        // is left running, and the sockets must go all the same (a stale registration socket
+        // would have the kubelet dial a dead plugin).
+        for path in [&self.sockets.registration, &self.sockets.dra] {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 struct Served {
@@ -375,6 +415,8 @@ impl KubeletPlugin {
             ctx.sockets.registration.display()
         );
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let sockets = ctx.sockets.clone();
+        ctx.cdi.sweep();
         let worker = Worker::spawn("spookd-dra-plugin", move || run(ctx, served, &rx, &stopped))
             .map_err(|source| SocketError::Dir {
                 path: PathBuf::from("(thread)"),
@@ -385,14 +427,20 @@ impl KubeletPlugin {
         Ok(KubeletPlugin {
             _stop: stop,
             _worker: worker,
+            sockets,
         })
     }
 }
 
 fn run(mut ctx: PluginContext, mut served: Served, jobs: &Receiver<Job>, stop: &Receiver<()>) {
+    let mut next_check = later(Instant::now(), SOCKET_CHECK);
     loop {
+        let wait = next_check.saturating_duration_since(Instant::now());
         crossbeam_channel::select! {
             recv(jobs) -> job => match job {
+                // A call the kubelet gave up on (its deadline passed) is not worked on.
+                Ok(Job::Prepare { reply, .. }) if reply.is_canceled() => {}
+                Ok(Job::Unprepare { reply, .. }) if reply.is_canceled() => {}
                 Ok(Job::Prepare { claims, reply }) => {
                     let _ = reply.send(prepare(&mut ctx, &claims));
                 }
@@ -402,7 +450,12 @@ fn run(mut ctx: PluginContext, mut served: Served, jobs: &Receiver<Job>, stop: &
                 Err(_) => break,
             },
             recv(stop) -> _ => break,
-            default(SOCKET_CHECK) => served.repair(&ctx.sockets),
+            default(wait) => {}
+        }
+        // Due whatever the traffic: a steady stream of calls must not starve it.
+        if Instant::now() >= next_check {
+            served.repair(&ctx.sockets);
+            next_check = later(Instant::now(), SOCKET_CHECK);
         }
     }
     drop(served);
@@ -474,17 +527,14 @@ fn prepare(ctx: &mut PluginContext, claims: &[Claim]) -> NodePrepareResourcesRes
     let mut answers: BTreeMap<String, NodePrepareResourceResponse> = BTreeMap::new();
     // Claims read and allocated, waiting for their env: (uid, results).
     let mut ready: Vec<(String, Vec<(String, String)>)> = Vec::new();
-    for (n, claim) in claims.iter().enumerate() {
+    let start = Instant::now();
+    for claim in claims {
         if answers.contains_key(&claim.uid) || ready.iter().any(|(u, _)| *u == claim.uid) {
             continue;
         }
-        if n >= MAX_CLAIMS {
-            answers.insert(
-                claim.uid.clone(),
-                error(format!(
-                    "more than {MAX_CLAIMS} claims in one call; asked again later"
-                )),
-            );
+        if start.elapsed() > CALL_BUDGET {
+            let e = format!("not read within this call's {CALL_BUDGET:?} (a slow API server?)");
+            answers.insert(claim.uid.clone(), error(e));
             continue;
         }
         match results(ctx, claim) {

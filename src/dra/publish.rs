@@ -132,6 +132,39 @@ impl Leadership {
     }
 }
 
+/// Why a publish stopped.
+#[derive(Debug)]
+pub enum PublishError {
+    Api(ApiError),
+    /// The Lease was lost (or could not be renewed in time) while writing: another node may
+    /// publish now, so this one stops at once.
+    NoLongerLeader,
+}
+
+impl From<ApiError> for PublishError {
+    fn from(e: ApiError) -> Self {
+        PublishError::Api(e)
+    }
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishError::Api(e) => write!(f, "{e}"),
+            PublishError::NoLongerLeader => write!(f, "this node no longer leads"),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PublishError::Api(e) => Some(e),
+            PublishError::NoLongerLeader => None,
+        }
+    }
+}
+
 /// What a publish found or did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Published {
@@ -145,14 +178,18 @@ pub struct Published {
 /// Makes the driver's slices and classes what `inventory` gives (see the module doc). `floor` is
 /// the highest generation this publisher wrote before: a pool whose slices were all deleted
 /// meanwhile must not go back to an older generation.
+///
+/// `lead` is asked before every write: it renews the Lease when due and says whether this node
+/// still leads, so a publish of many slices neither starves the Lease nor goes on after losing it.
 pub fn reconcile(
     slices: &mut dyn Objects<ResourceSlice>,
     classes: &mut dyn Objects<DeviceClass>,
     driver: &str,
     inventory: &Inventory,
     floor: i64,
-) -> Result<Published, ApiError> {
-    let mut changed = reconcile_classes(classes, driver, inventory)?;
+    lead: &mut dyn FnMut() -> bool,
+) -> Result<Published, PublishError> {
+    let mut changed = reconcile_classes(classes, driver, inventory, lead)?;
     let observed: Vec<ResourceSlice> = slices
         .list()?
         .into_iter()
@@ -198,6 +235,9 @@ pub fn reconcile(
         }
         for old in &observed {
             if !want.iter().any(|w| w.metadata.name == old.metadata.name) {
+                if !lead() {
+                    return Err(PublishError::NoLongerLeader);
+                }
                 slices.delete(old.name(), old.version())?;
             }
         }
@@ -215,11 +255,15 @@ fn reconcile_classes(
     api: &mut dyn Objects<DeviceClass>,
     driver: &str,
     inventory: &Inventory,
-) -> Result<bool, ApiError> {
+    lead: &mut dyn FnMut() -> bool,
+) -> Result<bool, PublishError> {
     let observed = api.list()?;
     let want = objects::classes(driver, inventory);
     let mut changed = false;
     for class in &want {
+        if !lead() {
+            return Err(PublishError::NoLongerLeader);
+        }
         match observed
             .iter()
             .find(|o| o.metadata.name == class.metadata.name)
@@ -238,12 +282,15 @@ fn reconcile_classes(
                     "a DeviceClass {} exists that spookd did not make; leaving it as it is",
                     class.metadata.name
                 ),
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             },
         }
     }
     for old in &observed {
         if !want.iter().any(|w| w.metadata.name == old.metadata.name) {
+            if !lead() {
+                return Err(PublishError::NoLongerLeader);
+            }
             api.delete(old.name(), old.version())?;
             changed = true;
         }
@@ -342,12 +389,25 @@ fn run(
         else {
             continue;
         };
+        let PublisherApi {
+            leases,
+            slices,
+            classes,
+        } = &mut api;
+        let mut lead = || {
+            let now = Instant::now();
+            if now >= next_lease {
+                next_lease = leadership.step(leases.as_mut(), now);
+            }
+            leadership.is_leader(Instant::now())
+        };
         match reconcile(
-            api.slices.as_mut(),
-            api.classes.as_mut(),
+            slices.as_mut(),
+            classes.as_mut(),
             driver,
             inv,
             floor,
+            &mut lead,
         ) {
             Ok(p) => {
                 floor = p.generation;
@@ -487,7 +547,7 @@ mod tests {
     fn publishes_once_then_only_what_changed() {
         let (mut slices, mut classes) = (Memory::default(), Memory::default());
         let inv = inventory(TWO_SETS);
-        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0).unwrap();
+        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut || true).unwrap();
         assert_eq!(
             (p.generation, p.slices, p.devices, p.changed),
             (1, 2, 3, true)
@@ -495,7 +555,7 @@ mod tests {
         assert_eq!(slices.writes, 2);
         assert_eq!(classes.writes, 2);
         // Up to date: nothing written.
-        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0).unwrap();
+        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut || true).unwrap();
         assert_eq!((p.generation, p.changed), (1, false));
         assert_eq!(slices.writes, 2);
         // Device 2 moves to host c, resource a.io/y goes: generation 2, one slice, the other
@@ -510,7 +570,7 @@ mod tests {
       - {resourceName: a.io/x, instanceID: '2'}
 ",
         );
-        let p = reconcile(&mut slices, &mut classes, "d.io", &moved, 0).unwrap();
+        let p = reconcile(&mut slices, &mut classes, "d.io", &moved, 0, &mut || true).unwrap();
         assert_eq!((p.generation, p.slices, p.changed), (2, 2, true));
         let now: Vec<(String, i64, Vec<String>)> = slices
             .objects
@@ -534,13 +594,28 @@ mod tests {
         assert_eq!(names, ["x.a.io"]);
         // Someone deletes a slice: the next publish repairs it at a new generation.
         slices.objects.remove("d.io-1");
-        let p = reconcile(&mut slices, &mut classes, "d.io", &moved, 0).unwrap();
+        let p = reconcile(&mut slices, &mut classes, "d.io", &moved, 0, &mut || true).unwrap();
         assert_eq!((p.generation, p.changed), (3, true));
         assert_eq!(slices.objects.len(), 2);
         // Every slice deleted: the generation goes on from the highest this publisher wrote.
         slices.objects.clear();
-        let p = reconcile(&mut slices, &mut classes, "d.io", &moved, 3).unwrap();
+        let p = reconcile(&mut slices, &mut classes, "d.io", &moved, 3, &mut || true).unwrap();
         assert_eq!(p.generation, 4);
+    }
+
+    #[test]
+    fn a_publish_stops_at_once_when_the_lease_is_lost() {
+        let (mut slices, mut classes) = (Memory::default(), Memory::default());
+        let inv = inventory(TWO_SETS);
+        let mut asked = 0;
+        let mut lead = || {
+            asked += 1;
+            asked <= 3
+        };
+        let e = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut lead).unwrap_err();
+        assert!(matches!(e, PublishError::NoLongerLeader), "{e}");
+        // Two classes written, then one slice; the second slice never.
+        assert_eq!((classes.writes, slices.writes), (2, 1));
     }
 
     #[test]
@@ -550,7 +625,7 @@ mod tests {
         let mut s = objects::slices("d.io", &inv, i64::MAX).remove(0);
         s.spec.devices.clear();
         slices.create(&s).unwrap();
-        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0).unwrap();
+        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut || true).unwrap();
         assert_eq!(p.generation, i64::MAX);
     }
 

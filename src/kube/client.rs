@@ -124,7 +124,13 @@ impl Client {
     }
 
     /// An agent trusting only the CA file (re-read each time, so a rotated CA is picked up).
-    fn agent(&self, read_timeout: Option<Duration>) -> Result<ureq::Agent, ApiError> {
+    /// `global` bounds the whole call, body included (a server dripping a byte a minute must not
+    /// hold a caller for hours); a watch has none, only its per-read timeout.
+    fn agent(
+        &self,
+        read_timeout: Option<Duration>,
+        global: Option<Duration>,
+    ) -> Result<ureq::Agent, ApiError> {
         let path = &self.conn.ca_file;
         let ca_err = |source| ApiError::Ca {
             path: path.clone(),
@@ -157,17 +163,29 @@ impl Client {
             .timeout_connect(Some(REQUEST_TIMEOUT))
             .timeout_recv_response(Some(REQUEST_TIMEOUT))
             .timeout_per_read(read_timeout)
+            .timeout_global(global)
             .build()
             .new_agent())
     }
 
-    /// GET `url`; a non-2xx status is an error.
+    /// GET `url`, the whole answer within `read_timeout` (at least [`REQUEST_TIMEOUT`]); a
+    /// non-2xx status is an error.
     pub fn get(
         &self,
         url: &str,
         read_timeout: Duration,
     ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
-        self.request(Method::Get, url, read_timeout, None)
+        let global = read_timeout.max(REQUEST_TIMEOUT);
+        self.request(Method::Get, url, read_timeout, Some(global), None)
+    }
+
+    /// GET a watch `url`: a stream with no overall deadline, each read within `read_timeout`.
+    pub fn watch(
+        &self,
+        url: &str,
+        read_timeout: Duration,
+    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
+        self.request(Method::Get, url, read_timeout, None, None)
     }
 
     /// PATCH `url` with `body` of `content_type`; a non-2xx status is an error.
@@ -188,7 +206,13 @@ impl Client {
         content_type: &str,
         body: &str,
     ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
-        self.request(method, url, REQUEST_TIMEOUT, Some((content_type, body)))
+        self.request(
+            method,
+            url,
+            REQUEST_TIMEOUT,
+            Some(REQUEST_TIMEOUT),
+            Some((content_type, body)),
+        )
     }
 
     /// Reads a whole response body of at most `limit` bytes.
@@ -215,6 +239,7 @@ impl Client {
         method: Method,
         url: &str,
         read_timeout: Duration,
+        global: Option<Duration>,
         body: Option<(&str, &str)>,
     ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
         let token_file = &self.conn.token_file;
@@ -222,7 +247,7 @@ impl Client {
             path: token_file.clone(),
             source,
         })?;
-        let agent = self.agent(Some(read_timeout))?;
+        let agent = self.agent(Some(read_timeout), global)?;
         let authorization = format!("Bearer {}", token.trim());
         let with_body = |b: ureq::RequestBuilder<ureq::typestate::WithBody>| {
             let (content_type, body) = body.unwrap_or(("application/json", ""));

@@ -46,17 +46,25 @@ impl std::error::Error for PodResourcesError {
     }
 }
 
-/// Reads every device assigned on the node. A fresh channel each time: the kubelet restarts, and
-/// a reused channel would wait out gRPC's reconnect backoff.
-pub fn assigned(grpc: &Arc<Environment>, path: &Path) -> Result<Assigned, PodResourcesError> {
+/// The kubelet's whole List answer. A fresh channel each time: the kubelet restarts, and a
+/// reused channel would wait out gRPC's reconnect backoff.
+fn list(
+    grpc: &Arc<Environment>,
+    path: &Path,
+) -> Result<crate::kubelet::proto::podresources::ListPodResourcesResponse, PodResourcesError> {
     let channel = ChannelBuilder::new(grpc.clone()).connect(&format!("unix:{}", path.display()));
     let client = PodResourcesListerClient::new(channel);
-    let response = client
+    client
         .list(CallOption::default().timeout(CALL_TIMEOUT))
         .map_err(|source| PodResourcesError {
             path: path.to_owned(),
             source,
-        })?;
+        })
+}
+
+/// Reads every device assigned on the node.
+pub fn assigned(grpc: &Arc<Environment>, path: &Path) -> Result<Assigned, PodResourcesError> {
+    let response = list(grpc, path)?;
     let mut out = Assigned::new();
     for pod in &response.pod_resources {
         for container in &pod.containers {
@@ -64,6 +72,28 @@ pub fn assigned(grpc: &Arc<Environment>, path: &Path) -> Result<Assigned, PodRes
                 out.entry(devices.resource_name.clone())
                     .or_default()
                     .extend(devices.device_ids.iter().cloned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// (resource, device ID) → the containers holding it, as `namespace/pod/container`.
+pub type Holders = BTreeMap<(String, String), Vec<String>>;
+
+/// Which container holds each device assigned on the node (`spookd status`).
+pub fn holders(grpc: &Arc<Environment>, path: &Path) -> Result<Holders, PodResourcesError> {
+    let response = list(grpc, path)?;
+    let mut out = Holders::new();
+    for pod in &response.pod_resources {
+        for container in &pod.containers {
+            let who = format!("{}/{}/{}", pod.namespace, pod.name, container.name);
+            for devices in &container.devices {
+                for id in &devices.device_ids {
+                    out.entry((devices.resource_name.clone(), id.clone()))
+                        .or_default()
+                        .push(who.clone());
+                }
             }
         }
     }

@@ -403,6 +403,11 @@ impl Keeper {
         let report = LeaseReport {
             held_elsewhere: self.elsewhere.clone(),
             held_here: self.held.len(),
+            mine: self
+                .held
+                .values()
+                .filter_map(|h| h.device.clone())
+                .collect(),
             won: self.won,
             lost: self.lost,
         };

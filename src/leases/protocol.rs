@@ -399,7 +399,7 @@ impl HttpLeaseApi {
         );
         let read_timeout =
             (timeout.saturating_add(timeout / 4)).saturating_add(Duration::from_secs(1));
-        let response = self.client.get(&url, read_timeout)?;
+        let response = self.client.watch(&url, read_timeout)?;
         let reader: Box<dyn std::io::Read + Send> = Box::new(response.into_body().into_reader());
         Ok(Lines::new(reader, url, parse_lease_watch_event))
     }

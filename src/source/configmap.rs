@@ -274,7 +274,7 @@ impl WatchApi for HttpApi {
 
     fn watch(&mut self, version: &str) -> Result<Events<ConfigMap>, ApiError> {
         let url = self.url(Some(version));
-        let response = self.client.get(&url, self.opts.read_timeout())?;
+        let response = self.client.watch(&url, self.opts.read_timeout())?;
         let reader = response.into_body().into_reader();
         Ok(Box::new(Lines::new(reader, url, parse_event)))
     }

@@ -54,11 +54,23 @@ impl<B: Backend> State<B> {
 
     pub(super) fn prepare(&mut self, claims: &[ClaimDevices], reply: &PrepareReply) {
         let inventory = self.dra.as_ref().and_then(|d| d.inventory.as_deref());
+        let node = &self.node;
         let answers = claims
             .iter()
             .map(|claim| {
                 let inventory = inventory.ok_or(PrepareRefusal::NoConfig)?;
                 let names: Vec<&str> = claim.devices.iter().map(String::as_str).collect();
+                // A device this node does not reach gets no env here, whatever the claim says.
+                for name in &names {
+                    if let Some(d) = inventory.device(name) {
+                        if !d.hosts.contains(node) {
+                            return Err(PrepareRefusal::NotHere {
+                                device: (*name).to_owned(),
+                                node: node.to_string(),
+                            });
+                        }
+                    }
+                }
                 inventory.env(&names).map_err(PrepareRefusal::Env)
             })
             .collect();
@@ -152,7 +164,7 @@ mod tests {
         answer.recv().unwrap().remove(0).map(|env| env.len())
     }
 
-    const ONE: &str = "deviceMapping:\n  - hosts: [x]\n    devices:\n      - {resourceName: a.io/s, instanceID: '1'}\n";
+    const ONE: &str = "deviceMapping:\n  - hosts: [n1]\n    devices:\n      - {resourceName: a.io/s, instanceID: '1'}\n";
 
     #[test]
     fn good_configs_are_published_once_and_bad_ones_never() {
@@ -167,7 +179,7 @@ mod tests {
         s.handle(msg(ONE), Instant::now());
         assert_eq!(published.borrow().len(), 1);
         // Names that collide: the config is invalid here (and only here), the last good stays.
-        let clash = "deviceMapping:\n  - hosts: [x]\n    devices:\n      - {resourceName: a.io/s, instanceID: A}\n      - {resourceName: a.io/s, instanceID: a}\n";
+        let clash = "deviceMapping:\n  - hosts: [n1]\n    devices:\n      - {resourceName: a.io/s, instanceID: A}\n      - {resourceName: a.io/s, instanceID: a}\n";
         s.handle(msg(clash), Instant::now());
         assert_eq!(published.borrow().len(), 1);
         let snap = s.snapshot();

@@ -165,6 +165,10 @@ pub struct State<B: Backend> {
     shared: BTreeSet<DeviceKey>,
     /// The last Lease report: devices held by other nodes.
     held_elsewhere: BTreeMap<DeviceKey, String>,
+    /// The last Lease report: shared devices this node holds.
+    held_here: BTreeSet<DeviceKey>,
+    /// What each probed device's probe last saw.
+    probe_details: BTreeMap<DeviceKey, String>,
     /// Allocates waiting for their Leases, by request number.
     parked: BTreeMap<u64, Parked>,
     next_request: u64,
@@ -193,6 +197,8 @@ impl<B: Backend> State<B> {
             announced: None,
             shared: BTreeSet::new(),
             held_elsewhere: BTreeMap::new(),
+            held_here: BTreeSet::new(),
+            probe_details: BTreeMap::new(),
             parked: BTreeMap::new(),
             next_request: 0,
             next_check: later(now, FALLBACK_CHECK),
@@ -414,6 +420,7 @@ impl<B: Backend> State<B> {
             .collect();
         if probes != self.probes {
             info!("probing {} devices", probes.len());
+            self.probe_details.retain(|k, _| probes.contains_key(k));
             self.probes = probes.clone();
             self.backend.set_probes(probes);
         }
@@ -560,7 +567,11 @@ impl<B: Backend> State<B> {
     }
 
     fn health(&mut self, resource: &ResourceName, id: &InstanceId, healthy: bool, detail: &str) {
-        let probed = self.probes.contains_key(&(resource.clone(), id.clone()));
+        let key = (resource.clone(), id.clone());
+        let probed = self.probes.contains_key(&key);
+        if probed {
+            self.probe_details.insert(key, detail.to_owned());
+        }
         let Some(served) = self.served.get_mut(resource).filter(|_| probed) else {
             debug!("{resource} {id}: health of a device no longer probed");
             return;
@@ -622,6 +633,7 @@ impl<B: Backend> State<B> {
         self.stats.leases_held = report.held_here as u64;
         self.stats.lease_acquisitions_won = report.won;
         self.stats.lease_acquisitions_lost = report.lost;
+        self.held_here = report.mine;
         if report.held_elsewhere == self.held_elsewhere {
             return;
         }
@@ -727,6 +739,20 @@ impl<B: Backend> State<B> {
                     ((r.to_string(), d.id.to_string()), healthy)
                 })
             })
+            .collect();
+        s.node = self.node.to_string();
+        let key = |(r, id): &DeviceKey| (r.to_string(), id.to_string());
+        s.probe_details = (self.probe_details.iter())
+            .filter(|(k, _)| self.probes.contains_key(k))
+            .map(|(k, d)| (key(k), d.clone()))
+            .collect();
+        s.lease_holders = (self.held_elsewhere.iter())
+            .map(|(k, holder)| (key(k), holder.clone()))
+            .chain(
+                self.held_here
+                    .iter()
+                    .map(|k| (key(k), self.node.to_string())),
+            )
             .collect();
         s
     }
@@ -1428,6 +1454,7 @@ mod tests {
                 .map(|(k, h)| (k.clone(), h.to_string()))
                 .collect(),
             held_here: 1,
+            mine: BTreeSet::new(),
             won: 1,
             lost: 1,
         };

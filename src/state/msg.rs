@@ -101,6 +101,12 @@ pub struct ClaimDevices {
 pub enum PrepareRefusal {
     /// No valid config has been read since start.
     NoConfig,
+    /// The device is not mapped to this node (the claim was allocated for another, or the config
+    /// moved it since).
+    NotHere {
+        device: String,
+        node: String,
+    },
     Env(EnvRefusal),
 }
 
@@ -108,6 +114,11 @@ impl fmt::Display for PrepareRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PrepareRefusal::NoConfig => write!(f, "spookd has read no valid config yet"),
+            PrepareRefusal::NotHere { device, node } => write!(
+                f,
+                "device {device} is not mapped to node {node} in the config (its hosts cannot \
+                 include this node)"
+            ),
             PrepareRefusal::Env(EnvRefusal::UnknownDevice(name)) => write!(
                 f,
                 "device {name} is not in the config (removed since it was allocated?)"
@@ -299,6 +310,8 @@ impl fmt::Display for LeaseRefusal {
 pub struct LeaseReport {
     pub held_elsewhere: BTreeMap<DeviceKey, String>,
     pub held_here: usize,
+    /// The shared devices this node holds.
+    pub mine: BTreeSet<DeviceKey>,
     pub won: u64,
     pub lost: u64,
 }
@@ -374,6 +387,12 @@ pub struct Snapshot {
     pub dra: Option<DraStatus>,
     /// Kubernetes Events that could not be written or were dropped.
     pub events_failed: u64,
+    /// This node's name (for `spookd status`).
+    pub node: String,
+    /// (resource, device) → what its probe last saw.
+    pub probe_details: BTreeMap<(String, String), String>,
+    /// `--exclusive-leases`: (resource, device) → the node holding its Lease (this one too).
+    pub lease_holders: BTreeMap<(String, String), String>,
 }
 
 /// When a source last finished a read: a source stuck in a system call (a hung network
