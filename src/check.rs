@@ -79,7 +79,7 @@ mod tests {
         let c = Config::parse(b"deviceMapping:\n- hosts: [h1]\n  devices: []\n", "t").unwrap();
         assert_eq!(
             describe(&c, None),
-            "node h1: its mappings list no devices, serves nothing\nconfig is valid: 1 nodes, 0 node resources\n"
+            "node h1: its mappings list no devices, serves nothing\nconfig is valid: 1 nodes, 0 node resources\nas a DRA driver (--dra): 0 devices, 0 DeviceClasses\n"
         );
     }
 
@@ -94,7 +94,8 @@ mod tests {
             describe(&c, None),
             "node h1:\n  example.com/widget (1 devices)\n    0001\n      EXAMPLECOM_WIDGET_DEV0_ID=0001\n      EXAMPLECOM_WIDGET_DEV0_IP=1.2.3.4\n      EXAMPLECOM_WIDGET_DEV0_TYPE=example.com/widget\n\
              node h2:\n  example.com/widget (1 devices)\n    0001\n      EXAMPLECOM_WIDGET_DEV0_ID=0001\n      EXAMPLECOM_WIDGET_DEV0_IP=1.2.3.4\n      EXAMPLECOM_WIDGET_DEV0_TYPE=example.com/widget\n\
-             config is valid: 2 nodes, 2 node resources\n"
+             config is valid: 2 nodes, 2 node resources\n\
+             as a DRA driver (--dra): 1 devices, 1 DeviceClasses\n"
         );
         let other = NodeName::try_from("h3".to_owned()).unwrap();
         assert!(describe(&c, Some(&other)).starts_with("node h3: in no mapping, serves nothing\n"));
@@ -110,7 +111,8 @@ mod tests {
         assert_eq!(
             describe(&c, None),
             "node h1:\n  example.com/widget (1 devices)\n    0001\n      healthCheck: tcp 127.0.0.1:5025 every 10s, timeout 500ms, Unhealthy after 3 failures, Healthy after 1 successes\n      EXAMPLECOM_WIDGET_DEV0_ID=0001\n      EXAMPLECOM_WIDGET_DEV0_TYPE=example.com/widget\n\
-             config is valid: 1 nodes, 1 node resources\n"
+             config is valid: 1 nodes, 1 node resources\n\
+             as a DRA driver (--dra): 1 devices, 1 DeviceClasses\n"
         );
     }
 }

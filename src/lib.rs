@@ -1,7 +1,8 @@
 //! spookd: a Kubernetes device plugin for virtual devices declared in YAML.
 //!
 //! Rooms, named for what they talk to (README, "How it works", has the map and the threads):
-//! - [`daemon`] starts every thread and stops them; [`cli`] is the flag table; [`check`] the dry run.
+//! - [`daemon`] starts every thread and stops them; [`cli`] is the flag table; [`check`] the dry run;
+//!   [`status`] asks a running daemon what it serves.
 //! - [`config`] is the config model: pure, no I/O, parsed once at the edge into checked types.
 //! - [`state`] owns everything served; [`state::msg`] is the vocabulary every thread speaks.
 //! - [`kubelet`] talks to the kubelet: the device-plugin service, the registrar, the watcher of
@@ -36,6 +37,7 @@ pub(crate) mod prune;
 pub(crate) mod random;
 pub mod source;
 pub mod state;
+pub mod status;
 pub(crate) mod worker;
 
 /// The version printed by `--version` and logged at start.

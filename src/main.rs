@@ -1,4 +1,4 @@
-//! spookd's entry point: parses the command line, dispatches (`check`, or the daemon in
+//! spookd's entry point: parses the command line, dispatches (`check`, `status`, or the daemon in
 //! [`spookd::daemon`]), maps errors to exit codes.
 
 use std::fmt;
@@ -11,6 +11,7 @@ use spookd::cli::{self, CliError, Command};
 use spookd::config::{Config, ConfigError, NodeName};
 use spookd::daemon::{self, DaemonError};
 use spookd::source::file::read_config;
+use spookd::status::{self, StatusError};
 use spookd::{check, VERSION};
 
 /// Everything that ends spookd with an error.
@@ -19,6 +20,7 @@ enum MainError {
     Usage(CliError),
     InvalidConfig(ConfigError),
     Daemon(DaemonError),
+    Status(StatusError),
 }
 
 impl fmt::Display for MainError {
@@ -27,6 +29,7 @@ impl fmt::Display for MainError {
             MainError::Usage(e) => write!(f, "{e}"),
             MainError::InvalidConfig(e) => write!(f, "invalid config: {e}"),
             MainError::Daemon(e) => write!(f, "{e}"),
+            MainError::Status(e) => write!(f, "status: {e}"),
         }
     }
 }
@@ -35,7 +38,9 @@ impl MainError {
     fn exit_code(&self) -> ExitCode {
         match self {
             MainError::Usage(_) => ExitCode::from(2),
-            MainError::InvalidConfig(_) | MainError::Daemon(_) => ExitCode::FAILURE,
+            MainError::InvalidConfig(_) | MainError::Daemon(_) | MainError::Status(_) => {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -56,6 +61,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Ok(Command::Check { node, path }) => run_check(node.as_ref(), &path),
+        Ok(Command::Status(opts)) => status::run(&opts)
+            .map(|out| print!("{out}"))
+            .map_err(MainError::Status),
         Ok(Command::Run(opts)) => daemon::run(*opts).map_err(MainError::Daemon),
         Err(e) => Err(MainError::Usage(e)),
     };

@@ -159,6 +159,8 @@ const HELP: &str = "spookd: a Kubernetes device plugin for virtual devices decla
 Usage:
   spookd [OPTIONS]                       serve this node's devices to the kubelet
   spookd check [--node-name NAME] PATH   check a config; print each node's resources and devices
+  spookd status [--metrics-addr ADDR:PORT] [--output json]
+                                         what the running spookd serves: devices, health, holders
   spookd --help | --version
 
 Options (each may instead come from the environment variable in brackets; a flag wins):
@@ -236,6 +238,8 @@ events in the Pod's namespace, and in the ConfigMap's for the API source):
   -V, --version              print the version
 
 `check` reads only its flag, not NODE_NAME: without --node-name it prints every node.
+`status` asks the daemon at --metrics-addr (SPOOKD_METRICS_ADDR, as the daemon's; 0.0.0.0 is
+asked on 127.0.0.1) and the kubelet's --pod-resources-socket for who holds each device.
 
 Logging: RUST_LOG (default info; e.g. RUST_LOG=debug).
 Exit status: 0 success; 1 error (for check: the config is invalid); 2 usage error.

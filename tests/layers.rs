@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["kube", "kubelet"],
     &["source", "health", "leases", "prune", "metrics"],
     &["dra", "events"],
-    &["cli", "check"],
+    &["cli", "check", "status"],
     &["daemon"],
 ];
 

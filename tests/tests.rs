@@ -28,3 +28,4 @@ mod msrv;
 mod podresources;
 mod prune;
 mod soak;
+mod status;

@@ -13,6 +13,7 @@ use crate::kubelet::podresources;
 use crate::leases::LeaseOptions;
 use crate::prune::PruneOptions;
 use crate::source::configmap::ApiOptions;
+use crate::status::StatusOptions;
 
 pub const DEFAULT_CONFIG: &str = "/etc/spookd/config.yaml";
 pub const DEFAULT_DEVICE_PLUGIN_DIR: &str = "/var/lib/kubelet/device-plugins";
@@ -35,6 +36,8 @@ pub enum Command {
         node: Option<NodeName>,
         path: PathBuf,
     },
+    /// `spookd status`: ask the running daemon.
+    Status(StatusOptions),
     Help,
     Version,
 }
@@ -135,6 +138,8 @@ pub enum CliError {
     },
     /// `--events` on, without the Pod to report about.
     NoPod,
+    /// `status --output` takes `text` or `json`.
+    BadOutput(String),
     BadPod {
         from: &'static str,
         value: String,
@@ -200,6 +205,9 @@ impl fmt::Display for CliError {
                 "{from} is a device-plugin feature; {with} runs a DRA driver instead (the \
                  scheduler gives each device to one claim: no Leases or pruning needed)"
             ),
+            CliError::BadOutput(v) => {
+                write!(f, "--output: {v:?} is not text or json")
+            }
             CliError::NoPod => write!(
                 f,
                 "--events needs the Pod to report about: --pod-name and --pod-namespace (POD_NAME \
@@ -622,6 +630,8 @@ spookd: a Kubernetes device plugin for virtual devices declared in YAML
 Usage:
   spookd [OPTIONS]                       serve this node's devices to the kubelet
   spookd check [--node-name NAME] PATH   check a config; print each node's resources and devices
+  spookd status [--metrics-addr ADDR:PORT] [--output json]
+                                         what the running spookd serves: devices, health, holders
   spookd --help | --version
 
 ";
@@ -630,6 +640,8 @@ const HELP_TAIL: &str = "  -h, --help                 print this help
   -V, --version              print the version
 
 `check` reads only its flag, not NODE_NAME: without --node-name it prints every node.
+`status` asks the daemon at --metrics-addr (SPOOKD_METRICS_ADDR, as the daemon's; 0.0.0.0 is
+asked on 127.0.0.1) and the kubelet's --pod-resources-socket for who holds each device.
 
 Logging: RUST_LOG (default info; e.g. RUST_LOG=debug).
 Exit status: 0 success; 1 error (for check: the config is invalid); 2 usage error.
@@ -742,9 +754,14 @@ pub fn parse(
         .into_iter()
         .peekable();
     let check = args.peek().map(String::as_str) == Some("check");
-    if check {
+    let status = args.peek().map(String::as_str) == Some("status");
+    if check || status {
         args.next();
     }
+    // `status` takes the daemon's own flags for where to ask (and their variables, so inside the
+    // pod it needs none), and --output.
+    let for_status = [Flag::MetricsAddr, Flag::PodResourcesSocket];
+    let mut output: Option<String> = None;
     let mut values: Vec<(Flag, String)> = Vec::new();
     let mut positional: Vec<String> = Vec::new();
     while let Some(arg) = args.next() {
@@ -757,10 +774,23 @@ pub fn parse(
             Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
             _ => (arg.clone(), None),
         };
+        if status && name == "--output" {
+            let v = match inline {
+                Some(v) => Some(v),
+                None => args.next(),
+            };
+            match v.as_deref() {
+                Some("json" | "text") if output.is_none() => output = v,
+                Some("json" | "text") => return Err(CliError::Duplicate("--output")),
+                _ => return Err(CliError::BadOutput(v.unwrap_or_default())),
+            }
+            continue;
+        }
         let found = FLAGS
             .iter()
             .map(|s| s.flag)
             .filter(|f| !check || *f == Flag::NodeName)
+            .filter(|f| !status || for_status.contains(f))
             .find(|f| f.name() == name);
         match found {
             Some(flag) => {
@@ -804,6 +834,21 @@ pub fn parse(
             .map(|v| (f.name(), v))
             .or_else(|| var(f.env()).filter(|v| !v.is_empty()).map(|v| (f.env(), v)))
     };
+    if status {
+        let addr = match value(Flag::MetricsAddr) {
+            Some((from, v)) => Some(v.parse().map_err(|_| CliError::BadAddress {
+                from,
+                value: v.clone(),
+            })?),
+            None => None,
+        };
+        return Ok(Command::Status(StatusOptions {
+            addr,
+            json: output.as_deref() == Some("json"),
+            pod_resources: value(Flag::PodResourcesSocket)
+                .map_or_else(|| podresources::DEFAULT_SOCKET.into(), |(_, v)| v.into()),
+        }));
+    }
     let node_name = match value(Flag::NodeName) {
         Some((from, v)) => node_name(from, v)?,
         None => {

@@ -222,6 +222,9 @@ pub fn reconcile(
         generation = current.saturating_add(1);
         want = objects::slices(driver, inventory, generation);
         for slice in &mut want {
+            if !lead() {
+                return Err(PublishError::NoLongerLeader);
+            }
             match observed
                 .iter()
                 .find(|o| o.metadata.name == slice.metadata.name)
