@@ -14,8 +14,8 @@ const LAYERS: &[&[&str]] = &[
     &["state"],
     &["kube", "kubelet"],
     &["source", "health", "leases", "prune", "metrics"],
-    &["dra", "events"],
-    &["cli", "check", "status"],
+    &["dra", "events", "status"],
+    &["cli", "check"],
     &["daemon"],
 ];
 
