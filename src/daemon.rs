@@ -275,6 +275,26 @@ fn lock_dir(dir: &Path, signals: &mut Signals) -> Result<Option<std::fs::File>, 
     }
 }
 
+/// gRPC core's client-channel backup poller wakes its timer thread every 5 s by default to poll
+/// channels whose events might have been missed. spookd's only client calls (Register, the
+/// podresources List) are short and carry deadlines: it is off. Read by gRPC core when it
+/// starts, so set here (before any thread) unless the environment says otherwise; the
+/// Containerfile sets it too.
+pub const BACKUP_POLL: &str = "GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS";
+
+/// Sets what the process's environment must hold for gRPC core, when absent; says what it chose.
+fn grpc_environment() -> String {
+    match std::env::var(BACKUP_POLL) {
+        Ok(v) => format!("{BACKUP_POLL}={v} from the environment"),
+        Err(_) => {
+            // Before any thread is started (the daemon's first step), so nothing reads it
+            // concurrently.
+            std::env::set_var(BACKUP_POLL, "0");
+            format!("{BACKUP_POLL}=0 set by spookd (its backup poller off)")
+        }
+    }
+}
+
 /// Logging (gRPC core's too), and a panic anywhere ends the process.
 fn init() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -412,7 +432,6 @@ impl Backend for DraEffects {
 /// metrics server; stopped in reverse (the plugin's sockets first, then the state thread, whose
 /// backend releases the leader Lease).
 fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
-    init();
     info!(
         "spookd {VERSION} starting as DRA driver {}: node {}, {}, kubelet plugins {}, registry \
          {}, CDI specs in {}, API server {}",
@@ -526,10 +545,14 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
 
 /// Runs the daemon until a stop signal: starts every thread in order, stops them in reverse.
 pub fn run(mut opts: RunOptions) -> Result<(), DaemonError> {
+    let grpc_env = grpc_environment();
     if let Some(dra) = opts.dra.take() {
+        init();
+        info!("gRPC: {grpc_env}");
         return run_dra(opts, dra);
     }
     init();
+    info!("gRPC: {grpc_env}");
     let source = describe(&opts.source);
     info!(
         "spookd {VERSION} starting: node {}, {source}, device-plugins dir {}",

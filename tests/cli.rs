@@ -173,7 +173,7 @@ Options (each may instead come from the environment variable in brackets; a flag
                              [SPOOKD_DEVICE_PLUGIN_DIR] (default /var/lib/kubelet/device-plugins)
   --poll-interval DURATION   the longest wait between two reads of the config file (a change is
                              read at once, through inotify), e.g. 250ms, 2s, 1m, 1m30s
-                             [SPOOKD_POLL_INTERVAL] (default 1s; from 10ms to 1h)
+                             [SPOOKD_POLL_INTERVAL] (default 30s; from 10ms to 1h)
 
 Config from a ConfigMap through the Kubernetes API instead of a file (not with --config):
   --configmap NAMESPACE/NAME  the ConfigMap to watch   [SPOOKD_CONFIGMAP]

@@ -600,3 +600,44 @@ fn a_kubelet_that_never_reads_allocate_answers_holds_up_nothing() {
         .is_ok());
     drop(pending);
 }
+
+/// gRPC core's backup poller (a wakeup every 5 s) is off unless the environment says otherwise:
+/// the binary behaves the same outside the image, whose Containerfile sets it too.
+#[test]
+fn grpc_backup_poller_is_off_unless_the_environment_sets_it() {
+    assert!(std::env::var_os("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS").is_none());
+    let s = Setup::new("node1", SEED);
+    assert!(
+        s.spookd.wait_log(
+            "gRPC: GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS=0 set by spookd",
+            1
+        ),
+        "{}",
+        s.spookd.log()
+    );
+    let tmp = TempDir::new();
+    let dp = tmp.join("dp");
+    fs::create_dir_all(&dp).unwrap();
+    let log = fs::File::create(tmp.join("log")).unwrap();
+    let config = tmp.join("c.yaml");
+    fs::write(&config, SEED).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spookd"))
+        .args(["--node-name", "node1", "--config"])
+        .arg(&config)
+        .arg("--device-plugin-dir")
+        .arg(&dp)
+        .env("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "5000")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let want = "gRPC: GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS=5000 from the environment";
+    while !fs::read_to_string(tmp.join("log")).unwrap().contains(want)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(fs::read_to_string(tmp.join("log")).unwrap().contains(want));
+}

@@ -363,8 +363,8 @@ fn a_stream_the_kubelet_closed_and_never_reopened_is_registered_again() {
     let addr = metrics_addr(&s.spookd);
     let before = s.kubelet.register_calls().len();
     assert!(s.kubelet.hang_up("example.com/widget"));
-    // Noticed by the periodic check (every 5 s, confirmed at the next): bounded at 3 checks.
-    let ok = s.kubelet.wait_until(Duration::from_secs(16), |k| {
+    // Noticed by the periodic check (every 10 s, confirmed at the next): bounded at 3 checks.
+    let ok = s.kubelet.wait_until(Duration::from_secs(31), |k| {
         k.register_calls().len() > before
             && k.plugins()["example.com/widget"].stream_open
             && k.plugins()["example.com/widget"].devices.is_some()

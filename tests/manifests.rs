@@ -411,7 +411,10 @@ fn both_image_stages_set_the_allocator_environment() {
     );
     assert_eq!(
         finals[0],
-        ["ENV GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=131072"]
+        [
+            "ENV GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=131072",
+            "ENV GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS=0",
+        ]
     );
     assert_eq!(finals[0], finals[1]);
 }

@@ -17,7 +17,11 @@ use crate::status::StatusOptions;
 
 pub const DEFAULT_CONFIG: &str = "/etc/spookd/config.yaml";
 pub const DEFAULT_DEVICE_PLUGIN_DIR: &str = "/var/lib/kubelet/device-plugins";
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// The fallback read of the config file behind inotify (only a filesystem without inotify
+/// events, an overlay or network one, relies on it): 30 s is one wakeup in 30 s on an idle node,
+/// and small beside the kubelet's own ConfigMap volume sync (about a minute). See README,
+/// Performance.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONFIGMAP_KEY: &str = "config.yaml";
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 pub const DEFAULT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
@@ -1367,7 +1371,7 @@ mod tests {
             RunOptions {
                 source: Source::File {
                     path: DEFAULT_CONFIG.into(),
-                    poll_interval: Duration::from_secs(1)
+                    poll_interval: DEFAULT_POLL_INTERVAL
                 },
                 node_name: node("my-host"),
                 device_plugin_dir: DEFAULT_DEVICE_PLUGIN_DIR.into(),

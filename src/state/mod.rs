@@ -74,8 +74,10 @@ use msg::{
 /// How long a removed resource's server lives after pushing its empty list, so the kubelet reads it.
 pub const RETIRE_GRACE: Duration = Duration::from_millis(250);
 
-/// How often the state thread checks the device-plugins dir itself, behind inotify.
-pub const FALLBACK_CHECK: Duration = Duration::from_secs(5);
+/// How often the state thread checks the device-plugins dir itself, behind inotify (and looks
+/// for resources whose streams the kubelet closed): one wakeup in 10 s on an idle node, where 5 s
+/// was a fifth of a wakeup a second, the whole of #20's budget for spookd's own threads.
+pub const FALLBACK_CHECK: Duration = Duration::from_secs(10);
 
 /// The side effects the state thread needs, so it can be tested without sockets.
 pub trait Backend {
