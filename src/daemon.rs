@@ -23,7 +23,9 @@ use crate::config::{NodeName, ResourceName};
 use crate::dra::api::{HttpClaims, HttpObjects};
 use crate::dra::cdi::CdiDir;
 use crate::dra::plugin::{KubeletPlugin, PluginContext, Sockets};
-use crate::dra::publish::{leader_lease_name, Leadership, Publisher, PublisherApi};
+use crate::dra::publish::{
+    leader_lease_name, Leadership, Publisher, PublisherApi, SliceWatch, SliceWatcher,
+};
 use crate::dra::DraOptions;
 use crate::events::{EventOptions, Events};
 use crate::health::Prober;
@@ -43,6 +45,9 @@ use crate::VERSION;
 
 /// The namespace of the pod's ServiceAccount, the default home of the Leases.
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// How long one watch request of the DRA driver's ResourceSlices lasts.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long shutdown waits for the state thread to stop the servers and remove the sockets.
 const SHUTDOWN_WAIT: Duration = Duration::from_millis(1500);
@@ -490,6 +495,12 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
     );
     let publisher = Publisher::spawn(api, dra.driver.clone(), leadership, tx.clone())
         .map_err(startup("start the publisher thread"))?;
+    let watch = SliceWatch {
+        slices: HttpObjects::slices(dra.conn.clone(), &dra.driver),
+        timeout: WATCH_TIMEOUT,
+    };
+    let slice_watcher = SliceWatcher::spawn(watch, publisher.nudge())
+        .map_err(startup("start the ResourceSlice watch"))?;
     let events = start_events(opts.events.clone(), &opts.node_name, &tx)?;
     let state = State::new(
         opts.node_name,
@@ -534,6 +545,7 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
     };
     wait_for_stop(&mut signals);
     drop(plugin);
+    drop(slice_watcher);
     let _ = tx.send(Msg::Shutdown);
     if !state_thread.join_timeout(SHUTDOWN_WAIT) {
         warn!("state thread did not stop within {SHUTDOWN_WAIT:?}; exiting anyway");

@@ -167,6 +167,8 @@ struct State {
     /// `resource.k8s.io/v1` objects by (collection path, name): ResourceSlices, DeviceClasses,
     /// ResourceClaims.
     objects: BTreeMap<(String, String), serde_yaml::Value>,
+    /// Watches of `resource.k8s.io` objects: (collection, query, stream).
+    object_watchers: Vec<(String, String, Sender<WatchMsg>)>,
     /// Watch connections being served now.
     open_watches: usize,
     requests: Vec<Request>,
@@ -211,6 +213,7 @@ impl ApiServer {
                 lease_tombstones: Vec::new(),
                 watchers: Vec::new(),
                 objects: BTreeMap::new(),
+                object_watchers: Vec::new(),
                 open_watches: 0,
                 requests: Vec::new(),
             }),
@@ -400,11 +403,15 @@ impl ApiServer {
             .collect()
     }
 
-    /// Removes an object as someone else would.
+    /// Removes an object as someone else would (watches see it deleted).
     pub fn remove_object(&self, collection: &str, name: &str) {
         let mut st = self.shared.lock();
-        st.objects
-            .remove(&(format!("{RESOURCE_API}/{collection}"), name.to_owned()));
+        let path = format!("{RESOURCE_API}/{collection}");
+        if let Some(mut gone) = st.objects.remove(&(path.clone(), name.to_owned())) {
+            st.version += 1;
+            gone["metadata"]["resourceVersion"] = st.version.to_string().into();
+            object_event(&mut st, &path, "DELETED", &gone);
+        }
     }
 
     /// Waits until `done` holds for `collection`'s objects (bounded).
@@ -754,6 +761,64 @@ const RESOURCE_API: &str = "/apis/resource.k8s.io/v1";
 /// The `events.k8s.io/v1` group.
 const EVENTS_API: &str = "/apis/events.k8s.io/v1/namespaces/";
 
+/// A value as one line of JSON (watch events are a line each).
+fn value_json(v: &serde_yaml::Value) -> String {
+    use serde_yaml::Value as V;
+    match v {
+        V::Null => "null".into(),
+        V::Bool(b) => b.to_string(),
+        V::Number(n) => n.to_string(),
+        V::String(s) => json_string(s),
+        V::Sequence(items) => format!(
+            "[{}]",
+            items.iter().map(value_json).collect::<Vec<_>>().join(",")
+        ),
+        V::Mapping(m) => format!(
+            "{{{}}}",
+            m.iter()
+                .map(|(k, v)| format!("{}:{}", value_json(k), value_json(v)))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        V::Tagged(t) => value_json(&t.value),
+    }
+}
+
+/// Tells the watches of `collection` that `object` was ADDED, MODIFIED or DELETED.
+fn object_event(st: &mut State, collection: &str, kind: &str, object: &serde_yaml::Value) {
+    let line = event(kind, &value_json(object));
+    st.object_watchers.retain(|(c, query, w)| {
+        c != collection || !selected(object, query) || w.send(WatchMsg::Line(line.clone())).is_ok()
+    });
+}
+
+/// A watch of `resource.k8s.io` objects: every change from now, chunked, until the timeout, a
+/// drop or the server stops. (No replay of what came before its version: spookd watches right
+/// after listing.)
+fn watch_objects(shared: &Arc<Shared>, tls: &mut impl Write, target: &str) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let timeout = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("timeoutSeconds="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(60);
+    let (tx, rx): (Sender<WatchMsg>, Receiver<WatchMsg>) = crossbeam_channel::bounded(1024);
+    {
+        let mut st = shared.lock();
+        st.object_watchers
+            .push((path.to_owned(), query.to_owned(), tx));
+        st.open_watches += 1;
+        shared.changed.notify_all();
+    }
+    let _open = OpenWatch(shared.clone());
+    let _ = write!(
+        tls,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let _dropped = stream_watch(shared, tls, &rx, deadline);
+}
+
 /// Merges a JSON merge patch into `target` (RFC 7386: null removes, objects merge).
 fn merge(target: &mut serde_yaml::Value, patch: &serde_yaml::Value) {
     match (target.as_mapping_mut(), patch.as_mapping()) {
@@ -1003,6 +1068,7 @@ fn serve_objects(st: &mut State, method: &str, target: &str, body: &str) -> (u16
             st.version += 1;
             o["metadata"]["resourceVersion"] = st.version.to_string().into();
             o["metadata"]["uid"] = format!("uid-{}", st.version).into();
+            object_event(st, &key.0, "ADDED", &o);
             st.objects.insert(key, o.clone());
             (201, yaml(&o))
         }
@@ -1026,6 +1092,7 @@ fn serve_objects(st: &mut State, method: &str, target: &str, body: &str) -> (u16
             st.version += 1;
             o["metadata"]["resourceVersion"] = st.version.to_string().into();
             o["metadata"]["uid"] = old["metadata"]["uid"].clone();
+            object_event(st, &key.0, "MODIFIED", &o);
             st.objects.insert(key, o.clone());
             (200, yaml(&o))
         }
@@ -1044,8 +1111,11 @@ fn serve_objects(st: &mut State, method: &str, target: &str, body: &str) -> (u16
                     return (409, status_json(409, "Conflict"));
                 }
             }
-            st.objects.remove(&key);
-            st.version += 1;
+            if let Some(mut gone) = st.objects.remove(&key) {
+                st.version += 1;
+                gone["metadata"]["resourceVersion"] = st.version.to_string().into();
+                object_event(st, &key.0, "DELETED", &gone);
+            }
             (200, status_json(200, "Success"))
         }
         _ => (405, status_json(405, "MethodNotAllowed")),
@@ -1265,6 +1335,9 @@ fn serve(shared: &Arc<Shared>, config: Arc<rustls::ServerConfig>, tcp: TcpStream
     }
     if !token_ok {
         return respond(&mut tls, 401, "", &status_json(401, "Unauthorized"));
+    }
+    if target.starts_with(RESOURCE_API) && method == "GET" && target.contains("&watch=true") {
+        return watch_objects(shared, &mut tls, &target);
     }
     if target.starts_with(EVENTS_API) {
         let (code, body) = {

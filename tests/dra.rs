@@ -307,14 +307,23 @@ deviceMapping:
     assert_eq!(writes(&api), before);
     assert_eq!(generation(&api.objects("resourceslices")), [2]);
 
-    // Someone deletes the slice: the next resync is a minute away, so a config edit brings it
-    // back now, at a new generation.
+    // Someone deletes the slice: the leader's watch sees it, and it is back at once (not at the
+    // resync a minute away), at a new generation.
     api.remove_object("resourceslices", "spookd.dev-0");
+    let ok = api.wait_objects("resourceslices", WAIT, |s| {
+        s.len() == 1 && generation(s) == [3]
+    });
+    assert!(ok, "{:#?}\n{}", api.objects("resourceslices"), node.log());
     config.write(CONFIG);
     let ok = api.wait_objects("resourceslices", WAIT, |s| {
-        s.len() == 2 && generation(s) == [3, 3]
+        s.len() == 2 && generation(s) == [4, 4]
     });
     assert!(ok, "{:#?}", api.objects("resourceslices"));
+    let watched = api
+        .requests()
+        .iter()
+        .any(|r| r.target.contains("/resourceslices?") && r.target.contains("watch=true"));
+    assert!(watched, "no watch of the slices");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::dra::objects::{self, DeviceClass, List, ResourceSlice, MANAGED_BY};
-use crate::kube::client::{ApiError, Client, Connection, Method, REQUEST_TIMEOUT};
+use crate::kube::client::{ApiError, Client, Connection, Lines, Method, REQUEST_TIMEOUT};
 
 /// Objects per page of a list: at most 128 devices a slice, so a page holds at most about 2,000
 /// devices, and decoding one stays a few MiB whatever the pool's size.
@@ -122,9 +122,11 @@ fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-impl<T: Object> Objects<T> for HttpObjects<T> {
-    fn list(&mut self) -> Result<Vec<T>, ApiError> {
+impl<T: Object> HttpObjects<T> {
+    /// Every object of this driver, page by page, and the list's version (to watch from).
+    pub fn list_at(&mut self) -> Result<(Vec<T>, String), ApiError> {
         let mut items = Vec::new();
+        let mut version = String::new();
         let mut next = String::new();
         for _ in 0..MAX_PAGES {
             let mut url = format!("{}{}&limit={PAGE}", self.base, self.selector);
@@ -135,8 +137,11 @@ impl<T: Object> Objects<T> for HttpObjects<T> {
             let body = Client::read_body(&url, response, MAX_PAGE)?;
             let page = decode::<List<T>>(&url, &body)?;
             items.extend(page.items);
+            if version.is_empty() {
+                version = page.metadata.resource_version;
+            }
             if page.metadata.next.is_empty() {
-                return Ok(items);
+                return Ok((items, version));
             }
             next = page.metadata.next;
         }
@@ -147,6 +152,41 @@ impl<T: Object> Objects<T> for HttpObjects<T> {
                 format!("more than {MAX_PAGES} pages"),
             ),
         })
+    }
+
+    /// A watch of this driver's objects from `version`, for `timeout` (a silent connection is
+    /// dropped after that plus a quarter).
+    pub fn watch_from(
+        &mut self,
+        version: &str,
+        timeout: std::time::Duration,
+    ) -> Result<crate::kube::watch::Events<T>, ApiError>
+    where
+        T: crate::kube::watch::Versioned + 'static,
+    {
+        let url = format!(
+            "{}{}&watch=true&allowWatchBookmarks=true&timeoutSeconds={}&resourceVersion={}",
+            self.base,
+            self.selector,
+            timeout.as_secs().max(1),
+            escape(version)
+        );
+        let read_timeout = timeout
+            .saturating_add(timeout / 4)
+            .saturating_add(std::time::Duration::from_secs(1));
+        let response = self.client.watch(&url, read_timeout)?;
+        let reader: Box<dyn std::io::Read + Send> = Box::new(response.into_body().into_reader());
+        Ok(Box::new(Lines::new(
+            reader,
+            url,
+            crate::kube::watch::parse_event::<T>,
+        )))
+    }
+}
+
+impl<T: Object> Objects<T> for HttpObjects<T> {
+    fn list(&mut self) -> Result<Vec<T>, ApiError> {
+        self.list_at().map(|(items, _)| items)
     }
 
     fn create(&mut self, object: &T) -> Result<(), ApiError> {

@@ -152,6 +152,15 @@ pub struct ListMeta {
     /// Where the next page starts; empty on the last.
     #[serde(default, rename = "continue")]
     pub next: String,
+    /// The list's version (of its first page: a paged list is one snapshot), to watch from.
+    #[serde(default, rename = "resourceVersion")]
+    pub resource_version: String,
+}
+
+impl crate::kube::watch::Versioned for ResourceSlice {
+    fn resource_version(&self) -> &str {
+        &self.metadata.resource_version
+    }
 }
 
 /// The labels of every object of `driver`.

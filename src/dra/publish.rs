@@ -15,7 +15,8 @@
 //!   (a leader that lost its Lease while a call hung) cannot both win. DeviceClasses are
 //!   compared and written the same way, without generations.
 //! - It publishes on leadership won, on each new inventory, after a failure (with the backoff),
-//!   and every [`RESYNC`] in case someone edited or deleted what it wrote.
+//!   half a second after the `spookd-dra-watch` thread ([`SliceWatcher`], the one list-then-watch
+//!   loop) sees the driver's slices change (someone edited or deleted one), and every [`RESYNC`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,9 +27,10 @@ use log::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::clock::later;
 use crate::config::dra::Inventory;
-use crate::dra::api::{Object, Objects};
+use crate::dra::api::{HttpObjects, Object, Objects};
 use crate::dra::objects::{self, DeviceClass, ResourceSlice, POOL};
 use crate::kube::client::ApiError;
+use crate::kube::watch::{list_then_watch, Events, Failure, Observer, Phase, Policy, WatchApi};
 use crate::leases::protocol::{self, Acquired, Lease, LeaseApi, Observations};
 use crate::state::msg::{DraEvent, Msg};
 use crate::worker::Worker;
@@ -303,6 +305,74 @@ fn reconcile_classes(
 
 enum Cmd {
     Publish(Arc<Inventory>),
+    /// The driver's slices changed (seen by the watch): the leader compares soon.
+    Changed,
+    /// Release the Lease and end (the watch holds a sender too: the channel never disconnects).
+    Stop,
+}
+
+/// How long after a change seen by the watch the leader compares: changes come in bursts (its
+/// own writes, someone's kubectl delete of several).
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// Tells the publisher that the driver's slices changed.
+#[derive(Clone)]
+pub struct Nudge(Sender<Cmd>);
+
+impl<T> Observer<T> for Nudge {
+    fn listed(&mut self, _: Vec<T>, _: &str) -> bool {
+        self.0.send(Cmd::Changed).is_ok()
+    }
+    fn put(&mut self, _: T) -> bool {
+        self.0.send(Cmd::Changed).is_ok()
+    }
+    fn deleted(&mut self, _: T) -> bool {
+        self.0.send(Cmd::Changed).is_ok()
+    }
+    fn failed(&mut self, phase: Phase, why: &Failure<'_>) -> bool {
+        debug!("watch of the driver's ResourceSlices: {phase:?} failed: {why:?}; retrying");
+        true
+    }
+}
+
+/// The ResourceSlice watch's two calls, over the one list-then-watch loop.
+pub struct SliceWatch {
+    pub slices: HttpObjects<ResourceSlice>,
+    pub timeout: Duration,
+}
+
+impl WatchApi for SliceWatch {
+    type Object = ResourceSlice;
+    fn list(&mut self) -> Result<(Vec<ResourceSlice>, String), ApiError> {
+        self.slices.list_at()
+    }
+    fn watch(&mut self, version: &str) -> Result<Events<ResourceSlice>, ApiError> {
+        self.slices.watch_from(version, self.timeout)
+    }
+}
+
+/// Handle of the `spookd-dra-watch` thread: someone's edit or delete of the driver's slices is
+/// repaired by the leader at once, not at the next resync. Dropping it stops the thread.
+pub struct SliceWatcher {
+    _stop: Sender<()>,
+    _worker: Worker,
+}
+
+impl SliceWatcher {
+    pub fn spawn(mut api: SliceWatch, nudge: Nudge) -> std::io::Result<SliceWatcher> {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let mut nudge = nudge;
+        let worker = Worker::spawn("spookd-dra-watch", move || {
+            let mut backoff = Backoff::new(RETRY);
+            list_then_watch(&mut api, &mut nudge, Policy::Relist, &mut backoff, &stopped);
+        })?
+        // It may sit in a watch read: the process is exiting anyway.
+        .stop_wait(Duration::from_millis(50));
+        Ok(SliceWatcher {
+            _stop: stop,
+            _worker: worker,
+        })
+    }
 }
 
 /// The API calls the publisher makes.
@@ -341,6 +411,17 @@ impl Publisher {
     pub fn publish(&self, inventory: Arc<Inventory>) {
         let _ = self.tx.send(Cmd::Publish(inventory));
     }
+
+    /// What the slice watch tells of changes.
+    pub fn nudge(&self) -> Nudge {
+        Nudge(self.tx.clone())
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Cmd::Stop);
+    }
 }
 
 fn run(
@@ -368,6 +449,10 @@ fn run(
                 inventory = Some(new);
                 next_publish = Instant::now();
             }
+            Ok(Cmd::Changed) => {
+                next_publish = next_publish.min(later(Instant::now(), SETTLE));
+            }
+            Ok(Cmd::Stop) => break,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
