@@ -11,13 +11,14 @@
 //! call that fails is logged once until one works again, counted ([`Msg::EventFailed`]), and the
 //! notice is dropped.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use log::{debug, info, warn};
 use serde::Deserialize;
 
+use crate::clock::later;
 use crate::config::NodeName;
 use crate::kube::client::{ApiError, Client, Connection, Method, REQUEST_TIMEOUT};
 use crate::kube::json_string;
@@ -33,7 +34,7 @@ const MAX_NOTE: usize = 1024;
 const QUEUE: usize = 256;
 /// Series remembered at most (the oldest is forgotten first); the API server keeps Events for an
 /// hour by default.
-const MAX_SERIES: usize = 128;
+const MAX_SERIES: usize = 1024;
 /// A repeat after this long starts a new Event instead of counting in the old one (the API
 /// server deletes Events an hour after their last change).
 const SERIES_WINDOW: Duration = Duration::from_secs(30 * 60);
@@ -96,21 +97,44 @@ struct Series {
     used: u64,
 }
 
+/// Writes allowed at once, then one per [`REFILL`]: a flapping probe or config must not flood
+/// the API server (client-go's event spam filter: 25, then one per 5 minutes per object).
+const BURST: f64 = 25.0;
+const REFILL: Duration = Duration::from_secs(10);
+/// How long writes pause after a 429 or 5xx without a Retry-After (and the bounds of one).
+const PAUSE: Duration = Duration::from_secs(10);
+const MAX_PAUSE: Duration = Duration::from_secs(300);
+/// How long the ConfigMap's UID is trusted (deleted and created again, it has a new one).
+const UID_TTL: Duration = Duration::from_secs(300);
+
+/// What became of one Event.
+enum Outcome {
+    Written,
+    /// Not written: over the rate, or the API server asked to wait.
+    Limited,
+    Failed(ApiError),
+}
+
 /// What the thread decides: which Events to create and which series to count. Pure apart from
 /// its [`EventApi`], so the tests give it a fake.
 pub struct Recorder {
     pod: ObjectRef,
     configmap: Option<(String, String)>,
-    configmap_ref: Option<ObjectRef>,
+    configmap_ref: Option<(ObjectRef, Instant)>,
     instance: String,
     series: BTreeMap<(ObjectRef, &'static str, String), Series>,
     clock: u64,
-    /// An API call failed and nothing has worked since: the next failure is not logged again.
-    failing: bool,
+    tokens: f64,
+    refilled: Instant,
+    paused_until: Option<Instant>,
+    /// Objects whose last write failed: the next failure is not logged again.
+    failing: BTreeSet<String>,
+    /// Over the rate since the last write: logged once.
+    limited: bool,
 }
 
 impl Recorder {
-    pub fn new(opts: &EventOptions, node: &NodeName) -> Recorder {
+    pub fn new(opts: &EventOptions, node: &NodeName, now: Instant) -> Recorder {
         Recorder {
             pod: opts.pod.clone(),
             configmap: opts.configmap.clone(),
@@ -118,67 +142,123 @@ impl Recorder {
             instance: format!("spookd-{node}"),
             series: BTreeMap::new(),
             clock: 0,
-            failing: false,
+            tokens: BURST,
+            refilled: now,
+            paused_until: None,
+            failing: BTreeSet::new(),
+            limited: false,
         }
     }
 
     /// The objects a notice is about: the Pod, and the ConfigMap once its UID is known.
-    fn regarding(&mut self, api: &mut dyn EventApi) -> Result<Vec<ObjectRef>, ApiError> {
+    fn regarding(
+        &mut self,
+        api: &mut dyn EventApi,
+        now: Instant,
+    ) -> Result<Vec<ObjectRef>, ApiError> {
         let mut out = vec![self.pod.clone()];
         if let Some((namespace, name)) = &self.configmap {
-            if self.configmap_ref.is_none() {
+            let fresh = self
+                .configmap_ref
+                .as_ref()
+                .is_some_and(|(_, at)| now.saturating_duration_since(*at) < UID_TTL);
+            if !fresh {
                 let uid = api.configmap_uid(namespace, name)?;
-                self.configmap_ref = Some(ObjectRef {
+                let object = ObjectRef {
                     api_version: "v1".into(),
                     kind: "ConfigMap".into(),
                     namespace: namespace.clone(),
                     name: name.clone(),
                     uid,
-                });
+                };
+                self.configmap_ref = Some((object, now));
             }
-            out.extend(self.configmap_ref.clone());
+            out.extend(self.configmap_ref.as_ref().map(|(o, _)| o.clone()));
         }
         Ok(out)
     }
 
-    /// Reports `notice`; returns how many API calls failed.
-    pub fn record(&mut self, api: &mut dyn EventApi, notice: &Notice, now: SystemTime) -> u64 {
-        let mut failed = 0;
-        let regarding = match self.regarding(api) {
+    /// A write may go now (the rate, and any pause the API server asked for).
+    fn take(&mut self, now: Instant) -> bool {
+        if self.paused_until.is_some_and(|until| now < until) {
+            return false;
+        }
+        let gained =
+            now.saturating_duration_since(self.refilled).as_secs_f64() / REFILL.as_secs_f64();
+        self.tokens = (self.tokens + gained).min(BURST);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
+    /// Reports `notice`; returns how many Events were not written (failed or over the rate).
+    pub fn record(
+        &mut self,
+        api: &mut dyn EventApi,
+        notice: &Notice,
+        now: SystemTime,
+        mono: Instant,
+    ) -> u64 {
+        let mut missed = 0;
+        let regarding = match self.regarding(api, mono) {
             Ok(r) => r,
             Err(e) => {
-                self.failed(&e);
+                self.failed("ConfigMap", &e);
                 // The Pod still gets its Event.
-                failed += 1;
+                missed += 1;
                 vec![self.pod.clone()]
             }
         };
         for object in regarding {
-            match self.one(api, &object, notice, now) {
-                Ok(()) => {
-                    if self.failing {
-                        info!("Events are written again");
+            let who = format!("{}/{}", object.kind, object.name);
+            match self.one(api, &object, notice, now, mono) {
+                Outcome::Written => {
+                    if self.failing.remove(&who) {
+                        info!("Events about {who} are written again");
                     }
-                    self.failing = false;
+                    self.limited = false;
                 }
-                Err(e) => {
-                    self.failed(&e);
-                    failed += 1;
+                Outcome::Limited => {
+                    if !self.limited {
+                        warn!(
+                            "Kubernetes Events are rate limited ({BURST} at once, then one per \
+                             {REFILL:?}; less while the API server asks to wait): the others are \
+                             counted in spookd_events_failed_total"
+                        );
+                    }
+                    self.limited = true;
+                    missed += 1;
+                }
+                Outcome::Failed(e) => {
+                    if matches!(e.status(), Some(429 | 500..=599)) {
+                        let wait = match &e {
+                            ApiError::Status {
+                                retry_after: Some(after),
+                                ..
+                            } => (*after).clamp(Duration::from_secs(1), MAX_PAUSE),
+                            _ => PAUSE,
+                        };
+                        self.paused_until = Some(later(mono, wait));
+                    }
+                    self.failed(&who, &e);
+                    missed += 1;
                 }
             }
         }
-        failed
+        missed
     }
 
-    fn failed(&mut self, e: &ApiError) {
-        if !self.failing {
+    fn failed(&mut self, who: &str, e: &ApiError) {
+        if self.failing.insert(who.to_owned()) {
             warn!(
-                "cannot write a Kubernetes Event: {e}; serving goes on (needs create and patch on \
-                 events.events.k8s.io in the namespace; see manifests/base/); logged once until \
-                 one is written"
+                "cannot write a Kubernetes Event about {who}: {e}; serving goes on (needs create \
+                 and patch on events.events.k8s.io in the namespace; see manifests/base/); logged \
+                 once until one is written"
             );
         }
-        self.failing = true;
     }
 
     fn one(
@@ -187,7 +267,8 @@ impl Recorder {
         object: &ObjectRef,
         notice: &Notice,
         now: SystemTime,
-    ) -> Result<(), ApiError> {
+        mono: Instant,
+    ) -> Outcome {
         let note = cut(&notice.note).to_owned();
         let key = (object.clone(), notice.reason, note.clone());
         self.clock += 1;
@@ -197,22 +278,35 @@ impl Recorder {
                 .duration_since(series.first)
                 .is_ok_and(|d| d < SERIES_WINDOW);
             if recent {
+                // Counted even when not sent now: the next patch that goes carries the count.
                 series.count = series.count.saturating_add(1);
                 series.used = self.clock;
-                match api.series(&object.namespace, &series.name, series.count, &time) {
+                let (name, count) = (series.name.clone(), series.count);
+                if !self.take(mono) {
+                    return Outcome::Limited;
+                }
+                match api.series(&object.namespace, &name, count, &time) {
                     Err(e) if e.status() == Some(404) => {}
-                    other => return other,
+                    Err(e) => return Outcome::Failed(e),
+                    Ok(()) => return Outcome::Written,
                 }
             }
             // Gone from the API or too old: a new Event.
             self.series.remove(&key);
         }
+        if !self.take(mono) {
+            return Outcome::Limited;
+        }
         let nanos = now
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        let mut name = format!("{}.{nanos:x}", object.name);
-        name.truncate(253);
+        // The object's name cut so the unique suffix stays whole (a name is at most 253).
+        let mut prefix: String = object.name.chars().take(253 - 17).collect();
+        while prefix.ends_with(['-', '.']) {
+            prefix.pop();
+        }
+        let name = format!("{prefix}.{nanos:x}");
         let q = |s: &str| json_string(s);
         let uid = if object.uid.is_empty() {
             String::new()
@@ -236,7 +330,9 @@ impl Recorder {
             q(&object.namespace),
             q(&object.name),
         );
-        api.create(&object.namespace, &body)?;
+        if let Err(e) = api.create(&object.namespace, &body) {
+            return Outcome::Failed(e);
+        }
         debug!(
             "Event {}/{name}: {} {}",
             object.namespace, notice.reason, note
@@ -258,7 +354,7 @@ impl Recorder {
                 used: self.clock,
             },
         );
-        Ok(())
+        Outcome::Written
     }
 }
 
@@ -345,7 +441,7 @@ impl Events {
         state: Sender<Msg>,
     ) -> std::io::Result<Events> {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-        let mut recorder = Recorder::new(&opts, node);
+        let mut recorder = Recorder::new(&opts, node, Instant::now());
         let mut api = HttpEventApi::new(opts.conn);
         let to_state = state.clone();
         let worker = Worker::spawn("spookd-events", move || {
@@ -375,7 +471,7 @@ fn run(
     state: &Sender<Msg>,
 ) {
     for notice in rx {
-        for _ in 0..recorder.record(api, &notice, SystemTime::now()) {
+        for _ in 0..recorder.record(api, &notice, SystemTime::now(), Instant::now()) {
             let _ = state.send(Msg::EventFailed);
         }
     }
@@ -384,6 +480,7 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::later;
 
     #[derive(Default)]
     struct Fake {
@@ -453,11 +550,16 @@ mod tests {
     #[test]
     fn a_notice_is_an_event_about_the_pod_and_the_configmap() {
         let node = NodeName::try_from("node1".to_owned()).unwrap();
-        let mut r = Recorder::new(&opts(true), &node);
+        let mut r = Recorder::new(&opts(true), &node, Instant::now());
         let mut api = Fake::default();
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(
-            r.record(&mut api, &invalid("node node1: line 3: bad"), t),
+            r.record(
+                &mut api,
+                &invalid("node node1: line 3: bad"),
+                t,
+                Instant::now()
+            ),
             0
         );
         assert_eq!(api.created.len(), 2);
@@ -490,12 +592,22 @@ regarding: {{apiVersion: v1, kind: Pod, namespace: spookd, name: spookd-abc, uid
     #[test]
     fn repeats_count_in_a_series_and_new_notes_are_new_events() {
         let node = NodeName::try_from("node1".to_owned()).unwrap();
-        let mut r = Recorder::new(&opts(false), &node);
+        let mut r = Recorder::new(&opts(false), &node, Instant::now());
         let mut api = Fake::default();
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        r.record(&mut api, &invalid("bad"), t);
-        r.record(&mut api, &invalid("bad"), t + Duration::from_secs(5));
-        r.record(&mut api, &invalid("bad"), t + Duration::from_secs(9));
+        r.record(&mut api, &invalid("bad"), t, Instant::now());
+        r.record(
+            &mut api,
+            &invalid("bad"),
+            t + Duration::from_secs(5),
+            Instant::now(),
+        );
+        r.record(
+            &mut api,
+            &invalid("bad"),
+            t + Duration::from_secs(9),
+            Instant::now(),
+        );
         assert_eq!(api.created.len(), 1);
         let name = api.created[0].1["metadata"]["name"]
             .as_str()
@@ -508,13 +620,19 @@ regarding: {{apiVersion: v1, kind: Pod, namespace: spookd, name: spookd-abc, uid
                 ("spookd".to_owned(), name, 3)
             ]
         );
-        r.record(&mut api, &invalid("worse"), t + Duration::from_secs(10));
+        r.record(
+            &mut api,
+            &invalid("worse"),
+            t + Duration::from_secs(10),
+            Instant::now(),
+        );
         assert_eq!(api.created.len(), 2);
         // Long after, or deleted by the API server: a new Event.
         r.record(
             &mut api,
             &invalid("bad"),
             t + SERIES_WINDOW + Duration::from_secs(1),
+            Instant::now(),
         );
         assert_eq!(api.created.len(), 3);
         api.gone = true;
@@ -522,24 +640,88 @@ regarding: {{apiVersion: v1, kind: Pod, namespace: spookd, name: spookd-abc, uid
             &mut api,
             &invalid("bad"),
             t + SERIES_WINDOW + Duration::from_secs(2),
+            Instant::now(),
         );
         assert_eq!(api.created.len(), 4);
     }
 
     #[test]
+    fn a_flood_is_cut_to_the_rate_and_counted_and_a_429_pauses_writes() {
+        let node = NodeName::try_from("node1".to_owned()).unwrap();
+        let m = Instant::now();
+        let mut r = Recorder::new(&opts(false), &node, m);
+        let mut api = Fake::default();
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        // 200 distinct notices at once: 25 written, 175 not.
+        let missed: u64 = (0..200)
+            .map(|i| r.record(&mut api, &invalid(&format!("bad {i}")), t, m))
+            .sum();
+        assert_eq!((api.created.len(), missed), (25, 175));
+        // One more after a refill period.
+        assert_eq!(r.record(&mut api, &invalid("late"), t, later(m, REFILL)), 0);
+        assert_eq!(api.created.len(), 26);
+        // A repeat over the rate is counted locally; the next patch that goes carries it.
+        r.record(&mut api, &invalid("late"), t, later(m, REFILL));
+        assert!(api.patched.is_empty());
+        r.record(&mut api, &invalid("late"), t, later(m, REFILL * 2));
+        assert_eq!(api.patched.last().map(|p| p.2), Some(3));
+        // A 429 pauses every write for its Retry-After.
+        let mut r = Recorder::new(&opts(false), &node, m);
+        let mut busy = Fake {
+            fail: Some(429),
+            ..Fake::default()
+        };
+        assert_eq!(r.record(&mut busy, &invalid("a"), t, m), 1);
+        busy.fail = None;
+        assert_eq!(
+            r.record(&mut busy, &invalid("b"), t, later(m, PAUSE / 2)),
+            1
+        );
+        assert!(busy.created.is_empty());
+        assert_eq!(r.record(&mut busy, &invalid("b"), t, later(m, PAUSE)), 0);
+        assert_eq!(busy.created.len(), 1);
+    }
+
+    #[test]
+    fn event_names_keep_their_unique_suffix() {
+        let node = NodeName::try_from("node1".to_owned()).unwrap();
+        let mut o = opts(false);
+        o.pod.name = format!("{}.x", "p".repeat(250));
+        let mut r = Recorder::new(&o, &node, Instant::now());
+        let mut api = Fake::default();
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        r.record(&mut api, &invalid("a"), t, Instant::now());
+        let name = api.created[0].1["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(name.len() <= 253, "{}", name.len());
+        assert!(
+            name.ends_with(&format!(".{:x}", 1_700_000_000_000_000_000u128)),
+            "{name}"
+        );
+    }
+
+    #[test]
     fn failures_are_counted_and_long_notes_cut() {
         let node = NodeName::try_from("node1".to_owned()).unwrap();
-        let mut r = Recorder::new(&opts(false), &node);
+        let mut r = Recorder::new(&opts(false), &node, Instant::now());
         let mut api = Fake {
             fail: Some(403),
             ..Fake::default()
         };
-        assert_eq!(r.record(&mut api, &invalid("x"), SystemTime::now()), 1);
-        assert!(r.failing);
+        assert_eq!(
+            r.record(&mut api, &invalid("x"), SystemTime::now(), Instant::now()),
+            1
+        );
+        assert!(r.failing.contains("Pod/spookd-abc"));
         api.fail = None;
         let long = "é".repeat(1000);
-        assert_eq!(r.record(&mut api, &invalid(&long), SystemTime::now()), 0);
-        assert!(!r.failing);
+        assert_eq!(
+            r.record(&mut api, &invalid(&long), SystemTime::now(), Instant::now()),
+            0
+        );
+        assert!(r.failing.is_empty());
         let note = api.created[0].1["note"].as_str().unwrap().to_owned();
         assert!(
             note.len() <= MAX_NOTE && long.starts_with(&note),

@@ -19,6 +19,8 @@ use crate::kubelet::podresources::{self, Holders};
 
 /// Longest wait for the daemon's connect and for each read.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the whole answer may take (a daemon dribbling it is not waited for longer).
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 /// Largest /status answer read (10,000 devices with details are about 2 MiB).
 const MAX_ANSWER: u64 = 16 << 20;
 
@@ -144,10 +146,34 @@ pub fn fetch(addr: SocketAddr) -> Result<Status, StatusError> {
         .write_all(b"GET /status HTTP/1.1\r\nHost: spookd\r\nConnection: close\r\n\r\n")
         .map_err(read)?;
     let mut answer = Vec::new();
-    (&mut stream)
-        .take(MAX_ANSWER)
-        .read_to_end(&mut answer)
-        .map_err(read)?;
+    let deadline = crate::clock::later(std::time::Instant::now(), ANSWER_WITHIN);
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(read(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no whole answer within {ANSWER_WITHIN:?}"),
+            )));
+        }
+        stream
+            .set_read_timeout(Some(left.min(TIMEOUT)))
+            .map_err(read)?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.len() as u64 > MAX_ANSWER {
+                    return Err(read(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("an answer over {MAX_ANSWER} bytes"),
+                    )));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read(e)),
+        }
+    }
     let text = String::from_utf8_lossy(&answer);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let line = head.lines().next().unwrap_or_default().to_owned();
@@ -166,8 +192,50 @@ pub fn holders(socket: &Path) -> Held {
     podresources::holders(&grpc, socket).map_err(|e| e.to_string())
 }
 
+/// Text from the daemon (or a hostile impostor on its port) made safe for a terminal: control
+/// characters shown escaped, never sent raw.
+fn safe(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<char>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 /// The aligned text.
 pub fn text(status: &Status, held: &Held) -> String {
+    let status = &Status {
+        node: safe(&status.node),
+        mode: status.mode.clone(),
+        configured: status.configured,
+        source_problem: status.source_problem.as_deref().map(safe),
+        resources: (status.resources.iter())
+            .map(|r| Resource {
+                name: safe(&r.name),
+                registered: r.registered,
+                devices: (r.devices.iter())
+                    .map(|d| Device {
+                        id: safe(&d.id),
+                        healthy: d.healthy,
+                        probe: d.probe.as_deref().map(safe),
+                        lease_holder: d.lease_holder.as_deref().map(safe),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        dra: status.dra.clone(),
+    };
+    let held: &Held = &match held {
+        Ok(h) => Ok(h
+            .iter()
+            .map(|((r, d), who)| ((safe(r), safe(d)), who.iter().map(|w| safe(w)).collect()))
+            .collect()),
+        Err(e) => Err(safe(e)),
+    };
     let mut out = String::new();
     let mode = if status.mode == "dra" {
         "DRA driver"
@@ -428,6 +496,16 @@ probes:
         assert!(v["resources"][0]["devices"][0]["heldBy"].is_null());
         let back: Status = serde_yaml::from_str(&out).unwrap();
         assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn text_from_the_daemon_cannot_reach_the_terminal_raw() {
+        let mut s = sample();
+        s.resources[0].devices[0].id = "\u{1b}[2Jx".into();
+        s.source_problem = Some("bell\u{7}".into());
+        let t = text(&s, &Ok(Holders::new()));
+        assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t:?}");
+        assert!(t.contains("\\u{1b}[2Jx"), "{t}");
     }
 
     #[test]

@@ -159,7 +159,7 @@ const HELP: &str = "spookd: a Kubernetes device plugin for virtual devices decla
 Usage:
   spookd [OPTIONS]                       serve this node's devices to the kubelet
   spookd check [--node-name NAME] PATH   check a config; print each node's resources and devices
-  spookd status [--metrics-addr ADDR:PORT] [--output json]
+  spookd status [--metrics-addr ADDR:PORT] [--pod-resources-socket PATH] [--output json]
                                          what the running spookd serves: devices, health, holders
   spookd --help | --version
 

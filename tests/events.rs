@@ -162,9 +162,18 @@ regarding: {apiVersion: v1, kind: Pod, namespace: spookd, name: spookd-abcde, ui
         1
     );
     api.set_outage(false);
-    s.config.write(SEED);
+    // The 503s paused writes for 10 s (no Retry-After): a notice after that is written again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    while !s.spookd.log().contains("are written again") && std::time::Instant::now() < deadline {
+        n += 1;
+        s.config.write(&format!("{SEED}# edit {n}\n"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
     assert!(
-        s.spookd.wait_log("Events are written again", 1),
+        s.spookd
+            .log()
+            .contains("Events about Pod/spookd-abcde are written again"),
         "{}",
         s.spookd.log()
     );

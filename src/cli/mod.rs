@@ -634,7 +634,7 @@ spookd: a Kubernetes device plugin for virtual devices declared in YAML
 Usage:
   spookd [OPTIONS]                       serve this node's devices to the kubelet
   spookd check [--node-name NAME] PATH   check a config; print each node's resources and devices
-  spookd status [--metrics-addr ADDR:PORT] [--output json]
+  spookd status [--metrics-addr ADDR:PORT] [--pod-resources-socket PATH] [--output json]
                                          what the running spookd serves: devices, health, holders
   spookd --help | --version
 
@@ -784,6 +784,7 @@ pub fn parse(
                 None => args.next(),
             };
             match v.as_deref() {
+                None | Some("") => return Err(CliError::MissingValue("--output")),
                 Some("json" | "text") if output.is_none() => output = v,
                 Some("json" | "text") => return Err(CliError::Duplicate("--output")),
                 _ => return Err(CliError::BadOutput(v.unwrap_or_default())),

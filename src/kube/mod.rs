@@ -5,8 +5,9 @@
 pub mod client;
 pub mod watch;
 
-/// `s` as a JSON string literal: quotes, backslashes and control characters escaped (anything
-/// else is valid JSON as UTF-8). For bodies written by hand, where a YAML serialiser would leave
+/// `s` as a JSON string literal: quotes, backslashes, control characters and whatever else YAML
+/// does not count as printable (C1 controls but NEL, U+FFFE, U+FFFF) escaped, so a YAML reader
+/// (serde_yaml reads our JSON) takes every string we write. For bodies written by hand, where a YAML serialiser would leave
 /// a timestamp unquoted for a YAML 1.1 reader to take as a time.
 pub fn json_string(s: &str) -> String {
     use std::fmt::Write as _;
@@ -17,7 +18,10 @@ pub fn json_string(s: &str) -> String {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+            c if (c as u32) < 0x20
+                || ('\u{7f}'..='\u{9f}').contains(&c) && c != '\u{85}'
+                || matches!(c, '\u{fffe}' | '\u{ffff}') =>
+            {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),

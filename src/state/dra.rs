@@ -40,16 +40,16 @@ impl<B: Backend> State<B> {
         let (devices, resources) = (inventory.devices().len(), inventory.classes().len());
         info!("{origin}: {devices} devices of {resources} resources to publish");
         self.backend.publish(inventory);
-        self.backend.notify(Notice {
-            warning: false,
-            reason: "ConfigApplied",
-            action: "Apply",
-            note: format!(
+        self.backend.notify(Notice::new(
+            false,
+            "ConfigApplied",
+            "Apply",
+            format!(
                 "node {} applied the config from {origin}: {devices} devices of {resources} \
                  resources, published by the leader",
                 self.node
             ),
-        });
+        ));
     }
 
     pub(super) fn prepare(&mut self, claims: &[ClaimDevices], reply: &PrepareReply) {

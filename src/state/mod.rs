@@ -255,12 +255,12 @@ impl<B: Backend> State<B> {
 
     /// A config that failed a check, or could not be read: logged, counted; the last good stays.
     fn config_invalid(&mut self, e: &ConfigError) {
-        self.backend.notify(Notice {
-            warning: true,
-            reason: "InvalidConfig",
-            action: "Reject",
-            note: format!("node {}: {e}; the last good config stays", self.node),
-        });
+        self.backend.notify(Notice::new(
+            true,
+            "InvalidConfig",
+            "Reject",
+            format!("node {}: {e}; the last good config stays", self.node),
+        ));
         self.stats.reloads_error += 1;
         self.stats.source_problem = e.is_unreadable().then(|| e.to_string());
         if self.have_config {
@@ -470,16 +470,16 @@ impl<B: Backend> State<B> {
         } else {
             per_resource.join(", ")
         };
-        self.backend.notify(Notice {
-            warning: false,
-            reason: "ConfigApplied",
-            action: "Apply",
-            note: format!(
+        self.backend.notify(Notice::new(
+            false,
+            "ConfigApplied",
+            "Apply",
+            format!(
                 "node {} applied the config from {origin}: {} resources, {count} devices ({serves})",
                 self.node,
                 self.served.len()
             ),
-        });
+        ));
     }
 
     fn retire(&mut self, resource: &ResourceName, now: Instant) {

@@ -85,7 +85,32 @@ pub struct Notice {
     pub warning: bool,
     pub reason: &'static str,
     pub action: &'static str,
+    /// At most [`Notice::MAX_NOTE`] bytes.
     pub note: String,
+}
+
+impl Notice {
+    /// Longest note an Event takes (1 KiB). Cut here, before it is queued: an error quoting a
+    /// 900 KB value must not sit in the queue 256 times.
+    pub const MAX_NOTE: usize = 1024;
+
+    pub fn new(warning: bool, reason: &'static str, action: &'static str, note: String) -> Notice {
+        let mut note = note;
+        if note.len() > Notice::MAX_NOTE {
+            let mut end = Notice::MAX_NOTE - 3;
+            while !note.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.truncate(end);
+            note.push('…');
+        }
+        Notice {
+            warning,
+            reason,
+            action,
+            note,
+        }
+    }
 }
 
 /// `--dra`: a claim to prepare, as the API has it allocated: its UID and the names of the devices
