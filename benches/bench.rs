@@ -762,6 +762,46 @@ fn main() {
         drop(k);
     }
 
+    if wanted("sizing") {
+        // The sizing table: the daemon's peak RSS (VmHWM) over its start and two reloads of the
+        // whole config, at 100, 1,000 and 10,000 devices (each with two env keys).
+        for (resources, devices) in [(10, 10), (20, 50), (200, 50)] {
+            let n = resources * devices;
+            let d = Dir::new(&format!("sizing{n}"));
+            let k = Kubelet::start(&d.dp()).unwrap();
+            let mut v = util::ConfigVolume::new(d.0.join("cm"), &big(resources, devices));
+            let (c, dp) = (v.path().display().to_string(), d.dp().display().to_string());
+            let p = Proc::start(&bin, &file_args(&c, &dp, "30s"), &d.0.join("log"));
+            wait_register_calls(&k, resources);
+            for m in [devices - 1, devices] {
+                v.write(&big(resources, m));
+                assert!(k.wait_until(WAIT, |k| k
+                    .plugins()
+                    .values()
+                    .filter(|p| p.devices.as_ref().is_some_and(|d| d.len() == m))
+                    .count()
+                    == resources));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            let (hwm, rss) = (p.status_field("VmHWM:"), p.rss_kib());
+            row(
+                format!("sizing: {n} devices ({resources} × {devices}), start + 2 reloads"),
+                format!(
+                    "peak {:.1} MiB, then {:.1} MiB",
+                    hwm as f64 / 1024.0,
+                    rss as f64 / 1024.0
+                ),
+                "report (limit 64Mi)",
+            );
+            json.insert(
+                Box::leak(format!("sizing_hwm_kib_{n}").into_boxed_str()),
+                hwm.to_string(),
+            );
+            drop(p);
+            drop(k);
+        }
+    }
+
     if wanted("reload") {
         // Reload cost at 10,000 devices: parse + validate + diff + push, in process.
         let (small, large) = (big(200, 49), big(200, 50));
