@@ -206,30 +206,26 @@ fn stopping() -> RpcStatus {
     RpcStatus::with_message(RpcStatusCode::UNAVAILABLE, "spookd is stopping".to_owned())
 }
 
-impl proto::DraPlugin for DraService {
-    fn prepare(
-        &mut self,
-        ctx: RpcContext<'_>,
-        _version: Version,
-        req: NodePrepareResourcesRequest,
-        sink: UnarySink<NodePrepareResourcesResponse>,
+impl DraService {
+    /// Queues a call's claims as the job `make` builds, and answers from its reply; never blocks
+    /// the completion-queue thread. A call naming too many claims is refused whole.
+    fn queue<T: Send + 'static>(
+        &self,
+        ctx: &RpcContext<'_>,
+        claims: Vec<Claim>,
+        sink: UnarySink<T>,
+        make: impl FnOnce(Vec<Claim>, oneshot::Sender<T>) -> Job,
     ) {
-        if req.claims.len() > MAX_CLAIMS {
+        if claims.len() > MAX_CLAIMS {
             let status = RpcStatus::with_message(
                 RpcStatusCode::INVALID_ARGUMENT,
-                format!(
-                    "{} claims in one call; at most {MAX_CLAIMS}",
-                    req.claims.len()
-                ),
+                format!("{} claims in one call; at most {MAX_CLAIMS}", claims.len()),
             );
             ctx.spawn(sink.fail(status).map(|_| ()));
             return;
         }
         let (reply, answer) = oneshot::channel();
-        if let Err(e) = self.jobs.try_send(Job::Prepare {
-            claims: req.claims,
-            reply,
-        }) {
+        if let Err(e) = self.jobs.try_send(make(claims, reply)) {
             ctx.spawn(sink.fail(refused(&e)).map(|_| ()));
             return;
         }
@@ -240,6 +236,21 @@ impl proto::DraPlugin for DraService {
             };
         });
     }
+}
+
+impl proto::DraPlugin for DraService {
+    fn prepare(
+        &mut self,
+        ctx: RpcContext<'_>,
+        _version: Version,
+        req: NodePrepareResourcesRequest,
+        sink: UnarySink<NodePrepareResourcesResponse>,
+    ) {
+        self.queue(&ctx, req.claims, sink, |claims, reply| Job::Prepare {
+            claims,
+            reply,
+        });
+    }
 
     fn unprepare(
         &mut self,
@@ -248,30 +259,9 @@ impl proto::DraPlugin for DraService {
         req: NodeUnprepareResourcesRequest,
         sink: UnarySink<NodeUnprepareResourcesResponse>,
     ) {
-        if req.claims.len() > MAX_CLAIMS {
-            let status = RpcStatus::with_message(
-                RpcStatusCode::INVALID_ARGUMENT,
-                format!(
-                    "{} claims in one call; at most {MAX_CLAIMS}",
-                    req.claims.len()
-                ),
-            );
-            ctx.spawn(sink.fail(status).map(|_| ()));
-            return;
-        }
-        let (reply, answer) = oneshot::channel();
-        if let Err(e) = self.jobs.try_send(Job::Unprepare {
-            claims: req.claims,
+        self.queue(&ctx, req.claims, sink, |claims, reply| Job::Unprepare {
+            claims,
             reply,
-        }) {
-            ctx.spawn(sink.fail(refused(&e)).map(|_| ()));
-            return;
-        }
-        ctx.spawn(async move {
-            let _ = match answer.await {
-                Ok(resp) => sink.success(resp).await,
-                Err(_) => sink.fail(stopping()).await,
-            };
         });
     }
 }
