@@ -34,7 +34,7 @@ use crate::kubelet::registrar::{self, Registrar};
 use crate::kubelet::watcher::Watcher;
 use crate::leases::protocol::HttpLeaseApi;
 use crate::leases::LeaseKeeper;
-use crate::metrics::MetricsListener;
+use crate::metrics::{MetricsListener, MetricsServer};
 use crate::prune::Pruner;
 use crate::source::configmap::ApiSource;
 use crate::source::file::FilePoller;
@@ -371,6 +371,35 @@ fn start_source(
     })
 }
 
+/// Binds `--metrics-addr` (before anything is registered: a taken port fails start-up cleanly).
+fn bind_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> Result<Option<MetricsListener>, DaemonError> {
+    addr.map(|addr| MetricsListener::bind(addr).map_err(startup("serve --metrics-addr")))
+        .transpose()
+}
+
+/// Starts serving the bound metrics listener, if any.
+fn serve_metrics(
+    listener: Option<MetricsListener>,
+    tx: &crossbeam_channel::Sender<Msg>,
+) -> Result<Option<MetricsServer>, DaemonError> {
+    listener
+        .map(|l| {
+            l.serve(tx.clone())
+                .map_err(startup("start the metrics thread"))
+        })
+        .transpose()
+}
+
+/// Stops the state thread (it removes our sockets), waiting at most [`SHUTDOWN_WAIT`].
+fn stop_state(tx: &crossbeam_channel::Sender<Msg>, state_thread: &mut Worker) {
+    let _ = tx.send(Msg::Shutdown);
+    if !state_thread.join_timeout(SHUTDOWN_WAIT) {
+        warn!("state thread did not stop within {SHUTDOWN_WAIT:?}; exiting anyway");
+    }
+}
+
 /// Returns at the first stop signal; logs and ignores the others.
 fn wait_for_stop(signals: &mut Signals) {
     for signal in signals.forever() {
@@ -462,10 +491,7 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
     let Some(_lock) = lock_dir(&plugin_dir, &mut signals)? else {
         return Ok(());
     };
-    let metrics = match opts.metrics_addr {
-        Some(addr) => Some(MetricsListener::bind(addr).map_err(startup("serve --metrics-addr"))?),
-        None => None,
-    };
+    let metrics = bind_metrics(opts.metrics_addr)?;
     let namespace = lease_namespace(
         dra.lease_namespace.clone(),
         "read the ServiceAccount's namespace for the leader Lease (set --lease-namespace)",
@@ -525,31 +551,20 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
             source: std::io::Error::other(e.to_string()),
         })?;
         let sources = start_source(opts.source, &tx)?;
-        let metrics = match metrics {
-            Some(listener) => Some(
-                listener
-                    .serve(tx.clone())
-                    .map_err(startup("start the metrics thread"))?,
-            ),
-            None => None,
-        };
+        let metrics = serve_metrics(metrics, &tx)?;
         Ok((plugin, sources, metrics))
     })();
     let (plugin, sources, metrics) = match inputs {
         Ok(inputs) => inputs,
         Err(e) => {
-            let _ = tx.send(Msg::Shutdown);
-            state_thread.join_timeout(SHUTDOWN_WAIT);
+            stop_state(&tx, &mut state_thread);
             return Err(e);
         }
     };
     wait_for_stop(&mut signals);
     drop(plugin);
     drop(slice_watcher);
-    let _ = tx.send(Msg::Shutdown);
-    if !state_thread.join_timeout(SHUTDOWN_WAIT) {
-        warn!("state thread did not stop within {SHUTDOWN_WAIT:?}; exiting anyway");
-    }
+    stop_state(&tx, &mut state_thread);
     drop(metrics);
     drop(sources);
     Ok(())
@@ -584,10 +599,7 @@ pub fn run(mut opts: RunOptions) -> Result<(), DaemonError> {
     plugin::remove_stale_sockets(&dir).map_err(startup("clean stale sockets"))?;
     // Every listener is bound before anything is registered: a taken port fails here, with
     // nothing created yet.
-    let metrics = match opts.metrics_addr {
-        Some(addr) => Some(MetricsListener::bind(addr).map_err(startup("serve --metrics-addr"))?),
-        None => None,
-    };
+    let metrics = bind_metrics(opts.metrics_addr)?;
 
     let grpc = Arc::new(
         grpcio::EnvBuilder::new()
@@ -650,31 +662,20 @@ pub fn run(mut opts: RunOptions) -> Result<(), DaemonError> {
         let watcher =
             Watcher::spawn(&dir, tx.clone()).map_err(startup("watch the device-plugins dir"))?;
         let sources = start_source(opts.source, &tx)?;
-        let metrics = match metrics {
-            Some(listener) => Some(
-                listener
-                    .serve(tx.clone())
-                    .map_err(startup("start the metrics thread"))?,
-            ),
-            None => None,
-        };
+        let metrics = serve_metrics(metrics, &tx)?;
         Ok((watcher, sources, metrics))
     })();
     let (watcher, sources, metrics) = match inputs {
         Ok(inputs) => inputs,
         Err(e) => {
-            let _ = tx.send(Msg::Shutdown);
-            state_thread.join_timeout(SHUTDOWN_WAIT);
+            stop_state(&tx, &mut state_thread);
             return Err(e);
         }
     };
 
     wait_for_stop(&mut signals);
     // The state thread first: it removes our sockets. Then the inputs, which may be blocked.
-    let _ = tx.send(Msg::Shutdown);
-    if !state_thread.join_timeout(SHUTDOWN_WAIT) {
-        warn!("state thread did not stop within {SHUTDOWN_WAIT:?}; exiting anyway");
-    }
+    stop_state(&tx, &mut state_thread);
     drop(metrics);
     drop(sources);
     drop(watcher);

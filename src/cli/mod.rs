@@ -1047,7 +1047,9 @@ pub fn parse(
             needs: "the file source (--config)",
         });
     }
-    let events = events(&value, &switch, &source, &var)?;
+    // An API server is known: given, or the in-cluster one.
+    let api_known = value(Flag::ApiServer).is_some() || in_cluster_server(&var).is_some();
+    let events = events(&value, &switch, &source, api_known, &connection)?;
     if !api_source && prune.is_none() && leases.is_none() && dra.is_none() && events.is_none() {
         if let Some(f) = given(&[Flag::ApiServer, Flag::TokenFile, Flag::CaFile]) {
             return Err(CliError::Alone {
@@ -1083,7 +1085,8 @@ fn events(
     value: &dyn Fn(Flag) -> Option<(&'static str, String)>,
     switch: &dyn Fn(Flag) -> Result<bool, CliError>,
     source: &Source,
-    var: &dyn Fn(&str) -> Option<String>,
+    api_known: bool,
+    connection: &dyn Fn(&'static str) -> Result<Connection, CliError>,
 ) -> Result<Option<EventOptions>, CliError> {
     let asked = value(Flag::Events).is_some();
     if asked && !switch(Flag::Events)? {
@@ -1119,25 +1122,11 @@ fn events(
         Some((_, uid)) => uid,
         None => String::new(),
     };
-    let server = match value(Flag::ApiServer) {
-        Some((from, url)) => api_server(from, url)?,
-        None => match in_cluster_server(&var) {
-            Some(server) => server,
-            None if asked => {
-                return Err(CliError::NoApiServer {
-                    by: Flag::Events.name(),
-                })
-            }
-            None => return Ok(None),
-        },
-    };
+    if !asked && !api_known {
+        return Ok(None);
+    }
     Ok(Some(EventOptions {
-        conn: Connection {
-            server,
-            token_file: value(Flag::TokenFile)
-                .map_or_else(|| DEFAULT_TOKEN_FILE.into(), |(_, v)| v.into()),
-            ca_file: value(Flag::CaFile).map_or_else(|| DEFAULT_CA_FILE.into(), |(_, v)| v.into()),
-        },
+        conn: connection(Flag::Events.name())?,
         pod: ObjectRef {
             api_version: "v1".into(),
             kind: "Pod".into(),
