@@ -171,6 +171,12 @@ pub fn fetch(addr: SocketAddr) -> Result<Status, StatusError> {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // The read's timeout was the deadline's rest: the loop says which deadline passed.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) && std::time::Instant::now() >= deadline => {}
             Err(e) => return Err(read(e)),
         }
     }
@@ -506,6 +512,49 @@ probes:
         let t = text(&s, &Ok(Holders::new()));
         assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t:?}");
         assert!(t.contains("\\u{1b}[2Jx"), "{t}");
+    }
+
+    /// A listener on 127.0.0.1 that answers every connection with `answer`, a byte every `gap`.
+    fn impostor(answer: &'static [u8], gap: Duration) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut conn, _)) = listener.accept() {
+                let mut head = [0u8; 1024];
+                let _ = conn.read(&mut head);
+                for b in answer {
+                    if conn.write_all(&[*b]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(gap);
+                }
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn garbage_and_dribbling_answers_are_errors_in_bounded_time() {
+        let garbage = impostor(b"SSH-2.0-OpenSSH\r\n\r\n", Duration::ZERO);
+        let e = fetch(garbage).unwrap_err();
+        assert!(matches!(e, StatusError::Http { .. }), "{e}");
+        let not_json = impostor(b"HTTP/1.1 200 OK\r\n\r\n{\"node\": [", Duration::ZERO);
+        assert!(matches!(
+            fetch(not_json).unwrap_err(),
+            StatusError::Decode { .. }
+        ));
+        // A byte every 200 ms, forever as far as the client knows: cut at the whole-answer
+        // deadline, not after each read's.
+        let slow: &'static [u8] = Box::leak(vec![b'x'; 1000].into_boxed_slice());
+        let dribble = impostor(slow, Duration::from_millis(200));
+        let t = std::time::Instant::now();
+        let e = fetch(dribble).unwrap_err();
+        assert!(
+            t.elapsed() < ANSWER_WITHIN + Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(e.to_string().contains("no whole answer within"), "{e}");
     }
 
     #[test]

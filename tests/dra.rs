@@ -967,3 +967,55 @@ fn demo() {
         !spec.exists()
     ));
 }
+
+#[test]
+fn a_call_with_too_many_claims_is_refused_and_a_second_spookd_waits() {
+    let (api, creds) = apiserver::with_credentials("dra-bounds");
+    let tmp = TempDir::new();
+    let config = ConfigVolume::new(tmp.join("cm"), CONFIG);
+    let node = Node::start("node1", &api, &creds, &config.path(), &[]);
+    assert!(
+        node.kubelet.wait_registered(DRIVER, WAIT).is_some(),
+        "{}",
+        node.log()
+    );
+    let uids: Vec<String> = (0..65).map(|i| format!("uid-{i}")).collect();
+    let claims: Vec<(&str, &str, &str)> = uids.iter().map(|u| ("lab", u.as_str(), "c")).collect();
+    let e = node
+        .kubelet
+        .prepare(DRIVER, Version::V1, &claims)
+        .unwrap_err();
+    match e {
+        grpcio::Error::RpcFailure(s) => {
+            assert_eq!(s.code(), grpcio::RpcStatusCode::INVALID_ARGUMENT);
+            assert_eq!(s.message(), "65 claims in one call; at most 64");
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = node
+        .kubelet
+        .unprepare(DRIVER, Version::V1beta1, &claims)
+        .unwrap_err();
+    assert!(
+        matches!(e, grpcio::Error::RpcFailure(s) if s.code() == grpcio::RpcStatusCode::INVALID_ARGUMENT)
+    );
+    // 64 are taken (each gets its own answer).
+    let answer = node
+        .kubelet
+        .unprepare(DRIVER, Version::V1, &claims[..64])
+        .unwrap();
+    assert_eq!(answer.claims.len(), 64);
+
+    // A second spookd for the same driver on the same node waits for the first's lock and
+    // touches nothing meanwhile.
+    let second = node.run(&api, &creds, &config.path(), &[]);
+    assert!(
+        second.wait_log("another spookd serves", 1),
+        "{}",
+        second.log()
+    );
+    let first = node.kubelet.registrations(DRIVER);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(node.kubelet.registrations(DRIVER), first);
+    assert!(!second.log().contains("serving"), "{}", second.log());
+}

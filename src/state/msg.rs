@@ -462,6 +462,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_notes_length_is_bound_before_it_is_queued() {
+        let long = format!("a{}", "é".repeat(500_000));
+        let n = Notice::new(true, "InvalidConfig", "Reject", long.clone());
+        assert!(n.note.len() <= Notice::MAX_NOTE, "{}", n.note.len());
+        assert!(n.note.ends_with('…'));
+        assert!(long.starts_with(n.note.trim_end_matches('…')));
+        let short = Notice::new(false, "ConfigApplied", "Apply", "ok".into());
+        assert_eq!(short.note, "ok");
+    }
+
+    #[test]
     fn silence_past_the_bound_is_a_stall() {
         let p = Progress::new(Duration::from_secs(10));
         let t0 = Instant::now();
