@@ -28,8 +28,6 @@ use crate::worker::Worker;
 
 /// The controller name on every Event.
 pub const REPORTING_CONTROLLER: &str = "spookd.dev/device-plugin";
-/// Longest note the API takes (1 KiB).
-const MAX_NOTE: usize = 1024;
 /// Notices waiting at most.
 const QUEUE: usize = 256;
 /// Series remembered at most (the oldest is forgotten first); the API server keeps Events for an
@@ -74,18 +72,6 @@ pub trait EventApi {
     ) -> Result<(), ApiError>;
     /// The UID of ConfigMap `namespace/name`.
     fn configmap_uid(&mut self, namespace: &str, name: &str) -> Result<String, ApiError>;
-}
-
-/// A note cut to what the API takes, at a character boundary.
-fn cut(note: &str) -> &str {
-    if note.len() <= MAX_NOTE {
-        return note;
-    }
-    let mut end = MAX_NOTE - 3;
-    while !note.is_char_boundary(end) {
-        end -= 1;
-    }
-    &note[..end]
 }
 
 /// One series: an Event and how often its notice came.
@@ -269,7 +255,8 @@ impl Recorder {
         now: SystemTime,
         mono: Instant,
     ) -> Outcome {
-        let note = cut(&notice.note).to_owned();
+        // Already cut to what the API takes ([`Notice::new`]).
+        let note = notice.note.clone();
         let key = (object.clone(), notice.reason, note.clone());
         self.clock += 1;
         let time = micro_time(now);
@@ -539,12 +526,7 @@ mod tests {
     }
 
     fn invalid(note: &str) -> Notice {
-        Notice {
-            warning: true,
-            reason: "InvalidConfig",
-            action: "Reject",
-            note: note.into(),
-        }
+        Notice::new(true, "InvalidConfig", "Reject", note.into())
     }
 
     #[test]
@@ -724,7 +706,7 @@ regarding: {{apiVersion: v1, kind: Pod, namespace: spookd, name: spookd-abc, uid
         assert!(r.failing.is_empty());
         let note = api.created[0].1["note"].as_str().unwrap().to_owned();
         assert!(
-            note.len() <= MAX_NOTE && long.starts_with(&note),
+            note.len() <= Notice::MAX_NOTE && long.starts_with(note.trim_end_matches('…')),
             "{}",
             note.len()
         );
