@@ -527,9 +527,16 @@ mod tests {
             Msg::ConfigInvalid(ConfigError::Read { path: p, .. }) => assert_eq!(p, path),
             _ => panic!("expected a read error for the missing file"),
         }
-        fs::write(&path, "deviceMapping: []\n").unwrap();
+        // Replaced whole (written beside, renamed over): `fs::write` creates the file empty
+        // first, and a read in between is (rightly) an empty config, which is not this test's.
+        let put = |text: &str| {
+            let tmp = dir.join(".config.yaml.tmp");
+            fs::write(&tmp, text).unwrap();
+            fs::rename(&tmp, &path).unwrap();
+        };
+        put("deviceMapping: []\n");
         assert!(matches!(rx.recv_timeout(t).unwrap(), Msg::Config { .. }));
-        fs::write(&path, "deviceMapping: [\n").unwrap();
+        put("deviceMapping: [\n");
         assert!(matches!(
             rx.recv_timeout(t).unwrap(),
             Msg::ConfigInvalid(ConfigError::Parse { .. })
