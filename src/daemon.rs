@@ -300,6 +300,42 @@ fn grpc_environment() -> String {
     }
 }
 
+/// Where glibc's `sysconf(_SC_NPROCESSORS_CONF)` counts CPUs, and so where gRPC core does
+/// (`gpr_cpu_num_cores`): it keeps 2 timer shards per CPU (at most 32) in each of its two timer
+/// loops, and an empty shard wakes its loop once a second at its own phase, so an idle spookd
+/// on a 64-CPU node could wake ~64 times a second. Neither affinity nor a cgroup CPU limit
+/// changes this count; a file mounted over this one does (the manifests mount a one-CPU file),
+/// and the process cannot change it itself.
+pub const CPU_LIST: &str = "/sys/devices/system/cpu/possible";
+
+/// The number of CPUs in a kernel CPU list (`0-63`, `0,2-5`), as glibc counts it; `None` for
+/// anything else.
+pub fn cpus_in(list: &str) -> Option<u32> {
+    let mut total: u32 = 0;
+    for part in list.trim().split(',') {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (lo, hi): (u32, u32) = (lo.parse().ok()?, hi.parse().ok()?);
+        total = total.checked_add(hi.checked_sub(lo)?.checked_add(1)?)?;
+    }
+    Some(total)
+}
+
+/// What gRPC core will size itself for, for the start-up log.
+fn grpc_cpus() -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = std::fs::File::open(CPU_LIST).and_then(|f| f.take(4096).read_to_string(&mut text));
+    match read.ok().and_then(|_| cpus_in(&text)) {
+        Some(1) => format!("gRPC core counts 1 CPU ({CPU_LIST}): 2 timer shards a loop"),
+        Some(n) => format!(
+            "gRPC core counts {n} CPUs ({CPU_LIST}): {} timer shards a loop, each able to wake \
+             it once a second when idle (mount a file holding `0` there, as the manifests do)",
+            n.saturating_mul(2).min(32)
+        ),
+        None => format!("gRPC core's CPU count unknown ({CPU_LIST} unreadable)"),
+    }
+}
+
 /// Logging (gRPC core's too), and a panic anywhere ends the process.
 fn init() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -573,13 +609,11 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
 /// Runs the daemon until a stop signal: starts every thread in order, stops them in reverse.
 pub fn run(mut opts: RunOptions) -> Result<(), DaemonError> {
     let grpc_env = grpc_environment();
+    init();
+    info!("gRPC: {grpc_env}; {}", grpc_cpus());
     if let Some(dra) = opts.dra.take() {
-        init();
-        info!("gRPC: {grpc_env}");
         return run_dra(opts, dra);
     }
-    init();
-    info!("gRPC: {grpc_env}");
     let source = describe(&opts.source);
     info!(
         "spookd {VERSION} starting: node {}, {source}, device-plugins dir {}",
@@ -680,4 +714,28 @@ pub fn run(mut opts: RunOptions) -> Result<(), DaemonError> {
     drop(sources);
     drop(watcher);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpus_in;
+
+    #[test]
+    fn counts_cpu_lists_as_glibc_does() {
+        assert_eq!(cpus_in("0\n"), Some(1));
+        assert_eq!(cpus_in("0-1\n"), Some(2));
+        assert_eq!(cpus_in("0-63"), Some(64));
+        assert_eq!(cpus_in("0,2-5,7"), Some(6));
+        for bad in [
+            "",
+            "x",
+            "3-1",
+            "0-",
+            "-1",
+            "0-4294967295,0-4294967295",
+            "1,,2",
+        ] {
+            assert_eq!(cpus_in(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -615,6 +615,18 @@ fn grpc_backup_poller_is_off_unless_the_environment_sets_it() {
         "{}",
         s.spookd.log()
     );
+    // And it says how many CPUs gRPC core sizes its timers for, as glibc counts them.
+    let n = fs::read_to_string(spookd::daemon::CPU_LIST)
+        .ok()
+        .and_then(|t| spookd::daemon::cpus_in(&t))
+        .unwrap();
+    let cpus = if n == 1 {
+        "1 CPU".to_owned()
+    } else {
+        format!("{n} CPUs")
+    };
+    let want = format!("gRPC core counts {cpus} ({})", spookd::daemon::CPU_LIST);
+    assert!(s.spookd.log().contains(&want), "{}", s.spookd.log());
     let tmp = TempDir::new();
     let dp = tmp.join("dp");
     fs::create_dir_all(&dp).unwrap();

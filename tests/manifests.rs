@@ -83,6 +83,7 @@ fn names_and_namespace() {
             }
             "Role" => assert_eq!(name, "spookd-device-plugin:watch-configmaps"),
             "Deployment" => assert_eq!(name, "spookd-test-consumer"),
+            "ConfigMap" if name.ends_with("-cpus") => assert_eq!(name, "spookd-grpc-cpus"),
             _ => assert_eq!(name, "spookd-device-plugin", "{kind}"),
         }
         if kind != "Namespace" {
@@ -238,6 +239,39 @@ fn check_daemonset(ds: &Value, file_source: bool) {
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], c["ports"][0]["name"]);
     // spookd's args, if any, never set --config (that would conflict with the API source).
     assert!(c["args"].is_null());
+    one_cpu_for_grpc(pod);
+}
+
+/// gRPC core sees one CPU whatever the node's size (#20): the file glibc counts CPUs in is
+/// replaced by the one in spookd-grpc-cpus, and that file says one CPU.
+fn one_cpu_for_grpc(pod: &Value) {
+    let c = &pod["containers"][0];
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == spookd::daemon::CPU_LIST)
+        .expect("a CPU list mounted for gRPC core");
+    assert_eq!(mount["readOnly"], true);
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(volume["configMap"]["name"], "spookd-grpc-cpus");
+    for path in [
+        "manifests/base/10-spookd-device-plugin.yaml",
+        "manifests/dra/spookd-dra.yaml",
+    ] {
+        let docs = docs(path);
+        let cm = docs
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "spookd-grpc-cpus")
+            .unwrap_or_else(|| panic!("{path}: no spookd-grpc-cpus"));
+        let list = s(&cm["data"][s(&mount["subPath"])]);
+        assert_eq!(spookd::daemon::cpus_in(list), Some(1), "{path}: {list:?}");
+    }
 }
 
 #[test]
@@ -497,4 +531,5 @@ fn the_dra_manifests_match_what_spookd_derives() {
         .unwrap()
         .iter()
         .any(|e| e["name"] == "SPOOKD_DRA" && e["value"] == "true"));
+    one_cpu_for_grpc(&ds["spec"]["template"]["spec"]);
 }
