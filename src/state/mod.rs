@@ -63,7 +63,7 @@ use log::{debug, error, info, warn};
 
 use crate::clock::later;
 use crate::config::dra::Inventory;
-use crate::config::{Config, ConfigError, Device, InstanceId, NodeName, ResourceName};
+use crate::config::{Config, ConfigError, Device, HealthCheck, InstanceId, NodeName, ResourceName};
 
 use allocate::Parked;
 use msg::{
@@ -149,6 +149,13 @@ pub enum Flow {
     Stop,
 }
 
+/// A probed device's check, and what its probe last saw (`None` before its first result).
+#[derive(Debug)]
+struct Probed {
+    check: HealthCheck,
+    seen: Option<Box<str>>,
+}
+
 /// All spookd serves on this node.
 pub struct State<B: Backend> {
     node: NodeName,
@@ -159,8 +166,9 @@ pub struct State<B: Backend> {
     next_server: u64,
     kubelet: Option<u64>,
     have_config: bool,
-    /// The probes last given to the backend.
-    probes: ProbeSet,
+    /// The probes last given to the backend, each with what it last saw (one map, not two: at
+    /// 1,000 probed devices a second map's keys cost ~170 KiB).
+    probes: BTreeMap<DeviceKey, Probed>,
     /// The resources last given to the backend (`None`: before the first config).
     announced: Option<BTreeSet<ResourceName>>,
     /// Served devices mapped to several hosts (`--exclusive-leases`), as last given to the backend.
@@ -169,8 +177,6 @@ pub struct State<B: Backend> {
     held_elsewhere: BTreeMap<DeviceKey, String>,
     /// The last Lease report: shared devices this node holds.
     held_here: BTreeSet<DeviceKey>,
-    /// What each probed device's probe last saw.
-    probe_details: BTreeMap<DeviceKey, String>,
     /// Allocates waiting for their Leases, by request number.
     parked: BTreeMap<u64, Parked>,
     next_request: u64,
@@ -195,12 +201,11 @@ impl<B: Backend> State<B> {
             next_server: 0,
             kubelet,
             have_config: false,
-            probes: ProbeSet::new(),
+            probes: BTreeMap::new(),
             announced: None,
             shared: BTreeSet::new(),
             held_elsewhere: BTreeMap::new(),
             held_here: BTreeSet::new(),
-            probe_details: BTreeMap::new(),
             parked: BTreeMap::new(),
             next_request: 0,
             next_check: later(now, FALLBACK_CHECK),
@@ -420,10 +425,18 @@ impl<B: Backend> State<B> {
                 })
             })
             .collect();
-        if probes != self.probes {
+        let same = probes.len() == self.probes.len()
+            && (probes.iter().zip(&self.probes))
+                .all(|((k, c), (was, p))| k == was && *c == p.check);
+        if !same {
             info!("probing {} devices", probes.len());
-            self.probe_details.retain(|k, _| probes.contains_key(k));
-            self.probes = probes.clone();
+            let mut old = std::mem::take(&mut self.probes);
+            self.probes = (probes.iter())
+                .map(|(k, &check)| {
+                    let seen = old.remove(k).and_then(|p| p.seen);
+                    (k.clone(), Probed { check, seen })
+                })
+                .collect();
             self.backend.set_probes(probes);
         }
         if self.backend.exclusive() {
@@ -569,11 +582,13 @@ impl<B: Backend> State<B> {
     }
 
     fn health(&mut self, resource: &ResourceName, id: &InstanceId, healthy: bool, detail: &str) {
-        let key = (resource.clone(), id.clone());
-        let probed = self.probes.contains_key(&key);
-        if probed {
-            self.probe_details.insert(key, detail.to_owned());
-        }
+        let probed = match self.probes.get_mut(&(resource.clone(), id.clone())) {
+            Some(p) => {
+                p.seen = Some(detail.into());
+                true
+            }
+            None => false,
+        };
         let Some(served) = self.served.get_mut(resource).filter(|_| probed) else {
             debug!("{resource} {id}: health of a device no longer probed");
             return;
@@ -744,9 +759,8 @@ impl<B: Backend> State<B> {
             .collect();
         s.node = self.node.to_string();
         let key = |(r, id): &DeviceKey| (r.to_string(), id.to_string());
-        s.probe_details = (self.probe_details.iter())
-            .filter(|(k, _)| self.probes.contains_key(k))
-            .map(|(k, d)| (key(k), d.clone()))
+        s.probe_details = (self.probes.iter())
+            .filter_map(|(k, p)| Some((key(k), p.seen.as_deref()?.to_owned())))
             .collect();
         s.lease_holders = (self.held_elsewhere.iter())
             .map(|(k, holder)| (key(k), holder.clone()))
@@ -1358,10 +1372,20 @@ mod tests {
         assert_eq!(s.snapshot().resources["a.io/x"], (1, 1, false));
         assert!(!s.snapshot().devices[&("a.io/x".to_string(), "1".to_string())]);
         assert_eq!(s.snapshot().health_changes, 1);
-        // A reload that keeps the probe keeps the health and sends no new probe set.
+        // What the probe saw is kept for the probed device only.
+        let details = |s: &State<FakeBackend>| {
+            let d = s.snapshot().probe_details;
+            d.into_iter()
+                .map(|((r, id), d)| format!("{r} {id}: {d}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(details(&s), ["a.io/x 1: test"]);
+        // A reload that keeps the probe keeps the health, and what the probe saw, and sends no
+        // new probe set.
         s.handle(config(&PROBED.replace("\"2\"}", "\"3\"}")), now);
         assert_eq!(listed(&rx.newest().unwrap()), both(false, "3"));
         assert_eq!(log.borrow().probes.len(), 1);
+        assert_eq!(details(&s), ["a.io/x 1: test"]);
         // Allocate of an Unhealthy device still answers.
         let mut answer = allocate(&mut s, &["1"], now);
         assert!(answer.try_recv().unwrap().unwrap().is_ok());
@@ -1372,6 +1396,7 @@ mod tests {
         );
         assert_eq!(log.borrow().probes.len(), 2);
         assert!(log.borrow().probes[1].is_empty());
+        assert!(details(&s).is_empty());
         assert_eq!(listed(&rx.newest().unwrap()), both(true, "2"));
         s.handle(health("a.io/x", "1", false), now);
         assert!(rx.newest().is_none(), "no longer probed");
