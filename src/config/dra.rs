@@ -315,7 +315,7 @@ mod tests {
         assert!(is_dns_label(&long), "{long}");
         assert_ne!(long, device_name(&scope, &id(&"Z".repeat(62))));
         for odd in ["é", "--", "-a-", " a", "日本"] {
-            let n = device_name(&res("a.io/B_c.D"), &InstanceId(odd.to_owned()));
+            let n = device_name(&res("a.io/B_c.D"), &InstanceId(odd.into()));
             assert!(is_dns_label(&n), "{odd:?} → {n:?}");
         }
     }

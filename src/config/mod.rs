@@ -64,12 +64,15 @@ pub const MAX_ENV_VALUE: usize = 32 << 10;
 pub const MAX_DEVICE_ENV_BYTES: usize = 64 << 10;
 
 /// An extended resource name the kubelet accepts: `<domain>/<name>`, outside `kubernetes.io`.
+/// Shared, not copied: every map keyed by device (the probes' in two threads, Leases, the views)
+/// clones these, and a clone is a count, not an allocation.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ResourceName(String);
+pub struct ResourceName(Arc<str>);
 
-/// A device's ID within its resource: non-empty, at most 63 characters.
+/// A device's ID within its resource: non-empty, at most 63 characters (shared like
+/// [`ResourceName`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct InstanceId(String);
+pub struct InstanceId(Arc<str>);
 
 /// A Kubernetes node name (an RFC 1123 subdomain).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -1366,7 +1369,7 @@ impl TryFrom<String> for ResourceName {
                  and ending with a letter or digit",
             ));
         }
-        Ok(ResourceName(s))
+        Ok(ResourceName(s.into()))
     }
 }
 
@@ -1393,7 +1396,7 @@ impl TryFrom<String> for InstanceId {
                 "must not start or end with white space",
             ));
         }
-        Ok(InstanceId(s))
+        Ok(InstanceId(s.into()))
     }
 }
 
