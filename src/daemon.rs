@@ -332,7 +332,7 @@ fn grpc_cpus() -> String {
              it once a second when idle (mount a file holding `0` there, as the manifests do)",
             n.saturating_mul(2).min(32)
         ),
-        None => format!("gRPC core's CPU count unknown ({CPU_LIST} unreadable)"),
+        None => format!("gRPC core's CPU count unknown ({CPU_LIST} unreadable or not a CPU list)"),
     }
 }
 
