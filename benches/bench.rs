@@ -103,7 +103,14 @@ fn grpc_cpus_file() -> Option<&'static Path> {
             .find_map(|l| l.strip_prefix("Uid:"))
             .and_then(|v| v.split_whitespace().nth(1))
             == Some("0");
-        if !root {
+        // Root without CAP_SYS_ADMIN (a default container) cannot make a mount namespace.
+        let can_mount = root
+            && Command::new("unshare")
+                .args(["-m", "true"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !can_mount {
             return None;
         }
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -473,11 +480,12 @@ fn main() {
         match grpc_cpus_file() {
             Some(_) => "1: the manifests' spookd-grpc-cpus, mounted as the DaemonSets do".into(),
             None => format!(
-                "this machine's {} (not root: no private mount namespace for the manifests' file)",
+                "this machine's ({}; no mount namespace here for the manifests' file: needs root \
+                 with CAP_SYS_ADMIN)",
                 fs::read_to_string(spookd::daemon::CPU_LIST)
                     .ok()
                     .and_then(|t| spookd::daemon::cpus_in(&t))
-                    .unwrap_or(0)
+                    .map_or("count unknown".to_owned(), |n| format!("{n} CPUs"))
             ),
         },
         "report",
@@ -1174,6 +1182,9 @@ fn main() {
     }
     let line: Vec<String> = json.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     println!("\nBENCH {{{}}}", line.join(","));
+    if let Some(cpus) = grpc_cpus_file() {
+        let _ = fs::remove_file(cpus);
+    }
 }
 
 /// Side effects that cost nothing, for the in-process reload figure.

@@ -67,6 +67,9 @@ pub enum DaemonError {
     },
     /// A socket's path is longer than a Unix socket's may be.
     SocketPath { path: PathBuf, len: usize },
+    /// The CPU list gRPC core would size itself for is no real machine's: `cpus` it counts, or
+    /// `None` for a first line longer than glibc reads.
+    CpuList { cpus: Option<u64> },
 }
 
 impl fmt::Display for DaemonError {
@@ -79,6 +82,20 @@ impl fmt::Display for DaemonError {
                  {max} (a Unix socket's path holds 107 bytes)",
                 dir.display()
             ),
+            DaemonError::CpuList { cpus } => {
+                match cpus {
+                    Some(n) => write!(
+                        f,
+                        "{CPU_LIST} lists {n} CPUs, more than Linux supports ({MAX_CPUS})"
+                    )?,
+                    None => write!(f, "{CPU_LIST}'s first line is over {CPU_LIST_LINE} bytes")?,
+                }
+                write!(
+                    f,
+                    ": gRPC core would size its tables for that many (a list of 1,000,000 costs \
+                     ~470 MiB); mount a file holding `0` there, as the manifests do"
+                )
+            }
             DaemonError::SocketPath { path, len } => write!(
                 f,
                 "the socket path {} is {len} bytes long; a Unix socket's path holds at most \
@@ -93,7 +110,9 @@ impl std::error::Error for DaemonError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             DaemonError::Startup { source, .. } => Some(source),
-            DaemonError::SocketDir { .. } | DaemonError::SocketPath { .. } => None,
+            DaemonError::SocketDir { .. }
+            | DaemonError::SocketPath { .. }
+            | DaemonError::CpuList { .. } => None,
         }
     }
 }
@@ -308,32 +327,119 @@ fn grpc_environment() -> String {
 /// and the process cannot change it itself.
 pub const CPU_LIST: &str = "/sys/devices/system/cpu/possible";
 
-/// The number of CPUs in a kernel CPU list (`0-63`, `0,2-5`), as glibc counts it; `None` for
-/// anything else.
-pub fn cpus_in(list: &str) -> Option<u32> {
-    let mut total: u32 = 0;
-    for part in list.trim().split(',') {
-        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
-        let (lo, hi): (u32, u32) = (lo.parse().ok()?, hi.parse().ok()?);
-        total = total.checked_add(hi.checked_sub(lo)?.checked_add(1)?)?;
+/// Linux's most CPUs (x86's `NR_CPUS` limit). A longer list is no real machine's, and gRPC core
+/// sizes per-CPU tables without a bound: a list of 1,000,000 CPUs costs ~470 MiB before the first
+/// line of work, so spookd refuses it before gRPC starts.
+pub const MAX_CPUS: u64 = 8192;
+
+/// glibc reads at most this much of [`CPU_LIST`]'s first line; a longer one is refused.
+const CPU_LIST_LINE: usize = 1000;
+
+/// How many CPUs glibc 2.36 counts in a CPU list (`read_sysfs_file` in getsysstats.c): numbers
+/// (`strtoul`: leading white space and a sign allowed) and `n-m` ranges, one `,` between them, up
+/// to the end of the line; a backwards range counts nothing. `None` where glibc fails (nothing
+/// counted, or an item that is no number) and counts `cpuN` lines of /proc/stat instead. The
+/// true sum, not glibc's `int` (which wraps): anything over [`MAX_CPUS`] is refused anyway.
+pub fn cpus_in(list: &str) -> Option<u64> {
+    let b = list.as_bytes();
+    let mut i = 0;
+    let mut total: u64 = 0;
+    loop {
+        let n = strtoul(b, &mut i)?;
+        let m = if b.get(i) == Some(&b'-') {
+            i += 1;
+            strtoul(b, &mut i)?
+        } else {
+            n
+        };
+        if m >= n {
+            total = total.saturating_add((m - n).saturating_add(1));
+        }
+        if b.get(i) == Some(&b',') {
+            i += 1;
+        }
+        if i >= b.len() || b[i] == b'\n' {
+            break;
+        }
     }
-    Some(total)
+    (total > 0).then_some(total)
 }
 
-/// What gRPC core will size itself for, for the start-up log.
-fn grpc_cpus() -> String {
-    use std::io::Read;
-    let mut text = String::new();
-    let read = std::fs::File::open(CPU_LIST).and_then(|f| f.take(4096).read_to_string(&mut text));
-    match read.ok().and_then(|_| cpus_in(&text)) {
-        Some(1) => format!("gRPC core counts 1 CPU ({CPU_LIST}): 2 timer shards a loop"),
-        Some(n) => format!(
-            "gRPC core counts {n} CPUs ({CPU_LIST}): {} timer shards a loop, each able to wake \
-             it once a second when idle (mount a file holding `0` there, as the manifests do)",
-            n.saturating_mul(2).min(32)
-        ),
-        None => format!("gRPC core's CPU count unknown ({CPU_LIST} unreadable or not a CPU list)"),
+/// C's `strtoul(…, 10)` from `b[*i]`: moves `*i` past what it read; `None` if no digits.
+fn strtoul(b: &[u8], i: &mut usize) -> Option<u64> {
+    let mut j = *i;
+    while b.get(j).is_some_and(|c| b" \t\n\x0b\x0c\r".contains(c)) {
+        j += 1;
     }
+    let negative = b.get(j) == Some(&b'-');
+    if matches!(b.get(j), Some(b'+' | b'-')) {
+        j += 1;
+    }
+    let start = j;
+    let mut v: u64 = 0;
+    while let Some(d) = b.get(j).filter(|c| c.is_ascii_digit()) {
+        v = v.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+        j += 1;
+    }
+    if j == start {
+        return None;
+    }
+    *i = j;
+    Some(if negative { v.wrapping_neg() } else { v })
+}
+
+/// glibc's fallback: the `cpuN` lines of /proc/stat.
+pub fn cpus_in_stat(stat: &str) -> u64 {
+    let cpu_line = |l: &&str| {
+        l.strip_prefix("cpu")
+            .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+    };
+    stat.lines().filter(cpu_line).count() as u64
+}
+
+/// Reads at most `max` bytes of `path`; `None` if it cannot be read.
+fn read_at_most(path: &str, max: u64) -> Option<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let file = std::fs::File::open(path).ok()?;
+    file.take(max).read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// What gRPC core will size itself for, for the start-up log; an error for a list no machine has.
+fn grpc_cpus() -> Result<String, DaemonError> {
+    let list = read_at_most(CPU_LIST, 4096);
+    if let Some(text) = &list {
+        if text.split('\n').next().map_or(0, str::len) > CPU_LIST_LINE {
+            return Err(DaemonError::CpuList { cpus: None });
+        }
+    }
+    let (n, from) = match list.as_deref().and_then(cpus_in) {
+        Some(n) => (n, format!("({CPU_LIST})")),
+        None => match read_at_most("/proc/stat", 1 << 20).map(|s| cpus_in_stat(&s)) {
+            Some(n) if n > 0 => (
+                n,
+                format!("(/proc/stat: {CPU_LIST} is missing or not a CPU list)"),
+            ),
+            _ => {
+                return Ok(format!(
+                    "gRPC core's CPU count unknown ({CPU_LIST} and /proc/stat unreadable)"
+                ))
+            }
+        },
+    };
+    if n > MAX_CPUS {
+        return Err(DaemonError::CpuList { cpus: Some(n) });
+    }
+    Ok(if n == 1 {
+        format!("gRPC core counts 1 CPU {from}: 2 timer shards a loop")
+    } else {
+        format!(
+            "gRPC core counts {n} CPUs {from}: {} timer shards a loop, each able to wake it once \
+             a second when idle (mount a file holding `0` over {CPU_LIST}, as the manifests do)",
+            n.saturating_mul(2).min(32)
+        )
+    })
 }
 
 /// Logging (gRPC core's too), and a panic anywhere ends the process.
@@ -610,7 +716,7 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
 pub fn run(mut opts: RunOptions) -> Result<(), DaemonError> {
     let grpc_env = grpc_environment();
     init();
-    info!("gRPC: {grpc_env}; {}", grpc_cpus());
+    info!("gRPC: {grpc_env}; {}", grpc_cpus()?);
     if let Some(dra) = opts.dra.take() {
         return run_dra(opts, dra);
     }
@@ -718,24 +824,47 @@ pub fn run(mut opts: RunOptions) -> Result<(), DaemonError> {
 
 #[cfg(test)]
 mod tests {
-    use super::cpus_in;
+    use super::{cpus_in, cpus_in_stat};
 
+    /// glibc 2.36's counts (`None`: it falls back to /proc/stat); tests/daemon.rs checks the same
+    /// lists against glibc itself, as root.
     #[test]
     fn counts_cpu_lists_as_glibc_does() {
-        assert_eq!(cpus_in("0\n"), Some(1));
-        assert_eq!(cpus_in("0-1\n"), Some(2));
-        assert_eq!(cpus_in("0-63"), Some(64));
-        assert_eq!(cpus_in("0,2-5,7"), Some(6));
-        for bad in [
-            "",
-            "x",
-            "3-1",
-            "0-",
-            "-1",
-            "0-4294967295,0-4294967295",
-            "1,,2",
-        ] {
-            assert_eq!(cpus_in(bad), None, "{bad:?}");
+        let cases: &[(&str, Option<u64>)] = &[
+            ("0\n", Some(1)),
+            ("0", Some(1)),
+            ("3", Some(1)),
+            ("0,0", Some(2)),
+            ("0-1\n\n", Some(2)),
+            ("0-63\n", Some(64)),
+            ("0,2-5,7", Some(6)),
+            (" 0", Some(1)),
+            ("+0", Some(1)),
+            ("0,1 ", None),
+            ("0, 1", Some(2)),
+            ("0\n1", Some(1)),
+            ("0,3-1", Some(1)),
+            ("0-100000,", Some(100_001)),
+            ("abc", None),
+            ("", None),
+            ("\n", None),
+            ("3-1", None),
+            ("0-", None),
+            ("0-1 junk", None),
+            ("1,,2", None),
+        ];
+        for (list, want) in cases {
+            assert_eq!(cpus_in(list), *want, "{list:?}");
         }
+        // Where glibc's int wraps, the true count (refused over MAX_CPUS).
+        assert_eq!(cpus_in("0-4294967294"), Some(4_294_967_295));
+        assert_eq!(cpus_in("0-99999999999999999999999"), Some(u64::MAX));
+    }
+
+    #[test]
+    fn counts_cpus_in_proc_stat_as_glibc_does() {
+        let stat = "cpu  1 2 3\ncpu0 1 2 3\ncpu1 1 2 3\ncpufreq 1\nintr 5\nctxt 9\n";
+        assert_eq!(cpus_in_stat(stat), 2);
+        assert_eq!(cpus_in_stat(""), 0);
     }
 }

@@ -433,7 +433,11 @@ impl<B: Backend> State<B> {
             let mut old = std::mem::take(&mut self.probes);
             self.probes = (probes.iter())
                 .map(|(k, &check)| {
-                    let seen = old.remove(k).and_then(|p| p.seen);
+                    // What a probe saw of an old target would be read as this one's.
+                    let seen = old
+                        .remove(k)
+                        .filter(|p| p.check == check)
+                        .and_then(|p| p.seen);
                     (k.clone(), Probed { check, seen })
                 })
                 .collect();
@@ -1400,6 +1404,12 @@ mod tests {
         assert_eq!(listed(&rx.newest().unwrap()), both(true, "2"));
         s.handle(health("a.io/x", "1", false), now);
         assert!(rx.newest().is_none(), "no longer probed");
+        // Probed again, then moved to another target: what it saw of the old one is forgotten.
+        s.handle(config(PROBED), now);
+        s.handle(health("a.io/x", "1", false), now);
+        assert_eq!(details(&s), ["a.io/x 1: test"]);
+        s.handle(config(&PROBED.replace("127.0.0.1:7", "127.0.0.1:8")), now);
+        assert!(details(&s).is_empty());
     }
 
     const SHARED: &str = "deviceMapping:\n- hosts: [n1, n2]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"1\"}\n- hosts: [n1]\n  devices:\n  - {resourceName: a.io/x, instanceID: \"2\"}\n";
