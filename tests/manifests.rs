@@ -533,3 +533,34 @@ fn the_dra_manifests_match_what_spookd_derives() {
         .any(|e| e["name"] == "SPOOKD_DRA" && e["value"] == "true"));
     one_cpu_for_grpc(&ds["spec"]["template"]["spec"]);
 }
+
+/// The no-grpc-cpus overlay (for runtimes that refuse a mount over a /sys file) is the base
+/// without the CPU list: its mount, its volume and its ConfigMap, and nothing else changed.
+#[test]
+fn the_no_grpc_cpus_overlay_drops_only_the_cpu_list() {
+    let base = rendered("manifests");
+    let got = rendered("manifests/overlays/no-grpc-cpus");
+    assert_eq!(got.len(), base.len() - 1);
+    let is_list =
+        |d: &&Value| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "spookd-grpc-cpus";
+    assert!(!got.iter().any(|d| is_list(&d)));
+    let mut want = find(&base, "DaemonSet").clone();
+    let pod = &mut want["spec"]["template"]["spec"];
+    pod["containers"][0]["volumeMounts"]
+        .as_sequence_mut()
+        .unwrap()
+        .retain(|m| m["mountPath"] != spookd::daemon::CPU_LIST);
+    pod["volumes"]
+        .as_sequence_mut()
+        .unwrap()
+        .retain(|v| v["name"] != "grpc-cpus");
+    assert_ne!(&want, find(&base, "DaemonSet"));
+    assert_eq!(find(&got, "DaemonSet"), &want);
+    let others = |docs: &[Value]| -> Vec<Value> {
+        docs.iter()
+            .filter(|d| d["kind"] != "DaemonSet" && !is_list(d))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(others(&got), others(&base));
+}
