@@ -97,14 +97,8 @@ fn image_env() -> Vec<(String, String)> {
 fn grpc_cpus_file() -> Option<&'static Path> {
     static FILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     FILE.get_or_init(|| {
-        let status = fs::read_to_string("/proc/self/status").ok()?;
-        let root = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|v| v.split_whitespace().nth(1))
-            == Some("0");
         // Root without CAP_SYS_ADMIN (a default container) cannot make a mount namespace.
-        let can_mount = root
+        let can_mount = util::is_root()
             && Command::new("unshare")
                 .args(["-m", "true"])
                 .stderr(Stdio::null())

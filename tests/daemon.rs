@@ -669,20 +669,13 @@ fn glibc_cpus(setup: &[String]) -> Option<i64> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
-
 /// spookd counts a CPU list as glibc does (each list bind-mounted over the kernel's, with a
 /// /proc/stat of 7 CPUs for glibc's fallback, in a private mount namespace, where getconf asks
 /// glibc), says where the count came from, and refuses one no machine has before gRPC starts
 /// (#20: gRPC core sizes per-CPU tables without a bound). As root only: it needs mounts.
 #[test]
 fn cpu_lists_count_as_glibc_counts_them_and_absurd_ones_are_refused() {
-    if !is_root() || glibc_cpus(&[]).is_none() {
+    if !crate::util::is_root() || glibc_cpus(&[]).is_none() {
         eprintln!("CPU-list test skipped: it needs root (a mount namespace) and getconf");
         return;
     }

@@ -776,10 +776,7 @@ fn podman_env(id: &str) -> std::process::Output {
 
 #[test]
 fn podman_runs_a_container_with_a_prepared_claims_env() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let root = crate::util::is_root();
     // Rootful podman, as CI runs it: as another user it would need a setup of its own.
     if !root {
         eprintln!("podman test skipped: it runs podman as root");
@@ -866,10 +863,7 @@ fn demo() {
     let config = ConfigVolume::new(tmp.join("cm"), CONFIG);
     say("the config (two scopes, one widget; 0001 reaches node1 and node2)");
     print!("{CONFIG}");
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let root = crate::util::is_root();
     let podman = root
         && std::process::Command::new("podman")
             .arg("--version")

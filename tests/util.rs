@@ -255,6 +255,14 @@ impl Setup {
     }
 }
 
+/// This process runs as root (tests that need mounts or rootful podman skip otherwise).
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
 pub fn own_sockets(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap()

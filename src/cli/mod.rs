@@ -839,16 +839,18 @@ pub fn parse(
             .map(|v| (f.name(), v))
             .or_else(|| var(f.env()).filter(|v| !v.is_empty()).map(|v| (f.env(), v)))
     };
+    // The daemon serves it; `status` asks it there.
+    let metrics_addr = || -> Result<Option<std::net::SocketAddr>, CliError> {
+        value(Flag::MetricsAddr)
+            .map(|(from, v)| {
+                v.parse()
+                    .map_err(|_| CliError::BadAddress { from, value: v })
+            })
+            .transpose()
+    };
     if status {
-        let addr = match value(Flag::MetricsAddr) {
-            Some((from, v)) => Some(v.parse().map_err(|_| CliError::BadAddress {
-                from,
-                value: v.clone(),
-            })?),
-            None => None,
-        };
         return Ok(Command::Status(StatusOptions {
-            addr,
+            addr: metrics_addr()?,
             json: output.as_deref() == Some("json"),
             pod_resources: value(Flag::PodResourcesSocket)
                 .map_or_else(|| podresources::DEFAULT_SOCKET.into(), |(_, v)| v.into()),
@@ -924,13 +926,7 @@ pub fn parse(
             poll_interval,
         },
     };
-    let metrics_addr = match value(Flag::MetricsAddr) {
-        Some((from, v)) => Some(v.parse().map_err(|_| CliError::BadAddress {
-            from,
-            value: v.clone(),
-        })?),
-        None => None,
-    };
+    let metrics_addr = metrics_addr()?;
     let switch = |f: Flag| match value(f) {
         Some((from, v)) => match v.as_str() {
             "true" | "1" => Ok(true),
