@@ -706,7 +706,7 @@ regarding: {{apiVersion: v1, kind: Pod, namespace: spookd, name: spookd-abc, uid
         assert!(r.failing.is_empty());
         let note = api.created[0].1["note"].as_str().unwrap().to_owned();
         assert!(
-            note.len() <= Notice::MAX_NOTE && long.starts_with(note.trim_end_matches('…')),
+            note.len() <= Notice::MAX_NOTE && note.contains(" bytes cut]… "),
             "{}",
             note.len()
         );

@@ -12,7 +12,7 @@
 //! - One room per optional feature: `health` probes, [`leases`] for exclusive access,
 //!   `prune` for stale resources, `metrics` and [`events`] for operators, [`dra`] for the DRA driver mode (it
 //!   builds on the Lease protocol, so it sits one layer above the other features).
-//! - Small shared pieces: [`clock`], `worker`, [`latest`], `random`, `backoff`.
+//! - Small shared pieces: [`clock`], `worker`, [`latest`], `random`, [`text`], `backoff`.
 //!
 //! Imports go down this list, never up or sideways between features (a test checks it):
 //! shared pieces, then config, then state, then kube and kubelet, then the features and
@@ -38,6 +38,7 @@ pub(crate) mod random;
 pub mod source;
 pub mod state;
 pub mod status;
+pub mod text;
 pub(crate) mod worker;
 
 /// The version printed by `--version` and logged at start.

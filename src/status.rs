@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::kube::json_string;
 use crate::kubelet::podresources::{self, Holders};
+use crate::text::Cut;
 
 /// Longest wait for the daemon's connect and for each read.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -101,10 +102,18 @@ impl fmt::Display for StatusError {
                 write!(f, "reading the daemon's answer from {addr}: {source}")
             }
             StatusError::Http { addr, line } => {
-                write!(f, "the daemon at {addr} answered {line:?}, not its status")
+                write!(
+                    f,
+                    "the daemon at {addr} answered {}, not its status",
+                    Cut(format!("{line:?}"))
+                )
             }
             StatusError::Decode { addr, source } => {
-                write!(f, "the answer from {addr} is not spookd's status: {source}")
+                write!(
+                    f,
+                    "the answer from {addr} is not spookd's status: {}",
+                    Cut(source)
+                )
             }
         }
     }

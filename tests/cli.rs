@@ -145,6 +145,61 @@ fn check_exits_1_with_the_error_for_an_invalid_config() {
     );
 }
 
+/// A config quoting a huge value in its error (an instanceID, an env key on the field's path, a
+/// host, an unknown field, a string where a list goes) is one line of at most 1 KiB that keeps
+/// the field's path, the rule and the line and column, never a 900 KB line.
+#[test]
+fn check_cuts_an_error_that_quotes_a_huge_value() {
+    let tmp = TempDir::new();
+    let big = "x".repeat(900_000);
+    let head = "deviceMapping:\n- hosts: [a]\n  devices:\n  - resourceName: example.com/w\n";
+    let cases = [
+        (
+            format!("{head}    instanceID: \"{big}\"\n"),
+            "deviceMapping[0].devices[0].instanceID: invalid instanceID \"xxx",
+            "xxx\": must be 1 to 63 characters at line 5 column 17",
+        ),
+        (
+            format!("{head}    instanceID: \"1\"\n    env: {{K{big}: ~}}\n"),
+            "deviceMapping[0].devices[0].env.Kxxx",
+            "xxx: the env value is null (nothing, ~ or null), expected a string, number or \
+             boolean: write \"\" for an empty value at line 6 column 900012",
+        ),
+        (
+            format!("deviceMapping:\n- hosts: [\"{big}\"]\n  devices: []\n"),
+            "deviceMapping[0].hosts: invalid host \"xxx",
+            "xxx\": node names are lowercase DNS subdomains (letters, digits, '-' and '.') at \
+             line 2 column 10",
+        ),
+        (
+            // YAML's simple keys end at 1024 characters: an explicit key has none.
+            format!("{head}    instanceID: \"1\"\n    ? {big}\n    : 1\n"),
+            "deviceMapping[0].devices[0]: unknown field `xxx",
+            "xxx`, expected one of `resourceName`, `instanceID`, `env`, `healthCheck` at line 6 \
+             column 7",
+        ),
+        (
+            format!("deviceMapping:\n- hosts: \"{big}\"\n  devices: []\n"),
+            "deviceMapping[0].hosts: invalid type: string \"xxx",
+            "xxx\", expected a list of hosts at line 2 column 10",
+        ),
+    ];
+    for (i, (config, starts, ends)) in cases.iter().enumerate() {
+        let path = tmp.join(&format!("big{i}.yaml"));
+        std::fs::write(&path, config).unwrap();
+        let out = spookd(&["check", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "case {i}");
+        let err = text(&out.stderr);
+        let err = err
+            .strip_prefix(&format!("spookd: invalid config: {}: ", path.display()))
+            .unwrap_or_else(|| panic!("case {i}: {}", &err[..200.min(err.len())]));
+        assert!(err.len() <= 1024 + 1, "case {i}: {} bytes", err.len());
+        assert!(err.starts_with(starts), "case {i}: {err}");
+        assert!(err.trim_end().ends_with(ends), "case {i}: {err}");
+        assert!(err.contains(" bytes cut]… "), "case {i}: {err}");
+    }
+}
+
 /// `--help` exactly: rendered from the flag table, it must read as it always did (and name every
 /// duration's range).
 #[test]

@@ -193,6 +193,18 @@ fn allocate_answers_each_container_in_order_and_refuses_unknown_ids() {
             "an Allocate request for skao.int/signal-generator names no container".to_owned()
         )
     );
+    // A 1 MB ID: its refusal quotes it cut to 1 KiB (a whole one would be a 1 MB status
+    // message, past what the kubelet's gRPC takes in trailers, and a 1 MB log line).
+    let huge = "z".repeat(1 << 20);
+    let (code, message) = refused(&[&[&huge]]);
+    assert_eq!(code, RpcStatusCode::INVALID_ARGUMENT);
+    assert!(message.len() <= 1100, "{}", message.len());
+    assert!(
+        message.starts_with("skao.int/signal-generator has no device \"zzz")
+            && message.ends_with("zzz\"")
+            && message.contains(" bytes cut]… "),
+        "{message}"
+    );
     // Still serving after refusals.
     assert!(s.kubelet.allocate(r, &[&["a"]]).is_ok());
     assert!(s

@@ -21,6 +21,8 @@ pub mod layout;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+use crate::text::Cut;
+
 /// Longest device ID the kubelet accepts (`Device.ID`).
 const MAX_INSTANCE_ID: usize = 63;
 
@@ -308,7 +310,7 @@ impl fmt::Display for ConfigError {
                 f,
                 "{origin}: the config is empty; write deviceMapping: [] to serve nothing"
             ),
-            ConfigError::Parse { origin, source } => write!(f, "{origin}: {source}"),
+            ConfigError::Parse { origin, source } => write!(f, "{origin}: {}", Cut(source)),
             ConfigError::NotRegular { path, kind } => write!(
                 f,
                 "cannot read config {}: it is {kind}, not a regular file",

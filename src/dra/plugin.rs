@@ -44,6 +44,7 @@ use crate::dra::proto::{
 };
 use crate::kubelet::plugin::bind_cause;
 use crate::state::msg::{ClaimDevices, DraEvent, Msg};
+use crate::text::Cut;
 use crate::worker::Worker;
 
 /// How often the sockets are checked for having been deleted.
@@ -455,19 +456,16 @@ fn run(mut ctx: PluginContext, mut served: Served, jobs: &Receiver<Job>, stop: &
 /// Checks a claim's identity as the kubelet sent it: it becomes a URL and a file name.
 fn check_claim(claim: &Claim) -> Result<(), String> {
     if !valid_uid(&claim.uid) {
-        return Err(format!("claim UID {:?} is not a Kubernetes UID", claim.uid));
+        let uid = Cut(format!("{:?}", claim.uid));
+        return Err(format!("claim UID {uid} is not a Kubernetes UID"));
     }
     if !is_dns_label(&claim.namespace) {
-        return Err(format!(
-            "namespace {:?} is not a DNS label",
-            claim.namespace
-        ));
+        let namespace = Cut(format!("{:?}", claim.namespace));
+        return Err(format!("namespace {namespace} is not a DNS label"));
     }
     if !is_dns_subdomain(&claim.name) || claim.name.is_empty() {
-        return Err(format!(
-            "claim name {:?} is not a DNS subdomain",
-            claim.name
-        ));
+        let name = Cut(format!("{:?}", claim.name));
+        return Err(format!("claim name {name} is not a DNS subdomain"));
     }
     Ok(())
 }
@@ -622,4 +620,36 @@ fn unprepare(ctx: &PluginContext, claims: &[Claim]) -> NodeUnprepareResourcesRes
     let mut resp = NodeUnprepareResourcesResponse::new();
     resp.claims = answers.into_iter().collect();
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kubelet's claim identity is quoted in the refusal it gets back (and in the log): cut.
+    #[test]
+    fn a_huge_claim_identity_is_refused_with_a_cut_quote() {
+        let huge = "Q".repeat(1 << 20);
+        let ok = |c: &mut Claim| {
+            c.uid = "0b2c8f1e-7d3a-4c55-9e61-2f0a9b8c7d6e".into();
+            c.namespace = "lab".into();
+            c.name = "scope".into();
+        };
+        let mut claim = Claim::default();
+        ok(&mut claim);
+        assert_eq!(check_claim(&claim), Ok(()));
+        for field in 0..3 {
+            ok(&mut claim);
+            match field {
+                0 => claim.uid = huge.clone(),
+                1 => claim.namespace = huge.clone(),
+                _ => claim.name = huge.clone(),
+            }
+            let e = check_claim(&claim).unwrap_err();
+            assert!(
+                e.len() <= 1100 && e.contains("\"QQQ") && e.contains(" bytes cut]… "),
+                "{e}"
+            );
+        }
+    }
 }

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::text::Cut;
+
 /// Connecting and a whole non-watch request must finish within this.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -59,8 +61,10 @@ impl fmt::Display for ApiError {
             ApiError::Transport { url, source } => write!(f, "{url}: {source}"),
             ApiError::Status {
                 url, code, body, ..
-            } => write!(f, "{url}: HTTP {code}: {}", body.trim()),
-            ApiError::Decode { url, source } => write!(f, "{url}: unexpected response: {source}"),
+            } => write!(f, "{url}: HTTP {code}: {}", Cut(body.trim())),
+            ApiError::Decode { url, source } => {
+                write!(f, "{url}: unexpected response: {}", Cut(source))
+            }
             ApiError::Read { url, source } => write!(f, "{url}: reading the response: {source}"),
         }
     }
@@ -362,5 +366,54 @@ impl<R: Read, T> Iterator for Lines<R, T> {
             }));
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An API server (or a proxy before it) answering a huge error body or a huge string where
+    /// an object goes: the error shown is cut, its status and location kept.
+    #[test]
+    fn an_answer_quoted_in_an_error_is_cut() {
+        let url = "https://127.0.0.1:6443/api/v1/configmaps".to_owned();
+        let body = format!("{{\"message\": \"{}\"}}", "y".repeat(500_000));
+        let status = ApiError::Status {
+            url: url.clone(),
+            code: 500,
+            retry_after: None,
+            body: body.clone(),
+        }
+        .to_string();
+        assert!(
+            status.len() <= url.len() + 20 + crate::text::MAX_MESSAGE,
+            "{}",
+            status.len()
+        );
+        assert!(
+            status.starts_with(&format!("{url}: HTTP 500: {{\"message\": \"yyy")),
+            "{status}"
+        );
+        assert!(status.ends_with("yyy\"}"), "{status}");
+        let source = serde_yaml::from_str::<Vec<String>>(&format!("\"{}\"", "z".repeat(500_000)))
+            .unwrap_err();
+        let decode = ApiError::Decode {
+            url: url.clone(),
+            source,
+        }
+        .to_string();
+        assert!(
+            decode.len() <= url.len() + 30 + crate::text::MAX_MESSAGE,
+            "{}",
+            decode.len()
+        );
+        assert!(
+            decode.starts_with(&format!(
+                "{url}: unexpected response: invalid type: string \"zzz"
+            )),
+            "{decode}"
+        );
+        assert!(decode.contains(" bytes cut]… "), "{decode}");
     }
 }

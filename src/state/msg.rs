@@ -3,6 +3,7 @@
 //! feature: every feature imports this. (Channels inside one feature, such as the Lease watch's
 //! to the Lease thread, keep their types in that feature.)
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt;
@@ -15,6 +16,7 @@ use futures_channel::oneshot;
 
 use crate::config::dra::EnvRefusal;
 use crate::config::{Config, ConfigError, HealthCheck, InstanceId, ResourceName};
+use crate::text::Cut;
 
 /// Everything the state thread is told. Requests that need an answer carry their reply channel.
 pub enum Msg {
@@ -92,18 +94,13 @@ pub struct Notice {
 impl Notice {
     /// Longest note an Event takes (1 KiB). Cut here, before it is queued: an error quoting a
     /// 900 KB value must not sit in the queue 256 times.
-    pub const MAX_NOTE: usize = 1024;
+    pub const MAX_NOTE: usize = crate::text::MAX_MESSAGE;
 
     pub fn new(warning: bool, reason: &'static str, action: &'static str, note: String) -> Notice {
-        let mut note = note;
-        if note.len() > Notice::MAX_NOTE {
-            let mut end = Notice::MAX_NOTE - 3;
-            while !note.is_char_boundary(end) {
-                end -= 1;
-            }
-            note.truncate(end);
-            note.push('…');
-        }
+        let note = match crate::text::cut(&note, Notice::MAX_NOTE) {
+            Cow::Borrowed(_) => note,
+            Cow::Owned(cut) => cut,
+        };
         Notice {
             warning,
             reason,
@@ -224,10 +221,14 @@ impl fmt::Display for AllocateError {
                 write!(f, "{resource} is no longer served on this node")
             }
             AllocateError::UnknownDevice { resource, id } => {
-                write!(f, "{resource} has no device {id:?}")
+                write!(f, "{resource} has no device {}", Cut(format!("{id:?}")))
             }
             AllocateError::DuplicateDevice { resource, id } => {
-                write!(f, "{resource} device {id:?} requested twice in one request")
+                write!(
+                    f,
+                    "{resource} device {} requested twice in one request",
+                    Cut(format!("{id:?}"))
+                )
             }
             AllocateError::NoDevices { resource } => {
                 write!(f, "a container request for {resource} names no device")
@@ -315,7 +316,9 @@ impl fmt::Display for LeaseRefusal {
                 lease,
             } => write!(
                 f,
-                "{r} device {id:?} is held by node {holder} (its Lease {lease})"
+                // The holder is any string another Lease writer put there.
+                "{r} device {id:?} is held by node {} (its Lease {lease})",
+                Cut(holder)
             ),
             LeaseRefusal::Unavailable {
                 device: (r, id),
@@ -466,8 +469,8 @@ mod tests {
         let long = format!("a{}", "é".repeat(500_000));
         let n = Notice::new(true, "InvalidConfig", "Reject", long.clone());
         assert!(n.note.len() <= Notice::MAX_NOTE, "{}", n.note.len());
-        assert!(n.note.ends_with('…'));
-        assert!(long.starts_with(n.note.trim_end_matches('…')));
+        let (head, tail) = n.note.split_once(" bytes cut]… ").unwrap();
+        assert!(long.starts_with(head.rsplit_once(" …[").unwrap().0) && long.ends_with(tail));
         let short = Notice::new(false, "ConfigApplied", "Apply", "ok".into());
         assert_eq!(short.note, "ok");
     }

@@ -1,0 +1,81 @@
+//! Messages shown to people (log lines, Events, `spookd check`, /status) are built from hostile
+//! text: a config's values, the API server's answers. Each is cut here to a bounded length, so a
+//! 900 KB instanceID is a line that says how much was cut, not a 900 KB line.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// The longest message spookd shows whole; an Event's note takes as much.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// `text` whole if it fits `max` bytes; else its head and its tail with the number of bytes cut
+/// between them, `max` bytes in all (less where a character boundary falls short). The head keeps
+/// what a message starts with (the file, the field's path, the rule) and the tail its end (the
+/// line and column), so a cut inside a quoted value loses only the value's middle.
+pub fn cut(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    // Room for the marker at the longest it gets (usize::MAX bytes).
+    let marker_room = " …[ bytes cut]… ".len() + 20;
+    let room = max.saturating_sub(marker_room);
+    let mut head = room / 2;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - (room - room / 2);
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    let cut = tail - head;
+    Cow::Owned(format!(
+        "{} …[{cut} bytes cut]… {}",
+        &text[..head],
+        &text[tail..]
+    ))
+}
+
+/// Displays `T` cut to [`MAX_MESSAGE`] bytes: for error sources whose messages quote input.
+pub struct Cut<T>(pub T);
+
+impl<T: fmt::Display> fmt::Display for Cut<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&cut(&self.0.to_string(), MAX_MESSAGE))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_text_is_whole_and_long_text_keeps_both_ends_within_the_bound() {
+        assert_eq!(cut("abc", 3), "abc");
+        let long = format!("start {} end", "é".repeat(500_000));
+        for max in [0, 1, 40, 63, 64, 100, MAX_MESSAGE] {
+            let c = cut(&long, max);
+            assert!(
+                c.len() <= max.max(" …[1000011 bytes cut]… ".len()),
+                "{max}: {}",
+                c.len()
+            );
+            assert!(c.contains("bytes cut]…"), "{c}");
+        }
+        let c = cut(&long, MAX_MESSAGE);
+        assert!(c.starts_with("start éé") && c.ends_with("éé end"), "{c}");
+        let (head, rest) = c.split_once(" …[").unwrap();
+        let (n, tail) = rest.split_once(" bytes cut]… ").unwrap();
+        assert_eq!(
+            head.len() + n.parse::<usize>().unwrap() + tail.len(),
+            long.len()
+        );
+        assert!(long.starts_with(head) && long.ends_with(tail));
+    }
+
+    #[test]
+    fn the_display_wrapper_cuts_what_it_renders() {
+        let long = "x".repeat(10 * MAX_MESSAGE);
+        assert_eq!(Cut(&long).to_string(), cut(&long, MAX_MESSAGE));
+        assert_eq!(Cut("short").to_string(), "short");
+    }
+}
