@@ -1058,6 +1058,29 @@ fn serve_objects(st: &mut State, method: &str, target: &str, body: &str) -> (u16
             if o["kind"] != kind || o["apiVersion"] != "resource.k8s.io/v1" {
                 return (400, status_json(400, "BadRequest"));
             }
+            // No name but a generateName: the prefix and 5 characters of the real server's
+            // alphabet (from the next version here, so tests can know it).
+            let generated = (o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty())
+            .then(|| o["metadata"]["generateName"].as_str())
+            .flatten()
+            .map(|prefix| {
+                const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+                let mut n = st.version + 1;
+                let suffix: String = (0..5)
+                    .map(|_| {
+                        let c = ALPHABET[(n % 27) as usize] as char;
+                        n /= 27;
+                        c
+                    })
+                    .collect();
+                format!("{prefix}{suffix}")
+            });
+            if let Some(name) = generated {
+                o["metadata"]["name"] = name.into();
+            }
             let Some(name) = o["metadata"]["name"].as_str().map(str::to_owned) else {
                 return (422, status_json(422, "Invalid"));
             };

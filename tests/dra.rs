@@ -379,6 +379,61 @@ fn a_pool_of_many_slices_is_read_in_pages() {
     assert!(paged, "no second page was asked for");
 }
 
+/// Another driver's slice named as spookd's first slice would be: spookd publishes that slice
+/// under a name the API server gives, leaves the other one alone, and then writes nothing more.
+#[test]
+fn a_foreign_slice_with_our_name_is_left_alone_and_ours_published_beside_it() {
+    let (api, creds) = apiserver::with_credentials("dra-foreign");
+    let want: BTreeMap<String, Value> = serde_yaml::from_str(SLICES).unwrap();
+    let mut foreign = want["spookd.dev-0"].clone();
+    foreign["spec"]["driver"] = "other.dev".into();
+    foreign["metadata"]
+        .as_mapping_mut()
+        .unwrap()
+        .remove("labels");
+    api.put_object("resourceslices", foreign.clone());
+    let tmp = TempDir::new();
+    let config = ConfigVolume::new(tmp.join("cm"), CONFIG);
+    let node = Node::start("node1", &api, &creds, &config.path(), &[]);
+    let generated = |s: &BTreeMap<String, Value>| -> Option<String> {
+        s.keys()
+            .find(|k| k.starts_with("spookd.dev-0-") && k.len() == "spookd.dev-0-".len() + 5)
+            .cloned()
+    };
+    let ok = api.wait_objects("resourceslices", WAIT, |s| {
+        let Some(name) = generated(s) else {
+            return false;
+        };
+        let mut ours = want.clone();
+        let mut first = ours.remove("spookd.dev-0").unwrap();
+        first["metadata"]["name"] = name.clone().into();
+        first["metadata"]["generateName"] = "spookd.dev-0-".into();
+        ours.insert(name, first);
+        ours.insert("spookd.dev-0".to_owned(), foreign.clone());
+        stripped(s.clone()) == stripped(ours)
+    });
+    assert!(
+        ok,
+        "{:#?}\n--- log ---\n{}",
+        api.objects("resourceslices"),
+        node.log()
+    );
+    assert!(
+        node.log().contains(
+            "a ResourceSlice spookd.dev-0 exists that is not spookd.dev's; publishing under a \
+             name the API server gives"
+        ),
+        "{}",
+        node.log()
+    );
+    // Its own writes, seen by the slice watch, make it compare again half a second later: up
+    // to date under those names, nothing more is written.
+    let before = writes(&api);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(writes(&api), before, "{}", node.log());
+    assert_eq!(api.objects("resourceslices").len(), 3);
+}
+
 #[test]
 fn api_faults_are_retried_until_published() {
     let (api, creds) = apiserver::with_credentials("dra-faults");

@@ -22,8 +22,12 @@ pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Meta {
-    #[serde(default)]
+    /// Empty in a create that names only [`Meta::generate_name`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// The API server names the object: this prefix and 5 random characters.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub generate_name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub resource_version: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -226,7 +230,8 @@ fn device(d: &DraDevice) -> SliceDevice {
 }
 
 /// The pool's slices at `generation`: devices grouped by host set (sets in order, devices by
-/// name), at most [`MAX_SLICE_DEVICES`] a slice, named `<driver>-<n>`.
+/// name), at most [`MAX_SLICE_DEVICES`] a slice, named `<driver>-<n>` (the publisher may keep
+/// another name: slices are told apart by their driver, not their names).
 pub fn slices(driver: &str, inventory: &Inventory, generation: i64) -> Vec<ResourceSlice> {
     let mut groups: BTreeMap<&Arc<[NodeName]>, Vec<&DraDevice>> = BTreeMap::new();
     for d in inventory.devices() {
@@ -245,6 +250,7 @@ pub fn slices(driver: &str, inventory: &Inventory, generation: i64) -> Vec<Resou
             kind: "ResourceSlice".to_owned(),
             metadata: Meta {
                 name: slice_name(driver, n),
+                generate_name: String::new(),
                 resource_version: String::new(),
                 labels: labels(driver),
             },
@@ -272,6 +278,7 @@ pub fn classes(driver: &str, inventory: &Inventory) -> Vec<DeviceClass> {
             kind: "DeviceClass".to_owned(),
             metadata: Meta {
                 name: name.clone(),
+                generate_name: String::new(),
                 resource_version: String::new(),
                 labels: labels(driver),
             },

@@ -11,7 +11,10 @@
 //! - **Publishing** ([`reconcile`]) lists the driver's slices and compares them with what the
 //!   inventory gives at their generation: equal, nothing is written. Otherwise every slice is
 //!   written at the next generation (the scheduler ignores a pool's older generations), then
-//!   slices no longer wanted are deleted. Writes name the version read, so two publishers racing
+//!   slices no longer wanted are deleted. Slices are the driver's by `spec.driver`, not by name:
+//!   each wanted slice overwrites the one of its name, else another of the driver's left over,
+//!   else is created; a name someone else's slice holds makes the server name it
+//!   (`generateName`). Writes name the version read, so two publishers racing
 //!   (a leader that lost its Lease while a call hung) cannot both win. DeviceClasses are
 //!   compared and written the same way, without generations.
 //! - It publishes on leadership won, on each new inventory, after a failure (with the backoff),
@@ -204,12 +207,12 @@ pub fn reconcile(
         .max()
         .unwrap_or(0)
         .max(floor);
+    // Names do not matter: a slice may have had to take another (below).
     let same = |want: &[ResourceSlice]| {
         observed.len() == want.len()
             && want.iter().all(|w| {
                 observed.iter().any(|o| {
-                    o.metadata.name == w.metadata.name
-                        && o.spec == w.spec
+                    o.spec == w.spec
                         && w.metadata
                             .labels
                             .iter()
@@ -223,28 +226,54 @@ pub fn reconcile(
         // A hostile or broken server's i64::MAX must not overflow.
         generation = current.saturating_add(1);
         want = objects::slices(driver, inventory, generation);
-        for slice in &mut want {
+        // Each wanted slice overwrites one of ours: the one of its name, else any other left.
+        let mut reuse: Vec<Option<usize>> = want
+            .iter()
+            .map(|w| {
+                observed
+                    .iter()
+                    .position(|o| o.metadata.name == w.metadata.name)
+            })
+            .collect();
+        let mut spare: Vec<usize> = (0..observed.len())
+            .filter(|i| !reuse.contains(&Some(*i)))
+            .rev()
+            .collect();
+        for r in reuse.iter_mut().filter(|r| r.is_none()) {
+            *r = spare.pop();
+        }
+        for (slice, old) in want.iter_mut().zip(&reuse) {
             if !lead() {
                 return Err(PublishError::NoLongerLeader);
             }
-            match observed
-                .iter()
-                .find(|o| o.metadata.name == slice.metadata.name)
-            {
+            match old.map(|i| &observed[i]) {
                 Some(old) => {
+                    slice.metadata.name = old.metadata.name.clone();
                     slice.metadata.resource_version = old.metadata.resource_version.clone();
                     slices.replace(slice)?;
                 }
-                None => slices.create(slice)?,
+                None => match slices.create(slice) {
+                    // Not one of ours (they are all listed): another driver's slice, or one
+                    // someone wrote by hand, has the name. The server names ours instead.
+                    Err(e) if e.status() == Some(409) => {
+                        warn!(
+                            "a ResourceSlice {} exists that is not {driver}'s; publishing under a \
+                             name the API server gives",
+                            slice.metadata.name
+                        );
+                        slice.metadata.generate_name = format!("{}-", slice.metadata.name);
+                        slice.metadata.name.clear();
+                        slices.create(slice)?;
+                    }
+                    other => other?,
+                },
             }
         }
-        for old in &observed {
-            if !want.iter().any(|w| w.metadata.name == old.metadata.name) {
-                if !lead() {
-                    return Err(PublishError::NoLongerLeader);
-                }
-                slices.delete(old.name(), old.version())?;
+        for old in spare.iter().map(|&i| &observed[i]) {
+            if !lead() {
+                return Err(PublishError::NoLongerLeader);
             }
+            slices.delete(old.name(), old.version())?;
         }
         changed = true;
     }
@@ -564,16 +593,26 @@ mod tests {
 
     trait Versioned: Clone {
         fn set_version(&mut self, v: String);
+        /// As the API server does: a create with no name but a `generateName` gets the prefix
+        /// and a suffix.
+        fn generate_name(&mut self, suffix: u64);
     }
     impl Versioned for ResourceSlice {
         fn set_version(&mut self, v: String) {
             self.metadata.resource_version = v;
+        }
+        fn generate_name(&mut self, suffix: u64) {
+            let m = &mut self.metadata;
+            if m.name.is_empty() && !m.generate_name.is_empty() {
+                m.name = format!("{}{suffix:05}", std::mem::take(&mut m.generate_name));
+            }
         }
     }
     impl Versioned for DeviceClass {
         fn set_version(&mut self, v: String) {
             self.metadata.resource_version = v;
         }
+        fn generate_name(&mut self, _: u64) {}
     }
 
     impl<T: Object + Versioned> Objects<T> for Memory<T> {
@@ -581,12 +620,13 @@ mod tests {
             Ok(self.objects.values().map(|(_, o)| o.clone()).collect())
         }
         fn create(&mut self, o: &T) -> Result<(), ApiError> {
+            let mut o = o.clone();
+            o.generate_name(self.version + 1);
             if self.objects.contains_key(o.name()) {
                 return Err(status(409));
             }
             self.version += 1;
             self.writes += 1;
-            let mut o = o.clone();
             o.set_version(self.version.to_string());
             self.objects.insert(o.name().to_owned(), (self.version, o));
             Ok(())
@@ -689,6 +729,68 @@ mod tests {
         slices.objects.clear();
         let p = reconcile(&mut slices, &mut classes, "d.io", &moved, 3, &mut || true).unwrap();
         assert_eq!(p.generation, 4);
+    }
+
+    /// A slice of another driver (or one written by hand) named as ours would be: ours is
+    /// published under a name the server gives, once, and kept at later publishes.
+    #[test]
+    fn a_foreign_slice_with_our_name_does_not_block_publishing() {
+        let (mut slices, mut classes) = (Memory::default(), Memory::default());
+        let inv = inventory(TWO_SETS);
+        let mut foreign = objects::slices("other.io", &inv, 7).remove(0);
+        foreign.metadata.name = "d.io-0".into();
+        slices.create(&foreign).unwrap();
+        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut || true).unwrap();
+        assert_eq!((p.generation, p.slices, p.changed), (1, 2, true));
+        let of = |slices: &Memory<ResourceSlice>| -> Vec<(String, String, i64)> {
+            (slices.objects.values())
+                .map(|(_, s)| {
+                    let m = &s.metadata;
+                    (
+                        m.name.clone(),
+                        s.spec.driver.clone(),
+                        s.spec.pool.generation,
+                    )
+                })
+                .collect()
+        };
+        let published = [
+            ("d.io-0".to_owned(), "other.io".to_owned(), 7),
+            ("d.io-0-00002".to_owned(), "d.io".to_owned(), 1),
+            ("d.io-1".to_owned(), "d.io".to_owned(), 1),
+        ];
+        assert_eq!(of(&slices), published);
+        assert_eq!(
+            slices.objects["d.io-0-00002"].1.spec,
+            objects::slices("d.io", &inv, 1)[0].spec
+        );
+        // Up to date under that name: nothing written.
+        let writes = slices.writes;
+        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut || true).unwrap();
+        assert_eq!((p.generation, p.changed, slices.writes), (1, false, writes));
+        // A change rewrites the slice under the name it has: no new name, nothing deleted.
+        let fewer = inventory(
+            "deviceMapping:
+  - hosts: [a, b]
+    devices:
+      - {resourceName: a.io/x, instanceID: '1'}
+  - hosts: [c]
+    devices:
+      - {resourceName: a.io/y, instanceID: '1'}
+",
+        );
+        let p = reconcile(&mut slices, &mut classes, "d.io", &fewer, 0, &mut || true).unwrap();
+        assert_eq!((p.generation, p.slices, p.changed), (2, 2, true));
+        let names: Vec<(String, String, i64)> = of(&slices);
+        assert_eq!(
+            names,
+            [
+                ("d.io-0".to_owned(), "other.io".to_owned(), 7),
+                ("d.io-0-00002".to_owned(), "d.io".to_owned(), 2),
+                ("d.io-1".to_owned(), "d.io".to_owned(), 2),
+            ]
+        );
+        assert_eq!(slices.writes, writes + 2);
     }
 
     #[test]
