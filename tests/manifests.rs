@@ -534,12 +534,27 @@ fn the_dra_manifests_match_what_spookd_derives() {
     one_cpu_for_grpc(&ds["spec"]["template"]["spec"]);
 }
 
-/// The no-grpc-cpus overlay (for runtimes that refuse a mount over a /sys file) is the base
-/// without the CPU list: its mount, its volume and its ConfigMap, and nothing else changed.
+/// The no-grpc-cpus overlays (for runtimes that refuse a mount over a /sys file) are the base
+/// and the DRA driver without the CPU list: its mount, its volume and its ConfigMap, and nothing
+/// else changed. The DRA kustomization is the DRA file as it is.
 #[test]
-fn the_no_grpc_cpus_overlay_drops_only_the_cpu_list() {
-    let base = rendered("manifests");
-    let got = rendered("manifests/overlays/no-grpc-cpus");
+fn the_no_grpc_cpus_overlays_drop_only_the_cpu_list() {
+    without_the_cpu_list("manifests", "manifests/overlays/no-grpc-cpus");
+    without_the_cpu_list("manifests/dra", "manifests/overlays/dra-no-grpc-cpus");
+    let key = |d: &Value| format!("{:?}/{:?}", d["kind"], d["metadata"]["name"]);
+    let sorted = |mut docs: Vec<Value>| {
+        docs.sort_by_key(key);
+        docs
+    };
+    assert_eq!(
+        sorted(rendered("manifests/dra")),
+        sorted(docs("manifests/dra/spookd-dra.yaml"))
+    );
+}
+
+fn without_the_cpu_list(base: &str, overlay: &str) {
+    let base = rendered(base);
+    let got = rendered(overlay);
     assert_eq!(got.len(), base.len() - 1);
     let is_list =
         |d: &&Value| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "spookd-grpc-cpus";
