@@ -937,6 +937,101 @@ fn main() {
         }
     }
 
+    if wanted("dra") {
+        // `--dra` as the leader: the peak RSS (VmHWM) of publishing 10,000 devices through the
+        // HTTPS API stand-in, then of republishing them all at the next generation after a
+        // config edit (every slice rewritten). No kubelet: the publisher does not need one.
+        let (resources, devices) = (200, 50);
+        let n = resources * devices;
+        let d = Dir::new("dra");
+        let pki = apiserver::Pki::new("bench CA");
+        let api = apiserver::ApiServer::start(&pki, "spookd", "unused", "t");
+        fs::write(d.0.join("token"), "t").unwrap();
+        fs::write(d.0.join("ca.crt"), &pki.ca_pem).unwrap();
+        let mut v = util::ConfigVolume::new(d.0.join("cm"), &big(resources, devices));
+        let path = |p: &str| d.0.join(p).display().to_string();
+        let (c, url) = (v.path().display().to_string(), api.url());
+        let (token, ca, plugins, registry, cdi) = (
+            path("token"),
+            path("ca.crt"),
+            path("plugins"),
+            path("registry"),
+            path("cdi"),
+        );
+        let args = [
+            "--dra",
+            "--config",
+            &c,
+            "--node-name",
+            NODE,
+            "--api-server",
+            &url,
+            "--token-file",
+            &token,
+            "--ca-file",
+            &ca,
+            "--lease-namespace",
+            "spookd",
+            "--kubelet-plugins-dir",
+            &plugins,
+            "--kubelet-registry-dir",
+            &registry,
+            "--cdi-dir",
+            &cdi,
+        ];
+        let t0 = Instant::now();
+        let p = Proc::start(&bin, &args, &d.0.join("log"));
+        let at = |generation: i64| {
+            move |s: &BTreeMap<String, serde_yaml::Value>| {
+                let count: usize = (s.values())
+                    .filter(|o| o["spec"]["pool"]["generation"] == generation)
+                    .map(|o| o["spec"]["devices"].as_sequence().map_or(0, Vec::len))
+                    .sum();
+                count == n
+            }
+        };
+        let long = Duration::from_secs(120);
+        assert!(
+            api.wait_objects("resourceslices", long, at(1)),
+            "not published: {}",
+            fs::read_to_string(d.0.join("log")).unwrap_or_default()
+        );
+        let first = t0.elapsed();
+        std::thread::sleep(Duration::from_millis(500));
+        let (hwm1, slices) = (
+            p.status_field("VmHWM:"),
+            api.objects("resourceslices").len(),
+        );
+        let t1 = Instant::now();
+        // Every device's IP changes (an attribute): every slice changes.
+        v.write(&big(resources, devices).replace("IP: 127.0.0.1", "IP: 127.0.0.2"));
+        assert!(
+            api.wait_objects("resourceslices", long, at(2)),
+            "not republished: {}",
+            fs::read_to_string(d.0.join("log")).unwrap_or_default()
+        );
+        let second = t1.elapsed();
+        std::thread::sleep(Duration::from_millis(500));
+        let (hwm2, rss) = (p.status_field("VmHWM:"), p.rss_kib());
+        row(
+            format!(
+                "DRA leader: {n} devices in {slices} ResourceSlices, published then republished"
+            ),
+            format!(
+                "{:.1} s then {:.1} s; peak {:.1} then {:.1} MiB, then {:.1} MiB",
+                first.as_secs_f64(),
+                second.as_secs_f64(),
+                hwm1 as f64 / 1024.0,
+                hwm2 as f64 / 1024.0,
+                rss as f64 / 1024.0
+            ),
+            "report (DRA limit 128Mi)",
+        );
+        json.insert("dra_hwm_kib_10000", hwm2.to_string());
+        drop(p);
+        drop(api);
+    }
+
     if wanted("reload") {
         // Reload cost at 10,000 devices: parse + validate + diff + push, in process.
         let (small, large) = (big(200, 49), big(200, 50));
