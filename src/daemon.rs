@@ -444,7 +444,29 @@ fn grpc_cpus() -> Result<String, DaemonError> {
 
 /// Logging (gRPC core's too), and a panic anywhere ends the process.
 fn init() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // env_logger's own layout, with each message made one line of at most MAX_LOG_LINE bytes:
+    // messages quote config values, API answers and kubelet requests, and one must neither fill
+    // the log nor forge a line of its own.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|buf, record| {
+            use std::io::Write as _;
+            let message = record.args().to_string();
+            let message = crate::text::one_line(&message, crate::text::MAX_LOG_LINE);
+            let level = buf.default_level_style(record.level());
+            let subtle = if level == env_logger::fmt::style::Style::new() {
+                level
+            } else {
+                env_logger::fmt::style::AnsiColor::BrightBlack.on_default()
+            };
+            writeln!(
+                buf,
+                "{subtle}[{subtle:#}{} {level}{:<5}{level:#} {}{subtle}]{subtle:#} {message}",
+                buf.timestamp_seconds(),
+                record.level(),
+                record.target()
+            )
+        })
+        .init();
     // gRPC core reads the level once: below debug, keep its INFO chatter ("epoll fd: 5") out.
     let level = log::max_level();
     if level < log::LevelFilter::Debug {

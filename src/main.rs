@@ -71,7 +71,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
-            eprintln!("spookd: {e}");
+            // A usage error echoes the argument, an invalid config quotes it: one line, bounded.
+            let line = spookd::text::one_line(&e.to_string(), spookd::text::MAX_LOG_LINE);
+            eprintln!("spookd: {line}");
             e.exit_code()
         }
     }

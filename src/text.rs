@@ -8,8 +8,13 @@ use std::fmt;
 /// The longest message spookd shows whole; an Event's note takes as much.
 pub const MAX_MESSAGE: usize = 1024;
 
-/// `text` whole if it fits `max` bytes; else its head and its tail with the number of bytes cut
-/// between them, `max` bytes in all (less where a character boundary falls short). The head keeps
+/// The longest log line's message. Longer than [`MAX_MESSAGE`]: a log line may list a resource's
+/// devices, and values quoted in messages are cut to that already.
+pub const MAX_LOG_LINE: usize = 8192;
+
+/// `text` whole if it fits `max` bytes; else its head and its tail with the number of bytes of
+/// `text` cut between them, at most `max` bytes in all (or the marker alone, about 40 bytes, for
+/// a `max` below that). The head keeps
 /// what a message starts with (the file, the field's path, the rule) and the tail its end (the
 /// line and column), so a cut inside a quoted value loses only the value's middle.
 pub fn cut(text: &str, max: usize) -> Cow<'_, str> {
@@ -33,6 +38,25 @@ pub fn cut(text: &str, max: usize) -> Cow<'_, str> {
         &text[..head],
         &text[tail..]
     ))
+}
+
+/// `text` as one line of at most `max` bytes (as [`cut`]): line breaks and other control
+/// characters but tab written as escapes (`\n`, `\u{1b}`) first, so that no text can start a
+/// log line of its own or move a terminal's cursor.
+pub fn one_line(text: &str, max: usize) -> String {
+    let control = |c: char| c.is_control() && c != '\t';
+    if !text.chars().any(control) {
+        return cut(text, max).into_owned();
+    }
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if control(c) {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    cut(&escaped, max).into_owned()
 }
 
 /// Displays `T` cut to [`MAX_MESSAGE`] bytes: for error sources whose messages quote input.
@@ -70,6 +94,28 @@ mod tests {
             long.len()
         );
         assert!(long.starts_with(head) && long.ends_with(tail));
+    }
+
+    #[test]
+    fn a_log_line_is_one_line_within_its_bound() {
+        assert_eq!(one_line("plain", 100), "plain");
+        assert_eq!(one_line("a\tb", 100), "a\tb");
+        assert_eq!(
+            one_line(
+                "x\n[2026-12-02T00:00:00Z ERROR spookd] forged\r\u{1b}[2J",
+                100
+            ),
+            "x\\n[2026-12-02T00:00:00Z ERROR spookd] forged\\r\\u{1b}[2J"
+        );
+        let hostile = "\n".repeat(1 << 20);
+        let line = one_line(&hostile, MAX_LOG_LINE);
+        assert!(
+            line.len() <= MAX_LOG_LINE && !line.contains('\n'),
+            "{}",
+            line.len()
+        );
+        let line = one_line(&"é".repeat(1 << 20), MAX_LOG_LINE);
+        assert!(line.len() <= MAX_LOG_LINE && line.contains(" bytes cut]… "));
     }
 
     #[test]

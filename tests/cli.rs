@@ -178,6 +178,20 @@ fn check_cuts_an_error_that_quotes_a_huge_value() {
             "xxx`, expected one of `resourceName`, `instanceID`, `env`, `healthCheck` at line 6 \
              column 7",
         ),
+        // Not a parse error: a clash of two 30,000-character env names, found after parsing.
+        (
+            {
+                let k = "K".repeat(30_000);
+                format!(
+                    "deviceMapping:\n- hosts: [a]\n  devices:\n  - resourceName: a.io/x\n    \
+                     instanceID: \"1\"\n    env:\n      ? Y_{k}\n      : v\n  - resourceName: \
+                     a.io/x-y\n    instanceID: \"1\"\n    env:\n      ? {k}\n      : v\n"
+                )
+            },
+            "env variable AIO_X_Y_KKK",
+            "KKK could be set by both a.io/x and a.io/x-y (a container given both would get only \
+             one value); rename a resource or an env key",
+        ),
         (
             format!("deviceMapping:\n- hosts: \"{big}\"\n  devices: []\n"),
             "deviceMapping[0].hosts: invalid type: string \"xxx",

@@ -768,6 +768,56 @@ fn prepares_claims_with_cdi_specs_and_unprepares_them() {
 }
 
 /// A busybox image podman can run without a registry.
+/// Claims whose identity or allocation quotes 1 MB (a device name, a pool, the API's UID, the
+/// kubelet's UID): each refusal the kubelet gets, and each log line, is cut; four such claims in
+/// one call are answered (whole refusals made the answer larger than gRPC's 4 MiB, failing
+/// every claim in the call).
+#[test]
+fn prepare_refusals_that_quote_hostile_claims_are_cut() {
+    let (api, creds) = apiserver::with_credentials("dra-cut");
+    let tmp = TempDir::new();
+    let config = ConfigVolume::new(tmp.join("cm"), CONFIG);
+    let node = Node::start("node1", &api, &creds, &config.path(), &[]);
+    let reg = node.kubelet.wait_registered(DRIVER, WAIT);
+    reg.unwrap_or_else(|| panic!("not registered\n{}", node.log()));
+    let huge = "h".repeat(1 << 20);
+    let mut c = claim("lab", "dev", "uid-dev", &[("scope", "x")]);
+    c["status"]["allocation"]["devices"]["results"][0]["device"] = huge.clone().into();
+    api.put_object("namespaces/lab/resourceclaims", c);
+    let mut c = claim("lab", "pool", "uid-pool", &[("scope", "x")]);
+    c["status"]["allocation"]["devices"]["results"][0]["pool"] = huge.clone().into();
+    api.put_object("namespaces/lab/resourceclaims", c);
+    let mut c = claim("lab", "uid", "uid-x", &[("scope", "x")]);
+    c["metadata"]["uid"] = huge.clone().into();
+    api.put_object("namespaces/lab/resourceclaims", c);
+    let claims = [
+        ("lab", "uid-dev", "dev"),
+        ("lab", "uid-pool", "pool"),
+        ("lab", "uid-x", "uid"),
+        ("lab", huge.as_str(), "kubelet"),
+    ];
+    let answer = node.kubelet.prepare(DRIVER, Version::V1, &claims).unwrap();
+    assert_eq!(answer.claims.len(), 4);
+    for (uid, r) in &answer.claims {
+        let uid = &uid[..uid.len().min(8)];
+        assert!(
+            !r.error.is_empty() && r.error.len() <= 1024,
+            "{uid}: {}",
+            r.error.len()
+        );
+        assert!(r.error.contains(" bytes cut]… "), "{uid}: {}", r.error);
+    }
+    assert!(
+        node.spookd().wait_log("cannot prepare claim", 4),
+        "{}",
+        node.log()
+    );
+    let long: Vec<usize> = (node.log().lines().map(str::len))
+        .filter(|&n| n > 1200)
+        .collect();
+    assert!(long.is_empty(), "log lines of {long:?} bytes");
+}
+
 fn busybox_image() -> &'static str {
     const IMAGE: &str = "localhost/spookd-busybox:test";
     let exists = std::process::Command::new("podman")

@@ -564,3 +564,35 @@ fn clients_that_never_read_metrics_cannot_make_spookd_hold_unbounded_answers() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A config's text reaches the log in errors: an unknown field whose name holds a line break
+/// and a forged log header, or terminal escapes, stays inside spookd's one line (escaped), and a
+/// 500 KB name is cut. Before, serde's message carried the line break as it was.
+#[test]
+fn config_text_in_a_logged_error_cannot_forge_or_flood_log_lines() {
+    let tmp = TempDir::new();
+    let dp = tmp.join("dp");
+    fs::create_dir_all(&dp).unwrap();
+    let kubelet = Kubelet::start(&dp).unwrap();
+    let mut config = ConfigVolume::new(tmp.join("cm"), SEED);
+    let spookd = Spookd::start(&config.path(), "node1", &dp, tmp.join("spookd.log"));
+    assert!(kubelet
+        .wait_devices("example.com/widget", &["0001"], WAIT)
+        .is_ok());
+    let forged = "[2026-01-01T00:00:00Z INFO  spookd::state] forged";
+    config.write(&format!(
+        "{SEED}    ? \"x\\n{forged}\\u001b[2J{}\"\n    : 1\n",
+        "y".repeat(500_000)
+    ));
+    assert!(spookd.wait_log("unknown field", 1), "{}", spookd.log());
+    let log = spookd.log();
+    assert!(!log.lines().any(|l| l.starts_with(forged)), "{log}");
+    assert!(!log.contains('\u{1b}'), "a terminal escape reached the log");
+    let line = log.lines().find(|l| l.contains("unknown field")).unwrap();
+    assert!(line.len() <= 1200, "{}", line.len());
+    assert!(line.contains("\\n[2026-01-01T00:00:00Z INFO  spookd::state] forged\\u{1b}[2J"));
+    // The last good config is still served.
+    assert!(kubelet
+        .wait_devices("example.com/widget", &["0001"], WAIT)
+        .is_ok());
+}

@@ -297,9 +297,20 @@ pub enum ConfigError {
     },
 }
 
+/// Every variant may quote the config (a value, a key, a path of keys): shown cut to
+/// [`crate::text::MAX_MESSAGE`] wherever it is shown.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        write!(f, "{}", Cut(Whole(self)))
+    }
+}
+
+/// A [`ConfigError`] in full.
+struct Whole<'a>(&'a ConfigError);
+
+impl fmt::Display for Whole<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
             ConfigError::Read { path, source } => {
                 write!(f, "cannot read config {}: {source}", path.display())
             }
@@ -310,7 +321,7 @@ impl fmt::Display for ConfigError {
                 f,
                 "{origin}: the config is empty; write deviceMapping: [] to serve nothing"
             ),
-            ConfigError::Parse { origin, source } => write!(f, "{origin}: {}", Cut(source)),
+            ConfigError::Parse { origin, source } => write!(f, "{origin}: {source}"),
             ConfigError::NotRegular { path, kind } => write!(
                 f,
                 "cannot read config {}: it is {kind}, not a regular file",

@@ -49,6 +49,8 @@ impl Object for DeviceClass {
 pub trait Objects<T> {
     /// Every object of this driver.
     fn list(&mut self) -> Result<Vec<T>, ApiError>;
+    /// The object of that name, whoever made it.
+    fn get(&mut self, name: &str) -> Result<Option<T>, ApiError>;
     fn create(&mut self, object: &T) -> Result<(), ApiError>;
     /// Replaces the object at the version it names.
     fn replace(&mut self, object: &T) -> Result<(), ApiError>;
@@ -187,6 +189,18 @@ impl<T: Object> HttpObjects<T> {
 impl<T: Object> Objects<T> for HttpObjects<T> {
     fn list(&mut self) -> Result<Vec<T>, ApiError> {
         self.list_at().map(|(items, _)| items)
+    }
+
+    fn get(&mut self, name: &str) -> Result<Option<T>, ApiError> {
+        let url = format!("{}/{name}", self.base);
+        match self.client.get(&url, REQUEST_TIMEOUT) {
+            Ok(response) => {
+                let body = Client::read_body(&url, response, MAX_OBJECT)?;
+                decode(&url, &body).map(Some)
+            }
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn create(&mut self, object: &T) -> Result<(), ApiError> {

@@ -505,9 +505,11 @@ fn results(ctx: &mut PluginContext, claim: &Claim) -> Result<Vec<(String, String
     Ok(out)
 }
 
+/// A claim's refusal, as the kubelet shows it on the pod: it may quote the claim and the API's
+/// answer, so it is cut (64 of them in one answer stay far below gRPC's 4 MiB).
 fn error(e: String) -> NodePrepareResourceResponse {
     let mut r = NodePrepareResourceResponse::new();
-    r.error = e;
+    r.error = Cut(e).to_string();
     r
 }
 
@@ -528,7 +530,8 @@ fn prepare(ctx: &mut PluginContext, claims: &[Claim]) -> NodePrepareResourcesRes
         match results(ctx, claim) {
             Ok(r) => ready.push((claim.uid.clone(), r)),
             Err(e) => {
-                warn!("cannot prepare claim {}: {e}", claim.uid.escape_debug());
+                let uid = claim.uid.escape_debug();
+                warn!("{}", Cut(format_args!("cannot prepare claim {uid}: {e}")));
                 answers.insert(claim.uid.clone(), error(e));
             }
         }
@@ -558,7 +561,7 @@ fn prepare(ctx: &mut PluginContext, claims: &[Claim]) -> NodePrepareResourcesRes
                 r
             }
             Err(e) => {
-                warn!("cannot prepare claim {uid}: {e}");
+                warn!("{}", Cut(format_args!("cannot prepare claim {uid}: {e}")));
                 error(e)
             }
         };
@@ -608,7 +611,7 @@ fn unprepare(ctx: &PluginContext, claims: &[Claim]) -> NodeUnprepareResourcesRes
     for claim in claims {
         let mut r = NodeUnprepareResourceResponse::new();
         if let Err(e) = ctx.cdi.remove(&claim.uid) {
-            r.error = e.to_string();
+            r.error = Cut(e).to_string();
         }
         answers.insert(claim.uid.clone(), r);
     }

@@ -253,9 +253,14 @@ pub fn reconcile(
                     slices.replace(slice)?;
                 }
                 None => match slices.create(slice) {
-                    // Not one of ours (they are all listed): another driver's slice, or one
-                    // someone wrote by hand, has the name. The server names ours instead.
+                    // The name is taken: by a publisher of this driver racing this one (it
+                    // was not listed), whose slices the next attempt lists; or by another
+                    // driver's slice, or one someone wrote by hand: the server names ours.
                     Err(e) if e.status() == Some(409) => {
+                        match slices.get(&slice.metadata.name)? {
+                            Some(other) if other.spec.driver != driver => {}
+                            _ => return Err(e.into()),
+                        }
                         warn!(
                             "a ResourceSlice {} exists that is not {driver}'s; publishing under a \
                              name the API server gives",
@@ -619,6 +624,9 @@ mod tests {
         fn list(&mut self) -> Result<Vec<T>, ApiError> {
             Ok(self.objects.values().map(|(_, o)| o.clone()).collect())
         }
+        fn get(&mut self, name: &str) -> Result<Option<T>, ApiError> {
+            Ok(self.objects.get(name).map(|(_, o)| o.clone()))
+        }
         fn create(&mut self, o: &T) -> Result<(), ApiError> {
             let mut o = o.clone();
             o.generate_name(self.version + 1);
@@ -791,6 +799,56 @@ mod tests {
             ]
         );
         assert_eq!(slices.writes, writes + 2);
+    }
+
+    /// A publisher of this driver racing this one (a leader that lost its Lease mid-call)
+    /// creates a slice between this one's list and its create: that 409 is not a foreign slice.
+    /// The publish fails and the next one lists again, never two slices with the same devices.
+    #[test]
+    fn a_racing_publisher_of_our_driver_is_not_taken_for_a_foreign_slice() {
+        struct Racing {
+            inner: Memory<ResourceSlice>,
+            other: Option<ResourceSlice>,
+        }
+        impl Objects<ResourceSlice> for Racing {
+            fn list(&mut self) -> Result<Vec<ResourceSlice>, ApiError> {
+                self.inner.list()
+            }
+            fn get(&mut self, name: &str) -> Result<Option<ResourceSlice>, ApiError> {
+                self.inner.get(name)
+            }
+            fn create(&mut self, o: &ResourceSlice) -> Result<(), ApiError> {
+                if let Some(other) = self.other.take() {
+                    self.inner.create(&other).unwrap();
+                }
+                self.inner.create(o)
+            }
+            fn replace(&mut self, o: &ResourceSlice) -> Result<(), ApiError> {
+                self.inner.replace(o)
+            }
+            fn delete(&mut self, name: &str, version: &str) -> Result<(), ApiError> {
+                self.inner.delete(name, version)
+            }
+        }
+        let inv = inventory(TWO_SETS);
+        let other = objects::slices("d.io", &inv, 1).remove(0);
+        let mut slices = Racing {
+            inner: Memory::default(),
+            other: Some(other),
+        };
+        let mut classes = Memory::default();
+        let e = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut || true).unwrap_err();
+        assert!(
+            matches!(&e, PublishError::Api(a) if a.status() == Some(409)),
+            "{e}"
+        );
+        let names: Vec<&String> = slices.inner.objects.keys().collect();
+        assert_eq!(names, ["d.io-0"]);
+        // The next publish lists the other publisher's slice and takes it over.
+        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut || true).unwrap();
+        assert_eq!((p.generation, p.slices), (2, 2));
+        let names: Vec<&String> = slices.inner.objects.keys().collect();
+        assert_eq!(names, ["d.io-0", "d.io-1"]);
     }
 
     #[test]

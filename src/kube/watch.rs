@@ -8,6 +8,7 @@
 //! failure costs is the [`Policy`]. Errors back off with jitter (a 429's Retry-After is honoured),
 //! never end the loop, and only a stop signal or an observer that says so does.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 use crate::backoff::Backoff;
 use crate::kube::client::ApiError;
+use crate::text::{cut, Cut, MAX_MESSAGE};
 
 /// Longest a 429's Retry-After is honoured for, and the shortest (`Retry-After: 0` from a
 /// server under load must not make every node retry at once, in a loop).
@@ -47,15 +49,24 @@ impl<T> WatchEvent<T> {
     }
 }
 
-/// A `metav1.Status`, as an ERROR watch event carries it.
+/// A `metav1.Status`, as an ERROR watch event carries it. Its texts are logged: each is cut to
+/// [`MAX_MESSAGE`] as it is read (a watch line may be 4 MiB).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct Status {
     #[serde(default)]
     pub code: u16,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "cut_string")]
     pub reason: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "cut_string")]
     pub message: String,
+}
+
+fn cut_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(match cut(&s, MAX_MESSAGE) {
+        Cow::Borrowed(_) => s,
+        Cow::Owned(cut) => cut,
+    })
 }
 
 /// Object metadata, as much as the watch needs.
@@ -96,7 +107,8 @@ pub fn parse_event<T: DeserializeOwned>(line: &str) -> Result<WatchEvent<T>, ser
         "ERROR" => WatchEvent::Error(serde_yaml::from_value(object)?),
         other => {
             return Err(serde::de::Error::custom(format!(
-                "unknown watch event type {other:?}"
+                "unknown watch event type {}",
+                Cut(format!("{other:?}"))
             )))
         }
     })
@@ -293,4 +305,35 @@ fn watch<A: WatchApi + ?Sized>(
         waits.backoff.reset();
     }
     Some(Next::Rewatch(version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server's ERROR event with a 1 MB message (and a garbage type) is logged on every retry:
+    /// its texts are cut as they are read.
+    #[test]
+    fn an_error_events_texts_are_cut_as_they_are_read() {
+        let big = "m".repeat(1 << 20);
+        let line = format!(
+            "{{\"type\":\"ERROR\",\"object\":{{\"kind\":\"Status\",\"code\":500,\"reason\":\"{big}\",\"message\":\"{big}\"}}}}"
+        );
+        let WatchEvent::Error(status) = parse_event::<Meta>(&line).unwrap() else {
+            panic!("not an ERROR event");
+        };
+        assert_eq!(status.code, 500);
+        for text in [&status.reason, &status.message] {
+            assert!(
+                text.len() <= MAX_MESSAGE && text.contains(" bytes cut]… "),
+                "{}",
+                text.len()
+            );
+        }
+        let e = parse_event::<Meta>(&format!("{{\"type\":\"{big}\",\"object\":{{}}}}"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.len() <= 2 * MAX_MESSAGE, "{}", e.len());
+    }
 }

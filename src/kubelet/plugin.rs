@@ -29,6 +29,7 @@ use crate::kubelet::proto::{
 };
 use crate::random::random_u64;
 use crate::state::msg::{AllocateError, LeaseRefusal, Listing, Msg};
+use crate::text::Cut;
 
 /// Calls a server keeps pre-posted per completion queue (more wait in gRPC core until one is
 /// re-posted). The kubelet makes one or two at a time; grpcio's default of 1024 costs memory on
@@ -364,7 +365,8 @@ impl proto::DevicePlugin for PluginService {
                         }
                         _ => RpcStatusCode::INVALID_ARGUMENT,
                     };
-                    sink.fail(RpcStatus::with_message(code, e.to_string()))
+                    // The kubelet shows it in the pod's events: cut, as it may quote the request.
+                    sink.fail(RpcStatus::with_message(code, Cut(e).to_string()))
                         .await
                 }
                 Err(_) => sink.fail(gone()).await,
