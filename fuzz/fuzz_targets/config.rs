@@ -11,12 +11,22 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../src/config/mod.rs"]
 #[allow(dead_code)]
 mod config;
+// The config's errors cut what they quote with it.
+#[path = "../../src/text.rs"]
+#[allow(dead_code)]
+mod text;
 
 use config::layout;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(config) = config::Config::parse(data, "fuzz") else {
-        return;
+    let config = match config::Config::parse(data, "fuzz") {
+        Ok(config) => config,
+        // What the log, the Event and `spookd check` show: bounded whatever the input quotes.
+        Err(e) => {
+            let shown = e.to_string();
+            assert!(shown.len() <= text::MAX_MESSAGE, "{} bytes", shown.len());
+            return;
+        }
     };
     for node in config.nodes() {
         for (resource, devices) in config.for_node(node) {

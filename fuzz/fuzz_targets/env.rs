@@ -10,6 +10,10 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../src/config/mod.rs"]
 #[allow(dead_code)]
 mod config;
+// The config's errors cut what they quote with it.
+#[path = "../../src/text.rs"]
+#[allow(dead_code)]
+mod text;
 
 use config::layout;
 
