@@ -104,6 +104,9 @@ struct Probe {
     streak: u32,
     /// Bumped when the probe is retuned, so a result of the old settings is ignored.
     generation: u64,
+    /// Retuned and not yet probed: its first result is reported even when the health stays, so
+    /// what the probe last saw is of the new target, not the old one.
+    fresh: bool,
 }
 
 /// A probe result that changes a device's health.
@@ -149,6 +152,7 @@ impl Schedule {
                     healthy,
                     streak: 0,
                     generation: self.generation,
+                    fresh: true,
                 },
             );
         }
@@ -187,7 +191,8 @@ impl Schedule {
             .collect()
     }
 
-    /// Records a result of a probe started at `started`; returns the change of health, if any.
+    /// Records a result of a probe started at `started`; returns the change of health, if any,
+    /// or the health as it stays for a retuned probe's first result.
     pub fn record(
         &mut self,
         due: &Due,
@@ -217,14 +222,16 @@ impl Schedule {
                 probe.streak >= threshold
             }
         };
-        if !changed {
+        let fresh = std::mem::take(&mut probe.fresh);
+        if changed {
+            probe.healthy = Some(ok);
+            probe.streak = 0;
+        } else if !fresh {
             return None;
         }
-        probe.healthy = Some(ok);
-        probe.streak = 0;
         Some(Change {
             key: due.key.clone(),
-            healthy: ok,
+            healthy: probe.healthy.unwrap_or(ok),
         })
     }
 }
@@ -495,6 +502,30 @@ mod tests {
         assert_eq!(s.probes[&key("2")].healthy, Some(false));
         // A removed probe's late result is ignored.
         assert_eq!(s.record(&due[2], true, t, &mut half), None);
+        // The retuned probe's first result is reported though its health stays (what it last
+        // saw is then of the new target); later ones only when the health changes, as for 1.
+        let t = t + Duration::from_secs(1);
+        let due = s.take_due(t, 10);
+        let results: Vec<Option<Change>> = due
+            .iter()
+            .map(|d| s.record(d, false, t, &mut half))
+            .collect();
+        assert_eq!(
+            results,
+            [
+                None,
+                Some(Change {
+                    key: key("2"),
+                    healthy: false
+                })
+            ]
+        );
+        let t = t + Duration::from_secs(4);
+        let due = s.take_due(t, 10);
+        assert_eq!(due.len(), 2);
+        assert!(due
+            .iter()
+            .all(|d| s.record(d, false, t, &mut half).is_none()));
     }
 
     #[test]

@@ -181,3 +181,61 @@ fn a_blackholed_port_turns_unhealthy_through_the_timeout() {
         "{log}"
     );
 }
+
+/// A port nothing listens on (bound, then closed).
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A failing probe moved to another failing target: what /status says it last saw becomes the
+/// new target's failure at its first probe. It stayed empty until the health changed, since the
+/// prober reported only changes and a retuned probe keeps its health.
+#[test]
+fn a_failing_probe_moved_to_another_target_shows_what_it_sees_there() {
+    let (a, b) = (closed_port(), closed_port());
+    let probe = "interval: 100ms, timeout: 100ms, failureThreshold: 1, successThreshold: 1";
+    let mut s = Setup::with_args(
+        "node1",
+        &config(a, probe),
+        &["--metrics-addr", "127.0.0.1:0"],
+    );
+    let metrics = metrics_addr(&s.spookd);
+    expect_health(
+        &s,
+        "example.com/widget",
+        &[("0001", "Unhealthy"), ("0002", "Healthy")],
+    );
+    let seen = || -> String {
+        let (code, body) = crate::metrics::get(&metrics, "/status");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_yaml::Value = serde_yaml::from_str(&body).unwrap();
+        let device = &v["resources"][0]["devices"][0];
+        device["probe"].as_str().unwrap_or_default().to_owned()
+    };
+    let at = |port: u16| format!("127.0.0.1:{port}: ");
+    let deadline = Instant::now() + WAIT;
+    while !seen().starts_with(&at(a)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(seen().starts_with(&at(a)), "{}", seen());
+    s.config.write(&config(b, probe));
+    let deadline = Instant::now() + WAIT;
+    while !seen().starts_with(&at(b)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        seen().starts_with(&at(b)),
+        "still {:?}\n{}",
+        seen(),
+        s.spookd.log()
+    );
+    expect_health(
+        &s,
+        "example.com/widget",
+        &[("0001", "Unhealthy"), ("0002", "Healthy")],
+    );
+}
