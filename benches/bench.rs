@@ -938,98 +938,138 @@ fn main() {
     }
 
     if wanted("dra") {
-        // `--dra` as the leader: the peak RSS (VmHWM) of publishing 10,000 devices through the
-        // HTTPS API stand-in, then of republishing them all at the next generation after a
-        // config edit (every slice rewritten). No kubelet: the publisher does not need one.
-        let (resources, devices) = (200, 50);
-        let n = resources * devices;
-        let d = Dir::new("dra");
-        let pki = apiserver::Pki::new("bench CA");
-        let api = apiserver::ApiServer::start(&pki, "spookd", "unused", "t");
-        fs::write(d.0.join("token"), "t").unwrap();
-        fs::write(d.0.join("ca.crt"), &pki.ca_pem).unwrap();
-        let mut v = util::ConfigVolume::new(d.0.join("cm"), &big(resources, devices));
-        let path = |p: &str| d.0.join(p).display().to_string();
-        let (c, url) = (v.path().display().to_string(), api.url());
-        let (token, ca, plugins, registry, cdi) = (
-            path("token"),
-            path("ca.crt"),
-            path("plugins"),
-            path("registry"),
-            path("cdi"),
-        );
-        let args = [
-            "--dra",
-            "--config",
-            &c,
-            "--node-name",
-            NODE,
-            "--api-server",
-            &url,
-            "--token-file",
-            &token,
-            "--ca-file",
-            &ca,
-            "--lease-namespace",
-            "spookd",
-            "--kubelet-plugins-dir",
-            &plugins,
-            "--kubelet-registry-dir",
-            &registry,
-            "--cdi-dir",
-            &cdi,
-        ];
-        let t0 = Instant::now();
-        let p = Proc::start(&bin, &args, &d.0.join("log"));
-        let at = |generation: i64| {
-            move |s: &BTreeMap<String, serde_yaml::Value>| {
-                let count: usize = (s.values())
-                    .filter(|o| o["spec"]["pool"]["generation"] == generation)
-                    .map(|o| o["spec"]["devices"].as_sequence().map_or(0, Vec::len))
-                    .sum();
-                count == n
+        // `--dra` as the leader: the peak RSS (VmHWM) of publishing a pool through the HTTPS API
+        // stand-in, then of republishing it all at the next generation after a config edit
+        // (every slice rewritten). No kubelet: the publisher does not need one. Three configs near
+        // a ConfigMap's 1 MiB: 10,000 devices with two env keys (four attributes each), the most
+        // devices a config may hold (20,000, two resources) with none, and the most attributes.
+        let minimal = |prefix: &str| {
+            let mut s = format!("deviceMapping:\n  - hosts: [{NODE}]\n    devices:\n");
+            for r in ["a", "b"] {
+                for d in 0..10_000 {
+                    s.push_str(&format!(
+                        "      - {{resourceName: b.io/{r}, instanceID: {prefix}{d:04}}}\n"
+                    ));
+                }
             }
+            s
         };
-        let long = Duration::from_secs(120);
-        assert!(
-            api.wait_objects("resourceslices", long, at(1)),
-            "not published: {}",
-            fs::read_to_string(d.0.join("log")).unwrap_or_default()
-        );
-        let first = t0.elapsed();
-        std::thread::sleep(Duration::from_millis(500));
-        let (hwm1, slices) = (
-            p.status_field("VmHWM:"),
-            api.objects("resourceslices").len(),
-        );
-        let t1 = Instant::now();
-        // Every device's IP changes (an attribute): every slice changes.
-        v.write(&big(resources, devices).replace("IP: 127.0.0.1", "IP: 127.0.0.2"));
-        assert!(
-            api.wait_objects("resourceslices", long, at(2)),
-            "not republished: {}",
-            fs::read_to_string(d.0.join("log")).unwrap_or_default()
-        );
-        let second = t1.elapsed();
-        std::thread::sleep(Duration::from_millis(500));
-        let (hwm2, rss) = (p.status_field("VmHWM:"), p.rss_kib());
-        row(
-            format!(
-                "DRA leader: {n} devices in {slices} ResourceSlices, published then republished"
+        // The most attributes a device may have (32: its two and 30 env keys), on 2,000 devices
+        // (about as many as the parser's token bound lets through).
+        let wide = |value: &str| {
+            let env: Vec<String> = (0..30).map(|k| format!("K{k:02}: {value}")).collect();
+            let mut s = format!("deviceMapping:\n  - hosts: [{NODE}]\n    devices:\n");
+            for d in 0..2_000 {
+                s.push_str(&format!(
+                    "      - {{resourceName: b.io/a, instanceID: d{d:04}, env: {{{}}}}}\n",
+                    env.join(", ")
+                ));
+            }
+            s
+        };
+        let cases = [
+            (
+                10_000,
+                big(200, 50),
+                // Every device's IP changes (an attribute): every slice changes.
+                big(200, 50).replace("IP: 127.0.0.1", "IP: 127.0.0.2"),
             ),
-            format!(
-                "{:.1} s then {:.1} s; peak {:.1} then {:.1} MiB, then {:.1} MiB",
-                first.as_secs_f64(),
-                second.as_secs_f64(),
-                hwm1 as f64 / 1024.0,
-                hwm2 as f64 / 1024.0,
-                rss as f64 / 1024.0
-            ),
-            "report (DRA limit 128Mi)",
-        );
-        json.insert("dra_hwm_kib_10000", hwm2.to_string());
-        drop(p);
-        drop(api);
+            (20_000, minimal("d"), minimal("e")),
+            (2_000, wide("v"), wide("w")),
+        ];
+        for (n, config, edited) in cases {
+            let d = Dir::new(&format!("dra{n}"));
+            let pki = apiserver::Pki::new("bench CA");
+            let api = apiserver::ApiServer::start(&pki, "spookd", "unused", "t");
+            fs::write(d.0.join("token"), "t").unwrap();
+            fs::write(d.0.join("ca.crt"), &pki.ca_pem).unwrap();
+            let mut v = util::ConfigVolume::new(d.0.join("cm"), &config);
+            let path = |p: &str| d.0.join(p).display().to_string();
+            let (c, url) = (v.path().display().to_string(), api.url());
+            let (token, ca, plugins, registry, cdi) = (
+                path("token"),
+                path("ca.crt"),
+                path("plugins"),
+                path("registry"),
+                path("cdi"),
+            );
+            let args = [
+                "--dra",
+                "--config",
+                &c,
+                "--node-name",
+                NODE,
+                "--api-server",
+                &url,
+                "--token-file",
+                &token,
+                "--ca-file",
+                &ca,
+                "--lease-namespace",
+                "spookd",
+                "--kubelet-plugins-dir",
+                &plugins,
+                "--kubelet-registry-dir",
+                &registry,
+                "--cdi-dir",
+                &cdi,
+            ];
+            let t0 = Instant::now();
+            let p = Proc::start(&bin, &args, &d.0.join("log"));
+            let at = |generation: i64| {
+                move |s: &BTreeMap<String, serde_yaml::Value>| {
+                    let count: usize = (s.values())
+                        .filter(|o| o["spec"]["pool"]["generation"] == generation)
+                        .map(|o| o["spec"]["devices"].as_sequence().map_or(0, Vec::len))
+                        .sum();
+                    count == n
+                }
+            };
+            let long = Duration::from_secs(120);
+            let log = || fs::read_to_string(d.0.join("log")).unwrap_or_default();
+            assert!(
+                api.wait_objects("resourceslices", long, at(1)),
+                "not published: {}",
+                log()
+            );
+            let first = t0.elapsed();
+            std::thread::sleep(Duration::from_millis(500));
+            let (hwm1, slices) = (
+                p.status_field("VmHWM:"),
+                api.objects("resourceslices").len(),
+            );
+            let t1 = Instant::now();
+            v.write(&edited);
+            assert!(
+                api.wait_objects("resourceslices", long, at(2)),
+                "not republished: {}",
+                log()
+            );
+            let second = t1.elapsed();
+            std::thread::sleep(Duration::from_millis(500));
+            let (hwm2, rss) = (p.status_field("VmHWM:"), p.rss_kib());
+            row(
+                format!(
+                    "DRA leader: {n} devices ({} KB config) in {slices} ResourceSlices, published then republished",
+                    config.len() / 1000
+                ),
+                format!(
+                    "{:.1} s then {:.1} s; peak {:.1} then {:.1} MiB, then {:.1} MiB",
+                    first.as_secs_f64(),
+                    second.as_secs_f64(),
+                    hwm1 as f64 / 1024.0,
+                    hwm2 as f64 / 1024.0,
+                    rss as f64 / 1024.0
+                ),
+                "report (DRA limit 128Mi)",
+            );
+            json.insert(
+                Box::leak(format!("dra_hwm_kib_{n}").into_boxed_str()),
+                hwm2.to_string(),
+            );
+            drop(p);
+            drop(api);
+        }
     }
 
     if wanted("reload") {
