@@ -595,7 +595,9 @@ pub mod dra {
 
     fn identity(path: &Path) -> Option<(u64, i64, i64)> {
         let m = std::fs::symlink_metadata(path).ok()?;
-        Some((m.ino(), m.ctime(), m.ctime_nsec()))
+        // Not ctime: a plugin's chmod of its new socket changes it, and a scan between its bind
+        // and its chmod took the socket for a replaced one and registered it twice.
+        Some((m.ino(), m.mtime(), m.mtime_nsec()))
     }
 
     impl DraKubelet {
