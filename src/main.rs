@@ -72,7 +72,8 @@ fn main() -> ExitCode {
         Err(e) => {
             error!("{e}");
             // A usage error echoes the argument, an invalid config quotes it: one line, bounded.
-            let line = spookd::text::one_line(&e.to_string(), spookd::text::MAX_LOG_LINE);
+            let message = e.to_string();
+            let line = spookd::text::one_line(&message, spookd::text::MAX_LOG_LINE);
             eprintln!("spookd: {line}");
             e.exit_code()
         }

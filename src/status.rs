@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::kube::json_string;
 use crate::kubelet::podresources::{self, Holders};
-use crate::text::Cut;
+use crate::text::{Cut, Quoted};
 
 /// Longest wait for the daemon's connect and for each read.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,7 +105,7 @@ impl fmt::Display for StatusError {
                 write!(
                     f,
                     "the daemon at {addr} answered {}, not its status",
-                    Cut(format!("{line:?}"))
+                    Quoted(line)
                 )
             }
             StatusError::Decode { addr, source } => {
@@ -210,15 +210,7 @@ pub fn holders(socket: &Path) -> Held {
 /// Text from the daemon (or a hostile impostor on its port) made safe for a terminal: control
 /// characters shown escaped, never sent raw.
 fn safe(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<char>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+    crate::text::escape(s, char::is_control).into_owned()
 }
 
 /// The aligned text.

@@ -40,13 +40,28 @@ pub fn cut(text: &str, max: usize) -> Cow<'_, str> {
     ))
 }
 
+/// [`cut`] of an owned `text`: itself when it fits, without a copy.
+pub fn cut_owned(text: String, max: usize) -> String {
+    match cut(&text, max) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(cut) => cut,
+    }
+}
+
 /// `text` as one line of at most `max` bytes (as [`cut`]): line breaks and other control
 /// characters but tab written as escapes (`\n`, `\u{1b}`) first, so that no text can start a
 /// log line of its own or move a terminal's cursor.
-pub fn one_line(text: &str, max: usize) -> String {
-    let control = |c: char| c.is_control() && c != '\t';
-    if !text.chars().any(control) {
-        return cut(text, max).into_owned();
+pub fn one_line(text: &str, max: usize) -> Cow<'_, str> {
+    match escape(text, |c| c.is_control() && c != '\t') {
+        Cow::Borrowed(text) => cut(text, max),
+        Cow::Owned(escaped) => Cow::Owned(cut_owned(escaped, max)),
+    }
+}
+
+/// `text` with each character `control` picks written as its escape (`\n`, `\u{1b}`).
+pub fn escape(text: &str, control: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if !text.chars().any(&control) {
+        return Cow::Borrowed(text);
     }
     let mut escaped = String::with_capacity(text.len() + 16);
     for c in text.chars() {
@@ -56,7 +71,7 @@ pub fn one_line(text: &str, max: usize) -> String {
             escaped.push(c);
         }
     }
-    cut(&escaped, max).into_owned()
+    Cow::Owned(escaped)
 }
 
 /// Displays `T` cut to [`MAX_MESSAGE`] bytes: for error sources whose messages quote input.
@@ -65,6 +80,16 @@ pub struct Cut<T>(pub T);
 impl<T: fmt::Display> fmt::Display for Cut<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&cut(&self.0.to_string(), MAX_MESSAGE))
+    }
+}
+
+/// Displays a string quoted and escaped as `{:?}` writes it, cut to [`MAX_MESSAGE`] bytes: for
+/// an ID, a name or a line that came from outside.
+pub struct Quoted<'a>(pub &'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", Cut(format_args!("{:?}", self.0)))
     }
 }
 
@@ -114,7 +139,8 @@ mod tests {
             "{}",
             line.len()
         );
-        let line = one_line(&"é".repeat(1 << 20), MAX_LOG_LINE);
+        let wide = "é".repeat(1 << 20);
+        let line = one_line(&wide, MAX_LOG_LINE);
         assert!(line.len() <= MAX_LOG_LINE && line.contains(" bytes cut]… "));
     }
 
@@ -123,5 +149,12 @@ mod tests {
         let long = "x".repeat(10 * MAX_MESSAGE);
         assert_eq!(Cut(&long).to_string(), cut(&long, MAX_MESSAGE));
         assert_eq!(Cut("short").to_string(), "short");
+        assert_eq!(Quoted("a\nb").to_string(), "\"a\\nb\"");
+        assert_eq!(
+            Quoted(&long).to_string(),
+            cut(&format!("{long:?}"), MAX_MESSAGE)
+        );
+        assert_eq!(cut_owned("short".into(), 3), cut("short", 3));
+        assert_eq!(cut_owned("abc".into(), 3), "abc");
     }
 }

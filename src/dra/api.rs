@@ -117,6 +117,15 @@ impl HttpObjects<DeviceClass> {
     }
 }
 
+/// One object, `None` if it does not exist.
+fn fetch<T: DeserializeOwned>(client: &Client, url: &str) -> Result<Option<T>, ApiError> {
+    let Some(response) = client.get_found(url)? else {
+        return Ok(None);
+    };
+    let body = Client::read_body(url, response, MAX_OBJECT)?;
+    decode(url, &body).map(Some)
+}
+
 fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, ApiError> {
     serde_yaml::from_slice(body).map_err(|source| ApiError::Decode {
         url: url.to_owned(),
@@ -192,15 +201,7 @@ impl<T: Object> Objects<T> for HttpObjects<T> {
     }
 
     fn get(&mut self, name: &str) -> Result<Option<T>, ApiError> {
-        let url = format!("{}/{name}", self.base);
-        match self.client.get(&url, REQUEST_TIMEOUT) {
-            Ok(response) => {
-                let body = Client::read_body(&url, response, MAX_OBJECT)?;
-                decode(&url, &body).map(Some)
-            }
-            Err(e) if e.status() == Some(404) => Ok(None),
-            Err(e) => Err(e),
-        }
+        fetch(&self.client, &format!("{}/{name}", self.base))
     }
 
     fn create(&mut self, object: &T) -> Result<(), ApiError> {
@@ -313,13 +314,6 @@ impl Claims for HttpClaims {
             "{}/apis/resource.k8s.io/v1/namespaces/{namespace}/resourceclaims/{name}",
             self.client.conn.server
         );
-        match self.client.get(&url, REQUEST_TIMEOUT) {
-            Ok(response) => {
-                let body = Client::read_body(&url, response, MAX_OBJECT)?;
-                decode(&url, &body).map(Some)
-            }
-            Err(e) if e.status() == Some(404) => Ok(None),
-            Err(e) => Err(e),
-        }
+        fetch(&self.client, &url)
     }
 }

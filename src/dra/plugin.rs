@@ -44,7 +44,7 @@ use crate::dra::proto::{
 };
 use crate::kubelet::plugin::bind_cause;
 use crate::state::msg::{ClaimDevices, DraEvent, Msg};
-use crate::text::Cut;
+use crate::text::{Cut, Quoted};
 use crate::worker::Worker;
 
 /// How often the sockets are checked for having been deleted.
@@ -456,15 +456,17 @@ fn run(mut ctx: PluginContext, mut served: Served, jobs: &Receiver<Job>, stop: &
 /// Checks a claim's identity as the kubelet sent it: it becomes a URL and a file name.
 fn check_claim(claim: &Claim) -> Result<(), String> {
     if !valid_uid(&claim.uid) {
-        let uid = Cut(format!("{:?}", claim.uid));
-        return Err(format!("claim UID {uid} is not a Kubernetes UID"));
+        return Err(format!(
+            "claim UID {} is not a Kubernetes UID",
+            Quoted(&claim.uid)
+        ));
     }
     if !is_dns_label(&claim.namespace) {
-        let namespace = Cut(format!("{:?}", claim.namespace));
+        let namespace = Quoted(&claim.namespace);
         return Err(format!("namespace {namespace} is not a DNS label"));
     }
     if !is_dns_subdomain(&claim.name) || claim.name.is_empty() {
-        let name = Cut(format!("{:?}", claim.name));
+        let name = Quoted(&claim.name);
         return Err(format!("claim name {name} is not a DNS subdomain"));
     }
     Ok(())

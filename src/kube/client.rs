@@ -183,6 +183,18 @@ impl Client {
         self.request(Method::Get, url, read_timeout, Some(global), None)
     }
 
+    /// GET `url` within [`REQUEST_TIMEOUT`]; `None` if there is no such object (404).
+    pub fn get_found(
+        &self,
+        url: &str,
+    ) -> Result<Option<ureq::http::Response<ureq::Body>>, ApiError> {
+        match self.get(url, REQUEST_TIMEOUT) {
+            Ok(response) => Ok(Some(response)),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// GET a watch `url`: a stream with no overall deadline, each read within `read_timeout`.
     pub fn watch(
         &self,

@@ -8,7 +8,6 @@
 //! failure costs is the [`Policy`]. Errors back off with jitter (a 429's Retry-After is honoured),
 //! never end the loop, and only a stop signal or an observer that says so does.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -17,7 +16,7 @@ use serde::Deserialize;
 
 use crate::backoff::Backoff;
 use crate::kube::client::ApiError;
-use crate::text::{cut, Cut, MAX_MESSAGE};
+use crate::text::{cut_owned, Quoted, MAX_MESSAGE};
 
 /// Longest a 429's Retry-After is honoured for, and the shortest (`Retry-After: 0` from a
 /// server under load must not make every node retry at once, in a loop).
@@ -62,11 +61,7 @@ pub struct Status {
 }
 
 fn cut_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    Ok(match cut(&s, MAX_MESSAGE) {
-        Cow::Borrowed(_) => s,
-        Cow::Owned(cut) => cut,
-    })
+    String::deserialize(d).map(|s| cut_owned(s, MAX_MESSAGE))
 }
 
 /// Object metadata, as much as the watch needs.
@@ -108,7 +103,7 @@ pub fn parse_event<T: DeserializeOwned>(line: &str) -> Result<WatchEvent<T>, ser
         other => {
             return Err(serde::de::Error::custom(format!(
                 "unknown watch event type {}",
-                Cut(format!("{other:?}"))
+                Quoted(other)
             )))
         }
     })

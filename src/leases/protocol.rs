@@ -450,11 +450,9 @@ impl LeaseApi for HttpLeaseApi {
 
     fn get(&mut self, name: &str) -> Result<Option<Lease>, ApiError> {
         let url = format!("{}/{name}", self.base);
-        match self.client.get(&url, crate::kube::client::REQUEST_TIMEOUT) {
-            Ok(response) => Self::decode(&url, response).map(Some),
-            Err(e) if e.status() == Some(404) => Ok(None),
-            Err(e) => Err(e),
-        }
+        (self.client.get_found(&url)?)
+            .map(|response| Self::decode(&url, response))
+            .transpose()
     }
 
     fn update(&mut self, lease: &Lease, holder: &str) -> Result<Lease, ApiError> {

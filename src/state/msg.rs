@@ -3,7 +3,6 @@
 //! feature: every feature imports this. (Channels inside one feature, such as the Lease watch's
 //! to the Lease thread, keep their types in that feature.)
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt;
@@ -16,7 +15,7 @@ use futures_channel::oneshot;
 
 use crate::config::dra::EnvRefusal;
 use crate::config::{Config, ConfigError, HealthCheck, InstanceId, ResourceName};
-use crate::text::Cut;
+use crate::text::{Cut, Quoted};
 
 /// Everything the state thread is told. Requests that need an answer carry their reply channel.
 pub enum Msg {
@@ -97,10 +96,7 @@ impl Notice {
     pub const MAX_NOTE: usize = crate::text::MAX_MESSAGE;
 
     pub fn new(warning: bool, reason: &'static str, action: &'static str, note: String) -> Notice {
-        let note = match crate::text::cut(&note, Notice::MAX_NOTE) {
-            Cow::Borrowed(_) => note,
-            Cow::Owned(cut) => cut,
-        };
+        let note = crate::text::cut_owned(note, Notice::MAX_NOTE);
         Notice {
             warning,
             reason,
@@ -221,13 +217,13 @@ impl fmt::Display for AllocateError {
                 write!(f, "{resource} is no longer served on this node")
             }
             AllocateError::UnknownDevice { resource, id } => {
-                write!(f, "{resource} has no device {}", Cut(format!("{id:?}")))
+                write!(f, "{resource} has no device {}", Quoted(id))
             }
             AllocateError::DuplicateDevice { resource, id } => {
                 write!(
                     f,
                     "{resource} device {} requested twice in one request",
-                    Cut(format!("{id:?}"))
+                    Quoted(id)
                 )
             }
             AllocateError::NoDevices { resource } => {
