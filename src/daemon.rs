@@ -29,7 +29,7 @@ use crate::dra::publish::{
 use crate::dra::DraOptions;
 use crate::events::{EventOptions, Events};
 use crate::health::Prober;
-use crate::kubelet::plugin::{self, PluginError, PluginServer};
+use crate::kubelet::plugin::{self, PluginError, PluginServer, MAX_SOCKET_PATH};
 use crate::kubelet::registrar::{self, Registrar};
 use crate::kubelet::watcher::Watcher;
 use crate::leases::protocol::HttpLeaseApi;
@@ -79,8 +79,10 @@ impl fmt::Display for DaemonError {
             DaemonError::SocketDir { dir, len, max } => write!(
                 f,
                 "the device-plugins dir {} is {len} bytes long; sockets in it need it at most \
-                 {max} (a Unix socket's path holds 107 bytes)",
-                dir.display()
+                 {max} (a Unix socket's path holds {MAX_SOCKET_PATH} bytes: the dir, '/' and a \
+                 socket name of up to {} bytes)",
+                dir.display(),
+                plugin::MIN_ENDPOINT_ROOM
             ),
             DaemonError::CpuList { cpus } => {
                 match cpus {
@@ -223,12 +225,6 @@ const IGNORED_SIGNALS: &[i32] = &[
 const SIGSTKFLT: i32 = 16;
 const SIGPWR: i32 = 30;
 
-/// The longest path a Unix socket can have (`sun_path` holds 108 bytes with the NUL).
-const MAX_SOCKET_PATH: usize = 107;
-/// The longest socket name spookd makes: `spookd-` + 24 characters + `-` + 8 hex digits + `-` +
-/// a server number of up to 20 digits + `.sock`.
-const LONGEST_SOCKET_NAME: usize = 7 + 24 + 1 + 8 + 1 + 20 + 5;
-
 /// Refuses a socket path longer than a Unix socket's.
 fn check_socket_path(path: &Path) -> Result<(), DaemonError> {
     let len = path.as_os_str().len();
@@ -241,15 +237,19 @@ fn check_socket_path(path: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Refuses a device-plugins dir whose sockets could not be bound (gRPC would only say
-/// `BindFail`, later, on every resource).
+/// The longest device-plugins dir every endpoint fits in, once cut to its shortest form.
+const MAX_SOCKET_DIR: usize = MAX_SOCKET_PATH - 1 - plugin::MIN_ENDPOINT_ROOM;
+
+/// Refuses a device-plugins dir where some socket could not be bound even with its shortest name
+/// (gRPC would only say `BindFail`, later, on every resource). A longer dir than the kubelet's
+/// usual only shortens the names (see [`plugin::endpoint_room`]).
 fn check_socket_dir(dir: &Path) -> Result<(), DaemonError> {
-    let len = dir.as_os_str().len() + 1 + LONGEST_SOCKET_NAME;
-    if len > MAX_SOCKET_PATH {
+    let len = dir.as_os_str().len();
+    if plugin::endpoint_room(len) < plugin::MIN_ENDPOINT_ROOM {
         return Err(DaemonError::SocketDir {
             dir: dir.to_owned(),
-            len: dir.as_os_str().len(),
-            max: MAX_SOCKET_PATH - 1 - LONGEST_SOCKET_NAME,
+            len,
+            max: MAX_SOCKET_DIR,
         });
     }
     Ok(())
@@ -846,7 +846,32 @@ pub fn run(mut opts: RunOptions) -> Result<(), DaemonError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{cpus_in, cpus_in_stat};
+    use super::{check_socket_dir, cpus_in, cpus_in_stat};
+    use std::path::PathBuf;
+
+    fn dir_of(len: usize) -> PathBuf {
+        PathBuf::from(format!("/{}", "d".repeat(len - 1)))
+    }
+
+    #[test]
+    fn a_device_plugins_dir_is_refused_only_where_no_socket_name_fits() {
+        // The test temp dirs (42 bytes) of issue #27, microk8s's 56, the 74 where every endpoint
+        // has its full 32 bytes, and 77, where the shortest (29) still fit.
+        for len in [1, 31, 42, 56, 74, 75, 77] {
+            assert!(check_socket_dir(&dir_of(len)).is_ok(), "{len}");
+        }
+        let dir = dir_of(78);
+        assert_eq!(
+            check_socket_dir(&dir).unwrap_err().to_string(),
+            format!(
+                "the device-plugins dir {} is 78 bytes long; sockets in it need it at most 77 (a \
+                 Unix socket's path holds 107 bytes: the dir, '/' and a socket name of up to 29 \
+                 bytes)",
+                dir.display()
+            )
+        );
+        assert!(check_socket_dir(&dir_of(4096)).is_err());
+    }
 
     /// glibc 2.36's counts (`None`: it falls back to /proc/stat); tests/daemon.rs checks the same
     /// lists against glibc itself, as root.

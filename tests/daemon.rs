@@ -428,6 +428,80 @@ fn starts_before_the_kubelet_and_registers_when_it_appears() {
     );
 }
 
+/// The kubelet dials `<its own device-plugins dir>/<endpoint>`, a dir spookd cannot see (issue
+/// #27): endpoints of at most 32 bytes, whatever the resource, fit any kubelet dir of up to 74
+/// bytes. Here the dir is exactly that, and the names after '/' are the longest allowed (63),
+/// sharing a long prefix.
+#[test]
+fn the_longest_resource_names_are_served_in_a_74_byte_device_plugins_dir() {
+    let tmp = TempDir::new();
+    // The temp dir and its '/'.
+    let base = tmp.join("x").as_os_str().len() - 1;
+    assert!(
+        base < 74,
+        "the temp dir is too long: {}",
+        tmp.join("").display()
+    );
+    let dp = tmp.join(&"d".repeat(74 - base));
+    assert_eq!(dp.as_os_str().len(), 74, "{}", dp.display());
+    fs::create_dir_all(&dp).unwrap();
+
+    let stem = "signal-generator-".repeat(4);
+    let long = |tail: &str| format!("example.com/{}{tail}", &stem[..63 - tail.len()]);
+    let resources = [
+        long("a1"),
+        long("a2"),
+        long("b"),
+        "example.com/w".to_owned(),
+    ];
+    for resource in &resources[..3] {
+        assert_eq!(resource.len(), "example.com/".len() + 63, "{resource}");
+    }
+    let mut config = String::from("deviceMapping:\n  - hosts: [node1]\n    devices:\n");
+    for (n, resource) in resources.iter().enumerate() {
+        for id in ["0001", "0002"] {
+            config.push_str(&format!(
+                "      - {{resourceName: {resource}, instanceID: \"{n}-{id}\"}}\n"
+            ));
+        }
+    }
+
+    let kubelet = Kubelet::start(&dp).unwrap();
+    let config = ConfigVolume::new(tmp.join("cm"), &config);
+    let spookd = Spookd::start(&config.path(), "node1", &dp, tmp.join("spookd.log"));
+    let s = Setup {
+        tmp,
+        kubelet,
+        config,
+        spookd,
+    };
+    let mut sorted: Vec<&str> = resources.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    s.expect_resources(&sorted);
+    for (n, resource) in resources.iter().enumerate() {
+        s.expect_devices(resource, &[&format!("{n}-0001"), &format!("{n}-0002")]);
+    }
+    let resp = s.kubelet.allocate(&resources[0], &[&["0-0002"]]).unwrap();
+    assert_eq!(resp.container_responses.len(), 1);
+
+    let plugins = s.kubelet.plugins();
+    let endpoints: std::collections::BTreeSet<&str> =
+        plugins.values().map(|p| p.endpoint.as_str()).collect();
+    assert_eq!(endpoints.len(), resources.len(), "{endpoints:?}");
+    let sockets = own_sockets(&dp);
+    assert_eq!(
+        sockets
+            .iter()
+            .map(String::as_str)
+            .collect::<std::collections::BTreeSet<_>>(),
+        endpoints
+    );
+    for name in &sockets {
+        assert!(name.len() <= 32, "{name}: {} bytes", name.len());
+        assert!(dp.join(name).as_os_str().len() <= 107);
+    }
+}
+
 #[test]
 fn kubelet_gone_then_back() {
     let mut s = Setup::new("node1", SEED);

@@ -426,7 +426,10 @@ fn signals_that_used_to_kill_spookd_leave_it_serving_or_stop_it_cleanly() {
 #[test]
 fn a_device_plugins_dir_too_long_for_sockets_is_a_clear_error() {
     let tmp = TempDir::new();
-    let dp = tmp.join(&"d".repeat(60));
+    // One byte more than the longest dir every socket name fits in, at its shortest (29 bytes).
+    let base = tmp.join("x").as_os_str().len() - 1;
+    let dp = tmp.join(&"d".repeat(78 - base));
+    assert_eq!(dp.as_os_str().len(), 78);
     fs::create_dir_all(&dp).unwrap();
     let config = tmp.join("c.yaml");
     fs::write(&config, SEED).unwrap();
@@ -439,16 +442,13 @@ fn a_device_plugins_dir_too_long_for_sockets_is_a_clear_error() {
         dp.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("sockets in it need it at most"),
-        "{}",
-        stderr(&out)
+    let want = format!(
+        "the device-plugins dir {} is 78 bytes long; sockets in it need it at most 77 (a Unix \
+         socket's path holds 107 bytes: the dir, '/' and a socket name of up to 29 bytes)",
+        dp.display()
     );
-    assert!(
-        stderr(&out).contains("a Unix socket's path holds 107 bytes"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains(&want), "{}", stderr(&out));
+    assert_eq!(own_sockets(&dp), Vec::<String>::new());
 }
 
 #[test]

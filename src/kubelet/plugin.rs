@@ -38,6 +38,72 @@ const REQUEST_SLOTS: usize = 4;
 
 /// Prefix of every socket spookd creates; the only files it ever removes.
 pub const SOCKET_PREFIX: &str = "spookd-";
+const SOCKET_SUFFIX: &str = ".sock";
+
+/// The longest path a Unix socket can have (`sun_path` holds 108 bytes with the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// The longest endpoint (socket file name) spookd makes, whatever the resource. The kubelet dials
+/// `<its own device-plugins dir>/<endpoint>`, a dir spookd cannot see from its container (on
+/// microk8s it is 56 bytes long): a bounded name is the only way to know it fits. 32 lets any
+/// kubelet dir of up to 74 bytes (107 − '/' − 32) dial every socket.
+pub const MAX_ENDPOINT: usize = 32;
+
+/// The longest endpoint once its resource name is dropped: `spookd-`, the instance's 8 hex
+/// digits, `-`, a server number of up to 8 hex digits, `.sock`. Every endpoint fits in this much,
+/// so a dir leaving at least this much room serves every resource.
+pub const MIN_ENDPOINT_ROOM: usize = SOCKET_PREFIX.len() + 8 + 1 + 8 + SOCKET_SUFFIX.len();
+
+/// The room for an endpoint in a dir of `dir_len` bytes: [`MAX_ENDPOINT`], less where the dir
+/// is so long that `dir/endpoint` would pass [`MAX_SOCKET_PATH`] (the kubelet's dir is then
+/// probably as long, and would not fit a longer name either).
+pub fn endpoint_room(dir_len: usize) -> usize {
+    MAX_ENDPOINT.min(MAX_SOCKET_PATH.saturating_sub(dir_len.saturating_add(1)))
+}
+
+/// The endpoint of server `server` of `resource` in this process (`instance`), at most
+/// `room.clamp(MIN_ENDPOINT_ROOM, MAX_ENDPOINT)` bytes: `spookd-<name>-<instance>-<server>.sock`,
+/// the numbers in hex and `<name>` the resource's name after '/' cut to the room left, or dropped
+/// with its '-' when none is. The name is only for people reading the dir: ResourceName allows
+/// only ASCII letters, digits, '-', '_' and '.' after the '/', so it is safe in a file name, and
+/// the cut is on a character boundary.
+///
+/// Only the server number's low 32 bits are written, to bound the name. Live sockets still never
+/// share a name: the instance is random per process, the state thread numbers servers in order,
+/// and two live servers of one process would need 2^32 server starts while the older one lives
+/// (each start is a config change, a kubelet restart or a deleted socket). Even then,
+/// [`Servers::start`] refuses to bind over an existing file rather than take its name.
+pub fn endpoint(resource: &ResourceName, instance: u32, server: u64, room: usize) -> String {
+    let tail = format!(
+        "{instance:08x}-{:x}{SOCKET_SUFFIX}",
+        server & u64::from(u32::MAX)
+    );
+    let fixed = SOCKET_PREFIX.len().saturating_add(tail.len());
+    // The name and its '-'.
+    let left = room
+        .min(MAX_ENDPOINT)
+        .saturating_sub(fixed.saturating_add(1));
+    let name = resource.as_str().rsplit('/').next().unwrap_or_default();
+    let short = name
+        .get(..left.min(name.len()))
+        .unwrap_or_default()
+        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    if short.is_empty() {
+        format!("{SOCKET_PREFIX}{tail}")
+    } else {
+        format!("{SOCKET_PREFIX}{short}-{tail}")
+    }
+}
+
+/// `dir/endpoint`, or why a Unix socket cannot have that path.
+pub fn socket_path(dir: &Path, endpoint: &str) -> Result<PathBuf, PluginError> {
+    let path = dir.join(endpoint);
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(PluginError::PathTooLong { path, len });
+    }
+    Ok(path)
+}
 
 /// The options spookd registers with and answers GetDevicePluginOptions with.
 pub fn options() -> DevicePluginOptions {
@@ -64,6 +130,15 @@ pub enum PluginError {
         path: PathBuf,
         source: io::Error,
     },
+    /// The socket's path is longer than a Unix socket's may be.
+    PathTooLong {
+        path: PathBuf,
+        len: usize,
+    },
+    /// A file already has the socket's name: gRPC would unlink a socket there and take its name.
+    Exists {
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for PluginError {
@@ -83,6 +158,17 @@ impl fmt::Display for PluginError {
             PluginError::Permissions { path, source } => {
                 write!(f, "cannot make {} private (0600): {source}", path.display())
             }
+            PluginError::PathTooLong { path, len } => write!(
+                f,
+                "cannot listen on {}: the path is {len} bytes long; a Unix socket's path holds at \
+                 most {MAX_SOCKET_PATH}",
+                path.display()
+            ),
+            PluginError::Exists { path } => write!(
+                f,
+                "cannot listen on {}: a file of that name exists (left as it is)",
+                path.display()
+            ),
         }
     }
 }
@@ -92,6 +178,7 @@ impl std::error::Error for PluginError {
         match self {
             PluginError::Build { source, .. } | PluginError::Bind { source, .. } => Some(source),
             PluginError::Permissions { source, .. } => Some(source),
+            PluginError::PathTooLong { .. } | PluginError::Exists { .. } => None,
         }
     }
 }
@@ -101,17 +188,21 @@ pub struct Servers {
     grpc: Arc<Environment>,
     dir: PathBuf,
     /// Random per process, so socket names never repeat across restarts (kubernetes#121994).
-    instance: String,
+    instance: u32,
+    /// The longest endpoint that fits in `dir` ([`endpoint_room`]).
+    room: usize,
     state: Sender<Msg>,
 }
 
 impl Servers {
     pub fn new(grpc: Arc<Environment>, dir: PathBuf, state: Sender<Msg>) -> Self {
-        let instance = format!("{:08x}", random_u64() as u32);
+        let instance = random_u64() as u32;
+        let room = endpoint_room(dir.as_os_str().len());
         Servers {
             grpc,
             dir,
             instance,
+            room,
             state,
         }
     }
@@ -123,10 +214,11 @@ impl Servers {
         resource: &ResourceName,
         id: u64,
     ) -> Result<(PluginServer, String), PluginError> {
-        let name = resource.as_str().rsplit('/').next().unwrap_or_default();
-        let short: String = name.chars().take(24).collect();
-        let endpoint = format!("{SOCKET_PREFIX}{short}-{}-{id}.sock", self.instance);
-        let path = self.dir.join(&endpoint);
+        let endpoint = endpoint(resource, self.instance, id, self.room);
+        let path = socket_path(&self.dir, &endpoint)?;
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(PluginError::Exists { path });
+        }
         let service = proto::create_device_plugin(PluginService {
             resource: resource.clone(),
             server: id,
@@ -208,7 +300,7 @@ pub fn remove_stale_sockets(dir: &Path) -> io::Result<Vec<PathBuf>> {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if !name.starts_with(SOCKET_PREFIX) || !name.ends_with(".sock") {
+        if !name.starts_with(SOCKET_PREFIX) || !name.ends_with(SOCKET_SUFFIX) {
             continue;
         }
         if !entry.file_type()?.is_socket() {
@@ -405,6 +497,129 @@ pub fn preferred<T: Ord + Clone>(available: &[T], must_include: &[T], size: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resource(s: &str) -> ResourceName {
+        ResourceName::try_from(s.to_owned()).unwrap()
+    }
+
+    /// The longest name after '/' a resource may have: 63 characters.
+    fn longest(tail: &str) -> ResourceName {
+        let name = format!("{}{tail}", "a".repeat(63 - tail.len()));
+        resource(&format!("example.com/{name}"))
+    }
+
+    #[test]
+    fn endpoints_are_bounded_whatever_the_resource_and_server() {
+        let r = longest("");
+        for server in [0, 1, 0xf, 0x10, 0xffff_ffff, 0x1_0000_0000, u64::MAX] {
+            for instance in [0, 0xdead_beef, u32::MAX] {
+                let e = endpoint(&r, instance, server, MAX_ENDPOINT);
+                assert!(e.len() <= MAX_ENDPOINT, "{e}: {} bytes", e.len());
+                assert!(
+                    e.starts_with(SOCKET_PREFIX) && e.ends_with(SOCKET_SUFFIX),
+                    "{e}"
+                );
+                assert!(e.contains(&format!("{instance:08x}-")), "{e}");
+            }
+        }
+        assert_eq!(
+            endpoint(&r, 0xdead_beef, u64::MAX, MAX_ENDPOINT),
+            "spookd-aa-deadbeef-ffffffff.sock"
+        );
+        assert_eq!(
+            endpoint(&r, 0xdead_beef, 0, MAX_ENDPOINT),
+            "spookd-aaaaaaaaa-deadbeef-0.sock"
+        );
+        assert_eq!(
+            endpoint(&resource("example.com/widget"), 0xcafe, 3, MAX_ENDPOINT),
+            "spookd-widget-0000cafe-3.sock"
+        );
+        // A cut name ends with a letter or digit, not the '-', '_' or '.' inside it.
+        assert_eq!(
+            endpoint(&resource("a.io/signal-g.x"), 1, 0, 30),
+            "spookd-signal-00000001-0.sock"
+        );
+        // No room for the name: it is dropped with its '-'.
+        assert_eq!(
+            endpoint(&r, 1, 0xffff_ffff, MIN_ENDPOINT_ROOM),
+            "spookd-00000001-ffffffff.sock"
+        );
+        assert_eq!(
+            endpoint(&r, 1, 0xffff_ffff, 0),
+            "spookd-00000001-ffffffff.sock"
+        );
+        assert_eq!(MIN_ENDPOINT_ROOM, "spookd-00000001-ffffffff.sock".len());
+    }
+
+    #[test]
+    fn resources_sharing_a_long_prefix_get_distinct_endpoints() {
+        let a = longest("-one");
+        let b = longest("-two");
+        // The state thread numbers servers in order: these two are 0 and 1, or later ones.
+        for (x, y) in [
+            (0, 1),
+            (41, 42),
+            (0xffff_fffe, 0xffff_ffff),
+            (u64::MAX - 1, u64::MAX),
+        ] {
+            let (ea, eb) = (
+                endpoint(&a, 7, x, MAX_ENDPOINT),
+                endpoint(&b, 7, y, MAX_ENDPOINT),
+            );
+            assert_ne!(ea, eb);
+            assert!(
+                ea.len() <= MAX_ENDPOINT && eb.len() <= MAX_ENDPOINT,
+                "{ea} {eb}"
+            );
+        }
+        // Other processes' names differ by the instance.
+        assert_ne!(endpoint(&a, 1, 0, 32), endpoint(&a, 2, 0, 32));
+    }
+
+    #[test]
+    fn endpoints_fit_every_dir_up_to_the_bound() {
+        assert_eq!(endpoint_room(0), MAX_ENDPOINT);
+        // 74 + '/' + 32 = 107: the kubelet dirs every endpoint fits.
+        assert_eq!(endpoint_room(74), MAX_ENDPOINT);
+        assert_eq!(endpoint_room(75), MAX_ENDPOINT - 1);
+        assert_eq!(
+            endpoint_room(MAX_SOCKET_PATH - 1 - MIN_ENDPOINT_ROOM),
+            MIN_ENDPOINT_ROOM
+        );
+        assert_eq!(endpoint_room(MAX_SOCKET_PATH), 0);
+        assert_eq!(endpoint_room(usize::MAX), 0);
+        let r = longest("");
+        for dir_len in 1..=MAX_SOCKET_PATH - 1 - MIN_ENDPOINT_ROOM {
+            let dir = PathBuf::from(format!("/{}", "d".repeat(dir_len - 1)));
+            assert_eq!(dir.as_os_str().len(), dir_len);
+            for server in [0, 0xff, u64::MAX] {
+                let e = endpoint(&r, u32::MAX, server, endpoint_room(dir_len));
+                assert!(e.len() <= MAX_ENDPOINT, "{e}");
+                let path = socket_path(&dir, &e).unwrap();
+                assert!(
+                    path.as_os_str().len() <= MAX_SOCKET_PATH,
+                    "{}",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_socket_path_too_long_is_refused_with_its_length() {
+        let dir = PathBuf::from(format!("/{}", "d".repeat(79)));
+        let e = endpoint(&longest(""), 1, u64::MAX, endpoint_room(80));
+        assert_eq!(e.len(), MIN_ENDPOINT_ROOM);
+        let err = socket_path(&dir, &e).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot listen on {}/{e}: the path is 110 bytes long; a Unix socket's path \
+                 holds at most 107",
+                dir.display()
+            )
+        );
+    }
 
     fn v(ids: &[&str]) -> Vec<String> {
         ids.iter().map(|s| s.to_string()).collect()
