@@ -12,6 +12,7 @@ mod sim;
 mod util;
 
 mod api;
+mod chart;
 mod cli;
 mod daemon;
 mod dra;
