@@ -437,10 +437,18 @@ pub fn status_json(s: &Snapshot) -> String {
     }
     let dra = match &s.dra {
         None => "null".to_owned(),
-        Some(d) => format!(
-            r#"{{"leader":{},"generation":{},"slices":{},"devices":{},"registered":{}}}"#,
-            d.leader, d.generation, d.slices, d.devices, d.registered
-        ),
+        Some(d) => {
+            let dropped: Vec<String> = d.dropped.iter().map(|f| q(f)).collect();
+            format!(
+                r#"{{"leader":{},"generation":{},"slices":{},"devices":{},"registered":{},"droppedFields":[{}]}}"#,
+                d.leader,
+                d.generation,
+                d.slices,
+                d.devices,
+                d.registered,
+                dropped.join(",")
+            )
+        }
     };
     format!(
         r#"{{"node":{},"mode":{},"configured":{},"sourceProblem":{},"resources":[{}],"dra":{dra}}}"#,
@@ -677,6 +685,7 @@ mod tests {
             registered: true,
             claims_ok: 3,
             claims_failed: 1,
+            dropped: Vec::new(),
         });
         let text = render(&s);
         for line in [

@@ -54,12 +54,16 @@ pub struct Device {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct Dra {
     pub leader: bool,
     pub generation: i64,
     pub slices: usize,
     pub devices: usize,
     pub registered: bool,
+    /// The written fields the API server drops (its feature gates are off).
+    #[serde(default)]
+    pub dropped_fields: Vec<String>,
 }
 
 /// Why `spookd status` could not tell.
@@ -278,6 +282,14 @@ pub fn text(status: &Status, held: &Held) -> String {
                 "not registered"
             }
         ));
+        if !d.dropped_fields.is_empty() {
+            let fields: Vec<String> = d.dropped_fields.iter().map(|f| safe(f)).collect();
+            out.push_str(&format!(
+                "DRA: the API server drops {} (feature gates off): pods asking for the \
+                 resources in resources.limits are not served by DRA\n",
+                fields.join(", ")
+            ));
+        }
     }
     if let Err(e) = held {
         out.push_str(&format!("holders unknown: {e}\n"));
@@ -392,9 +404,15 @@ pub fn json(status: &Status, held: &Held) -> String {
     let dra = status.dra.as_ref().map_or_else(
         || "null".to_owned(),
         |d| {
+            let dropped: Vec<String> = d.dropped_fields.iter().map(|f| q(f)).collect();
             format!(
-                r#"{{"leader":{},"generation":{},"slices":{},"devices":{},"registered":{}}}"#,
-                d.leader, d.generation, d.slices, d.devices, d.registered
+                r#"{{"leader":{},"generation":{},"slices":{},"devices":{},"registered":{},"droppedFields":[{}]}}"#,
+                d.leader,
+                d.generation,
+                d.slices,
+                d.devices,
+                d.registered,
+                dropped.join(",")
             )
         },
     );

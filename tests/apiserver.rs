@@ -171,6 +171,9 @@ struct State {
     object_watchers: Vec<(String, String, Sender<WatchMsg>)>,
     /// Watch connections being served now.
     open_watches: usize,
+    /// As a 1.34/1.35 server with the newer DRA gates off: drops `extendedResourceName` from
+    /// DeviceClasses and `taints` from slice devices on write, without a word.
+    gates_off: bool,
     requests: Vec<Request>,
 }
 
@@ -215,6 +218,7 @@ impl ApiServer {
                 objects: BTreeMap::new(),
                 object_watchers: Vec::new(),
                 open_watches: 0,
+                gates_off: false,
                 requests: Vec::new(),
             }),
             changed: Condvar::new(),
@@ -320,6 +324,11 @@ impl ApiServer {
     pub fn fail_when(&self, method: &str, suffix: &str, fault: Fault) {
         let matcher = Some((method.to_owned(), suffix.to_owned()));
         self.shared.lock().faults.push_back((matcher, fault));
+    }
+
+    /// Drops the gated DRA fields on write from now on (true), as a server with the gates off.
+    pub fn set_gates_off(&self, off: bool) {
+        self.shared.lock().gates_off = off;
     }
 
     /// Starts (true) or ends an outage: every request gets 503 meanwhile.
@@ -991,6 +1000,27 @@ fn invalid_slice(o: &serde_yaml::Value) -> Option<String> {
 /// The objects of `resource.k8s.io/v1` with the real optimistic concurrency: create (409 if it
 /// exists), get, list with selectors, replace at a `resourceVersion` (409 if it moved, 404 if it
 /// is gone), delete with a `resourceVersion` precondition (409). Bodies are YAML or JSON.
+/// What a server with the newer DRA gates off drops from an object on write.
+fn drop_gated(o: &mut serde_yaml::Value) {
+    if let Some(spec) = o
+        .get_mut("spec")
+        .and_then(serde_yaml::Value::as_mapping_mut)
+    {
+        spec.remove("extendedResourceName");
+        if let Some(devices) = spec
+            .get_mut("devices")
+            .and_then(serde_yaml::Value::as_sequence_mut)
+        {
+            for d in devices
+                .iter_mut()
+                .filter_map(serde_yaml::Value::as_mapping_mut)
+            {
+                d.remove("taints");
+            }
+        }
+    }
+}
+
 fn serve_objects(st: &mut State, method: &str, target: &str, body: &str) -> (u16, String) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let collections = ["resourceslices", "deviceclasses"];
@@ -1089,6 +1119,9 @@ fn serve_objects(st: &mut State, method: &str, target: &str, body: &str) -> (u16
                 return (409, status_json(409, "AlreadyExists"));
             }
             st.version += 1;
+            if st.gates_off {
+                drop_gated(&mut o);
+            }
             o["metadata"]["resourceVersion"] = st.version.to_string().into();
             o["metadata"]["uid"] = format!("uid-{}", st.version).into();
             object_event(st, &key.0, "ADDED", &o);
@@ -1113,6 +1146,9 @@ fn serve_objects(st: &mut State, method: &str, target: &str, body: &str) -> (u16
                 return (409, status_json(409, "Conflict"));
             }
             st.version += 1;
+            if st.gates_off {
+                drop_gated(&mut o);
+            }
             o["metadata"]["resourceVersion"] = st.version.to_string().into();
             o["metadata"]["uid"] = old["metadata"]["uid"].clone();
             object_event(st, &key.0, "MODIFIED", &o);

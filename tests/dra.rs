@@ -202,6 +202,7 @@ oscilloscope.skao.int:
     selectors:
       - cel:
           expression: device.driver == "spookd.dev" && device.attributes["spookd.dev"].resourceName == "skao.int/oscilloscope"
+    extendedResourceName: skao.int/oscilloscope
 widget.example.com:
   apiVersion: resource.k8s.io/v1
   kind: DeviceClass
@@ -212,6 +213,7 @@ widget.example.com:
     selectors:
       - cel:
           expression: device.driver == "spookd.dev" && device.attributes["spookd.dev"].resourceName == "example.com/widget"
+    extendedResourceName: example.com/widget
 "#;
 
 fn stripped(objects: BTreeMap<String, Value>) -> BTreeMap<String, Value> {
@@ -324,6 +326,58 @@ deviceMapping:
         .iter()
         .any(|r| r.target.contains("/resourceslices?") && r.target.contains("watch=true"));
     assert!(watched, "no watch of the slices");
+}
+
+/// A 1.34/1.35 API server with the `DRAExtendedResource` gate off drops `extendedResourceName`
+/// on write: each class is written once, the drop is learnt from what the server stored, and no
+/// later publish rewrites a class; the log says so once, and the status shows it.
+#[test]
+fn a_server_that_drops_new_fields_is_not_rewritten_in_a_loop() {
+    let (api, creds) = apiserver::with_credentials("dra-gates-off");
+    api.set_gates_off(true);
+    let tmp = TempDir::new();
+    let mut config = ConfigVolume::new(tmp.join("cm"), CONFIG);
+    let node = Node::start(
+        "node1",
+        &api,
+        &creds,
+        &config.path(),
+        &["--metrics-addr", "127.0.0.1:0"],
+    );
+    let metrics = crate::metrics::metrics_addr(node.spookd());
+    let ok = api.wait_objects("deviceclasses", WAIT, |c| c.len() == 2);
+    assert!(ok, "{}", node.log());
+    for class in api.objects("deviceclasses").values() {
+        assert!(class["spec"].get("extendedResourceName").is_none());
+    }
+    let class_writes = |api: &ApiServer| {
+        api.requests()
+            .iter()
+            .filter(|r| r.target.contains("/deviceclasses") && r.method != "GET")
+            .count()
+    };
+    assert!(api.wait_objects("resourceslices", WAIT, |s| generation(s) == [1, 1]));
+    assert_eq!(class_writes(&api), 2);
+    // Three more publishes (each a config edit): slices written, no class.
+    for n in 3..6 {
+        let more = format!(
+            "{CONFIG}      - resourceName: example.com/widget\n        instanceID: sg-{n}\n"
+        );
+        config.write(&more);
+        let ok = api.wait_objects("resourceslices", WAIT, |s| {
+            generation(s).iter().all(|g| *g == i64::from(n) - 1)
+        });
+        assert!(ok, "{:#?}\n{}", api.objects("resourceslices"), node.log());
+    }
+    assert_eq!(class_writes(&api), 2, "{}", node.log());
+    let said = "the API server drops DeviceClass extendedResourceName";
+    assert!(node.spookd().wait_log(said, 1));
+    assert_eq!(node.log().matches(said).count(), 1, "{}", node.log());
+    let (_, status) = crate::metrics::get(&metrics, "/status");
+    assert!(
+        status.contains(r#""droppedFields":["DeviceClass extendedResourceName"]"#),
+        "{status}"
+    );
 }
 
 #[test]

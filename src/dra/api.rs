@@ -51,9 +51,10 @@ pub trait Objects<T> {
     fn list(&mut self) -> Result<Vec<T>, ApiError>;
     /// The object of that name, whoever made it.
     fn get(&mut self, name: &str) -> Result<Option<T>, ApiError>;
-    fn create(&mut self, object: &T) -> Result<(), ApiError>;
-    /// Replaces the object at the version it names.
-    fn replace(&mut self, object: &T) -> Result<(), ApiError>;
+    /// Creates the object; answers it as the server stored it (without the fields it drops).
+    fn create(&mut self, object: &T) -> Result<T, ApiError>;
+    /// Replaces the object at the version it names; answers it as stored.
+    fn replace(&mut self, object: &T) -> Result<T, ApiError>;
     fn delete(&mut self, name: &str, version: &str) -> Result<(), ApiError>;
 }
 
@@ -204,19 +205,23 @@ impl<T: Object> Objects<T> for HttpObjects<T> {
         fetch(&self.client, &format!("{}/{name}", self.base))
     }
 
-    fn create(&mut self, object: &T) -> Result<(), ApiError> {
+    fn create(&mut self, object: &T) -> Result<T, ApiError> {
         let body = serde_yaml::to_string(object).unwrap_or_default();
-        self.client
-            .send(Method::Post, &self.base, "application/yaml", &body)
-            .map(drop)
+        let response = self
+            .client
+            .send(Method::Post, &self.base, "application/yaml", &body)?;
+        let body = Client::read_body(&self.base, response, MAX_OBJECT)?;
+        decode(&self.base, &body)
     }
 
-    fn replace(&mut self, object: &T) -> Result<(), ApiError> {
+    fn replace(&mut self, object: &T) -> Result<T, ApiError> {
         let url = format!("{}/{}", self.base, object.name());
         let body = serde_yaml::to_string(object).unwrap_or_default();
-        self.client
-            .send(Method::Put, &url, "application/yaml", &body)
-            .map(drop)
+        let response = self
+            .client
+            .send(Method::Put, &url, "application/yaml", &body)?;
+        let body = Client::read_body(&url, response, MAX_OBJECT)?;
+        decode(&url, &body)
     }
 
     fn delete(&mut self, name: &str, version: &str) -> Result<(), ApiError> {

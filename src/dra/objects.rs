@@ -127,9 +127,50 @@ pub struct DeviceClass {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClassSpec {
     #[serde(default)]
     pub selectors: Vec<Selector>,
+    /// The extended resource a pod asks for in `resources.limits` that this class serves
+    /// (KEP-5004): the resource's own name, so the seed's pods run unchanged. A server with the
+    /// `DRAExtendedResource` gate off drops it (see [`Kept`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extended_resource_name: Option<String>,
+}
+
+/// Which of the newer fields the API server keeps. A server with a feature gate off drops the
+/// field on write without a word, so what it keeps is learnt from what a write returns: comparing
+/// with what was wanted regardless would rewrite the object forever. `None` until a write tells.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kept {
+    /// `DeviceClass.spec.extendedResourceName` (gate `DRAExtendedResource`: beta, on, in 1.36).
+    pub extended_resource_name: Option<bool>,
+}
+
+impl Kept {
+    /// What the server dropped, by field, for the log and `spookd status`.
+    pub fn dropped(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.extended_resource_name == Some(false) {
+            out.push("DeviceClass extendedResourceName");
+        }
+        out
+    }
+
+    /// Whether a class the server holds (`old`) is the one wanted, by what the server keeps.
+    pub fn same_class(&self, old: &ClassSpec, want: &ClassSpec) -> bool {
+        old.selectors == want.selectors
+            && (old.extended_resource_name == want.extended_resource_name
+                || (self.extended_resource_name == Some(false)
+                    && old.extended_resource_name.is_none()))
+    }
+
+    /// Learns from a class written as `sent` and stored as `stored`.
+    pub fn learn_class(&mut self, sent: &ClassSpec, stored: &ClassSpec) {
+        if sent.extended_resource_name.is_some() {
+            self.extended_resource_name = Some(stored.extended_resource_name.is_some());
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,7 +311,8 @@ pub fn slices(driver: &str, inventory: &Inventory, generation: i64) -> Vec<Resou
         .collect()
 }
 
-/// One DeviceClass per resource, selecting this driver's devices of that resource.
+/// One DeviceClass per resource, selecting this driver's devices of that resource, and serving
+/// pods that ask for the resource by its name as an extended resource.
 pub fn classes(driver: &str, inventory: &Inventory) -> Vec<DeviceClass> {
     (inventory.classes().iter())
         .map(|(name, resource)| DeviceClass {
@@ -293,6 +335,7 @@ pub fn classes(driver: &str, inventory: &Inventory) -> Vec<DeviceClass> {
                         ),
                     },
                 }],
+                extended_resource_name: Some(resource.to_string()),
             },
         })
         .collect()

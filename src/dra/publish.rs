@@ -31,7 +31,7 @@ use crate::backoff::Backoff;
 use crate::clock::later;
 use crate::config::dra::Inventory;
 use crate::dra::api::{HttpObjects, Object, Objects};
-use crate::dra::objects::{self, DeviceClass, ResourceSlice, POOL};
+use crate::dra::objects::{self, DeviceClass, Kept, ResourceSlice, POOL};
 use crate::kube::client::ApiError;
 use crate::kube::watch::{list_then_watch, Events, Failure, Observer, Phase, Policy, WatchApi};
 use crate::leases::protocol::{self, Acquired, Lease, LeaseApi, Observations};
@@ -192,9 +192,10 @@ pub fn reconcile(
     driver: &str,
     inventory: &Inventory,
     floor: i64,
+    kept: &mut Kept,
     lead: &mut dyn FnMut() -> bool,
 ) -> Result<Published, PublishError> {
-    let mut changed = reconcile_classes(classes, driver, inventory, lead)?;
+    let mut changed = reconcile_classes(classes, driver, inventory, kept, lead)?;
     let observed: Vec<ResourceSlice> = slices
         .list()?
         .into_iter()
@@ -270,7 +271,9 @@ pub fn reconcile(
                         slice.metadata.name.clear();
                         slices.create(slice)?;
                     }
-                    other => other?,
+                    other => {
+                        other?;
+                    }
                 },
             }
         }
@@ -294,6 +297,7 @@ fn reconcile_classes(
     api: &mut dyn Objects<DeviceClass>,
     driver: &str,
     inventory: &Inventory,
+    kept: &mut Kept,
     lead: &mut dyn FnMut() -> bool,
 ) -> Result<bool, PublishError> {
     let observed = api.list()?;
@@ -307,15 +311,19 @@ fn reconcile_classes(
             .iter()
             .find(|o| o.metadata.name == class.metadata.name)
         {
-            Some(old) if old.spec == class.spec => {}
+            Some(old) if kept.same_class(&old.spec, &class.spec) => {}
             Some(old) => {
                 let mut class = class.clone();
                 class.metadata.resource_version = old.metadata.resource_version.clone();
-                api.replace(&class)?;
+                let stored = api.replace(&class)?;
+                kept.learn_class(&class.spec, &stored.spec);
                 changed = true;
             }
             None => match api.create(class) {
-                Ok(()) => changed = true,
+                Ok(stored) => {
+                    kept.learn_class(&class.spec, &stored.spec);
+                    changed = true;
+                }
                 // Someone else's class of that name (not labelled ours): theirs to keep.
                 Err(e) if e.status() == Some(409) => warn!(
                     "a DeviceClass {} exists that spookd did not make; leaving it as it is",
@@ -473,6 +481,7 @@ fn run(
     let mut leader = false;
     let mut failing = false;
     let mut floor = 0;
+    let mut kept = Kept::default();
     loop {
         let mut deadline = next_lease;
         if leader && inventory.is_some() {
@@ -511,6 +520,7 @@ fn run(
         else {
             continue;
         };
+        let dropped_before = kept.dropped();
         let PublisherApi {
             leases,
             slices,
@@ -529,6 +539,7 @@ fn run(
             driver,
             inv,
             floor,
+            &mut kept,
             &mut lead,
         ) {
             Ok(p) => {
@@ -539,6 +550,16 @@ fn run(
                         p.devices, p.slices, p.generation
                     );
                 }
+                let dropped = kept.dropped();
+                if dropped != dropped_before {
+                    // Once per process: the server keeps dropping it, and nothing is rewritten.
+                    warn!(
+                        "the API server drops {} (its feature gates are off: Kubernetes 1.34 or \
+                         1.35?): pods asking for the resources in resources.limits are not \
+                         served by DRA; compared by what the server keeps",
+                        dropped.join(", ")
+                    );
+                }
                 failing = false;
                 backoff.reset();
                 next_publish = later(Instant::now(), RESYNC);
@@ -546,6 +567,7 @@ fn run(
                     generation: p.generation,
                     slices: p.slices,
                     devices: p.devices,
+                    dropped,
                 }));
             }
             Err(e) => {
@@ -575,6 +597,8 @@ mod tests {
         objects: BTreeMap<String, (u64, T)>,
         version: u64,
         writes: usize,
+        /// As a server with the newer feature gates off: drops their fields on write.
+        gates_off: bool,
     }
 
     impl<T> Default for Memory<T> {
@@ -583,6 +607,7 @@ mod tests {
                 objects: BTreeMap::new(),
                 version: 0,
                 writes: 0,
+                gates_off: false,
             }
         }
     }
@@ -601,6 +626,8 @@ mod tests {
         /// As the API server does: a create with no name but a `generateName` gets the prefix
         /// and a suffix.
         fn generate_name(&mut self, suffix: u64);
+        /// Drops the fields a server with the newer gates off drops.
+        fn drop_gated(&mut self) {}
     }
     impl Versioned for ResourceSlice {
         fn set_version(&mut self, v: String) {
@@ -618,6 +645,9 @@ mod tests {
             self.metadata.resource_version = v;
         }
         fn generate_name(&mut self, _: u64) {}
+        fn drop_gated(&mut self) {
+            self.spec.extended_resource_name = None;
+        }
     }
 
     impl<T: Object + Versioned> Objects<T> for Memory<T> {
@@ -627,7 +657,7 @@ mod tests {
         fn get(&mut self, name: &str) -> Result<Option<T>, ApiError> {
             Ok(self.objects.get(name).map(|(_, o)| o.clone()))
         }
-        fn create(&mut self, o: &T) -> Result<(), ApiError> {
+        fn create(&mut self, o: &T) -> Result<T, ApiError> {
             let mut o = o.clone();
             o.generate_name(self.version + 1);
             if self.objects.contains_key(o.name()) {
@@ -636,10 +666,14 @@ mod tests {
             self.version += 1;
             self.writes += 1;
             o.set_version(self.version.to_string());
-            self.objects.insert(o.name().to_owned(), (self.version, o));
-            Ok(())
+            if self.gates_off {
+                o.drop_gated();
+            }
+            self.objects
+                .insert(o.name().to_owned(), (self.version, o.clone()));
+            Ok(o)
         }
-        fn replace(&mut self, o: &T) -> Result<(), ApiError> {
+        fn replace(&mut self, o: &T) -> Result<T, ApiError> {
             match self.objects.get(o.name()) {
                 None => return Err(status(404)),
                 Some((v, _)) if v.to_string() != o.version() => return Err(status(409)),
@@ -649,8 +683,12 @@ mod tests {
             self.writes += 1;
             let mut o = o.clone();
             o.set_version(self.version.to_string());
-            self.objects.insert(o.name().to_owned(), (self.version, o));
-            Ok(())
+            if self.gates_off {
+                o.drop_gated();
+            }
+            self.objects
+                .insert(o.name().to_owned(), (self.version, o.clone()));
+            Ok(o)
         }
         fn delete(&mut self, name: &str, version: &str) -> Result<(), ApiError> {
             match self.objects.get(name) {
@@ -679,11 +717,110 @@ mod tests {
       - {resourceName: a.io/y, instanceID: '1'}
 ";
 
+    /// Every class serves its resource by name to pods that ask in `resources.limits`. A server
+    /// with the gate off drops the field: each class is written once, the drop is learnt from
+    /// what the server stored, and nothing is rewritten after. A server that keeps it gets an
+    /// older class (written without the field) updated.
+    #[test]
+    fn classes_serve_extended_resources_by_what_the_server_keeps() {
+        let inv = inventory(TWO_SETS);
+        let want: Vec<(String, Option<String>)> = vec![
+            ("x.a.io".into(), Some("a.io/x".into())),
+            ("y.a.io".into(), Some("a.io/y".into())),
+        ];
+        let stored = |c: &Memory<DeviceClass>| -> Vec<(String, Option<String>)> {
+            (c.objects.values())
+                .map(|(_, c)| {
+                    (
+                        c.metadata.name.clone(),
+                        c.spec.extended_resource_name.clone(),
+                    )
+                })
+                .collect()
+        };
+        // Gates on: kept, and learnt so.
+        let (mut slices, mut classes) = (Memory::default(), Memory::default());
+        let mut kept = Kept::default();
+        reconcile(
+            &mut slices,
+            &mut classes,
+            "d.io",
+            &inv,
+            0,
+            &mut kept,
+            &mut || true,
+        )
+        .unwrap();
+        assert_eq!(stored(&classes), want);
+        assert_eq!(kept.extended_resource_name, Some(true));
+        assert!(kept.dropped().is_empty());
+        // An older spookd's class, without the field, is updated on a server that keeps it.
+        for (_, c) in classes.objects.values_mut() {
+            c.spec.extended_resource_name = None;
+        }
+        let p = reconcile(
+            &mut slices,
+            &mut classes,
+            "d.io",
+            &inv,
+            0,
+            &mut kept,
+            &mut || true,
+        );
+        assert!(p.unwrap().changed);
+        assert_eq!(stored(&classes), want);
+        assert_eq!(classes.writes, 4);
+
+        // Gates off: written once each, then compared by what the server keeps.
+        let (mut slices, mut classes) = (Memory::default(), Memory::<DeviceClass>::default());
+        classes.gates_off = true;
+        let mut kept = Kept::default();
+        for _ in 0..5 {
+            reconcile(
+                &mut slices,
+                &mut classes,
+                "d.io",
+                &inv,
+                0,
+                &mut kept,
+                &mut || true,
+            )
+            .unwrap();
+        }
+        assert_eq!(classes.writes, 2);
+        assert_eq!(
+            stored(&classes),
+            [("x.a.io".to_owned(), None), ("y.a.io".to_owned(), None)]
+        );
+        assert_eq!(kept.dropped(), ["DeviceClass extendedResourceName"]);
+        // A later change of a class's selector (another driver name) is still written.
+        let p = reconcile(
+            &mut slices,
+            &mut classes,
+            "e.io",
+            &inv,
+            0,
+            &mut kept,
+            &mut || true,
+        );
+        assert!(p.unwrap().changed);
+        assert_eq!(classes.writes, 4);
+    }
+
     #[test]
     fn publishes_once_then_only_what_changed() {
         let (mut slices, mut classes) = (Memory::default(), Memory::default());
         let inv = inventory(TWO_SETS);
-        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut || true).unwrap();
+        let p = reconcile(
+            &mut slices,
+            &mut classes,
+            "d.io",
+            &inv,
+            0,
+            &mut Kept::default(),
+            &mut || true,
+        )
+        .unwrap();
         assert_eq!(
             (p.generation, p.slices, p.devices, p.changed),
             (1, 2, 3, true)
@@ -691,7 +828,16 @@ mod tests {
         assert_eq!(slices.writes, 2);
         assert_eq!(classes.writes, 2);
         // Up to date: nothing written.
-        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut || true).unwrap();
+        let p = reconcile(
+            &mut slices,
+            &mut classes,
+            "d.io",
+            &inv,
+            0,
+            &mut Kept::default(),
+            &mut || true,
+        )
+        .unwrap();
         assert_eq!((p.generation, p.changed), (1, false));
         assert_eq!(slices.writes, 2);
         // Device 2 moves to host c, resource a.io/y goes: generation 2, one slice, the other
@@ -706,7 +852,16 @@ mod tests {
       - {resourceName: a.io/x, instanceID: '2'}
 ",
         );
-        let p = reconcile(&mut slices, &mut classes, "d.io", &moved, 0, &mut || true).unwrap();
+        let p = reconcile(
+            &mut slices,
+            &mut classes,
+            "d.io",
+            &moved,
+            0,
+            &mut Kept::default(),
+            &mut || true,
+        )
+        .unwrap();
         assert_eq!((p.generation, p.slices, p.changed), (2, 2, true));
         let now: Vec<(String, i64, Vec<String>)> = slices
             .objects
@@ -730,12 +885,30 @@ mod tests {
         assert_eq!(names, ["x.a.io"]);
         // Someone deletes a slice: the next publish repairs it at a new generation.
         slices.objects.remove("d.io-1");
-        let p = reconcile(&mut slices, &mut classes, "d.io", &moved, 0, &mut || true).unwrap();
+        let p = reconcile(
+            &mut slices,
+            &mut classes,
+            "d.io",
+            &moved,
+            0,
+            &mut Kept::default(),
+            &mut || true,
+        )
+        .unwrap();
         assert_eq!((p.generation, p.changed), (3, true));
         assert_eq!(slices.objects.len(), 2);
         // Every slice deleted: the generation goes on from the highest this publisher wrote.
         slices.objects.clear();
-        let p = reconcile(&mut slices, &mut classes, "d.io", &moved, 3, &mut || true).unwrap();
+        let p = reconcile(
+            &mut slices,
+            &mut classes,
+            "d.io",
+            &moved,
+            3,
+            &mut Kept::default(),
+            &mut || true,
+        )
+        .unwrap();
         assert_eq!(p.generation, 4);
     }
 
@@ -748,7 +921,16 @@ mod tests {
         let mut foreign = objects::slices("other.io", &inv, 7).remove(0);
         foreign.metadata.name = "d.io-0".into();
         slices.create(&foreign).unwrap();
-        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut || true).unwrap();
+        let p = reconcile(
+            &mut slices,
+            &mut classes,
+            "d.io",
+            &inv,
+            0,
+            &mut Kept::default(),
+            &mut || true,
+        )
+        .unwrap();
         assert_eq!((p.generation, p.slices, p.changed), (1, 2, true));
         let of = |slices: &Memory<ResourceSlice>| -> Vec<(String, String, i64)> {
             (slices.objects.values())
@@ -774,7 +956,16 @@ mod tests {
         );
         // Up to date under that name: nothing written.
         let writes = slices.writes;
-        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut || true).unwrap();
+        let p = reconcile(
+            &mut slices,
+            &mut classes,
+            "d.io",
+            &inv,
+            0,
+            &mut Kept::default(),
+            &mut || true,
+        )
+        .unwrap();
         assert_eq!((p.generation, p.changed, slices.writes), (1, false, writes));
         // A change rewrites the slice under the name it has: no new name, nothing deleted.
         let fewer = inventory(
@@ -787,7 +978,16 @@ mod tests {
       - {resourceName: a.io/y, instanceID: '1'}
 ",
         );
-        let p = reconcile(&mut slices, &mut classes, "d.io", &fewer, 0, &mut || true).unwrap();
+        let p = reconcile(
+            &mut slices,
+            &mut classes,
+            "d.io",
+            &fewer,
+            0,
+            &mut Kept::default(),
+            &mut || true,
+        )
+        .unwrap();
         assert_eq!((p.generation, p.slices, p.changed), (2, 2, true));
         let names: Vec<(String, String, i64)> = of(&slices);
         assert_eq!(
@@ -817,13 +1017,13 @@ mod tests {
             fn get(&mut self, name: &str) -> Result<Option<ResourceSlice>, ApiError> {
                 self.inner.get(name)
             }
-            fn create(&mut self, o: &ResourceSlice) -> Result<(), ApiError> {
+            fn create(&mut self, o: &ResourceSlice) -> Result<ResourceSlice, ApiError> {
                 if let Some(other) = self.other.take() {
                     self.inner.create(&other).unwrap();
                 }
                 self.inner.create(o)
             }
-            fn replace(&mut self, o: &ResourceSlice) -> Result<(), ApiError> {
+            fn replace(&mut self, o: &ResourceSlice) -> Result<ResourceSlice, ApiError> {
                 self.inner.replace(o)
             }
             fn delete(&mut self, name: &str, version: &str) -> Result<(), ApiError> {
@@ -837,7 +1037,16 @@ mod tests {
             other: Some(other),
         };
         let mut classes = Memory::default();
-        let e = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut || true).unwrap_err();
+        let e = reconcile(
+            &mut slices,
+            &mut classes,
+            "d.io",
+            &inv,
+            0,
+            &mut Kept::default(),
+            &mut || true,
+        )
+        .unwrap_err();
         assert!(
             matches!(&e, PublishError::Api(a) if a.status() == Some(409)),
             "{e}"
@@ -845,7 +1054,16 @@ mod tests {
         let names: Vec<&String> = slices.inner.objects.keys().collect();
         assert_eq!(names, ["d.io-0"]);
         // The next publish lists the other publisher's slice and takes it over.
-        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut || true).unwrap();
+        let p = reconcile(
+            &mut slices,
+            &mut classes,
+            "d.io",
+            &inv,
+            0,
+            &mut Kept::default(),
+            &mut || true,
+        )
+        .unwrap();
         assert_eq!((p.generation, p.slices), (2, 2));
         let names: Vec<&String> = slices.inner.objects.keys().collect();
         assert_eq!(names, ["d.io-0", "d.io-1"]);
@@ -860,7 +1078,16 @@ mod tests {
             asked += 1;
             asked <= 3
         };
-        let e = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut lead).unwrap_err();
+        let e = reconcile(
+            &mut slices,
+            &mut classes,
+            "d.io",
+            &inv,
+            0,
+            &mut Kept::default(),
+            &mut lead,
+        )
+        .unwrap_err();
         assert!(matches!(e, PublishError::NoLongerLeader), "{e}");
         // Two classes written, then one slice; the second slice never.
         assert_eq!((classes.writes, slices.writes), (2, 1));
@@ -873,7 +1100,16 @@ mod tests {
         let mut s = objects::slices("d.io", &inv, i64::MAX).remove(0);
         s.spec.devices.clear();
         slices.create(&s).unwrap();
-        let p = reconcile(&mut slices, &mut classes, "d.io", &inv, 0, &mut || true).unwrap();
+        let p = reconcile(
+            &mut slices,
+            &mut classes,
+            "d.io",
+            &inv,
+            0,
+            &mut Kept::default(),
+            &mut || true,
+        )
+        .unwrap();
         assert_eq!(p.generation, i64::MAX);
     }
 

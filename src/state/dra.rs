@@ -88,10 +88,12 @@ impl<B: Backend> State<B> {
                 generation,
                 slices,
                 devices,
+                dropped,
             } => {
                 status.generation = generation;
                 status.slices = slices;
                 status.devices = devices;
+                status.dropped = dropped;
             }
             DraEvent::PublishFailed => status.publish_failures += 1,
             DraEvent::Registered(registered) => status.registered = registered,

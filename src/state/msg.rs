@@ -165,6 +165,8 @@ pub enum DraEvent {
         generation: i64,
         slices: usize,
         devices: usize,
+        /// The written fields the API server drops (its feature gates are off).
+        dropped: Vec<&'static str>,
     },
     /// A publish attempt failed; it is retried.
     PublishFailed,
@@ -185,6 +187,8 @@ pub struct DraStatus {
     pub registered: bool,
     pub claims_ok: u64,
     pub claims_failed: u64,
+    /// The written fields the API server drops (its feature gates are off).
+    pub dropped: Vec<&'static str>,
 }
 
 /// Why an Allocate was refused. Answered to the kubelet as INVALID_ARGUMENT (or UNAVAILABLE).
