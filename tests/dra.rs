@@ -908,9 +908,9 @@ fn busybox_image() -> &'static str {
     IMAGE
 }
 
-/// `env` in a busybox container given CDI device `id`, as this machine's podman runs it (runc on
-/// cgroup v1 with cgroupfs; rlimits no higher than the sandbox allows).
-fn podman_env(id: &str) -> std::process::Output {
+/// `env` in a busybox container given CDI devices `ids`, as this machine's podman runs it (runc
+/// on cgroup v1 with cgroupfs; rlimits no higher than the sandbox allows).
+fn podman_env(ids: &[&str]) -> std::process::Output {
     std::process::Command::new("podman")
         .args([
             "--runtime",
@@ -928,7 +928,8 @@ fn podman_env(id: &str) -> std::process::Output {
             "--ulimit",
             "nproc=1024:1024",
         ])
-        .args(["--device", id, busybox_image(), "/bin/busybox", "env"])
+        .args(ids.iter().flat_map(|id| ["--device", id]))
+        .args([busybox_image(), "/bin/busybox", "env"])
         .output()
         .unwrap()
 }
@@ -991,7 +992,7 @@ fn podman_runs_a_container_with_a_prepared_claims_env() {
     assert_eq!(prepared.error, "", "{}", node.log());
     let cdi_id = prepared.devices[0].cdi_device_ids[0].clone();
     assert_eq!(cdi_id, format!("{driver}/claim=uid-podman"));
-    let out = podman_env(&cdi_id);
+    let out = podman_env(&[&cdi_id]);
     let spec = PathBuf::from("/var/run/cdi").join(format!("{driver}-claim_uid-podman.yaml"));
     let unprepared =
         node.kubelet
@@ -1010,6 +1011,250 @@ fn podman_runs_a_container_with_a_prepared_claims_env() {
         .collect();
     assert_eq!(seen, two_scopes_env());
     assert_eq!(unprepared.unwrap().claims["uid-podman"].error, "");
+}
+
+/// A claim the scheduler made for a pod's extended resources (KEP-5004): its annotation, and one
+/// request per (container, resource), `results` as (request, device).
+fn extended_claim(name: &str, uid: &str, driver: &str, results: &[(&str, &str)]) -> Value {
+    let mut c = claim("lab", name, uid, results);
+    c["metadata"]["annotations"] =
+        serde_yaml::from_str("{resource.kubernetes.io/extended-resource-claim: 'true'}").unwrap();
+    for r in c["status"]["allocation"]["devices"]["results"]
+        .as_sequence_mut()
+        .unwrap()
+    {
+        r["driver"] = driver.into();
+    }
+    c
+}
+
+/// A prepared claim's CDI IDs by request, and each CDI device's env (from the spec in `cdi`).
+type ByRequest = BTreeMap<String, Vec<String>>;
+fn prepared(
+    answer: &spookd::dra::proto::NodePrepareResourceResponse,
+    cdi: &Path,
+    driver: &str,
+    uid: &str,
+) -> (ByRequest, BTreeMap<String, BTreeMap<String, String>>) {
+    assert_eq!(answer.error, "");
+    let mut by_request = ByRequest::new();
+    for d in &answer.devices {
+        assert_eq!(d.request_names.len(), 1, "{d:?}");
+        let ids = by_request.entry(d.request_names[0].clone()).or_default();
+        ids.extend(d.cdi_device_ids.iter().cloned());
+        ids.sort();
+        ids.dedup();
+    }
+    let path = cdi.join(format!("{driver}-claim_{uid}.yaml"));
+    let spec: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let envs = spec["devices"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let env = d["containerEdits"]["env"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    let (k, v) = e.as_str().unwrap().split_once('=').unwrap();
+                    (k.to_owned(), v.to_owned())
+                })
+                .collect();
+            (
+                format!("{driver}/claim={}", d["name"].as_str().unwrap()),
+                env,
+            )
+        })
+        .collect();
+    (by_request, envs)
+}
+
+/// The env each container of a pod with unchanged `resources.limits` gets from the claim the
+/// scheduler made: one CDI device per request, each numbered within its request. Container 0
+/// asks one scope; container 1 one scope and one widget (its requests sorted by resource name, as
+/// the scheduler names them; spookd reads them from the claim). A second pod's one container asks
+/// two scopes: DEV0 and DEV1 within its request. With podman as root, each container runs with
+/// only its own CDI IDs and its env is read inside it.
+#[test]
+fn a_scheduler_made_claim_gives_each_container_only_its_requests_env() {
+    let (api, creds) = apiserver::with_credentials("dra-per-request");
+    let tmp = TempDir::new();
+    let config = ConfigVolume::new(tmp.join("cm"), CONFIG);
+    let podman = crate::util::is_root();
+    let driver = if podman {
+        format!("r{}.spookd.test", std::process::id())
+    } else {
+        DRIVER.to_owned()
+    };
+    let mut extra = vec!["--dra-driver", driver.as_str()];
+    if podman {
+        // podman 4.3 reads CDI specs from /etc/cdi and /var/run/cdi only.
+        extra.extend(["--cdi-dir", "/var/run/cdi"]);
+    }
+    let node = Node::start("node1", &api, &creds, &config.path(), &extra);
+    let cdi = if podman {
+        PathBuf::from("/var/run/cdi")
+    } else {
+        node.cdi()
+    };
+    assert!(
+        node.kubelet.wait_registered(&driver, WAIT).is_some(),
+        "{}",
+        node.log()
+    );
+    let claims = "namespaces/lab/resourceclaims";
+    api.put_object(
+        claims,
+        extended_claim(
+            "pod-a-extended-resources-x7k2q",
+            "uid-a",
+            &driver,
+            &[
+                ("container-0-request-0", "oscilloscope-skao-int-0002"),
+                ("container-1-request-0", "widget-example-com-sg-1"),
+                ("container-1-request-1", "oscilloscope-skao-int-0001"),
+            ],
+        ),
+    );
+    api.put_object(
+        claims,
+        extended_claim(
+            "pod-b-extended-resources-p4m9z",
+            "uid-b",
+            &driver,
+            &[
+                ("container-0-request-0", "oscilloscope-skao-int-0002"),
+                ("container-0-request-0", "oscilloscope-skao-int-0001"),
+            ],
+        ),
+    );
+    let answer = node
+        .kubelet
+        .prepare(
+            &driver,
+            Version::V1,
+            &[
+                ("lab", "uid-a", "pod-a-extended-resources-x7k2q"),
+                ("lab", "uid-b", "pod-b-extended-resources-p4m9z"),
+            ],
+        )
+        .unwrap();
+    let id = |s: &str| format!("{driver}/claim={s}");
+    let (a, a_env) = prepared(&answer.claims["uid-a"], &cdi, &driver, "uid-a");
+    assert_eq!(
+        a,
+        BTreeMap::from([
+            ("container-0-request-0".to_owned(), vec![id("uid-a-r0")]),
+            ("container-1-request-0".to_owned(), vec![id("uid-a-r1")]),
+            ("container-1-request-1".to_owned(), vec![id("uid-a-r2")]),
+        ])
+    );
+    let scope = |n: &str, ip: &str| {
+        env(&[
+            ("SKAOINT_OSCILLOSCOPE_DEV0_ID", n),
+            ("SKAOINT_OSCILLOSCOPE_DEV0_IP", ip),
+            ("SKAOINT_OSCILLOSCOPE_DEV0_TYPE", "skao.int/oscilloscope"),
+            ("SKAOINT_OSCILLOSCOPE_ID", n),
+            ("SKAOINT_OSCILLOSCOPE_IP", ip),
+            ("SKAOINT_OSCILLOSCOPE_NUM_DEVICES", "1"),
+            ("SKAOINT_OSCILLOSCOPE_TYPE", "skao.int/oscilloscope"),
+        ])
+    };
+    let widget = env(&[
+        ("EXAMPLECOM_WIDGET_DEV0_ID", "sg-1"),
+        ("EXAMPLECOM_WIDGET_DEV0_TYPE", "example.com/widget"),
+        ("EXAMPLECOM_WIDGET_ID", "sg-1"),
+        ("EXAMPLECOM_WIDGET_NUM_DEVICES", "1"),
+        ("EXAMPLECOM_WIDGET_TYPE", "example.com/widget"),
+    ]);
+    assert_eq!(
+        a_env,
+        BTreeMap::from([
+            (id("uid-a-r0"), scope("0002", "10.0.10.216")),
+            (id("uid-a-r1"), widget.clone()),
+            (id("uid-a-r2"), scope("0001", "10.0.10.215")),
+        ])
+    );
+    let (b, b_env) = prepared(&answer.claims["uid-b"], &cdi, &driver, "uid-b");
+    assert_eq!(
+        b,
+        BTreeMap::from([("container-0-request-0".to_owned(), vec![id("uid-b-r0")])])
+    );
+    assert_eq!(b_env, BTreeMap::from([(id("uid-b-r0"), two_scopes_env())]));
+
+    // An ordinary claim keeps one CDI device for the whole claim.
+    api.put_object(
+        claims,
+        claim(
+            "lab",
+            "plain",
+            "uid-c",
+            &[("scope", "oscilloscope-skao-int-0001")],
+        ),
+    );
+    let mut plain = claim(
+        "lab",
+        "plain",
+        "uid-c",
+        &[("scope", "oscilloscope-skao-int-0001")],
+    );
+    plain["status"]["allocation"]["devices"]["results"][0]["driver"] = driver.clone().into();
+    api.put_object(claims, plain);
+    let answer = node
+        .kubelet
+        .prepare(&driver, Version::V1, &[("lab", "uid-c", "plain")])
+        .unwrap();
+    let (c, _) = prepared(&answer.claims["uid-c"], &cdi, &driver, "uid-c");
+    assert_eq!(c, BTreeMap::from([("scope".to_owned(), vec![id("uid-c")])]));
+
+    if podman {
+        // Each container as the kubelet starts it: with the CDI IDs of its own requests.
+        let containers: [(&[&str], BTreeMap<String, String>); 3] = [
+            (&["container-0-request-0"], scope("0002", "10.0.10.216")),
+            (
+                &["container-1-request-0", "container-1-request-1"],
+                widget
+                    .into_iter()
+                    .chain(scope("0001", "10.0.10.215"))
+                    .collect(),
+            ),
+            (&["container-0-request-0"], two_scopes_env()),
+        ];
+        for (n, (requests, want)) in containers.iter().enumerate() {
+            let by = if n < 2 { &a } else { &b };
+            let ids: Vec<&str> = requests
+                .iter()
+                .flat_map(|r| by[*r].iter().map(String::as_str))
+                .collect();
+            let out = podman_env(&ids);
+            assert!(
+                out.status.success(),
+                "podman: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let seen: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .filter(|(k, _)| k.starts_with("SKAOINT_") || k.starts_with("EXAMPLECOM_"))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            assert_eq!(&seen, want, "container {n} ({requests:?})");
+        }
+    } else {
+        eprintln!("podman part skipped: it runs podman as root");
+    }
+    for (uid, name) in [
+        ("uid-a", "pod-a-extended-resources-x7k2q"),
+        ("uid-b", "pod-b-extended-resources-p4m9z"),
+        ("uid-c", "plain"),
+    ] {
+        let r = node
+            .kubelet
+            .unprepare(&driver, Version::V1, &[("lab", uid, name)]);
+        assert_eq!(r.unwrap().claims[uid].error, "");
+        assert!(!cdi.join(format!("{driver}-claim_{uid}.yaml")).exists());
+    }
 }
 
 /// `scripts/demo-dra`: the whole flow without a cluster, printed (ignored by the suite).
@@ -1101,7 +1346,7 @@ fn demo() {
         say(&format!(
             "podman run --device {id} busybox env (the container runtime applies the spec)"
         ));
-        let out = podman_env(&id);
+        let out = podman_env(&[&id]);
         for line in String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.starts_with("SKAOINT_"))

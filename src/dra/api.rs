@@ -262,6 +262,23 @@ pub struct ClaimMeta {
     pub namespace: String,
     #[serde(default)]
     pub uid: String,
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// The annotation the scheduler sets on the claim it makes for a pod's extended resources
+/// (KEP-5004): one request per (container, resource).
+pub const EXTENDED_RESOURCE_CLAIM: &str = "resource.kubernetes.io/extended-resource-claim";
+
+impl ResourceClaim {
+    /// Whether the scheduler made this claim for a pod's extended resources: each container then
+    /// has requests of its own, and must get only their devices' env.
+    pub fn for_extended_resources(&self) -> bool {
+        self.metadata
+            .annotations
+            .get(EXTENDED_RESOURCE_CLAIM)
+            .is_some_and(|v| v == "true")
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]

@@ -73,7 +73,7 @@ pub fn valid_uid(uid: &str) -> bool {
 struct Spec<'a> {
     cdi_version: &'static str,
     kind: &'a str,
-    devices: [SpecDevice<'a>; 1],
+    devices: Vec<SpecDevice<'a>>,
 }
 
 #[derive(Serialize)]
@@ -86,6 +86,17 @@ struct SpecDevice<'a> {
 #[derive(Serialize)]
 struct Edits {
     env: Vec<String>,
+}
+
+/// The name of a claim's CDI device: the claim's UID for the one device of the whole claim, and
+/// `<uid>-r<n>` for the device of its `n`th request (in request-name order) where each request
+/// gets its own (a claim the scheduler made for a pod's extended resources: each container must
+/// get only its own request's env). A UUID, `-`, `r` and digits: a valid CDI device name.
+pub fn device_name(uid: &str, request: Option<usize>) -> String {
+    match request {
+        None => uid.to_owned(),
+        Some(n) => format!("{uid}-r{n}"),
+    }
 }
 
 /// The CDI dir, as one driver writes it.
@@ -111,9 +122,10 @@ impl CdiDir {
         &self.dir
     }
 
-    /// The fully qualified CDI device ID of a claim: `<driver>/claim=<uid>`.
-    pub fn device_id(&self, uid: &str) -> String {
-        format!("{}={uid}", self.kind)
+    /// The fully qualified CDI ID of a claim's device `name` ([`device_name`]):
+    /// `<driver>/claim=<name>`.
+    pub fn device_id(&self, name: &str) -> String {
+        format!("{}={name}", self.kind)
     }
 
     /// Where a claim's spec lives.
@@ -146,17 +158,19 @@ impl CdiDir {
             && fs::symlink_metadata(self.spec_path(uid)).is_ok_and(|m| m.file_type().is_file())
     }
 
-    /// The spec text for `uid` with `env`.
-    pub fn render(&self, uid: &str, env: &BTreeMap<String, String>) -> String {
+    /// The spec text of a claim's CDI devices: (name, env) each.
+    pub fn render(&self, devices: &[(String, BTreeMap<String, String>)]) -> String {
         let spec = Spec {
             cdi_version: CDI_VERSION,
             kind: &self.kind,
-            devices: [SpecDevice {
-                name: uid,
-                container_edits: Edits {
-                    env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-                },
-            }],
+            devices: (devices.iter())
+                .map(|(name, env)| SpecDevice {
+                    name,
+                    container_edits: Edits {
+                        env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                    },
+                })
+                .collect(),
         };
         // Serialising plain strings and lists cannot fail.
         serde_yaml::to_string(&spec).unwrap_or_default()
@@ -164,7 +178,11 @@ impl CdiDir {
 
     /// Writes the spec of `uid` atomically: a temp file in the same dir (not named `*.yaml`, so
     /// no runtime reads it), synced, then renamed over.
-    pub fn write(&self, uid: &str, env: &BTreeMap<String, String>) -> Result<(), CdiError> {
+    pub fn write(
+        &self,
+        uid: &str,
+        devices: &[(String, BTreeMap<String, String>)],
+    ) -> Result<(), CdiError> {
         if !valid_uid(uid) {
             return Err(CdiError::BadUid(uid.to_owned()));
         }
@@ -184,7 +202,7 @@ impl CdiDir {
             .mode(0o644)
             .open(&tmp)
             .map_err(io("create"))?;
-        file.write_all(self.render(uid, env).as_bytes())
+        file.write_all(self.render(devices).as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(io("write"))?;
         fs::rename(&tmp, &path).map_err(io("rename into place"))?;
@@ -249,7 +267,8 @@ mod tests {
             ("A_NOTE".to_owned(), "x=y: \"z\"\n".to_owned()),
         ]);
         let uid = "0b7c4e36-5a1f-4c9e-9d0e-1f2a3b4c5d6e";
-        cdi.write(uid, &env).unwrap();
+        let one = [(device_name(uid, None), env.clone())];
+        cdi.write(uid, &one).unwrap();
         assert_eq!(cdi.device_id(uid), format!("spookd.dev/claim={uid}"));
         let path = dir.join(format!("spookd.dev-claim_{uid}.yaml"));
         let text = fs::read_to_string(&path).unwrap();
@@ -275,12 +294,40 @@ mod tests {
         // it, and a symlink planted there is not followed.
         let tmp = dir.join(format!(".spookd.dev-claim_{uid}.tmp"));
         std::os::unix::fs::symlink("/nonexistent/target", &tmp).unwrap();
-        cdi.write(uid, &env).unwrap();
+        cdi.write(uid, &one).unwrap();
         assert!(!tmp.exists() && fs::symlink_metadata(&tmp).is_err());
         fs::write(&tmp, "half").unwrap();
         cdi.sweep();
         assert!(fs::symlink_metadata(&tmp).is_err());
         cdi.remove(uid).unwrap();
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A claim the scheduler made for a pod's extended resources: a device per request, each with
+    /// its own env, in one spec.
+    #[test]
+    fn a_spec_holds_a_device_per_request_where_asked() {
+        let dir = tmp();
+        let cdi = CdiDir::new(dir.clone(), "spookd.dev");
+        let uid = "0b7c4e36-5a1f-4c9e-9d0e-1f2a3b4c5d6e";
+        let env = |v: &str| BTreeMap::from([("A_ID".to_owned(), v.to_owned())]);
+        let devices = [
+            (device_name(uid, Some(0)), env("1")),
+            (device_name(uid, Some(1)), env("2")),
+        ];
+        cdi.write(uid, &devices).unwrap();
+        let text = fs::read_to_string(cdi.spec_path(uid)).unwrap();
+        let back: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let want: serde_yaml::Value = serde_yaml::from_str(&format!(
+            "[{{name: {uid}-r0, containerEdits: {{env: [A_ID=1]}}}}, \
+             {{name: {uid}-r1, containerEdits: {{env: [A_ID=2]}}}}]"
+        ))
+        .unwrap();
+        assert_eq!(back["devices"], want);
+        assert_eq!(
+            cdi.device_id(&device_name(uid, Some(1))),
+            format!("spookd.dev/claim={uid}-r1")
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -299,7 +346,7 @@ mod tests {
             "a-",
         ] {
             assert!(
-                matches!(cdi.write(bad, &BTreeMap::new()), Err(CdiError::BadUid(_))),
+                matches!(cdi.write(bad, &[]), Err(CdiError::BadUid(_))),
                 "{bad:?}"
             );
             assert!(

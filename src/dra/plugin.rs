@@ -34,7 +34,7 @@ use log::{info, warn};
 use crate::clock::later;
 use crate::config::{is_dns_label, is_dns_subdomain};
 use crate::dra::api::Claims;
-use crate::dra::cdi::{valid_uid, CdiDir};
+use crate::dra::cdi::{device_name, valid_uid, CdiDir};
 use crate::dra::objects::POOL;
 use crate::dra::proto::{
     self, Claim, InfoRequest, NodePrepareResourceResponse, NodePrepareResourcesRequest,
@@ -472,8 +472,51 @@ fn check_claim(claim: &Claim) -> Result<(), String> {
     Ok(())
 }
 
-/// One claim's allocation results of this driver: (request, device) pairs.
-fn results(ctx: &mut PluginContext, claim: &Claim) -> Result<Vec<(String, String)>, String> {
+/// One claim's allocation results of this driver.
+struct Results {
+    /// (request, device) pairs, as the claim's allocation names them.
+    pairs: Vec<(String, String)>,
+    /// Each request gets a CDI device of its own ([`Results::groups`]).
+    per_request: bool,
+}
+
+impl Results {
+    /// The requests each CDI device serves, in order: the whole claim as one, or each request
+    /// (sorted by name) as its own. Request names are read from the claim, never computed.
+    fn requests(&self) -> Vec<Vec<&str>> {
+        if !self.per_request {
+            return vec![self.pairs.iter().map(|(r, _)| r.as_str()).collect()];
+        }
+        let mut names: Vec<&str> = self.pairs.iter().map(|(r, _)| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.into_iter().map(|n| vec![n]).collect()
+    }
+
+    /// The devices of each CDI device, in [`Results::requests`]' order.
+    fn groups(&self) -> Vec<Vec<String>> {
+        (self.requests().iter())
+            .map(|requests| {
+                (self.pairs.iter())
+                    .filter(|(r, _)| requests.contains(&r.as_str()))
+                    .map(|(_, d)| d.clone())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The CDI device name of a request's device.
+    fn device_name(&self, uid: &str, request: &str) -> String {
+        if !self.per_request {
+            return device_name(uid, None);
+        }
+        let n = self.requests().iter().position(|r| r.contains(&request));
+        device_name(uid, n)
+    }
+}
+
+/// One claim's allocation results of this driver.
+fn results(ctx: &mut PluginContext, claim: &Claim) -> Result<Results, String> {
     check_claim(claim)?;
     let what = format!("ResourceClaim {}/{}", claim.namespace, claim.name);
     let found = ctx
@@ -487,6 +530,7 @@ fn results(ctx: &mut PluginContext, claim: &Claim) -> Result<Vec<(String, String
             found.metadata.uid, claim.uid
         ));
     }
+    let per_request = found.for_extended_resources();
     let allocation = found
         .status
         .allocation
@@ -504,7 +548,10 @@ fn results(ctx: &mut PluginContext, claim: &Claim) -> Result<Vec<(String, String
         }
         out.push((r.request, r.device));
     }
-    Ok(out)
+    Ok(Results {
+        pairs: out,
+        per_request,
+    })
 }
 
 /// A claim's refusal, as the kubelet shows it on the pod: it may quote the claim and the API's
@@ -518,7 +565,7 @@ fn error(e: String) -> NodePrepareResourceResponse {
 fn prepare(ctx: &mut PluginContext, claims: &[Claim]) -> NodePrepareResourcesResponse {
     let mut answers: BTreeMap<String, NodePrepareResourceResponse> = BTreeMap::new();
     // Claims read and allocated, waiting for their env: (uid, results).
-    let mut ready: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut ready: Vec<(String, Results)> = Vec::new();
     let start = Instant::now();
     for claim in claims {
         if answers.contains_key(&claim.uid) || ready.iter().any(|(u, _)| *u == claim.uid) {
@@ -539,24 +586,28 @@ fn prepare(ctx: &mut PluginContext, claims: &[Claim]) -> NodePrepareResourcesRes
         }
     }
     let envs = ask_env(&ctx.state, &ready);
-    for ((uid, results), env) in ready.into_iter().zip(envs) {
-        let written = env.and_then(|env| {
+    for ((uid, results), envs) in ready.into_iter().zip(envs) {
+        let written = envs.and_then(|envs| {
             if ctx.cdi.has(&uid) {
                 return Ok(());
             }
-            ctx.cdi.write(&uid, &env).map_err(|e| e.to_string())
+            let devices: Vec<(String, BTreeMap<String, String>)> = (results.requests().iter())
+                .map(|requests| results.device_name(&uid, requests[0]))
+                .zip(envs)
+                .collect();
+            ctx.cdi.write(&uid, &devices).map_err(|e| e.to_string())
         });
         let answer = match written {
             Ok(()) => {
                 let mut r = NodePrepareResourceResponse::new();
-                r.devices = results
-                    .into_iter()
+                r.devices = (results.pairs.iter())
                     .map(|(request, device)| {
                         let mut d = proto::Device::new();
-                        d.request_names = vec![request];
+                        d.request_names = vec![request.clone()];
                         d.pool_name = POOL.to_owned();
-                        d.device_name = device;
-                        d.cdi_device_ids = vec![ctx.cdi.device_id(&uid)];
+                        d.device_name = device.clone();
+                        let name = results.device_name(&uid, request);
+                        d.cdi_device_ids = vec![ctx.cdi.device_id(&name)];
                         d
                     })
                     .collect();
@@ -582,8 +633,8 @@ fn prepare(ctx: &mut PluginContext, claims: &[Claim]) -> NodePrepareResourcesRes
 /// The state thread's env for each ready claim (an error for each if it does not answer).
 fn ask_env(
     state: &Sender<Msg>,
-    ready: &[(String, Vec<(String, String)>)],
-) -> Vec<Result<BTreeMap<String, String>, String>> {
+    ready: &[(String, Results)],
+) -> Vec<Result<Vec<BTreeMap<String, String>>, String>> {
     if ready.is_empty() {
         return Vec::new();
     }
@@ -591,7 +642,7 @@ fn ask_env(
         .iter()
         .map(|(uid, results)| ClaimDevices {
             uid: uid.clone(),
-            devices: results.iter().map(|(_, d)| d.clone()).collect(),
+            groups: results.groups(),
         })
         .collect();
     let (reply, answer) = crossbeam_channel::bounded(1);

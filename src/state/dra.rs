@@ -59,19 +59,23 @@ impl<B: Backend> State<B> {
             .iter()
             .map(|claim| {
                 let inventory = inventory.ok_or(PrepareRefusal::NoConfig)?;
-                let names: Vec<&str> = claim.devices.iter().map(String::as_str).collect();
                 // A device this node does not reach gets no env here, whatever the claim says.
-                for name in &names {
+                for name in claim.groups.iter().flatten() {
                     if let Some(d) = inventory.device(name) {
                         if !d.hosts.contains(node) {
                             return Err(PrepareRefusal::NotHere {
-                                device: (*name).to_owned(),
+                                device: name.clone(),
                                 node: node.to_string(),
                             });
                         }
                     }
                 }
-                inventory.env(&names).map_err(PrepareRefusal::Env)
+                (claim.groups.iter())
+                    .map(|group| {
+                        let names: Vec<&str> = group.iter().map(String::as_str).collect();
+                        inventory.env(&names).map_err(PrepareRefusal::Env)
+                    })
+                    .collect()
             })
             .collect();
         // The asker may have given up (its call timed out): nothing to do then.
@@ -160,10 +164,10 @@ mod tests {
         let (reply, answer) = crossbeam_channel::bounded(1);
         let claims = vec![ClaimDevices {
             uid: "u".into(),
-            devices: devices.iter().map(|d| (*d).to_owned()).collect(),
+            groups: vec![devices.iter().map(|d| (*d).to_owned()).collect()],
         }];
         s.handle(Msg::Prepare { claims, reply }, Instant::now());
-        answer.recv().unwrap().remove(0).map(|env| env.len())
+        answer.recv().unwrap().remove(0).map(|envs| envs[0].len())
     }
 
     const ONE: &str = "deviceMapping:\n  - hosts: [n1]\n    devices:\n      - {resourceName: a.io/s, instanceID: '1'}\n";

@@ -107,11 +107,13 @@ impl Notice {
 }
 
 /// `--dra`: a claim to prepare, as the API has it allocated: its UID and the names of the devices
-/// this driver gave it.
+/// this driver gave it, in groups that each get their own env (numbered within the group): the
+/// whole claim as one group, or one group per request where each container must see only its
+/// own request's devices (a claim the scheduler made for a pod's extended resources).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimDevices {
     pub uid: String,
-    pub devices: Vec<String>,
+    pub groups: Vec<Vec<String>>,
 }
 
 /// Why a claim's env cannot be given.
@@ -152,8 +154,8 @@ impl fmt::Display for PrepareRefusal {
 
 impl std::error::Error for PrepareRefusal {}
 
-/// Where the env of a Prepare's claims goes.
-pub type PrepareReply = crossbeam_channel::Sender<Vec<Result<ContainerEnv, PrepareRefusal>>>;
+/// Where the env of a Prepare's claims goes: for each claim, an env for each of its groups.
+pub type PrepareReply = crossbeam_channel::Sender<Vec<Result<Vec<ContainerEnv>, PrepareRefusal>>>;
 
 /// `--dra`: what the publisher and the kubelet plugin report.
 #[derive(Clone, Debug, PartialEq, Eq)]
