@@ -1,6 +1,7 @@
 //! Generates the kubelet device-plugin messages from `proto/api.proto` (and the podresources API's
 //! from `proto/podresources.proto`, the DRA plugin's from `proto/dra.proto` and
-//! `proto/pluginregistration.proto`) with protobuf-codegen's pure
+//! `proto/pluginregistration.proto`, its health API's from `proto/drahealth.proto`) with
+//! protobuf-codegen's pure
 //! Rust parser, so building needs no `protoc`. The gRPC service glue is hand-written in src/proto.rs:
 //! grpcio-compiler only targets protobuf 2, which we keep out of Cargo.lock (RUSTSEC-2024-0437).
 
@@ -28,6 +29,7 @@ fn main() {
     println!("cargo:rerun-if-changed=proto/podresources.proto");
     println!("cargo:rerun-if-changed=proto/dra.proto");
     println!("cargo:rerun-if-changed=proto/pluginregistration.proto");
+    println!("cargo:rerun-if-changed=proto/drahealth.proto");
     protobuf_codegen::Codegen::new()
         .pure()
         .include("proto")
@@ -35,6 +37,7 @@ fn main() {
         .input("proto/podresources.proto")
         .input("proto/dra.proto")
         .input("proto/pluginregistration.proto")
+        .input("proto/drahealth.proto")
         .cargo_out_dir("proto")
         // No descriptors or reflection: grpcio only needs `Message`, and they cost binary size.
         .customize(protobuf_codegen::Customize::default().lite_runtime(true))

@@ -585,10 +585,11 @@ fn lease_namespace(given: Option<String>, what: &'static str) -> Result<String, 
     }
 }
 
-/// The state thread's side effects as a DRA driver: only the publisher (no device-plugin
-/// servers, registrations or probes).
+/// The state thread's side effects as a DRA driver: the publisher and the probes of the devices
+/// this node reaches (no device-plugin servers or registrations).
 struct DraEffects {
     publisher: Publisher,
+    prober: Prober,
     events: Option<Events>,
 }
 
@@ -607,7 +608,9 @@ impl Backend for DraEffects {
     fn kubelet_socket(&self) -> Option<u64> {
         None
     }
-    fn set_probes(&mut self, _: ProbeSet) {}
+    fn set_probes(&mut self, probes: ProbeSet) {
+        self.prober.set(probes);
+    }
     fn exclusive(&self) -> bool {
         false
     }
@@ -692,9 +695,14 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
     let slice_watcher = SliceWatcher::spawn(watch, publisher.nudge())
         .map_err(startup("start the ResourceSlice watch"))?;
     let events = start_events(opts.events.clone(), &opts.node_name, &tx)?;
+    let prober = Prober::spawn(tx.clone()).map_err(startup("start the probe thread"))?;
     let state = State::new(
         opts.node_name,
-        DraEffects { publisher, events },
+        DraEffects {
+            publisher,
+            prober,
+            events,
+        },
         Instant::now(),
     );
     let mut state_thread = Worker::spawn("spookd-state", move || state::run(state, &rx))

@@ -709,6 +709,48 @@ pub mod dra {
         }
     }
 
+    /// The newest list a device-health stream sent: (device, health, message) each.
+    pub type HealthSeen = Arc<Mutex<Option<Vec<(String, proto::HealthStatus, String)>>>>;
+
+    impl DraKubelet {
+        /// Opens NodeWatchResources on the driver's DRA socket, as the kubelet does when the
+        /// registration lists the health service; the stream's newest list lands in the answer.
+        pub fn watch_health(&self, driver: &str) -> HealthSeen {
+            let endpoint = self
+                .registered(driver)
+                .unwrap_or_else(|| panic!("{driver} is not registered"))
+                .endpoint;
+            let channel =
+                ChannelBuilder::new(self.grpc.clone()).connect(&format!("unix:{endpoint}"));
+            let client = proto::DraHealthClient::new(channel);
+            let seen: HealthSeen = Arc::default();
+            let out = seen.clone();
+            let Ok(mut stream) = client.watch(CallOption::default()) else {
+                return seen;
+            };
+            let keep = client.clone();
+            let reader = async move {
+                use futures_util::StreamExt as _;
+                // The call lives as long as its client.
+                let _client = keep;
+                while let Some(Ok(r)) = stream.next().await {
+                    let list = (r.devices.iter())
+                        .map(|d| {
+                            (
+                                d.device.device_name.clone(),
+                                d.health.enum_value_or_default(),
+                                d.message.clone(),
+                            )
+                        })
+                        .collect();
+                    *out.lock().unwrap() = Some(list);
+                }
+            };
+            client.spawn(reader);
+            seen
+        }
+    }
+
     impl Drop for DraKubelet {
         fn drop(&mut self) {
             self.stop.store(true, Ordering::SeqCst);

@@ -634,7 +634,14 @@ fn prepares_claims_with_cdi_specs_and_unprepares_them() {
     let mut node = Node::start("node1", &api, &creds, &config.path(), &[]);
     let reg = node.kubelet.wait_registered(DRIVER, WAIT);
     let reg = reg.unwrap_or_else(|| panic!("not registered\n{}", node.log()));
-    assert_eq!(reg.versions, ["v1.DRAPlugin", "v1beta1.DRAPlugin"]);
+    assert_eq!(
+        reg.versions,
+        [
+            "v1.DRAPlugin",
+            "v1beta1.DRAPlugin",
+            "v1alpha1.DRAResourceHealth"
+        ]
+    );
     assert_eq!(
         reg.endpoint,
         node.dir
@@ -1255,6 +1262,81 @@ fn a_scheduler_made_claim_gives_each_container_only_its_requests_env() {
         assert_eq!(r.unwrap().claims[uid].error, "");
         assert!(!cdi.join(format!("{driver}-claim_{uid}.yaml")).exists());
     }
+}
+
+/// The kubelet's device-health stream (NodeWatchResources, listed in the registration): every
+/// device this node reaches, Healthy at once; a probe failing turns its device Unhealthy with
+/// what the probe saw, and it heals when the probe succeeds again. Devices of other nodes are
+/// not listed.
+#[test]
+fn the_kubelet_sees_each_devices_health_on_its_stream() {
+    use spookd::dra::proto::HealthStatus::{HEALTHY, UNHEALTHY};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = format!(
+        r#"
+deviceMapping:
+  - hosts: [node1]
+    devices:
+      - resourceName: skao.int/oscilloscope
+        instanceID: "0001"
+        healthCheck: {{tcp: "{addr}", interval: 100ms, timeout: 50ms, failureThreshold: 1}}
+      - resourceName: example.com/widget
+        instanceID: sg-1
+  - hosts: [node2]
+    devices:
+      - resourceName: skao.int/oscilloscope
+        instanceID: "0009"
+"#
+    );
+    let (api, creds) = apiserver::with_credentials("dra-health");
+    let tmp = TempDir::new();
+    let volume = ConfigVolume::new(tmp.join("cm"), &config);
+    let node = Node::start("node1", &api, &creds, &volume.path(), &[]);
+    let reg = node.kubelet.wait_registered(DRIVER, WAIT);
+    let reg = reg.unwrap_or_else(|| panic!("not registered\n{}", node.log()));
+    assert!(reg
+        .versions
+        .iter()
+        .any(|v| v == "v1alpha1.DRAResourceHealth"));
+    let seen = node.kubelet.watch_health(DRIVER);
+    let wait = |want: &[(&str, spookd::dra::proto::HealthStatus)]| {
+        let deadline = spookd::clock::later(Instant::now(), WAIT);
+        loop {
+            let now: Option<Vec<(String, spookd::dra::proto::HealthStatus)>> = seen
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|l| l.iter().map(|(d, h, _)| (d.clone(), *h)).collect());
+            let want: Vec<(String, _)> = want.iter().map(|(d, h)| (d.to_string(), *h)).collect();
+            if now.as_ref() == Some(&want) {
+                return seen.lock().unwrap().clone().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {want:?}, seen {now:?}\n{}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait(&[
+        ("oscilloscope-skao-int-0001", HEALTHY),
+        ("widget-example-com-sg-1", HEALTHY),
+    ]);
+    drop(listener);
+    let list = wait(&[
+        ("oscilloscope-skao-int-0001", UNHEALTHY),
+        ("widget-example-com-sg-1", HEALTHY),
+    ]);
+    assert!(list[0].2.contains(&addr.to_string()), "{list:?}");
+    assert_eq!(list[1].2, "");
+    let _listener = std::net::TcpListener::bind(addr).unwrap();
+    wait(&[
+        ("oscilloscope-skao-int-0001", HEALTHY),
+        ("widget-example-com-sg-1", HEALTHY),
+    ]);
+    assert!(node.spookd().wait_log("Unhealthy", 1));
 }
 
 /// `scripts/demo-dra`: the whole flow without a cluster, printed (ignored by the suite).

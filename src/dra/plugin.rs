@@ -26,10 +26,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures_channel::oneshot;
 use futures_util::FutureExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use grpcio::{
-    Environment, RpcContext, RpcStatus, RpcStatusCode, ServerBuilder, ServerCredentials, UnarySink,
+    Environment, RpcContext, RpcStatus, RpcStatusCode, ServerBuilder, ServerCredentials,
+    ServerStreamingSink, UnarySink, WriteFlags,
 };
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use crate::clock::later;
 use crate::config::{is_dns_label, is_dns_subdomain};
@@ -37,13 +39,14 @@ use crate::dra::api::Claims;
 use crate::dra::cdi::{device_name, valid_uid, CdiDir};
 use crate::dra::objects::POOL;
 use crate::dra::proto::{
-    self, Claim, InfoRequest, NodePrepareResourceResponse, NodePrepareResourcesRequest,
-    NodePrepareResourcesResponse, NodeUnprepareResourceResponse, NodeUnprepareResourcesRequest,
-    NodeUnprepareResourcesResponse, PluginInfo, RegistrationStatus, RegistrationStatusResponse,
+    self, Claim, HealthStatus, InfoRequest, NodePrepareResourceResponse,
+    NodePrepareResourcesRequest, NodePrepareResourcesResponse, NodeUnprepareResourceResponse,
+    NodeUnprepareResourcesRequest, NodeUnprepareResourcesResponse, NodeWatchResourcesRequest,
+    NodeWatchResourcesResponse, PluginInfo, RegistrationStatus, RegistrationStatusResponse,
     Version,
 };
 use crate::kubelet::plugin::bind_cause;
-use crate::state::msg::{ClaimDevices, DraEvent, Msg};
+use crate::state::msg::{ClaimDevices, DraEvent, HealthList, Msg};
 use crate::text::{Cut, Quoted};
 use crate::worker::Worker;
 
@@ -141,7 +144,7 @@ impl Drop for Bound {
 
 fn bind(
     grpc: &Arc<Environment>,
-    service: grpcio::Service,
+    services: Vec<grpcio::Service>,
     path: &Path,
 ) -> Result<Bound, SocketError> {
     if let Some(dir) = path.parent() {
@@ -152,8 +155,11 @@ fn bind(
     }
     // Ours (the caller holds the plugin dir's lock): a socket left by a dead spookd goes.
     let _ = fs::remove_file(path);
-    let mut server = ServerBuilder::new(grpc.clone())
-        .register_service(service)
+    let mut builder = ServerBuilder::new(grpc.clone());
+    for service in services {
+        builder = builder.register_service(service);
+    }
+    let mut server = builder
         .requests_slot_per_cq(REQUEST_SLOTS)
         .build()
         .map_err(SocketError::Build)?;
@@ -267,6 +273,70 @@ impl proto::DraPlugin for DraService {
     }
 }
 
+/// The device-health stream (NodeWatchResources): the state thread keeps the stream's sender and
+/// puts each new list in it; a kubelet that reads slowly only ever has the newest waiting.
+#[derive(Clone)]
+struct HealthService {
+    driver: String,
+    state: Sender<Msg>,
+}
+
+/// How long the kubelet may go without a report before it takes a device's health as Unknown:
+/// the state thread sends the list again at every [`crate::state::FALLBACK_CHECK`] (10 s).
+const HEALTH_TIMEOUT_SECONDS: i64 = 60;
+
+fn health_response(list: &HealthList) -> NodeWatchResourcesResponse {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let mut r = NodeWatchResourcesResponse::new();
+    r.devices = (list.iter())
+        .map(|d| {
+            let mut id = proto::DeviceIdentifier::new();
+            id.pool_name = POOL.to_owned();
+            id.device_name = d.device.clone();
+            let mut h = proto::DeviceHealth::new();
+            h.device = Some(id).into();
+            h.health = if d.healthy {
+                HealthStatus::HEALTHY
+            } else {
+                HealthStatus::UNHEALTHY
+            }
+            .into();
+            h.last_updated_time = now;
+            h.health_check_timeout_seconds = HEALTH_TIMEOUT_SECONDS;
+            h.message = d.detail.clone();
+            h
+        })
+        .collect();
+    r
+}
+
+impl proto::DraHealth for HealthService {
+    fn watch_resources(
+        &mut self,
+        ctx: RpcContext<'_>,
+        _req: NodeWatchResourcesRequest,
+        mut sink: ServerStreamingSink<NodeWatchResourcesResponse>,
+    ) {
+        let (tx, rx) = crate::latest::channel::<HealthList>();
+        if self.state.send(Msg::WatchHealth(tx)).is_err() {
+            ctx.spawn(sink.fail(stopping()).map(|_| ()));
+            return;
+        }
+        let driver = self.driver.clone();
+        ctx.spawn(async move {
+            let mut items = rx.map(|list| Ok((health_response(&list), WriteFlags::default())));
+            match sink.send_all(&mut items).await {
+                Ok(()) => {
+                    let _ = sink.close().await;
+                }
+                Err(e) => debug!("{driver}: device-health stream ended: {e}"),
+            }
+        });
+    }
+}
+
 #[derive(Clone)]
 struct RegistrationService {
     info: PluginInfo,
@@ -344,7 +414,11 @@ impl Served {
         let service = proto::create_dra_plugin(DraService {
             jobs: self.jobs.clone(),
         });
-        bind(&self.grpc, service, path)
+        let health = proto::create_dra_health(HealthService {
+            driver: self.info.name.clone(),
+            state: self.state.clone(),
+        });
+        bind(&self.grpc, vec![service, health], path)
     }
 
     fn bind_registration(&self, path: &Path) -> Result<Bound, SocketError> {
@@ -352,7 +426,7 @@ impl Served {
             info: self.info.clone(),
             state: self.state.clone(),
         });
-        bind(&self.grpc, service, path)
+        bind(&self.grpc, vec![service], path)
     }
 
     /// Binds again a socket that was deleted (the DRA one first: registration points at it).
@@ -388,7 +462,11 @@ impl KubeletPlugin {
         info.type_ = proto::PLUGIN_TYPE.to_owned();
         info.name = ctx.driver.clone();
         info.endpoint = ctx.sockets.dra.display().to_string();
-        info.supported_versions = vec![proto::V1.to_owned(), proto::V1BETA1.to_owned()];
+        info.supported_versions = vec![
+            proto::V1.to_owned(),
+            proto::V1BETA1.to_owned(),
+            proto::HEALTH_V1ALPHA1.to_owned(),
+        ];
         let mut served = Served {
             grpc,
             jobs: jobs.clone(),

@@ -16,6 +16,64 @@ pub const PLUGIN_TYPE: &str = "DRAPlugin";
 /// The versions spookd serves, as `PluginInfo.supported_versions` names them.
 pub const V1: &str = "v1.DRAPlugin";
 pub const V1BETA1: &str = "v1beta1.DRAPlugin";
+/// The device-health service on the same socket (KEP-4680): the kubelet opens its stream only
+/// where the registration lists it.
+pub const HEALTH_V1ALPHA1: &str = "v1alpha1.DRAResourceHealth";
+
+pub use crate::kubelet::proto::drahealth::{
+    DeviceHealth, DeviceIdentifier, HealthStatus, NodeWatchResourcesRequest,
+    NodeWatchResourcesResponse,
+};
+
+pub const WATCH_RESOURCES: Method<NodeWatchResourcesRequest, NodeWatchResourcesResponse> = method(
+    MethodType::ServerStreaming,
+    "/v1alpha1.DRAResourceHealth/NodeWatchResources",
+);
+
+/// The plugin side of the device-health service.
+pub trait DraHealth {
+    fn watch_resources(
+        &mut self,
+        ctx: RpcContext<'_>,
+        req: NodeWatchResourcesRequest,
+        sink: grpcio::ServerStreamingSink<NodeWatchResourcesResponse>,
+    );
+}
+
+pub fn create_dra_health<S: DraHealth + Send + Clone + 'static>(mut s: S) -> Service {
+    ServiceBuilder::new()
+        .add_server_streaming_handler(&WATCH_RESOURCES, move |ctx, req, sink| {
+            s.watch_resources(ctx, req, sink)
+        })
+        .build()
+}
+
+/// Watches a DRA plugin's device health, as the kubelet does (for the stand-in and tests).
+#[derive(Clone)]
+pub struct DraHealthClient {
+    client: Client,
+}
+
+impl DraHealthClient {
+    pub fn new(channel: Channel) -> Self {
+        DraHealthClient {
+            client: Client::new(channel),
+        }
+    }
+
+    pub fn watch(
+        &self,
+        opt: CallOption,
+    ) -> grpcio::Result<grpcio::ClientSStreamReceiver<NodeWatchResourcesResponse>> {
+        self.client
+            .server_streaming(&WATCH_RESOURCES, &NodeWatchResourcesRequest::new(), opt)
+    }
+
+    /// Runs `f` (a stream's reader) on the client's gRPC environment.
+    pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
+        self.client.spawn(f)
+    }
+}
 
 /// Which service path a call came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

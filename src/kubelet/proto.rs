@@ -19,6 +19,11 @@ pub mod dra {
     pub use super::generated::dra::*;
 }
 
+/// The DRA device-health API's messages (served by [`crate::dra`]).
+pub mod drahealth {
+    pub use super::generated::drahealth::*;
+}
+
 /// The kubelet's plugin registration messages (for [`crate::dra`]).
 pub mod pluginregistration {
     pub use super::generated::pluginregistration::*;

@@ -1,17 +1,24 @@
 //! `--dra`: the state thread as a DRA driver's owner. A good config becomes an [`Inventory`]
 //! (a config whose devices cannot be published is invalid: the last good one stays) handed to the
 //! publisher; the kubelet plugin asks for each claim's env ([`Msg::Prepare`]); both report what
-//! they did ([`Msg::Dra`]) for /metrics.
+//! they did ([`Msg::Dra`]) for /metrics. The devices this node reaches are probed here as in the
+//! device-plugin mode ([`Msg::Health`]), and their health goes to the kubelet's device-health
+//! streams ([`Msg::WatchHealth`]): the whole list at once, after each change, and at every
+//! periodic check (the kubelet takes a device it hears nothing of for a while as Unknown).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use log::info;
+use log::{debug, info, warn};
 
-use crate::config::dra::Inventory;
-use crate::config::Config;
+use crate::config::dra::{device_name, Inventory};
+use crate::config::{Config, InstanceId, ResourceName};
 #[cfg(doc)]
 use crate::state::msg::Msg;
-use crate::state::msg::{ClaimDevices, DraEvent, DraStatus, Notice, PrepareRefusal, PrepareReply};
+use crate::state::msg::{
+    ClaimDevices, DeviceHealth, DraEvent, DraStatus, HealthSender, Notice, PrepareRefusal,
+    PrepareReply, ProbeSet,
+};
 use crate::state::{Backend, State};
 
 /// The DRA driver's part of the state.
@@ -19,6 +26,18 @@ use crate::state::{Backend, State};
 pub(super) struct Driver {
     inventory: Option<Arc<Inventory>>,
     pub(super) status: DraStatus,
+    /// The devices this node reaches, by name, as its probes see them.
+    health: BTreeMap<String, DeviceHealth>,
+    /// The kubelet's open device-health streams.
+    streams: Vec<HealthSender>,
+}
+
+impl Driver {
+    /// Puts the health list in every open stream, dropping those the kubelet closed.
+    fn push_health(&mut self) {
+        let list = Arc::new(self.health.values().cloned().collect::<Vec<_>>());
+        self.streams.retain(|s| s.send(list.clone()).is_ok());
+    }
 }
 
 impl<B: Backend> State<B> {
@@ -37,6 +56,32 @@ impl<B: Backend> State<B> {
             return;
         }
         driver.inventory = Some(inventory.clone());
+        // This node's devices: their health as known (a device new here is Healthy until its
+        // probe says otherwise), and the probes of those that have a healthCheck.
+        let mut probes = ProbeSet::new();
+        let mut health = BTreeMap::new();
+        for d in inventory
+            .devices()
+            .iter()
+            .filter(|d| d.hosts.contains(&self.node))
+        {
+            if let Some(check) = &d.device.health_check {
+                probes.insert((d.resource.clone(), d.device.id.clone()), *check);
+            }
+            let known = driver
+                .health
+                .remove(&d.name)
+                .filter(|_| d.device.health_check.is_some());
+            let entry = known.unwrap_or_else(|| DeviceHealth {
+                device: d.name.clone(),
+                healthy: true,
+                detail: String::new(),
+            });
+            health.insert(d.name.clone(), entry);
+        }
+        driver.health = health;
+        driver.push_health();
+        self.backend.set_probes(probes);
         let (devices, resources) = (inventory.devices().len(), inventory.classes().len());
         info!("{origin}: {devices} devices of {resources} resources to publish");
         self.backend.publish(inventory);
@@ -80,6 +125,70 @@ impl<B: Backend> State<B> {
             .collect();
         // The asker may have given up (its call timed out): nothing to do then.
         let _ = reply.send(answers);
+    }
+
+    /// A probe of a device this node reaches saw its health change.
+    pub(super) fn dra_health(
+        &mut self,
+        resource: &ResourceName,
+        id: &InstanceId,
+        healthy: bool,
+        detail: &str,
+    ) {
+        let node = self.node.clone();
+        let Some(driver) = self.dra.as_mut() else {
+            return;
+        };
+        let name = device_name(resource, id);
+        let Some(entry) = driver.health.get_mut(&name) else {
+            debug!("{resource} {id}: health of a device this node no longer reaches");
+            return;
+        };
+        entry.detail = detail.to_owned();
+        if entry.healthy == healthy {
+            debug!("{resource} {id}: probe: {detail}");
+            return;
+        }
+        entry.healthy = healthy;
+        if healthy {
+            info!("{resource} {id}: Healthy again ({detail})");
+        } else {
+            warn!(
+                "{resource} {id}: Unhealthy ({detail}); the kubelet shows it in the pods given it"
+            );
+        }
+        driver.push_health();
+        self.stats.health_changes += 1;
+        self.backend.notify(Notice::new(
+            !healthy,
+            if healthy {
+                "DeviceHealthy"
+            } else {
+                "DeviceUnhealthy"
+            },
+            "Probe",
+            format!(
+                "node {node}: {resource} device {:?} is {} ({detail})",
+                id.as_str(),
+                if healthy { "Healthy" } else { "Unhealthy" }
+            ),
+        ));
+    }
+
+    /// The kubelet opened a device-health stream: it gets the list at once.
+    pub(super) fn watch_health(&mut self, stream: HealthSender) {
+        let Some(driver) = self.dra.as_mut() else {
+            return;
+        };
+        driver.streams.push(stream);
+        driver.push_health();
+    }
+
+    /// The periodic check: every stream gets the list again.
+    pub(super) fn dra_tick(&mut self) {
+        if let Some(driver) = self.dra.as_mut().filter(|d| !d.streams.is_empty()) {
+            driver.push_health();
+        }
     }
 
     pub(super) fn dra_event(&mut self, event: DraEvent) {

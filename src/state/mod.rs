@@ -232,6 +232,7 @@ impl<B: Backend> State<B> {
             Msg::Snapshot { reply } => drop(reply.send(self.snapshot())),
             Msg::SourceProgress(progress) => self.source = Some(progress),
             Msg::Prepare { claims, reply } => self.prepare(&claims, &reply),
+            Msg::WatchHealth(stream) => self.watch_health(stream),
             Msg::Dra(event) => self.dra_event(event),
             Msg::EventFailed => self.stats.events_failed += 1,
             Msg::Shutdown => return Flow::Stop,
@@ -290,6 +291,7 @@ impl<B: Backend> State<B> {
             return;
         }
         self.next_check = later(now, FALLBACK_CHECK);
+        self.dra_tick();
         let kubelet = self.backend.kubelet_socket();
         if kubelet.is_some() && kubelet != self.kubelet {
             info!("kubelet.sock changed (seen by the periodic check)");
@@ -586,6 +588,9 @@ impl<B: Backend> State<B> {
     }
 
     fn health(&mut self, resource: &ResourceName, id: &InstanceId, healthy: bool, detail: &str) {
+        if self.dra.is_some() {
+            return self.dra_health(resource, id, healthy, detail);
+        }
         let probed = match self.probes.get_mut(&(resource.clone(), id.clone())) {
             Some(p) => {
                 p.seen = Some(detail.into());

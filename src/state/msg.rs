@@ -70,6 +70,9 @@ pub enum Msg {
         claims: Vec<ClaimDevices>,
         reply: PrepareReply,
     },
+    /// `--dra`: the kubelet opened a device-health stream (NodeWatchResources): it gets the
+    /// health of every device this node reaches at once, and again after each change.
+    WatchHealth(HealthSender),
     /// `--dra`: what the publisher or the kubelet plugin did, for /metrics.
     Dra(DraEvent),
     /// A Kubernetes Event could not be written (or was dropped): counted for /metrics.
@@ -267,6 +270,22 @@ pub struct Listed {
 
 /// The sending half of one ListAndWatch stream: it keeps only the newest list (see `latest`).
 pub type StreamSender = crate::latest::Sender<Listing>;
+
+/// `--dra`: one device this node reaches, as its probes see it (a device without a healthCheck
+/// is Healthy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceHealth {
+    /// The device's name in the ResourceSlices.
+    pub device: String,
+    pub healthy: bool,
+    /// What the probe last saw; empty for a device not probed.
+    pub detail: String,
+}
+
+/// `--dra`: every device this node reaches, sorted by name.
+pub type HealthList = Arc<Vec<DeviceHealth>>;
+/// `--dra`: the state thread's end of a device-health stream (the newest list only).
+pub type HealthSender = crate::latest::Sender<HealthList>;
 
 /// One container's env, as Allocate answers it.
 pub type ContainerEnv = BTreeMap<String, String>;
