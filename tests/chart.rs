@@ -126,7 +126,8 @@ fn rename(v: &mut Value, names: &BTreeMap<&str, String>) {
 }
 
 /// What a kubelet and an API server see, names and labels aside:
-/// - labels (and the selector, made of them) go: the chart adds Helm's own;
+/// - labels go (the chart adds Helm's own), but for the DaemonSet's `app.kubernetes.io/name`,
+///   in its labels, selector and pod template: what tells its pods from another's;
 /// - a ConfigMap taken whole as env (envFrom, as manifests/ switch modes) is the same env as its
 ///   keys listed one by one (as the chart sets them, so `helm upgrade` restarts the pods);
 /// - env is compared by name, and config.yaml as the YAML it holds (comments and layout aside).
@@ -143,12 +144,24 @@ fn normalized(mut docs: Vec<Value>) -> BTreeMap<(String, String), Value> {
         .collect();
     let mut used = Vec::new();
     for d in docs.iter_mut() {
+        let daemonset = d["kind"] == "DaemonSet";
         for path in [
             &["metadata", "labels"][..],
-            &["spec", "selector"],
+            &["spec", "selector", "matchLabels"],
             &["spec", "template", "metadata", "labels"],
         ] {
-            remove(d, path);
+            let (last, parents) = path.split_last().unwrap();
+            let mut at = &mut *d;
+            for p in parents {
+                at = &mut at[*p];
+            }
+            let Some(labels) = at.get_mut(*last).and_then(Value::as_mapping_mut) else {
+                continue;
+            };
+            labels.retain(|k, _| daemonset && k == "app.kubernetes.io/name");
+            if labels.is_empty() {
+                remove(d, path);
+            }
         }
         if d["kind"] == "DaemonSet" {
             let c = &mut d["spec"]["template"]["spec"]["containers"][0];
@@ -206,6 +219,20 @@ fn same_as_kustomize(
         .cloned()
         .collect();
     expected.iter_mut().for_each(|d| rename(d, &names));
+    // Cluster-scoped names: the chart's carry the release's namespace.
+    for d in expected.iter_mut() {
+        if matches!(
+            d["kind"].as_str(),
+            Some("ClusterRole" | "ClusterRoleBinding")
+        ) {
+            let name = format!("spookd:{}", d["metadata"]["name"].as_str().unwrap());
+            d["metadata"]["name"] = name.into();
+        }
+        if d["roleRef"]["kind"] == "ClusterRole" {
+            let name = format!("spookd:{}", d["roleRef"]["name"].as_str().unwrap());
+            d["roleRef"]["name"] = name.into();
+        }
+    }
     let (chart, expected) = (normalized(chart), normalized(expected));
     let keys = |m: &BTreeMap<(String, String), Value>| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(
@@ -269,7 +296,7 @@ fn the_dra_mode_renders_what_its_kustomization_applies() {
     ] {
         let mut expected = kustomize(dir);
         expected.push(quota.clone());
-        same_as_kustomize(values, "any-release", &expected, names);
+        same_as_kustomize(values, "spookd-dra", &expected, names);
     }
 }
 
@@ -452,22 +479,13 @@ fn every_kubelet_path_derives_from_kubelet_path() {
         format!("{k}/plugins_registry")
     );
     assert_eq!(e["SPOOKD_DRA_DRIVER"], "instruments.skao.int");
-    assert_eq!(e["SPOOKD_CONFIGMAP"], "spookd/r-spookd-device-plugin");
+    assert_eq!(e["SPOOKD_CONFIGMAP"], "spookd/r-spookd-dra");
     // The API source reads the ConfigMap: RBAC for it, and no volume.
     let role = dra
         .iter()
-        .find(|d| {
-            kind_name(d)
-                == (
-                    "Role".into(),
-                    "r-spookd-device-plugin:watch-configmaps".into(),
-                )
-        })
+        .find(|d| kind_name(d) == ("Role".into(), "r-spookd-dra:watch-configmaps".into()))
         .unwrap();
-    assert_eq!(
-        role["rules"][0]["resourceNames"][0],
-        "r-spookd-device-plugin"
-    );
+    assert_eq!(role["rules"][0]["resourceNames"][0], "r-spookd-dra");
     assert!(!container(&dra)["volumeMounts"]
         .as_sequence()
         .unwrap()
@@ -475,7 +493,7 @@ fn every_kubelet_path_derives_from_kubelet_path() {
         .any(|m| m["name"] == "config"));
     let leader = dra
         .iter()
-        .find(|d| kind_name(d) == ("Role".into(), "r-spookd-device-plugin:leader".into()))
+        .find(|d| kind_name(d) == ("Role".into(), "r-spookd-dra:leader".into()))
         .unwrap();
     assert_eq!(
         leader["rules"][1]["resourceNames"][0],
@@ -597,12 +615,10 @@ fn the_schema_refuses_what_would_serve_nothing() {
             "deviceMapping=null",
         ],
     );
+    let config: Value = serde_yaml::from_str(&config_of(&docs)).unwrap();
     assert_eq!(
-        find(&docs, "ConfigMap")["data"]["config.yaml"]
-            .as_str()
-            .unwrap()
-            .trim(),
-        "deviceMapping: []"
+        config,
+        serde_yaml::from_str::<Value>("deviceMapping: []").unwrap()
     );
 }
 
@@ -655,4 +671,148 @@ fn the_chart_works_as_a_subchart() {
     .unwrap_err();
     assert!(e.contains("deviceMaping"), "{e}");
     assert!(Path::new(&format!("{dir}/charts")).is_dir());
+}
+
+/// A values file in `tmp`, rendered; its error where it fails.
+fn template_file(values: &str, extra: &[&str]) -> Result<Vec<Value>, String> {
+    let tmp = TempDir::new();
+    let path = tmp.join("values.yaml");
+    std::fs::write(&path, values).unwrap();
+    let mut args = vec!["template", "r", "charts/spookd", "--namespace", "lab", "-f"];
+    let path = path.to_str().unwrap().to_owned();
+    args.push(&path);
+    args.extend(extra);
+    helm(&args).map(|out| yaml_docs(&out))
+}
+
+fn config_of(docs: &[Value]) -> String {
+    find(docs, "ConfigMap")["data"]["config.yaml"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Quoted strings reach spookd as the strings they are, whatever YAML 1.1 or 1.2 would make of
+/// them unquoted (the config is written as JSON); what Helm's own YAML 1.1 reading already
+/// changed is refused where it would change the meaning: a key `Y` that became `true`, a number
+/// past 2^53 that lost its last digits.
+#[test]
+fn values_keep_their_meaning_through_helms_yaml() {
+    let docs = template_file(
+        r#"
+deviceMapping:
+  - hosts: [h1]
+    devices:
+      - resourceName: a.io/x
+        instanceID: "oFF"
+        env: {A: "0017", B: "1.50", C: "0x1F", D: "yes", E: "~", F: "1_000", G: ".inf", H: "1e3"}
+      - {resourceName: a.io/x, instanceID: "_1"}
+      - {resourceName: a.io/x, instanceID: "0o17", healthCheck: null}
+"#,
+        &[],
+    )
+    .unwrap();
+    let out = check_config(&config_of(&docs), &["--node-name", "h1"]).unwrap();
+    for line in [
+        "AIO_X_DEV0_ID=0o17",
+        "AIO_X_DEV0_ID=_1",
+        "AIO_X_DEV0_ID=oFF",
+        "AIO_X_DEV0_A=0017",
+        "AIO_X_DEV0_B=1.50",
+        "AIO_X_DEV0_C=0x1F",
+        "AIO_X_DEV0_D=yes",
+        "AIO_X_DEV0_E=~",
+        "AIO_X_DEV0_F=1_000",
+        "AIO_X_DEV0_G=.inf",
+        "AIO_X_DEV0_H=1e3",
+    ] {
+        assert!(out.contains(line), "{line} not in:\n{out}");
+    }
+    for (values, key) in [
+        ("deviceMapping: [{hosts: [h], devices: [{resourceName: a.io/x, instanceID: '1', env: {Y: 1}}]}]", "true"),
+        ("deviceMapping: [{hosts: [h], devices: [{resourceName: a.io/x, instanceID: '1', env: {off: 1}}]}]", "false"),
+        ("deviceMapping: [{hosts: [h], devices: [{resourceName: a.io/x, instanceID: '1', env: {BIG: 100000000000000000000}}]}]", "BIG"),
+    ] {
+        let e = template_file(values, &[]).unwrap_err();
+        assert!(e.contains(key) && e.contains("schema"), "{values}: {e}");
+    }
+}
+
+/// What spookd or the kubelet would refuse after the install fails the render, with the reason.
+#[test]
+fn what_spookd_would_refuse_fails_the_install() {
+    for (set, msg) in [
+        ("exclusiveLeases.enabled=true,exclusiveLeases.duration=2h", "exclusiveLeases.duration: 2h is out of range: from 1s to 1h"),
+        ("exclusiveLeases.enabled=true,exclusiveLeases.duration=500ms", "exclusiveLeases.duration: 500ms is out of range"),
+        ("pruneStaleResources.enabled=true,pruneStaleResources.after=721h", "pruneStaleResources.after: 721h is out of range: from 1s to 720h"),
+        ("serviceAccount.create=false", "serviceAccount.name is empty"),
+        ("image.repository=artefact.skao.int/ska-ser-k8s-spookd", "the original spookd's image"),
+        ("dra.enabled=true,dra.driverName=a12345678901234567890123456789012345678901234567890123456789.io,kubeletPath=/var/snap/microk8s/common/var/lib/kubelet", "a Unix socket's path holds at most 107"),
+    ] {
+        let e = helm(&["template", "r", "charts/spookd", "--set", set]).unwrap_err();
+        assert!(e.contains(msg), "{set}: {e}");
+    }
+    // Within range, in any of spookd's forms.
+    let docs = template(
+        "r",
+        &["--set", "exclusiveLeases.enabled=true,exclusiveLeases.duration=1.5m,serviceAccount.create=false,serviceAccount.name=lab-sa"],
+    );
+    assert_eq!(env(&docs)["SPOOKD_LEASE_DURATION"], "1.5m");
+    assert_eq!(
+        find(&docs, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"],
+        "lab-sa"
+    );
+    assert!(!docs.iter().any(|d| d["kind"] == "ServiceAccount"));
+    for level in ["INFO,spookd=debug", "spookd::health=Trace", "Warning"] {
+        let set = format!("daemon.logLevel={}", level.replace(',', "\\,"));
+        template("r", &["--set-string", &set]);
+    }
+}
+
+/// A device plugin and a DRA driver from one umbrella (two aliases of the chart), and one release
+/// name in two namespaces: no two objects share a name, and no two DaemonSets a selector.
+#[test]
+fn releases_side_by_side_do_not_collide() {
+    let dp = template("lab", &[]);
+    let dra = template("lab", &["--set", "dra.enabled=true"]);
+    let names = |docs: &[Value]| -> Vec<(String, String)> {
+        docs.iter()
+            .filter(|d| d["kind"] != "Pod")
+            .map(kind_name)
+            .collect()
+    };
+    let (a, b) = (names(&dp), names(&dra));
+    let shared: Vec<&(String, String)> = a.iter().filter(|n| b.contains(n)).collect();
+    assert!(shared.is_empty(), "{shared:?}");
+    let selector = |docs: &[Value]| find(docs, "DaemonSet")["spec"]["selector"].clone();
+    assert_ne!(selector(&dp), selector(&dra));
+    assert_eq!(kind_name(find(&dra, "DaemonSet")).1, "lab-spookd-dra");
+    // Cluster-scoped objects carry the namespace.
+    let other = yaml_docs(
+        &helm(&[
+            "template",
+            "lab",
+            "charts/spookd",
+            "--namespace",
+            "other",
+            "--set",
+            "pruneStaleResources.enabled=true",
+        ])
+        .unwrap(),
+    );
+    let here = template("lab", &["--set", "pruneStaleResources.enabled=true"]);
+    let cluster = |docs: &[Value]| -> Vec<String> {
+        docs.iter()
+            .filter(|d| d["kind"] == "ClusterRole")
+            .map(|d| kind_name(d).1)
+            .collect()
+    };
+    assert_eq!(
+        cluster(&here),
+        ["spookd:lab-spookd-device-plugin:prune-stale-resources"]
+    );
+    assert_eq!(
+        cluster(&other),
+        ["other:lab-spookd-device-plugin:prune-stale-resources"]
+    );
 }
