@@ -579,3 +579,51 @@ fn without_the_cpu_list(base: &str, overlay: &str) {
     };
     assert_eq!(others(&got), others(&base));
 }
+
+/// The seed's pods as they are under `--dra`: the unchanged-pods walkthrough asks in
+/// `resources.limits` for a resource the DRA example's config maps, and spookd's DeviceClass for
+/// it carries that name as its extended resource (so the scheduler serves it from DRA).
+#[test]
+fn the_unchanged_pods_walkthrough_asks_what_a_class_serves() {
+    use spookd::config::dra::Inventory;
+    let consumer = docs("manifests/dra/unchanged-pods/consumer.yaml");
+    let deployment = find(&consumer, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let limits = &deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"];
+    assert_eq!(limits["skao.int/oscilloscope"], 1);
+    let dra = docs("manifests/dra/spookd-dra.yaml");
+    let cm = find(&dra, "ConfigMap");
+    let config = Config::parse(s(&cm["data"]["config.yaml"]).as_bytes(), "ConfigMap").unwrap();
+    let inventory = Inventory::new(&config, "ConfigMap").unwrap();
+    let classes = spookd::dra::objects::classes(spookd::dra::DEFAULT_DRIVER, &inventory);
+    let served: Vec<Option<&str>> = classes
+        .iter()
+        .map(|c| c.spec.extended_resource_name.as_deref())
+        .collect();
+    assert_eq!(served, [Some("skao.int/oscilloscope")]);
+    // One oscilloscope for two replicas: one runs, one stays Pending.
+    assert_eq!(inventory.devices().len(), 1);
+    // The seed's own test consumer, byte for byte, asks for resources by name the same way: the
+    // base config's resources get classes serving exactly those names.
+    let base = docs("manifests/base/10-spookd-device-plugin.yaml");
+    let cm = find(&base, "ConfigMap");
+    let config = Config::parse(s(&cm["data"]["config.yaml"]).as_bytes(), "ConfigMap").unwrap();
+    let inventory = Inventory::new(&config, "ConfigMap").unwrap();
+    let mut served: Vec<String> = spookd::dra::objects::classes("spookd.dev", &inventory)
+        .into_iter()
+        .filter_map(|c| c.spec.extended_resource_name)
+        .collect();
+    served.sort();
+    let seed = docs("manifests/base/20-test-consumer.yaml");
+    let limits = &find(&seed, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        ["resources"]["limits"];
+    let mut asked: Vec<String> = limits
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| s(k).to_owned())
+        .filter(|k| k.contains('/'))
+        .collect();
+    asked.sort();
+    assert_eq!(served, asked);
+}
