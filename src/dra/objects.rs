@@ -9,6 +9,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::dra::{DraDevice, Inventory, MAX_SLICE_DEVICES, RESOURCE_ATTRIBUTE};
+
+/// Most devices in a slice that may hold a tainted device (a device with a healthCheck).
+pub const MAX_TAINTED_SLICE_DEVICES: usize = 64;
+/// Longest taint value (a label value).
+const MAX_TAINT_VALUE: usize = 63;
 use crate::config::NodeName;
 
 pub const API_VERSION: &str = "resource.k8s.io/v1";
@@ -99,6 +104,49 @@ pub struct SliceDevice {
     pub name: String,
     #[serde(default)]
     pub attributes: BTreeMap<String, Attribute>,
+    /// `NoSchedule` while no live host's probe reaches the device (KEP-5055): the scheduler
+    /// allocates it to no new claim. A server with the `DRADeviceTaints` gate off drops it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
+}
+
+/// A device taint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Taint {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    pub effect: String,
+    /// Set by the server when absent: never written, never compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_added: Option<String>,
+}
+
+/// The key of the taint spookd puts on an Unhealthy device: in the driver's domain.
+pub fn taint_key(driver: &str) -> String {
+    format!("{driver}/unhealthy")
+}
+
+/// A probe's message as a taint value (a label value): other characters as `-` (runs as one),
+/// cut to 63 characters, starting and ending with a letter or digit; empty if nothing is left.
+pub fn taint_value(message: &str) -> String {
+    let mut out = String::new();
+    for c in message.chars() {
+        let c = if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+            c
+        } else {
+            '-'
+        };
+        if !(c == '-' && out.ends_with('-')) {
+            out.push(c);
+        }
+        if out.len() >= MAX_TAINT_VALUE {
+            break;
+        }
+    }
+    out.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
 }
 
 /// A device attribute: exactly one of its fields is set (spookd writes strings).
@@ -145,6 +193,8 @@ pub struct ClassSpec {
 pub struct Kept {
     /// `DeviceClass.spec.extendedResourceName` (gate `DRAExtendedResource`: beta, on, in 1.36).
     pub extended_resource_name: Option<bool>,
+    /// `ResourceSlice.spec.devices[].taints` (gate `DRADeviceTaints`: beta, on, in 1.36).
+    pub taints: Option<bool>,
 }
 
 impl Kept {
@@ -154,7 +204,33 @@ impl Kept {
         if self.extended_resource_name == Some(false) {
             out.push("DeviceClass extendedResourceName");
         }
+        if self.taints == Some(false) {
+            out.push("ResourceSlice device taints");
+        }
         out
+    }
+
+    /// A slice's spec as compared: without what the server sets (a taint's `timeAdded`), and
+    /// without taints where the server drops them.
+    pub fn slice_spec(&self, spec: &SliceSpec) -> SliceSpec {
+        let mut spec = spec.clone();
+        for d in &mut spec.devices {
+            if self.taints == Some(false) {
+                d.taints.clear();
+            }
+            for t in &mut d.taints {
+                t.time_added = None;
+            }
+        }
+        spec
+    }
+
+    /// Learns from a slice written as `sent` and stored as `stored`.
+    pub fn learn_slice(&mut self, sent: &SliceSpec, stored: &SliceSpec) {
+        let tainted = |s: &SliceSpec| s.devices.iter().any(|d| !d.taints.is_empty());
+        if tainted(sent) {
+            self.taints = Some(tainted(stored));
+        }
     }
 
     /// Whether a class the server holds (`old`) is the one wanted, by what the server keeps.
@@ -255,8 +331,16 @@ fn selector(hosts: &[NodeName]) -> NodeSelector {
     }
 }
 
-fn device(d: &DraDevice) -> SliceDevice {
+fn device(driver: &str, d: &DraDevice, taints: &Taints) -> SliceDevice {
     SliceDevice {
+        taints: (taints.get(&d.name).iter())
+            .map(|message| Taint {
+                key: taint_key(driver),
+                value: taint_value(message),
+                effect: "NoSchedule".to_owned(),
+                time_added: None,
+            })
+            .collect(),
         name: d.name.clone(),
         attributes: (d.attributes.iter())
             .map(|(k, v)| {
@@ -271,16 +355,31 @@ fn device(d: &DraDevice) -> SliceDevice {
 }
 
 /// The pool's slices at `generation`: devices grouped by host set (sets in order, devices by
-/// name), at most [`MAX_SLICE_DEVICES`] a slice, named `<driver>-<n>` (the publisher may keep
-/// another name: slices are told apart by their driver, not their names).
-pub fn slices(driver: &str, inventory: &Inventory, generation: i64) -> Vec<ResourceSlice> {
+/// name), at most [`MAX_SLICE_DEVICES`] a slice ([`MAX_TAINTED_SLICE_DEVICES`] in a group with a
+/// probed device, which may be tainted: the layout does not change with health), named
+/// `<driver>-<n>` (the publisher may keep another name: slices are told apart by their driver,
+/// not their names). The devices of `taints` carry a `NoSchedule` taint.
+pub fn slices(
+    driver: &str,
+    inventory: &Inventory,
+    generation: i64,
+    taints: &Taints,
+) -> Vec<ResourceSlice> {
     let mut groups: BTreeMap<&Arc<[NodeName]>, Vec<&DraDevice>> = BTreeMap::new();
     for d in inventory.devices() {
         groups.entry(&d.hosts).or_default().push(d);
     }
     let chunks: Vec<(&Arc<[NodeName]>, &[&DraDevice])> = groups
         .iter()
-        .flat_map(|(hosts, devices)| devices.chunks(MAX_SLICE_DEVICES).map(move |c| (*hosts, c)))
+        .flat_map(|(hosts, devices)| {
+            let probed = devices.iter().any(|d| d.device.health_check.is_some());
+            let size = if probed {
+                MAX_TAINTED_SLICE_DEVICES
+            } else {
+                MAX_SLICE_DEVICES
+            };
+            devices.chunks(size).map(move |c| (*hosts, c))
+        })
         .collect();
     let count = chunks.len() as i64;
     chunks
@@ -305,11 +404,15 @@ pub fn slices(driver: &str, inventory: &Inventory, generation: i64) -> Vec<Resou
                 node_name: None,
                 node_selector: Some(selector(hosts)),
                 all_nodes: None,
-                devices: devices.iter().map(|d| device(d)).collect(),
+                devices: devices.iter().map(|d| device(driver, d, taints)).collect(),
             },
         })
         .collect()
 }
+
+/// What spookd publishes of a device's health: `device name → the probe's message` for each
+/// device to taint.
+pub type Taints = BTreeMap<String, String>;
 
 /// One DeviceClass per resource, selecting this driver's devices of that resource, and serving
 /// pods that ask for the resource by its name as an extended resource.
@@ -359,7 +462,7 @@ mod tests {
             ));
         }
         yaml.push_str("  - hosts: [c]\n    devices:\n      - {resourceName: a.io/y, instanceID: '1', env: {IP: 10.0.0.1}}\n");
-        let slices = slices("d.io", &inventory(&yaml), 7);
+        let slices = slices("d.io", &inventory(&yaml), 7, &Taints::new());
         let summary: Vec<(String, Vec<String>, usize, i64, i64)> = slices
             .iter()
             .map(|s| {

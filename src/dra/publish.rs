@@ -31,7 +31,7 @@ use crate::backoff::Backoff;
 use crate::clock::later;
 use crate::config::dra::Inventory;
 use crate::dra::api::{HttpObjects, Object, Objects};
-use crate::dra::objects::{self, DeviceClass, Kept, ResourceSlice, POOL};
+use crate::dra::objects::{self, DeviceClass, Kept, ResourceSlice, SliceSpec, Taints, POOL};
 use crate::kube::client::ApiError;
 use crate::kube::watch::{list_then_watch, Events, Failure, Observer, Phase, Policy, WatchApi};
 use crate::leases::protocol::{self, Acquired, Lease, LeaseApi, Observations};
@@ -170,6 +170,27 @@ impl std::error::Error for PublishError {
     }
 }
 
+/// What the driver's pool should be: its devices, and which of them to taint.
+#[derive(Clone, Copy)]
+pub struct Wanted<'a> {
+    pub driver: &'a str,
+    pub inventory: &'a Inventory,
+    pub taints: &'a Taints,
+}
+
+static NO_TAINTS: Taints = Taints::new();
+
+impl<'a> Wanted<'a> {
+    /// `inventory`'s devices, none tainted.
+    pub fn untainted(driver: &'a str, inventory: &'a Inventory) -> Self {
+        Wanted {
+            driver,
+            inventory,
+            taints: &NO_TAINTS,
+        }
+    }
+}
+
 /// What a publish found or did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Published {
@@ -189,12 +210,16 @@ pub struct Published {
 pub fn reconcile(
     slices: &mut dyn Objects<ResourceSlice>,
     classes: &mut dyn Objects<DeviceClass>,
-    driver: &str,
-    inventory: &Inventory,
+    wanted: &Wanted<'_>,
     floor: i64,
     kept: &mut Kept,
     lead: &mut dyn FnMut() -> bool,
 ) -> Result<Published, PublishError> {
+    let Wanted {
+        driver,
+        inventory,
+        taints,
+    } = *wanted;
     let mut changed = reconcile_classes(classes, driver, inventory, kept, lead)?;
     let observed: Vec<ResourceSlice> = slices
         .list()?
@@ -208,25 +233,67 @@ pub fn reconcile(
         .max()
         .unwrap_or(0)
         .max(floor);
-    // Names do not matter: a slice may have had to take another (below).
-    let same = |want: &[ResourceSlice]| {
-        observed.len() == want.len()
-            && want.iter().all(|w| {
-                observed.iter().any(|o| {
-                    o.spec == w.spec
-                        && w.metadata
-                            .labels
-                            .iter()
-                            .all(|(k, v)| o.metadata.labels.get(k) == Some(v))
-                })
-            })
+    // Names do not matter: a slice may have had to take another (below). Specs are compared by
+    // what the server keeps (`spec` makes each side comparable).
+    let matches = |o: &ResourceSlice, w: &ResourceSlice, spec: &dyn Fn(&SliceSpec) -> SliceSpec| {
+        spec(&o.spec) == spec(&w.spec)
+            && w.metadata
+                .labels
+                .iter()
+                .all(|(k, v)| o.metadata.labels.get(k) == Some(v))
     };
-    let mut generation = current;
-    let mut want = objects::slices(driver, inventory, current);
-    if !same(&want) {
-        // A hostile or broken server's i64::MAX must not overflow.
-        generation = current.saturating_add(1);
-        want = objects::slices(driver, inventory, generation);
+    let same = |want: &[ResourceSlice], spec: &dyn Fn(&SliceSpec) -> SliceSpec| {
+        observed.len() == want.len()
+            && want
+                .iter()
+                .all(|w| observed.iter().any(|o| matches(o, w, spec)))
+    };
+    let kept_now = *kept;
+    let as_kept = |s: &SliceSpec| kept_now.slice_spec(s);
+    let untainted = |s: &SliceSpec| {
+        let mut s = s.clone();
+        s.devices.iter_mut().for_each(|d| d.taints.clear());
+        s
+    };
+    let want = objects::slices(driver, inventory, current, taints);
+    if same(&want, &as_kept) {
+        return Ok(Published {
+            generation: current,
+            slices: want.len(),
+            devices: inventory.devices().len(),
+            changed,
+        });
+    }
+    // Only taints differ: each slice whose taints changed is replaced at the same generation
+    // (the pool's devices are the same; KEP-5055 needs no new generation for this).
+    if same(&want, &untainted) {
+        for w in &want {
+            let Some(old) = observed.iter().find(|o| matches(o, w, &untainted)) else {
+                continue;
+            };
+            if as_kept(&old.spec) == as_kept(&w.spec) {
+                continue;
+            }
+            if !lead() {
+                return Err(PublishError::NoLongerLeader);
+            }
+            let mut slice = w.clone();
+            slice.metadata.name = old.metadata.name.clone();
+            slice.metadata.resource_version = old.metadata.resource_version.clone();
+            let stored = slices.replace(&slice)?;
+            kept.learn_slice(&slice.spec, &stored.spec);
+        }
+        return Ok(Published {
+            generation: current,
+            slices: want.len(),
+            devices: inventory.devices().len(),
+            changed: true,
+        });
+    }
+    // A hostile or broken server's i64::MAX must not overflow.
+    let generation = current.saturating_add(1);
+    let mut want = objects::slices(driver, inventory, generation, taints);
+    {
         // Each wanted slice overwrites one of ours: the one of its name, else any other left.
         let mut reuse: Vec<Option<usize>> = want
             .iter()
@@ -251,7 +318,8 @@ pub fn reconcile(
                 Some(old) => {
                     slice.metadata.name = old.metadata.name.clone();
                     slice.metadata.resource_version = old.metadata.resource_version.clone();
-                    slices.replace(slice)?;
+                    let stored = slices.replace(slice)?;
+                    kept.learn_slice(&slice.spec, &stored.spec);
                 }
                 None => match slices.create(slice) {
                     // The name is taken: by a publisher of this driver racing this one (it
@@ -272,7 +340,8 @@ pub fn reconcile(
                         slices.create(slice)?;
                     }
                     other => {
-                        other?;
+                        let stored = other?;
+                        kept.learn_slice(&slice.spec, &stored.spec);
                     }
                 },
             }
@@ -520,6 +589,7 @@ fn run(
         else {
             continue;
         };
+        let taints = Taints::new();
         let dropped_before = kept.dropped();
         let PublisherApi {
             leases,
@@ -536,8 +606,11 @@ fn run(
         match reconcile(
             slices.as_mut(),
             classes.as_mut(),
-            driver,
-            inv,
+            &Wanted {
+                driver,
+                inventory: inv,
+                taints: &taints,
+            },
             floor,
             &mut kept,
             &mut lead,
@@ -638,6 +711,9 @@ mod tests {
             if m.name.is_empty() && !m.generate_name.is_empty() {
                 m.name = format!("{}{suffix:05}", std::mem::take(&mut m.generate_name));
             }
+        }
+        fn drop_gated(&mut self) {
+            self.spec.devices.iter_mut().for_each(|d| d.taints.clear());
         }
     }
     impl Versioned for DeviceClass {
@@ -744,8 +820,7 @@ mod tests {
         reconcile(
             &mut slices,
             &mut classes,
-            "d.io",
-            &inv,
+            &Wanted::untainted("d.io", &inv),
             0,
             &mut kept,
             &mut || true,
@@ -761,8 +836,7 @@ mod tests {
         let p = reconcile(
             &mut slices,
             &mut classes,
-            "d.io",
-            &inv,
+            &Wanted::untainted("d.io", &inv),
             0,
             &mut kept,
             &mut || true,
@@ -779,8 +853,7 @@ mod tests {
             reconcile(
                 &mut slices,
                 &mut classes,
-                "d.io",
-                &inv,
+                &Wanted::untainted("d.io", &inv),
                 0,
                 &mut kept,
                 &mut || true,
@@ -797,14 +870,166 @@ mod tests {
         let p = reconcile(
             &mut slices,
             &mut classes,
-            "e.io",
-            &inv,
+            &Wanted::untainted("e.io", &inv),
             0,
             &mut kept,
             &mut || true,
         );
         assert!(p.unwrap().changed);
         assert_eq!(classes.writes, 4);
+    }
+
+    const PROBED: &str = "deviceMapping:
+  - hosts: [a, b]
+    devices:
+      - {resourceName: a.io/x, instanceID: '1', healthCheck: {tcp: '127.0.0.1:9'}}
+      - {resourceName: a.io/x, instanceID: '2'}
+  - hosts: [c]
+    devices:
+      - {resourceName: a.io/y, instanceID: '1'}
+";
+
+    /// The taints of each stored slice's devices: (slice, generation, [(device, taint value)]).
+    fn tainted(slices: &Memory<ResourceSlice>) -> Vec<(String, i64, Vec<(String, String)>)> {
+        (slices.objects.values())
+            .map(|(_, s)| {
+                let t = (s.spec.devices.iter())
+                    .flat_map(|d| d.taints.iter().map(|t| (d.name.clone(), t.value.clone())))
+                    .collect();
+                (s.metadata.name.clone(), s.spec.pool.generation, t)
+            })
+            .collect()
+    }
+
+    /// A device turning Unhealthy is tainted NoSchedule in its slice, at the same generation and
+    /// with no other slice written; healthy again, the taint goes the same way.
+    #[test]
+    fn taints_change_in_place_without_a_new_generation() {
+        let inv = inventory(PROBED);
+        let (mut slices, mut classes) = (Memory::default(), Memory::default());
+        let mut kept = Kept::default();
+        let mut publish = |slices: &mut Memory<ResourceSlice>, taints: &Taints| {
+            let wanted = Wanted {
+                driver: "d.io",
+                inventory: &inv,
+                taints,
+            };
+            reconcile(slices, &mut classes, &wanted, 0, &mut kept, &mut || true).unwrap()
+        };
+        publish(&mut slices, &Taints::new());
+        assert_eq!(slices.writes, 2);
+        let off = Taints::from([(
+            "x-a-io-1".to_owned(),
+            "connect to 127.0.0.1:9: Connection refused (os error 111)".to_owned(),
+        )]);
+        let p = publish(&mut slices, &off);
+        assert_eq!((p.generation, p.changed), (1, true));
+        assert_eq!(slices.writes, 3);
+        let value = "connect-to-127.0.0.1-9-Connection-refused-os-error-111";
+        assert_eq!(
+            tainted(&slices),
+            [
+                (
+                    "d.io-0".to_owned(),
+                    1,
+                    vec![("x-a-io-1".to_owned(), value.to_owned())]
+                ),
+                ("d.io-1".to_owned(), 1, vec![]),
+            ]
+        );
+        let taint = &slices.objects["d.io-0"].1.spec.devices[0].taints[0];
+        assert_eq!(
+            (taint.key.as_str(), taint.effect.as_str()),
+            ("d.io/unhealthy", "NoSchedule")
+        );
+        // The same again: nothing written, even with a server-set timeAdded.
+        for (_, s) in slices.objects.values_mut() {
+            for t in s.spec.devices.iter_mut().flat_map(|d| d.taints.iter_mut()) {
+                t.time_added = Some("2026-12-07T10:00:00Z".into());
+            }
+        }
+        publish(&mut slices, &off);
+        assert_eq!(slices.writes, 3);
+        publish(&mut slices, &Taints::new());
+        assert_eq!(slices.writes, 4);
+        assert_eq!(tainted(&slices)[0], ("d.io-0".to_owned(), 1, vec![]));
+    }
+
+    /// A server with the taints gate off drops them: learnt from the first write, and compared
+    /// without them after (no rewrite loop), while a real change is still published.
+    #[test]
+    fn a_server_that_drops_taints_is_not_rewritten() {
+        let inv = inventory(PROBED);
+        let (mut slices, mut classes) = (Memory::<ResourceSlice>::default(), Memory::default());
+        slices.gates_off = true;
+        let off = Taints::from([("x-a-io-1".to_owned(), "refused".to_owned())]);
+        let wanted = Wanted {
+            driver: "d.io",
+            inventory: &inv,
+            taints: &off,
+        };
+        let mut kept = Kept::default();
+        for _ in 0..5 {
+            reconcile(
+                &mut slices,
+                &mut classes,
+                &wanted,
+                0,
+                &mut kept,
+                &mut || true,
+            )
+            .unwrap();
+        }
+        assert_eq!(slices.writes, 2);
+        assert_eq!(kept.dropped(), ["ResourceSlice device taints"]);
+        let fewer = inventory("deviceMapping:\n  - hosts: [c]\n    devices:\n      - {resourceName: a.io/y, instanceID: '1'}\n");
+        let p = reconcile(
+            &mut slices,
+            &mut classes,
+            &Wanted::untainted("d.io", &fewer),
+            0,
+            &mut kept,
+            &mut || true,
+        );
+        assert_eq!(p.unwrap().generation, 2);
+    }
+
+    /// A host set with a probed device is cut into slices of 64 (the API's limit for a slice
+    /// holding a tainted device), whatever the health: the layout never changes with it.
+    #[test]
+    fn slices_that_may_hold_a_tainted_device_hold_at_most_64() {
+        let mut yaml = String::from("deviceMapping:\n  - hosts: [a]\n    devices:\n");
+        yaml.push_str("      - {resourceName: a.io/x, instanceID: '000', healthCheck: {tcp: '127.0.0.1:9'}}\n");
+        for i in 1..130 {
+            yaml.push_str(&format!(
+                "      - {{resourceName: a.io/x, instanceID: '{i:03}'}}\n"
+            ));
+        }
+        yaml.push_str("  - hosts: [b]\n    devices:\n");
+        for i in 0..130 {
+            yaml.push_str(&format!(
+                "      - {{resourceName: a.io/y, instanceID: '{i:03}'}}\n"
+            ));
+        }
+        let inv = inventory(&yaml);
+        let sizes: Vec<usize> = objects::slices("d.io", &inv, 1, &Taints::new())
+            .iter()
+            .map(|s| s.spec.devices.len())
+            .collect();
+        assert_eq!(sizes, [64, 64, 2, 128, 2]);
+        let all: Taints = inv
+            .devices()
+            .iter()
+            .map(|d| (d.name.clone(), "x".to_owned()))
+            .collect();
+        let tainted = objects::slices("d.io", &inv, 1, &all);
+        assert_eq!(
+            tainted
+                .iter()
+                .map(|s| s.spec.devices.len())
+                .collect::<Vec<_>>(),
+            sizes
+        );
     }
 
     #[test]
@@ -814,8 +1039,7 @@ mod tests {
         let p = reconcile(
             &mut slices,
             &mut classes,
-            "d.io",
-            &inv,
+            &Wanted::untainted("d.io", &inv),
             0,
             &mut Kept::default(),
             &mut || true,
@@ -831,8 +1055,7 @@ mod tests {
         let p = reconcile(
             &mut slices,
             &mut classes,
-            "d.io",
-            &inv,
+            &Wanted::untainted("d.io", &inv),
             0,
             &mut Kept::default(),
             &mut || true,
@@ -855,8 +1078,7 @@ mod tests {
         let p = reconcile(
             &mut slices,
             &mut classes,
-            "d.io",
-            &moved,
+            &Wanted::untainted("d.io", &moved),
             0,
             &mut Kept::default(),
             &mut || true,
@@ -888,8 +1110,7 @@ mod tests {
         let p = reconcile(
             &mut slices,
             &mut classes,
-            "d.io",
-            &moved,
+            &Wanted::untainted("d.io", &moved),
             0,
             &mut Kept::default(),
             &mut || true,
@@ -902,8 +1123,7 @@ mod tests {
         let p = reconcile(
             &mut slices,
             &mut classes,
-            "d.io",
-            &moved,
+            &Wanted::untainted("d.io", &moved),
             3,
             &mut Kept::default(),
             &mut || true,
@@ -918,14 +1138,13 @@ mod tests {
     fn a_foreign_slice_with_our_name_does_not_block_publishing() {
         let (mut slices, mut classes) = (Memory::default(), Memory::default());
         let inv = inventory(TWO_SETS);
-        let mut foreign = objects::slices("other.io", &inv, 7).remove(0);
+        let mut foreign = objects::slices("other.io", &inv, 7, &Taints::new()).remove(0);
         foreign.metadata.name = "d.io-0".into();
         slices.create(&foreign).unwrap();
         let p = reconcile(
             &mut slices,
             &mut classes,
-            "d.io",
-            &inv,
+            &Wanted::untainted("d.io", &inv),
             0,
             &mut Kept::default(),
             &mut || true,
@@ -952,15 +1171,14 @@ mod tests {
         assert_eq!(of(&slices), published);
         assert_eq!(
             slices.objects["d.io-0-00002"].1.spec,
-            objects::slices("d.io", &inv, 1)[0].spec
+            objects::slices("d.io", &inv, 1, &Taints::new())[0].spec
         );
         // Up to date under that name: nothing written.
         let writes = slices.writes;
         let p = reconcile(
             &mut slices,
             &mut classes,
-            "d.io",
-            &inv,
+            &Wanted::untainted("d.io", &inv),
             0,
             &mut Kept::default(),
             &mut || true,
@@ -981,8 +1199,7 @@ mod tests {
         let p = reconcile(
             &mut slices,
             &mut classes,
-            "d.io",
-            &fewer,
+            &Wanted::untainted("d.io", &fewer),
             0,
             &mut Kept::default(),
             &mut || true,
@@ -1031,7 +1248,7 @@ mod tests {
             }
         }
         let inv = inventory(TWO_SETS);
-        let other = objects::slices("d.io", &inv, 1).remove(0);
+        let other = objects::slices("d.io", &inv, 1, &Taints::new()).remove(0);
         let mut slices = Racing {
             inner: Memory::default(),
             other: Some(other),
@@ -1040,8 +1257,7 @@ mod tests {
         let e = reconcile(
             &mut slices,
             &mut classes,
-            "d.io",
-            &inv,
+            &Wanted::untainted("d.io", &inv),
             0,
             &mut Kept::default(),
             &mut || true,
@@ -1057,8 +1273,7 @@ mod tests {
         let p = reconcile(
             &mut slices,
             &mut classes,
-            "d.io",
-            &inv,
+            &Wanted::untainted("d.io", &inv),
             0,
             &mut Kept::default(),
             &mut || true,
@@ -1081,8 +1296,7 @@ mod tests {
         let e = reconcile(
             &mut slices,
             &mut classes,
-            "d.io",
-            &inv,
+            &Wanted::untainted("d.io", &inv),
             0,
             &mut Kept::default(),
             &mut lead,
@@ -1097,14 +1311,13 @@ mod tests {
     fn a_huge_generation_from_the_server_does_not_overflow() {
         let (mut slices, mut classes) = (Memory::default(), Memory::default());
         let inv = inventory(TWO_SETS);
-        let mut s = objects::slices("d.io", &inv, i64::MAX).remove(0);
+        let mut s = objects::slices("d.io", &inv, i64::MAX, &Taints::new()).remove(0);
         s.spec.devices.clear();
         slices.create(&s).unwrap();
         let p = reconcile(
             &mut slices,
             &mut classes,
-            "d.io",
-            &inv,
+            &Wanted::untainted("d.io", &inv),
             0,
             &mut Kept::default(),
             &mut || true,
