@@ -889,8 +889,11 @@ mod tests {
       - {resourceName: a.io/y, instanceID: '1'}
 ";
 
-    /// The taints of each stored slice's devices: (slice, generation, [(device, taint value)]).
-    fn tainted(slices: &Memory<ResourceSlice>) -> Vec<(String, i64, Vec<(String, String)>)> {
+    /// A stored slice's name, generation, and (device, taint value) pairs.
+    type SliceTaints = (String, i64, Vec<(String, String)>);
+
+    /// The taints of each stored slice's devices.
+    fn tainted(slices: &Memory<ResourceSlice>) -> Vec<SliceTaints> {
         (slices.objects.values())
             .map(|(_, s)| {
                 let t = (s.spec.devices.iter())
