@@ -24,8 +24,9 @@ use crate::dra::api::{HttpClaims, HttpObjects};
 use crate::dra::cdi::CdiDir;
 use crate::dra::plugin::{KubeletPlugin, PluginContext, Sockets};
 use crate::dra::publish::{
-    leader_lease_name, Leadership, Publisher, PublisherApi, SliceWatch, SliceWatcher,
+    leader_lease_name, Leadership, ObjectWatch, Publisher, PublisherApi, SliceWatcher,
 };
+use crate::dra::report::{report_name, ReportWriter, Reporter};
 use crate::dra::DraOptions;
 use crate::events::{EventOptions, Events};
 use crate::health::Prober;
@@ -38,7 +39,7 @@ use crate::metrics::{MetricsListener, MetricsServer};
 use crate::prune::Pruner;
 use crate::source::configmap::ApiSource;
 use crate::source::file::FilePoller;
-use crate::state::msg::{LeaseCmd, Msg, Notice, ProbeSet};
+use crate::state::msg::{LeaseCmd, Msg, Notice, ProbeSet, Unhealthy};
 use crate::state::{self, Backend, State};
 use crate::worker::Worker;
 use crate::VERSION;
@@ -590,6 +591,7 @@ fn lease_namespace(given: Option<String>, what: &'static str) -> Result<String, 
 struct DraEffects {
     publisher: Publisher,
     prober: Prober,
+    reporter: ReportWriter,
     events: Option<Events>,
 }
 
@@ -621,6 +623,9 @@ impl Backend for DraEffects {
     }
     fn publish(&mut self, inventory: Arc<Inventory>) {
         self.publisher.publish(inventory);
+    }
+    fn report_health(&mut self, unhealthy: Unhealthy) {
+        self.reporter.report(unhealthy);
     }
     fn notify(&mut self, notice: Notice) {
         if let Some(events) = &self.events {
@@ -679,7 +684,25 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
         leases: Box::new(HttpLeaseApi::new(dra.conn.clone(), &namespace)),
         slices: Box::new(HttpObjects::slices(dra.conn.clone(), &dra.driver)),
         classes: Box::new(HttpObjects::classes(dra.conn.clone(), &dra.driver)),
+        reports: Box::new(HttpObjects::reports(
+            dra.conn.clone(),
+            &namespace,
+            &dra.driver,
+        )),
     };
+    let reporter = ReportWriter::spawn(Reporter {
+        api: Box::new(HttpObjects::reports(
+            dra.conn.clone(),
+            &namespace,
+            &dra.driver,
+        )),
+        driver: dra.driver.clone(),
+        namespace: namespace.clone(),
+        node: opts.node_name.to_string(),
+        name: report_name(&lease, opts.node_name.as_str()),
+        duration: dra.lease_duration,
+    })
+    .map_err(startup("start the health report thread"))?;
     let leadership = Leadership::new(
         lease,
         opts.node_name.to_string(),
@@ -688,12 +711,18 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
     );
     let publisher = Publisher::spawn(api, dra.driver.clone(), leadership, tx.clone())
         .map_err(startup("start the publisher thread"))?;
-    let watch = SliceWatch {
-        slices: HttpObjects::slices(dra.conn.clone(), &dra.driver),
+    let watch = ObjectWatch {
+        objects: HttpObjects::slices(dra.conn.clone(), &dra.driver),
         timeout: WATCH_TIMEOUT,
     };
-    let slice_watcher = SliceWatcher::spawn(watch, publisher.nudge())
+    let slice_watcher = SliceWatcher::spawn("spookd-dra-watch", watch, publisher.nudge())
         .map_err(startup("start the ResourceSlice watch"))?;
+    let watch = ObjectWatch {
+        objects: HttpObjects::reports(dra.conn.clone(), &namespace, &dra.driver),
+        timeout: WATCH_TIMEOUT,
+    };
+    let report_watcher = SliceWatcher::spawn("spookd-dra-reports", watch, publisher.nudge())
+        .map_err(startup("start the health reports' watch"))?;
     let events = start_events(opts.events.clone(), &opts.node_name, &tx)?;
     let prober = Prober::spawn(tx.clone()).map_err(startup("start the probe thread"))?;
     let state = State::new(
@@ -701,6 +730,7 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
         DraEffects {
             publisher,
             prober,
+            reporter,
             events,
         },
         Instant::now(),
@@ -736,6 +766,7 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
     wait_for_stop(&mut signals);
     drop(plugin);
     drop(slice_watcher);
+    drop(report_watcher);
     stop_state(&tx, &mut state_thread);
     drop(metrics);
     drop(sources);

@@ -391,6 +391,19 @@ impl ApiServer {
             .collect()
     }
 
+    /// spookd's DRA health reports (Leases with annotations), by name.
+    pub fn reports(&self) -> BTreeMap<String, serde_yaml::Value> {
+        let st = self.shared.lock();
+        let path = format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{}/leases",
+            st.namespace
+        );
+        (st.objects.iter())
+            .filter(|((c, _), _)| *c == path)
+            .map(|((_, n), o)| (n.clone(), o.clone()))
+            .collect()
+    }
+
     /// Stores `object` in `collection` as is (a ResourceClaim the scheduler allocated, say),
     /// with a fresh resourceVersion.
     pub fn put_object(&self, collection: &str, mut object: serde_yaml::Value) {
@@ -1027,7 +1040,8 @@ fn serve_objects(st: &mut State, method: &str, target: &str, body: &str) -> (u16
     let (collection, name) = match path.rsplit_once('/') {
         Some((c, n))
             if collections.iter().any(|k| c.ends_with(&format!("v1/{k}")))
-                || c.ends_with("/resourceclaims") =>
+                || c.ends_with("/resourceclaims")
+                || c.ends_with("/leases") =>
         {
             (c.to_owned(), Some(n.to_owned()))
         }
@@ -1037,6 +1051,8 @@ fn serve_objects(st: &mut State, method: &str, target: &str, body: &str) -> (u16
         "ResourceSlice"
     } else if collection.ends_with("deviceclasses") {
         "DeviceClass"
+    } else if collection.ends_with("/leases") {
+        "Lease"
     } else {
         "ResourceClaim"
     };
@@ -1085,7 +1101,12 @@ fn serve_objects(st: &mut State, method: &str, target: &str, body: &str) -> (u16
             let Ok(mut o) = parsed else {
                 return (400, status_json(400, "BadRequest"));
             };
-            if o["kind"] != kind || o["apiVersion"] != "resource.k8s.io/v1" {
+            let group = if kind == "Lease" {
+                "coordination.k8s.io/v1"
+            } else {
+                "resource.k8s.io/v1"
+            };
+            if o["kind"] != kind || o["apiVersion"] != group {
                 return (400, status_json(400, "BadRequest"));
             }
             // No name but a generateName: the prefix and 5 characters of the real server's
@@ -1395,7 +1416,26 @@ fn serve(shared: &Arc<Shared>, config: Arc<rustls::ServerConfig>, tcp: TcpStream
     if !token_ok {
         return respond(&mut tls, 401, "", &status_json(401, "Unauthorized"));
     }
-    if target.starts_with(RESOURCE_API) && method == "GET" && target.contains("&watch=true") {
+    // spookd's DRA health reports are Leases with annotations: held as plain objects, with the
+    // resource.k8s.io ones (the Lease model below keeps only what the exclusive Leases use).
+    let report = {
+        let st = shared.lock();
+        let leases = format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{}/leases",
+            st.namespace
+        );
+        target.starts_with(&leases)
+            && (target.contains("health-report")
+                || body.contains("health-report")
+                || st.objects.contains_key(&(
+                    leases.clone(),
+                    target[leases.len()..].trim_start_matches('/').to_owned(),
+                )))
+    };
+    if (target.starts_with(RESOURCE_API) || report)
+        && method == "GET"
+        && target.contains("&watch=true")
+    {
         return watch_objects(shared, &mut tls, &target);
     }
     if target.starts_with(EVENTS_API) {
@@ -1421,7 +1461,7 @@ fn serve(shared: &Arc<Shared>, config: Arc<rustls::ServerConfig>, tcp: TcpStream
         drop(st);
         return respond(&mut tls, 200, "", &json);
     }
-    if target.starts_with(RESOURCE_API) {
+    if target.starts_with(RESOURCE_API) || report {
         let (code, body) = {
             let mut st = shared.lock();
             let answer = serve_objects(&mut st, &method, &target, &body);

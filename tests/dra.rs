@@ -1339,6 +1339,156 @@ deviceMapping:
     assert!(node.spookd().wait_log("Unhealthy", 1));
 }
 
+/// The taints of the stored slices' devices: device → (key, value, effect).
+fn taints_of(api: &ApiServer) -> BTreeMap<String, Vec<(String, String, String)>> {
+    let mut out = BTreeMap::new();
+    for slice in api.objects("resourceslices").values() {
+        for d in slice["spec"]["devices"].as_sequence().unwrap() {
+            let taints: Vec<(String, String, String)> =
+                (d["taints"].as_sequence().into_iter().flatten())
+                    .map(|t| {
+                        let s = |k: &str| t[k].as_str().unwrap_or_default().to_owned();
+                        (s("key"), s("value"), s("effect"))
+                    })
+                    .collect();
+            out.insert(d["name"].as_str().unwrap().to_owned(), taints);
+        }
+    }
+    out
+}
+
+/// No instrument that is off handed out: node2's probe finds a device only node2 reaches
+/// Unhealthy; its report (a Lease of its own) reaches the leader, node1, which cannot reach the
+/// device, and the leader taints it NoSchedule in its slice at the same generation; the probe
+/// succeeding again removes the taint. A probe flapping meanwhile costs a bounded number of
+/// writes: the report at most every 5 s (and its renewals), the slices as often.
+#[test]
+fn a_device_no_live_host_reaches_is_tainted_and_untainted() {
+    let scope = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = scope.local_addr().unwrap();
+    let config = format!(
+        r#"
+deviceMapping:
+  - hosts: [node1]
+    devices:
+      - resourceName: example.com/widget
+        instanceID: sg-1
+  - hosts: [node2]
+    devices:
+      - resourceName: skao.int/oscilloscope
+        instanceID: "0002"
+        healthCheck: {{tcp: "{addr}", interval: 100ms, timeout: 50ms, failureThreshold: 1}}
+"#
+    );
+    let (api, creds) = apiserver::with_credentials("dra-taints");
+    let tmp = TempDir::new();
+    let volume = ConfigVolume::new(tmp.join("cm"), &config);
+    let node1 = Node::start("node1", &api, &creds, &volume.path(), &[]);
+    assert!(
+        api.wait_objects("resourceslices", WAIT, |s| s.len() == 2),
+        "{}",
+        node1.log()
+    );
+    let node2 = Node::start("node2", &api, &creds, &volume.path(), &[]);
+    let report = "spookd-dra-spookd-dev.node2";
+    let deadline = spookd::clock::later(Instant::now(), WAIT);
+    while !api.reports().contains_key(report) {
+        assert!(Instant::now() < deadline, "no report\n{}", node2.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(lease_holder(&api).as_deref(), Some("node1"));
+    let none = BTreeMap::from([
+        ("oscilloscope-skao-int-0002".to_owned(), vec![]),
+        ("widget-example-com-sg-1".to_owned(), vec![]),
+    ]);
+    assert_eq!(taints_of(&api), none);
+    let generation_before = generation(&api.objects("resourceslices"));
+
+    drop(scope);
+    let ok = api.wait_objects("resourceslices", WAIT, |_| {
+        !taints_of(&api)["oscilloscope-skao-int-0002"].is_empty()
+    });
+    assert!(ok, "{:#?}\n{}\n{}", api.reports(), node1.log(), node2.log());
+    let taints = taints_of(&api);
+    let (key, value, effect) = &taints["oscilloscope-skao-int-0002"][0];
+    assert_eq!(
+        (key.as_str(), effect.as_str()),
+        ("spookd.dev/unhealthy", "NoSchedule")
+    );
+    assert!(
+        value.starts_with(&addr.to_string().replace(':', "-")) && value.contains("refused"),
+        "{value}"
+    );
+    assert!(
+        value.len() <= 63
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    );
+    assert!(taints["widget-example-com-sg-1"].is_empty());
+    assert_eq!(
+        generation(&api.objects("resourceslices")),
+        generation_before
+    );
+    // The report says what node2's probe saw.
+    let r = &api.reports()[report];
+    assert_eq!(r["spec"]["holderIdentity"], "node2");
+    let listed = r["metadata"]["annotations"]["spookd.dev/unhealthy"]
+        .as_str()
+        .unwrap();
+    assert_eq!(listed, format!("oscilloscope-skao-int-0002 {value}\n"));
+    let mut tainted = api.objects("resourceslices");
+    tainted.retain(|_, s| s["spec"]["devices"][0]["taints"].is_sequence());
+    keep_for_validation("tainted-slices", &tainted);
+    let slice = tainted.values().next().unwrap();
+    assert!(slice["spec"]["devices"].as_sequence().unwrap().len() <= 64);
+
+    // Flapping: the probe's target comes and goes every 150 ms for 6 s.
+    let start = Instant::now();
+    let count = |api: &ApiServer, what: &str| {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.target.contains(what))
+            .count()
+    };
+    let (reports_before, slices_before) = (count(&api, report), count(&api, "/resourceslices/"));
+    let mut listener = None;
+    while start.elapsed() < Duration::from_secs(6) {
+        listener = match listener {
+            None => Some(std::net::TcpListener::bind(addr).unwrap()),
+            Some(_) => None,
+        };
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let (reports, slices) = (
+        count(&api, report) - reports_before,
+        count(&api, "/resourceslices/") - slices_before,
+    );
+    // Changes at most every 5 s, plus renewals every third of the 2 s Lease duration.
+    let bound = (secs / 5.0).ceil() as usize + (secs / (2.0 / 3.0)).ceil() as usize + 1;
+    assert!(
+        reports <= bound,
+        "{reports} report writes in {secs:.1} s (bound {bound})"
+    );
+    assert!(
+        slices <= (secs / 5.0).ceil() as usize + 1,
+        "{slices} slice writes in {secs:.1} s"
+    );
+    eprintln!("flapping for {secs:.1} s: {reports} report writes, {slices} slice writes");
+
+    // Healthy again: the taint goes.
+    let _scope = listener.unwrap_or_else(|| std::net::TcpListener::bind(addr).unwrap());
+    let ok = api.wait_objects("resourceslices", Duration::from_secs(15), |_| {
+        taints_of(&api) == none
+    });
+    assert!(ok, "{:#?}\n{}", taints_of(&api), node2.log());
+    assert_eq!(
+        generation(&api.objects("resourceslices")),
+        generation_before
+    );
+}
+
 /// `scripts/demo-dra`: the whole flow without a cluster, printed (ignored by the suite).
 #[test]
 #[ignore = "a demo: scripts/demo-dra runs it"]

@@ -83,6 +83,18 @@ fn escape(s: &str) -> String {
     out
 }
 
+impl<T> HttpObjects<T> {
+    /// The objects at `base` (a collection's URL) that `label_selector` selects.
+    pub fn new(conn: Connection, base: String, label_selector: &str) -> Self {
+        HttpObjects {
+            client: Client::new(conn),
+            base,
+            selector: format!("?labelSelector={}", escape(label_selector)),
+            _kind: PhantomData,
+        }
+    }
+}
+
 impl HttpObjects<ResourceSlice> {
     /// The ResourceSlices of `driver`.
     pub fn slices(conn: Connection, driver: &str) -> Self {

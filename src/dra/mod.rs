@@ -18,6 +18,7 @@ pub mod objects;
 pub mod plugin;
 pub mod proto;
 pub mod publish;
+pub mod report;
 
 use std::path::PathBuf;
 use std::time::Duration;

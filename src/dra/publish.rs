@@ -32,6 +32,7 @@ use crate::clock::later;
 use crate::config::dra::Inventory;
 use crate::dra::api::{HttpObjects, Object, Objects};
 use crate::dra::objects::{self, DeviceClass, Kept, ResourceSlice, SliceSpec, Taints, POOL};
+use crate::dra::report::{ReportLease, Reports};
 use crate::kube::client::ApiError;
 use crate::kube::watch::{list_then_watch, Events, Failure, Observer, Phase, Policy, WatchApi};
 use crate::leases::protocol::{self, Acquired, Lease, LeaseApi, Observations};
@@ -446,34 +447,40 @@ impl<T> Observer<T> for Nudge {
     }
 }
 
-/// The ResourceSlice watch's two calls, over the one list-then-watch loop.
-pub struct SliceWatch {
-    pub slices: HttpObjects<ResourceSlice>,
+/// A watch of the driver's objects of one kind (its ResourceSlices, the nodes' health reports),
+/// over the one list-then-watch loop.
+pub struct ObjectWatch<T> {
+    pub objects: HttpObjects<T>,
     pub timeout: Duration,
 }
 
-impl WatchApi for SliceWatch {
-    type Object = ResourceSlice;
-    fn list(&mut self) -> Result<(Vec<ResourceSlice>, String), ApiError> {
-        self.slices.list_at()
+impl<T: Object + crate::kube::watch::Versioned + Send + 'static> WatchApi for ObjectWatch<T> {
+    type Object = T;
+    fn list(&mut self) -> Result<(Vec<T>, String), ApiError> {
+        self.objects.list_at()
     }
-    fn watch(&mut self, version: &str) -> Result<Events<ResourceSlice>, ApiError> {
-        self.slices.watch_from(version, self.timeout)
+    fn watch(&mut self, version: &str) -> Result<Events<T>, ApiError> {
+        self.objects.watch_from(version, self.timeout)
     }
 }
 
-/// Handle of the `spookd-dra-watch` thread: someone's edit or delete of the driver's slices is
-/// repaired by the leader at once, not at the next resync. Dropping it stops the thread.
+/// Handle of a watch thread (`spookd-dra-watch` of the slices, `spookd-dra-reports` of the
+/// health reports): someone's edit or delete of the driver's slices is repaired by the leader at
+/// once, and a node's new report published, not at the next resync. Dropping it stops the thread.
 pub struct SliceWatcher {
     _stop: Sender<()>,
     _worker: Worker,
 }
 
 impl SliceWatcher {
-    pub fn spawn(mut api: SliceWatch, nudge: Nudge) -> std::io::Result<SliceWatcher> {
+    pub fn spawn<T: Object + crate::kube::watch::Versioned + Send + 'static>(
+        name: &str,
+        mut api: ObjectWatch<T>,
+        nudge: Nudge,
+    ) -> std::io::Result<SliceWatcher> {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let mut nudge = nudge;
-        let worker = Worker::spawn("spookd-dra-watch", move || {
+        let worker = Worker::spawn(name, move || {
             let mut backoff = Backoff::new(RETRY);
             list_then_watch(&mut api, &mut nudge, Policy::Relist, &mut backoff, &stopped);
         })?
@@ -491,6 +498,8 @@ pub struct PublisherApi {
     pub leases: Box<dyn LeaseApi + Send>,
     pub slices: Box<dyn Objects<ResourceSlice> + Send>,
     pub classes: Box<dyn Objects<DeviceClass> + Send>,
+    /// The nodes' health reports ([`crate::dra::report`]).
+    pub reports: Box<dyn Objects<ReportLease> + Send>,
 }
 
 /// Handle of the publisher thread; dropping it releases the Lease and stops the thread.
@@ -551,6 +560,8 @@ fn run(
     let mut failing = false;
     let mut floor = 0;
     let mut kept = Kept::default();
+    let mut reports = Reports::default();
+    let mut taints = Taints::new();
     loop {
         let mut deadline = next_lease;
         if leader && inventory.is_some() {
@@ -589,12 +600,17 @@ fn run(
         else {
             continue;
         };
-        let taints = Taints::new();
+        // The nodes' reports decide the taints; unread, the last known stand.
+        match api.reports.list() {
+            Ok(listed) => taints = reports.taints(inv, driver, &listed, Instant::now()),
+            Err(e) => debug!("cannot read the health reports: {e}; the last taints stand"),
+        }
         let dropped_before = kept.dropped();
         let PublisherApi {
             leases,
             slices,
             classes,
+            ..
         } = &mut api;
         let mut lead = || {
             let now = Instant::now();

@@ -17,7 +17,7 @@ use crate::config::{Config, InstanceId, ResourceName};
 use crate::state::msg::Msg;
 use crate::state::msg::{
     ClaimDevices, DeviceHealth, DraEvent, DraStatus, HealthSender, Notice, PrepareRefusal,
-    PrepareReply, ProbeSet,
+    PrepareReply, ProbeSet, Unhealthy,
 };
 use crate::state::{Backend, State};
 
@@ -37,6 +37,14 @@ impl Driver {
     fn push_health(&mut self) {
         let list = Arc::new(self.health.values().cloned().collect::<Vec<_>>());
         self.streams.retain(|s| s.send(list.clone()).is_ok());
+    }
+
+    /// The devices this node's probes find Unhealthy.
+    fn unhealthy(&self) -> Unhealthy {
+        (self.health.values())
+            .filter(|h| !h.healthy)
+            .map(|h| (h.device.clone(), h.detail.clone()))
+            .collect()
     }
 }
 
@@ -81,7 +89,9 @@ impl<B: Backend> State<B> {
         }
         driver.health = health;
         driver.push_health();
+        let unhealthy = driver.unhealthy();
         self.backend.set_probes(probes);
+        self.backend.report_health(unhealthy);
         let (devices, resources) = (inventory.devices().len(), inventory.classes().len());
         info!("{origin}: {devices} devices of {resources} resources to publish");
         self.backend.publish(inventory);
@@ -150,6 +160,8 @@ impl<B: Backend> State<B> {
             return;
         }
         entry.healthy = healthy;
+        let unhealthy = driver.unhealthy();
+        self.backend.report_health(unhealthy);
         if healthy {
             info!("{resource} {id}: Healthy again ({detail})");
         } else {

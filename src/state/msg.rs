@@ -282,6 +282,10 @@ pub struct DeviceHealth {
     pub detail: String,
 }
 
+/// `--dra`: device name → the probe's message, for each device this node's probes find
+/// Unhealthy.
+pub type Unhealthy = BTreeMap<String, String>;
+
 /// `--dra`: every device this node reaches, sorted by name.
 pub type HealthList = Arc<Vec<DeviceHealth>>;
 /// `--dra`: the state thread's end of a device-health stream (the newest list only).
