@@ -624,7 +624,7 @@ impl Backend for DraEffects {
     fn publish(&mut self, inventory: Arc<Inventory>) {
         self.publisher.publish(inventory);
     }
-    fn report_health(&mut self, unhealthy: Unhealthy) {
+    fn report_health(&mut self, unhealthy: Option<Unhealthy>) {
         self.reporter.report(unhealthy);
     }
     fn notify(&mut self, notice: Notice) {

@@ -291,13 +291,13 @@ impl Reporter {
 
 /// Handle of the `spookd-dra-report` thread; dropping it stops the thread.
 pub struct ReportWriter {
-    tx: Sender<Taints>,
+    tx: Sender<Option<Taints>>,
     _worker: Worker,
 }
 
 impl ReportWriter {
     pub fn spawn(mut reporter: Reporter) -> std::io::Result<ReportWriter> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Taints>();
+        let (tx, rx) = crossbeam_channel::unbounded::<Option<Taints>>();
         let worker = Worker::spawn("spookd-dra-report", move || run(&mut reporter, &rx))?
             .stop_wait(Duration::from_millis(300));
         Ok(ReportWriter {
@@ -306,17 +306,19 @@ impl ReportWriter {
         })
     }
 
-    /// The devices this node's probes find Unhealthy now.
-    pub fn report(&self, unhealthy: Taints) {
+    /// The devices this node's probes find Unhealthy now; `None`: it probes none, and stops
+    /// renewing its report (which the leader then stops counting).
+    pub fn report(&self, unhealthy: Option<Taints>) {
         let _ = self.tx.send(unhealthy);
     }
 }
 
-fn run(reporter: &mut Reporter, rx: &Receiver<Taints>) {
+fn run(reporter: &mut Reporter, rx: &Receiver<Option<Taints>>) {
     let renew = reporter.duration / 3;
     let mut backoff = Backoff::new(RETRY);
     let mut current: Option<ReportLease> = None;
-    let mut unhealthy = Taints::new();
+    // Nothing is written until the node probes something.
+    let mut unhealthy: Option<Taints> = None;
     let mut written: Option<Taints> = None;
     let mut last_write: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
@@ -334,7 +336,12 @@ fn run(reporter: &mut Reporter, rx: &Receiver<Taints>) {
             Err(RecvTimeoutError::Disconnected) => return,
         }
         let now = Instant::now();
-        let changed = written.as_ref() != Some(&unhealthy);
+        let Some(unhealthy) = unhealthy.as_ref() else {
+            written = None;
+            next = later(now, Duration::from_secs(3600));
+            continue;
+        };
+        let changed = written.as_ref() != Some(unhealthy);
         let due = match last_write {
             None => now,
             Some(at) if changed => later(at, MIN_WRITE),
@@ -345,7 +352,7 @@ fn run(reporter: &mut Reporter, rx: &Receiver<Taints>) {
             next = due;
             continue;
         }
-        match reporter.write(&unhealthy, &mut current) {
+        match reporter.write(unhealthy, &mut current) {
             Ok(()) => {
                 if changed {
                     let more = if unhealthy.len() > MAX_LISTED {

@@ -30,6 +30,8 @@ pub(super) struct Driver {
     health: BTreeMap<String, DeviceHealth>,
     /// The kubelet's open device-health streams.
     streams: Vec<HealthSender>,
+    /// How many of this node's devices are probed.
+    probed: usize,
 }
 
 impl Driver {
@@ -39,12 +41,15 @@ impl Driver {
         self.streams.retain(|s| s.send(list.clone()).is_ok());
     }
 
-    /// The devices this node's probes find Unhealthy.
-    fn unhealthy(&self) -> Unhealthy {
-        (self.health.values())
-            .filter(|h| !h.healthy)
-            .map(|h| (h.device.clone(), h.detail.clone()))
-            .collect()
+    /// The devices this node's probes find Unhealthy; `None` where it probes none (a node with
+    /// nothing to report writes no report, so an idle node makes no API call for it).
+    fn unhealthy(&self, probes: usize) -> Option<Unhealthy> {
+        (probes > 0).then(|| {
+            (self.health.values())
+                .filter(|h| !h.healthy)
+                .map(|h| (h.device.clone(), h.detail.clone()))
+                .collect()
+        })
     }
 }
 
@@ -88,8 +93,9 @@ impl<B: Backend> State<B> {
             health.insert(d.name.clone(), entry);
         }
         driver.health = health;
+        driver.probed = probes.len();
         driver.push_health();
-        let unhealthy = driver.unhealthy();
+        let unhealthy = driver.unhealthy(driver.probed);
         self.backend.set_probes(probes);
         self.backend.report_health(unhealthy);
         let (devices, resources) = (inventory.devices().len(), inventory.classes().len());
@@ -160,7 +166,7 @@ impl<B: Backend> State<B> {
             return;
         }
         entry.healthy = healthy;
-        let unhealthy = driver.unhealthy();
+        let unhealthy = driver.unhealthy(driver.probed);
         self.backend.report_health(unhealthy);
         if healthy {
             info!("{resource} {id}: Healthy again ({detail})");

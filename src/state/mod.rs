@@ -115,8 +115,8 @@ pub trait Backend {
     /// `--dra`: hands the publisher the inventory of a new good config.
     fn publish(&mut self, _inventory: Arc<Inventory>) {}
     /// `--dra`: the devices this node reaches that its probes find Unhealthy now, for its health
-    /// report (which the leader reads to taint them).
-    fn report_health(&mut self, _unhealthy: msg::Unhealthy) {}
+    /// report (which the leader reads to taint them); `None` where it probes none.
+    fn report_health(&mut self, _unhealthy: Option<msg::Unhealthy>) {}
     /// Tells the cluster's operators (a Kubernetes Event), best effort: never blocks.
     fn notify(&mut self, _notice: Notice) {}
 }
