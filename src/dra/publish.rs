@@ -293,6 +293,8 @@ pub fn reconcile(
     }
     // A hostile or broken server's i64::MAX must not overflow.
     let generation = current.saturating_add(1);
+    // Not both pools at once: a pool of 20,000 devices is tens of MiB.
+    drop(want);
     let mut want = objects::slices(driver, inventory, generation, taints);
     {
         // Each wanted slice overwrites one of ours: the one of its name, else any other left.
