@@ -9,8 +9,9 @@ fn main() {
     // The static binary (the image's): its ~13,000 relative relocations packed as DT_RELR
     // (binutils >= 2.38, glibc >= 2.36, both in the static binary's builder) instead of 24-byte
     // RELA entries: ~300 KB smaller, and those pages are no longer read at every start, so the
-    // idle RSS drops by as much. Still a PIE: the image keeps its address randomization. Only
-    // for crt-static: a dynamic binary would then need a glibc >= 2.36 where it runs.
+    // idle RSS drops by as much. Still a PIE: the image keeps its address randomization (on
+    // aarch64 too, linked -static-pie by scripts/aarch64-static-pie-cc). Only for crt-static: a
+    // dynamic binary would then need a glibc >= 2.36 where it runs.
     let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
     if features.split(',').any(|f| f == "crt-static") {
         // An older static glibc would start without applying them: check the one linked in.

@@ -506,7 +506,7 @@ fn check_config(config: &str, args: &[&str]) -> Result<String, String> {
     let tmp = TempDir::new();
     let path = tmp.join("config.yaml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_spookd"))
+    let out = crate::util::spookd_command()
         .arg("check")
         .args(args)
         .arg(&path)

@@ -1,11 +1,11 @@
 //! The command line of the real binary: help, version, usage errors, `check`.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::util::{TempDir, SEED};
 
 fn spookd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spookd"))
+    crate::util::spookd_command()
         .args(args)
         .env_remove("NODE_NAME")
         .output()

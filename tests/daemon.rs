@@ -718,7 +718,7 @@ fn grpc_backup_poller_is_off_unless_the_environment_sets_it() {
     let log = fs::File::create(tmp.join("log")).unwrap();
     let config = tmp.join("c.yaml");
     fs::write(&config, SEED).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spookd"))
+    let mut child = crate::util::spookd_command()
         .args(["--node-name", "node1", "--config"])
         .arg(&config)
         .arg("--device-plugin-dir")
@@ -825,7 +825,11 @@ fn cpu_lists_count_as_glibc_counts_them_and_absurd_ones_are_refused() {
         std::process::Command::new("timeout")
             .args(["5", "unshare", "-m", "--propagation", "private", "sh", "-c"])
             .arg(script)
-            .arg(env!("CARGO_BIN_EXE_spookd"))
+            .args(
+                crate::util::runner()
+                    .into_iter()
+                    .chain([std::ffi::OsString::from(env!("CARGO_BIN_EXE_spookd"))]),
+            )
             .args(["--node-name", "node1", "--config"])
             .arg(&config)
             .arg("--device-plugin-dir")

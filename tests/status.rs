@@ -1,13 +1,11 @@
 //! `spookd status` of the real binary against a running spookd and the kubelet stand-in's
 //! podresources API.
 
-use std::process::Command;
-
 use crate::metrics::metrics_addr;
 use crate::util::{Setup, SEED};
 
 fn status(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_spookd"))
+    let out = crate::util::spookd_command()
         .arg("status")
         .args(args)
         .env_remove("SPOOKD_METRICS_ADDR")

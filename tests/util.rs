@@ -123,7 +123,7 @@ impl Spookd {
 
     pub fn start_args(args: &[&std::ffi::OsStr], log: PathBuf) -> Spookd {
         let file = fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_spookd"))
+        let child = spookd_command()
             .args(args)
             .env("RUST_LOG", "debug")
             .env_remove("NODE_NAME")
@@ -186,6 +186,37 @@ impl Drop for Spookd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The program that runs spookd's binary in these tests, if any: `SPOOKD_TEST_RUNNER`
+/// (`qemu-aarch64-static` for the aarch64 binary on an amd64 machine, scripts/test-arm64; cargo's
+/// target runner runs the test binary itself the same way, but not what it starts).
+pub fn runner() -> Option<std::ffi::OsString> {
+    std::env::var_os("SPOOKD_TEST_RUNNER").filter(|r| !r.is_empty())
+}
+
+/// A command running spookd's binary (through the runner, where there is one).
+pub fn spookd_command() -> Command {
+    match runner() {
+        Some(runner) => {
+            let mut c = Command::new(runner);
+            c.arg(env!("CARGO_BIN_EXE_spookd"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_spookd")),
+    }
+}
+
+/// The same as words for a shell's `exec` (paths here hold no spaces or quotes).
+pub fn spookd_words() -> String {
+    match runner() {
+        Some(runner) => format!(
+            "{} {}",
+            runner.to_string_lossy(),
+            env!("CARGO_BIN_EXE_spookd")
+        ),
+        None => env!("CARGO_BIN_EXE_spookd").to_owned(),
     }
 }
 
