@@ -82,6 +82,9 @@ fn a_removed_resource_is_pruned_after_the_wait_and_nothing_else_is_touched() {
     wait_node(&s, &api, "served names recorded", |n| {
         annotation(n) == Some(BOTH)
     });
+    // The kubelet's stream open first: an edit before it would retire the server under it
+    // (a slow spookd, under emulation, showed it).
+    s.expect_devices("example.com/thingamajig", &["0001"]);
     let edited = s.config.write(&without_thingamajig());
     s.expect_devices("example.com/thingamajig", &[]);
     // The kubelet's view once the plugin is gone: 0.
@@ -140,6 +143,9 @@ fn a_resource_served_again_before_the_deadline_is_untouched() {
     wait_node(&s, &api, "served names recorded", |n| {
         annotation(n) == Some(BOTH)
     });
+    // The kubelet's stream open first: an edit before it would retire the server under it
+    // (a slow spookd, under emulation, showed it).
+    s.expect_devices("example.com/thingamajig", &["0001"]);
     s.config.write(&without_thingamajig());
     s.expect_devices("example.com/thingamajig", &[]);
     api.set_count("example.com/thingamajig", "0");

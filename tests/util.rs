@@ -220,6 +220,16 @@ pub fn spookd_words() -> String {
     }
 }
 
+/// Whether `test` is skipped because spookd runs under emulation, where what it measures is not
+/// spookd's (it says so): each such test is listed in README, Architectures, with the reason.
+pub fn skipped_under_emulation(test: &str) -> bool {
+    let skip = runner().is_some();
+    if skip {
+        eprintln!("{test}: skipped under emulation (README, Architectures)");
+    }
+    skip
+}
+
 /// A whole setup: temp dir, device-plugins dir with a kubelet stand-in, config volume, spookd.
 pub struct Setup {
     pub tmp: TempDir,
