@@ -22,8 +22,8 @@ use crate::clock::later;
 use crate::config::NodeName;
 use crate::kube::client::{ApiError, Client, Connection, Method, REQUEST_TIMEOUT};
 use crate::kube::json_string;
-use crate::leases::protocol::micro_time;
 use crate::state::msg::{Msg, Notice};
+use crate::time::micro_time;
 use crate::worker::Worker;
 
 /// The controller name on every Event.

@@ -8,7 +8,9 @@ use std::path::Path;
 /// Top-level modules by layer, lowest first. A module may import only from lower layers (and
 /// from itself).
 const LAYERS: &[&[&str]] = &[
-    &["clock", "worker", "latest", "random", "text"],
+    &[
+        "clock", "worker", "latest", "random", "text", "time", "hash",
+    ],
     &["backoff"],
     &["config"],
     &["state"],

@@ -15,6 +15,14 @@ mod config;
 #[path = "../../src/text.rs"]
 #[allow(dead_code)]
 mod text;
+// Probe durations are read with it.
+#[path = "../../src/time.rs"]
+#[allow(dead_code)]
+mod time;
+// DRA device names are derived with it.
+#[path = "../../src/hash.rs"]
+#[allow(dead_code)]
+mod hash;
 
 use config::layout;
 

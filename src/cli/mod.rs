@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{is_dns_subdomain, parse_duration, InvalidValue, NodeName};
+use crate::config::{is_dns_subdomain, InvalidValue, NodeName};
 use crate::dra::{self, DraOptions};
 use crate::events::{EventOptions, ObjectRef};
 use crate::kube::client::Connection;
@@ -14,6 +14,7 @@ use crate::leases::LeaseOptions;
 use crate::prune::PruneOptions;
 use crate::source::configmap::ApiOptions;
 use crate::status::StatusOptions;
+use crate::time::{format_duration, parse_duration};
 
 pub const DEFAULT_CONFIG: &str = "/etc/spookd/config.yaml";
 pub const DEFAULT_DEVICE_PLUGIN_DIR: &str = "/var/lib/kubelet/device-plugins";
@@ -672,24 +673,6 @@ impl Flag {
     fn env(self) -> &'static str {
         self.spec().env
     }
-}
-
-/// `1s`, `1m`, `5m30s`, `10ms`: as the flags take it.
-fn format_duration(d: Duration) -> String {
-    if d.subsec_millis() != 0 && d.as_secs() == 0 {
-        return format!("{}ms", d.as_millis());
-    }
-    let (h, m, s) = (d.as_secs() / 3600, d.as_secs() / 60 % 60, d.as_secs() % 60);
-    let mut out = String::new();
-    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
-        if n != 0 {
-            out.push_str(&format!("{n}{unit}"));
-        }
-    }
-    if out.is_empty() {
-        out.push_str("0s");
-    }
-    out
 }
 
 /// `--help`, from the table.
@@ -1681,20 +1664,6 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        let d = |s| parse_duration(s);
-        assert_eq!(d("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(d("2s"), Some(Duration::from_secs(2)));
-        assert_eq!(d("1m"), Some(Duration::from_secs(60)));
-        assert_eq!(d("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(d("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(d("1.5s"), Some(Duration::from_millis(1500)));
-        for bad in ["", "5", "s", "1x", "1.s", ".5s", "-1s", "1 s", "1e3s"] {
-            assert_eq!(d(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
     fn help_names_every_flag_and_env_var() {
         let help = help();
         for s in FLAGS {
@@ -1718,19 +1687,5 @@ mod tests {
             assert!(std::ptr::eq(s.flag.spec(), &FLAGS[i]));
         }
         assert_eq!(FLAGS.len(), 26);
-    }
-
-    #[test]
-    fn durations_are_written_as_the_flags_take_them() {
-        for (d, text) in [
-            (Duration::from_secs(1), "1s"),
-            (Duration::from_secs(60), "1m"),
-            (Duration::from_secs(330), "5m30s"),
-            (Duration::from_millis(10), "10ms"),
-            (Duration::from_secs(3600 * 720), "720h"),
-        ] {
-            assert_eq!(format_duration(d), text);
-            assert_eq!(parse_duration(text), Some(d));
-        }
     }
 }

@@ -22,6 +22,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::text::Cut;
+use crate::time::parse_duration;
 
 /// Longest device ID the kubelet accepts (`Device.ID`).
 const MAX_INSTANCE_ID: usize = 63;
@@ -828,50 +829,6 @@ fn check_env_names(
         }
     }
     Ok(())
-}
-
-/// FNV-1a, 64 bits: stable across builds and machines (unlike the standard library's hasher), for
-/// names derived from a device on every node alike (Lease and DRA device names).
-pub fn stable_hash(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in *part {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
-
-/// Parses a duration as the config and the command line take it: `250ms`, `2s`, `1m`, `1h`, `1.5s`, `1m30s`: one or more number-unit pairs.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let (number, tail) = rest.split_at(split);
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let seconds_per_unit = match unit {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
-            return None;
-        }
-        let n: f64 = number.parse().ok()?;
-        total = total.checked_add(Duration::try_from_secs_f64(n * seconds_per_unit).ok()?)?;
-        rest = tail;
-    }
-    Some(total)
 }
 
 /// Counts what the YAML parser would have to hold, without parsing: structural tokens outside

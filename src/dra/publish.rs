@@ -51,7 +51,7 @@ pub fn leader_lease_name(driver: &str) -> String {
     if name.len() <= 63 {
         return name;
     }
-    let hash = crate::config::stable_hash(&[driver.as_bytes()]);
+    let hash = crate::hash::stable_hash(&[driver.as_bytes()]);
     let mut cut: String = name.chars().take(54).collect();
     while cut.ends_with('-') {
         cut.pop();
