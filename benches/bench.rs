@@ -1345,7 +1345,7 @@ impl Backend for NullBackend {
         Some(1)
     }
     fn set_probes(&mut self, _: spookd::state::msg::ProbeSet) {}
-    fn served(&mut self, _: std::collections::BTreeSet<ResourceName>) {}
+    fn set_served_resources(&mut self, _: std::collections::BTreeSet<ResourceName>) {}
     fn exclusive(&self) -> bool {
         false
     }

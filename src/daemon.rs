@@ -170,7 +170,7 @@ impl Backend for Effects {
         self.prober.set(probes);
     }
 
-    fn served(&mut self, resources: BTreeSet<ResourceName>) {
+    fn set_served_resources(&mut self, resources: BTreeSet<ResourceName>) {
         if let Some(pruner) = &self.pruner {
             pruner.served(resources);
         }
@@ -617,7 +617,7 @@ impl Backend for DraEffects {
         false
     }
     fn leases(&mut self, _: LeaseCmd) {}
-    fn served(&mut self, _: BTreeSet<ResourceName>) {}
+    fn set_served_resources(&mut self, _: BTreeSet<ResourceName>) {}
     fn dra(&self) -> bool {
         true
     }

@@ -255,7 +255,7 @@ impl Recorder {
         now: SystemTime,
         mono: Instant,
     ) -> Outcome {
-        // Already cut to what the API takes ([`Notice::new`]).
+        // Already cut to what the API takes ([`Notice::warning`], [`Notice::normal`]).
         let note = notice.note.clone();
         let key = (object.clone(), notice.reason, note.clone());
         self.clock += 1;
@@ -526,7 +526,7 @@ mod tests {
     }
 
     fn invalid(note: &str) -> Notice {
-        Notice::new(true, "InvalidConfig", "Reject", note.into())
+        Notice::warning("InvalidConfig", "Reject", note.into())
     }
 
     #[test]

@@ -33,8 +33,7 @@ impl<B: Backend> State<B> {
 
     /// A config that failed a check, or could not be read: logged, counted; the last good stays.
     pub(super) fn config_invalid(&mut self, e: &ConfigError) {
-        self.backend.notify(Notice::new(
-            true,
+        self.backend.notify(Notice::warning(
             "InvalidConfig",
             "Reject",
             format!("node {}: {e}; the last good config stays", self.node),
@@ -93,12 +92,12 @@ impl<B: Backend> State<B> {
                         Served {
                             devices,
                             unhealthy: BTreeSet::new(),
-                            elsewhere: BTreeSet::new(),
+                            held_by_others: BTreeSet::new(),
                             server: None,
                             streams: Vec::new(),
                         },
                     );
-                    self.restart(&resource);
+                    self.start_server(&resource);
                     changed += 1;
                 }
             }
@@ -108,9 +107,9 @@ impl<B: Backend> State<B> {
             self.update_shared(config);
         }
         let names: BTreeSet<ResourceName> = self.served.keys().cloned().collect();
-        if self.announced.as_ref() != Some(&names) {
-            self.announced = Some(names.clone());
-            self.backend.served(names);
+        if self.last_served_resources.as_ref() != Some(&names) {
+            self.last_served_resources = Some(names.clone());
+            self.backend.set_served_resources(names);
         }
         let count: usize = self.served.values().map(|s| s.devices.len()).sum();
         info!(
@@ -131,8 +130,7 @@ impl<B: Backend> State<B> {
         } else {
             per_resource.join(", ")
         };
-        self.backend.notify(Notice::new(
-            false,
+        self.backend.notify(Notice::normal(
             "ConfigApplied",
             "Apply",
             format!(

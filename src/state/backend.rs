@@ -36,8 +36,9 @@ pub trait Backend {
     fn exclusive(&self) -> bool;
     /// Tells the Lease thread.
     fn leases(&mut self, cmd: LeaseCmd);
-    /// The resources served now (after every config that changes them, and the first).
-    fn served(&mut self, resources: BTreeSet<ResourceName>);
+    /// The resources served now, after the first config and every one that changes them (the
+    /// pruner must never remove what is served).
+    fn set_served_resources(&mut self, resources: BTreeSet<ResourceName>);
     /// `--dra`: this is a DRA driver: no device-plugin servers; each good config is published.
     fn dra(&self) -> bool {
         false

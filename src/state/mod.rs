@@ -107,12 +107,13 @@ pub struct State<B: Backend> {
     /// The probes last given to the backend, each with what it last saw (one map, not two: at
     /// 1,000 probed devices a second map's keys cost ~170 KiB).
     probes: BTreeMap<DeviceKey, Probed>,
-    /// The resources last given to the backend (`None`: before the first config).
-    announced: Option<BTreeSet<ResourceName>>,
+    /// The resource names last given to [`Backend::set_served_resources`] (`None`: before the
+    /// first config, so the first is always given).
+    last_served_resources: Option<BTreeSet<ResourceName>>,
     /// Served devices mapped to several hosts (`--exclusive-leases`), as last given to the backend.
     shared: BTreeSet<DeviceKey>,
     /// The last Lease report: devices held by other nodes.
-    held_elsewhere: BTreeMap<DeviceKey, String>,
+    held_by_others: BTreeMap<DeviceKey, String>,
     /// The last Lease report: shared devices this node holds.
     held_here: BTreeSet<DeviceKey>,
     /// Allocates waiting for their Leases, by request number.
@@ -140,9 +141,9 @@ impl<B: Backend> State<B> {
             kubelet,
             have_config: false,
             probes: BTreeMap::new(),
-            announced: None,
+            last_served_resources: None,
             shared: BTreeSet::new(),
-            held_elsewhere: BTreeMap::new(),
+            held_by_others: BTreeMap::new(),
             held_here: BTreeSet::new(),
             parked: BTreeMap::new(),
             next_request: 0,

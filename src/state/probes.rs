@@ -84,21 +84,15 @@ impl<B: Backend> State<B> {
         } else {
             warn!("{resource} {id}: Unhealthy ({detail}); the kubelet stops counting it");
         }
-        self.backend.notify(Notice {
-            warning: !healthy,
-            reason: if healthy {
-                "DeviceHealthy"
-            } else {
-                "DeviceUnhealthy"
-            },
-            action: "Probe",
-            note: format!(
+        self.backend.notify(Notice::health_change(
+            healthy,
+            format!(
                 "node {}: {resource} device {:?} is {} ({detail})",
                 self.node,
                 id.as_str(),
                 if healthy { "Healthy" } else { "Unhealthy" }
             ),
-        });
+        ));
         self.stats.health_changes += 1;
         push(resource, served);
     }

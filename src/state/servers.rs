@@ -25,7 +25,7 @@ pub(super) struct Served<S> {
     /// Devices whose probe says Unhealthy; every other device is Healthy.
     pub(super) unhealthy: BTreeSet<InstanceId>,
     /// Shared devices another node holds a Lease on: advertised Unhealthy here.
-    pub(super) elsewhere: BTreeSet<InstanceId>,
+    pub(super) held_by_others: BTreeSet<InstanceId>,
 }
 
 pub(super) struct Live<S> {
@@ -75,7 +75,7 @@ impl<B: Backend> State<B> {
             .collect();
         for resource in missing {
             warn!("{resource}: socket missing (seen by the periodic check); restarting its server");
-            self.restart(&resource);
+            self.start_server(&resource);
         }
         self.reregister_orphans();
     }
@@ -138,8 +138,9 @@ impl<B: Backend> State<B> {
         self.retiring.push((later(now, RETIRE_GRACE), served));
     }
 
-    /// Starts a fresh server for `resource` (dropping the old one) and queues its registration.
-    pub(super) fn restart(&mut self, resource: &ResourceName) {
+    /// Starts `resource`'s server on a fresh socket and queues its registration: its first server,
+    /// or a new one in place of the old (retired right after).
+    pub(super) fn start_server(&mut self, resource: &ResourceName) {
         let Some(served) = self.served.get_mut(resource) else {
             return;
         };
@@ -149,7 +150,7 @@ impl<B: Backend> State<B> {
         let old = Served {
             devices: served.devices.clone(),
             unhealthy: BTreeSet::new(),
-            elsewhere: BTreeSet::new(),
+            held_by_others: BTreeSet::new(),
             server: served.server.take(),
             streams: std::mem::take(&mut served.streams),
         };
@@ -189,14 +190,14 @@ impl<B: Backend> State<B> {
         );
         let resources: Vec<ResourceName> = self.served.keys().cloned().collect();
         for resource in resources {
-            // `resources` are the keys of `served`, and only `restart` runs in between (it keeps them).
+            // `resources` are the keys of `served`, and only `start_server` runs in between (it keeps them).
             let served = &self.served[&resource];
             match &served.server {
                 Some(live) if self.backend.socket_exists(&live.endpoint) => {
                     let endpoint = live.endpoint.clone();
                     self.backend.register(&resource, &endpoint);
                 }
-                _ => self.restart(&resource),
+                _ => self.start_server(&resource),
             }
         }
     }
@@ -209,7 +210,7 @@ impl<B: Backend> State<B> {
         });
         if let Some(resource) = hit {
             info!("{resource}: socket {name} was deleted; restarting its server");
-            self.restart(&resource);
+            self.start_server(&resource);
         }
     }
 
@@ -291,7 +292,7 @@ fn listing<S>(served: &Served<S>) -> Listing {
         .iter()
         .map(|d| Listed {
             id: d.id.clone(),
-            healthy: !served.unhealthy.contains(&d.id) && !served.elsewhere.contains(&d.id),
+            healthy: !served.unhealthy.contains(&d.id) && !served.held_by_others.contains(&d.id),
         })
         .collect()
 }

@@ -31,7 +31,7 @@ impl<B: Backend> State<B> {
             self.shared = shared.clone();
             self.backend.leases(LeaseCmd::Shared(shared));
         }
-        self.refresh_elsewhere();
+        self.mark_held_by_others();
     }
 
     pub(super) fn lease_report(&mut self, report: LeaseReport) {
@@ -39,18 +39,18 @@ impl<B: Backend> State<B> {
         self.stats.lease_acquisitions_won = report.won;
         self.stats.lease_acquisitions_lost = report.lost;
         self.held_here = report.mine;
-        if report.held_elsewhere == self.held_elsewhere {
+        if report.held_by_others == self.held_by_others {
             return;
         }
-        self.held_elsewhere = report.held_elsewhere;
-        self.refresh_elsewhere();
+        self.held_by_others = report.held_by_others;
+        self.mark_held_by_others();
     }
 
     /// Sets each resource's devices held elsewhere from the last report; pushes what changed.
-    pub(super) fn refresh_elsewhere(&mut self) {
+    pub(super) fn mark_held_by_others(&mut self) {
         for (resource, served) in &mut self.served {
-            let elsewhere: BTreeSet<InstanceId> = self
-                .held_elsewhere
+            let held_by_others: BTreeSet<InstanceId> = self
+                .held_by_others
                 .iter()
                 .filter(|((r, id), _)| r == resource && served.devices.iter().any(|d| d.id == *id))
                 .map(|((_, id), holder)| {
@@ -58,20 +58,20 @@ impl<B: Backend> State<B> {
                     id.clone()
                 })
                 .collect();
-            if elsewhere != served.elsewhere {
+            if held_by_others != served.held_by_others {
                 info!(
                     "{resource}: held by other nodes now: {}",
-                    if elsewhere.is_empty() {
+                    if held_by_others.is_empty() {
                         "none".to_owned()
                     } else {
-                        elsewhere
+                        held_by_others
                             .iter()
                             .map(InstanceId::as_str)
                             .collect::<Vec<_>>()
                             .join(", ")
                     }
                 );
-                served.elsewhere = elsewhere;
+                served.held_by_others = held_by_others;
                 push(resource, served);
             }
         }
@@ -138,7 +138,7 @@ mod tests {
         let mut rx = watch(&mut s, "a.io/x", 0, now);
         rx.newest();
         let report = |held: &[(DeviceKey, &str)]| LeaseReport {
-            held_elsewhere: held
+            held_by_others: held
                 .iter()
                 .map(|(k, h)| (k.clone(), h.to_string()))
                 .collect(),

@@ -45,7 +45,7 @@ impl<B: Backend> State<B> {
         s.probe_details = (self.probes.iter())
             .filter_map(|(k, p)| Some((key(k), p.seen.as_deref()?.to_owned())))
             .collect();
-        s.lease_holders = (self.held_elsewhere.iter())
+        s.lease_holders = (self.held_by_others.iter())
             .map(|(k, holder)| (key(k), holder.clone()))
             .chain(
                 self.held_here

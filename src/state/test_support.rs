@@ -71,7 +71,7 @@ impl Backend for FakeBackend {
     fn set_probes(&mut self, probes: ProbeSet) {
         self.0.borrow_mut().probes.push(probes);
     }
-    fn served(&mut self, resources: BTreeSet<ResourceName>) {
+    fn set_served_resources(&mut self, resources: BTreeSet<ResourceName>) {
         let names = resources.iter().map(ToString::to_string).collect();
         self.0.borrow_mut().served.push(names);
     }
