@@ -11,7 +11,7 @@
 #[path = "../tests/apiserver.rs"]
 #[allow(dead_code)]
 mod apiserver;
-#[path = "../src/sim.rs"]
+#[path = "../src/sim/mod.rs"]
 #[allow(dead_code)]
 mod sim;
 #[path = "../tests/util.rs"]

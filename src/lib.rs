@@ -17,7 +17,7 @@
 //!
 //! Imports go down this list, never up or sideways between features (a test checks it):
 //! shared pieces, then config, then state, then kube and kubelet, then the features and
-//! sources, then dra, then cli, check and daemon. The kubelet stand-in (`src/sim.rs`) is not part of the
+//! sources, then dra, then cli, check and daemon. The kubelet stand-in (`src/sim/`) is not part of the
 //! library: kubelet-sim and the tests compile it by path.
 
 pub(crate) mod backoff;
