@@ -22,10 +22,9 @@ use crate::config::dra::Inventory;
 use crate::config::{NodeName, ResourceName};
 use crate::dra::api::{HttpClaims, HttpObjects};
 use crate::dra::cdi::CdiDir;
+use crate::dra::leader::{leader_lease_name, Leadership};
 use crate::dra::plugin::{KubeletPlugin, PluginContext, Sockets};
-use crate::dra::publish::{
-    leader_lease_name, Leadership, ObjectWatch, Publisher, PublisherApi, SliceWatcher,
-};
+use crate::dra::publish::{ObjectWatch, Publisher, PublisherApi, SliceWatcher};
 use crate::dra::report::{report_name, ReportWriter, Reporter};
 use crate::dra::DraOptions;
 use crate::events::{EventOptions, Events};

@@ -457,7 +457,7 @@ fn both_image_stages_set_the_allocator_environment() {
 #[test]
 fn the_dra_manifests_match_what_spookd_derives() {
     use spookd::config::dra::{class_name, Inventory};
-    use spookd::dra::publish::leader_lease_name;
+    use spookd::dra::leader::leader_lease_name;
     let example = docs("manifests/dra/example.yaml");
     let docs = docs("manifests/dra/spookd-dra.yaml");
     let cm = find(&docs, "ConfigMap");
