@@ -1,6 +1,6 @@
 //! The command line: flags, their environment variables and defaults, parsed into typed options.
 //!
-//! Laid out as ripgrep lays out its flags: [`defs`] is the one table of flags, `help` writes
+//! Laid out as ripgrep lays out its flags: `defs` is the one table of flags, `help` writes
 //! `--help` from it, `parse` reads the arguments and each flag's winning value, `modes` turns
 //! those into the daemon's options, feature by feature.
 

@@ -1,13 +1,13 @@
 //! The deviceMapping config: parsed once at the edge into checked types, so nothing past the
 //! source handles an unchecked value.
 //!
-//! Stage one is serde ([`raw`]): [`RawConfig`] mirrors the YAML with `deny_unknown_fields`, and
-//! its leaves are already checked types ([`names`]) whose `Deserialize` refuses bad values, so
+//! Stage one is serde (`raw.rs`): [`RawConfig`] mirrors the YAML with `deny_unknown_fields`, and
+//! its leaves are already checked types (`names.rs`) whose `Deserialize` refuses bad values, so
 //! serde_yaml reports them with their path (`deviceMapping[0].devices[1].instanceID`) and
-//! line/column. Stage two ([`check`], `Config::check` behind [`Config::parse`]) applies the rules
+//! line/column. Stage two (`check.rs`: `Config::check` behind [`Config::parse`]) applies the rules
 //! that span several entries (one env and health check per device, env prefixes and env names that
-//! must not collide across resources). Before either, the text is held to [`bounds`]; while
-//! parsing, aliases spend a budget ([`scope`]).
+//! must not collide across resources). Before either, the text is held to its bounds
+//! (`bounds.rs`); while parsing, aliases spend a budget (`scope.rs`).
 
 mod bounds;
 mod check;

@@ -209,7 +209,7 @@ impl TryFrom<String> for EnvValue {
     type Error = InvalidValue;
 
     /// What a container runtime takes: no NUL (env strings are C strings), and short enough that
-    /// exec does not fail (see [`MAX_ENV_VALUE`](super::MAX_ENV_VALUE)).
+    /// exec does not fail (see [`MAX_ENV_VALUE`]).
     fn try_from(s: String) -> Result<Self, InvalidValue> {
         if s.contains('\0') {
             return Err(invalid(

@@ -197,7 +197,7 @@ fn unique_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Env, D::Error> {
     d.deserialize_any(V)
 }
 
-/// Through [`RawHealthCheck`], so serde_yaml places a cross-field error at the healthCheck.
+/// Through `RawHealthCheck`, so serde_yaml places a cross-field error at the healthCheck.
 impl<'de> Deserialize<'de> for HealthCheck {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         RawHealthCheck::deserialize(d)?

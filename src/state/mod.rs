@@ -35,8 +35,8 @@
 //!    at once. Allocate of an Unhealthy device still answers (the kubelet decides) and warns.
 //! 7. With `--exclusive-leases` ([`crate::leases`]), the devices this node serves that are
 //!    mapped to several hosts are given to the `spookd-lease` thread after each config
-//!    ([`LeaseCmd::Shared`]). An Allocate naming one is parked and its Leases requested
-//!    ([`LeaseCmd::Acquire`]); [`Msg::LeasesTaken`] answers it (all taken: the env; else the
+//!    ([`LeaseCmd::Shared`](msg::LeaseCmd::Shared)). An Allocate naming one is parked and its Leases requested
+//!    ([`LeaseCmd::Acquire`](msg::LeaseCmd::Acquire)); [`Msg::LeasesTaken`] answers it (all taken: the env; else the
 //!    refusal, naming the holder). [`Msg::Leases`] reports devices held by other nodes: they are
 //!    advertised Unhealthy here until released or expired.
 //! 8. The metrics thread asks with [`Msg::Snapshot`] (carrying its reply channel) for the
@@ -47,7 +47,7 @@
 //!    closed, and reopened none by the next check, is registered again.
 //! 10. [`Msg::Shutdown`] stops every server, removes our sockets and ends the thread.
 //! 11. With `--dra` ([`crate::dra`], `dra.rs` here) none of 2–9 happens: no device-plugin
-//!     servers. A good config becomes an [`Inventory`] (one whose devices cannot be published is
+//!     servers. A good config becomes an [`Inventory`](crate::config::dra::Inventory) (one whose devices cannot be published is
 //!     invalid, and the last good one stays) handed to the publisher ([`Backend::publish`]); the
 //!     kubelet plugin asks for each claim's env with [`Msg::Prepare`], carrying its reply channel;
 //!     the publisher and the plugin report leadership, publishes and claims with [`Msg::Dra`].

@@ -117,7 +117,7 @@ impl<B: Backend> State<B> {
         }
     }
 
-    /// Stops everything and removes our sockets.
+    /// Stops everything and removes our sockets, so the kubelet dials no socket nobody answers.
     pub fn shutdown(mut self) {
         for (resource, served) in std::mem::take(&mut self.served) {
             self.backend.forget(&resource);
@@ -264,7 +264,8 @@ impl<B: Backend> State<B> {
         }
     }
 
-    /// Drops retired servers whose deadline passed.
+    /// Drops retired servers whose grace is over: they lived on only so the kubelet could read
+    /// their empty list, and dropping one stops it and removes its socket.
     pub(super) fn reap(&mut self, now: Instant) {
         self.retiring.retain(|(at, _)| *at > now);
     }
