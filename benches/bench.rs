@@ -11,7 +11,7 @@
 #[path = "../tests/apiserver.rs"]
 #[allow(dead_code)]
 mod apiserver;
-#[path = "../src/sim.rs"]
+#[path = "../src/sim/mod.rs"]
 #[allow(dead_code)]
 mod sim;
 #[path = "../tests/util.rs"]
@@ -1345,7 +1345,7 @@ impl Backend for NullBackend {
         Some(1)
     }
     fn set_probes(&mut self, _: spookd::state::msg::ProbeSet) {}
-    fn served(&mut self, _: std::collections::BTreeSet<ResourceName>) {}
+    fn set_served_resources(&mut self, _: std::collections::BTreeSet<ResourceName>) {}
     fn exclusive(&self) -> bool {
         false
     }

@@ -22,10 +22,9 @@ use crate::config::dra::Inventory;
 use crate::config::{NodeName, ResourceName};
 use crate::dra::api::{HttpClaims, HttpObjects};
 use crate::dra::cdi::CdiDir;
+use crate::dra::leader::{leader_lease_name, Leadership};
 use crate::dra::plugin::{KubeletPlugin, PluginContext, Sockets};
-use crate::dra::publish::{
-    leader_lease_name, Leadership, ObjectWatch, Publisher, PublisherApi, SliceWatcher,
-};
+use crate::dra::publish::{ObjectWatch, Publisher, PublisherApi, SliceWatcher};
 use crate::dra::report::{report_name, ReportWriter, Reporter};
 use crate::dra::DraOptions;
 use crate::events::{EventOptions, Events};
@@ -170,7 +169,7 @@ impl Backend for Effects {
         self.prober.set(probes);
     }
 
-    fn served(&mut self, resources: BTreeSet<ResourceName>) {
+    fn set_served_resources(&mut self, resources: BTreeSet<ResourceName>) {
         if let Some(pruner) = &self.pruner {
             pruner.served(resources);
         }
@@ -617,7 +616,7 @@ impl Backend for DraEffects {
         false
     }
     fn leases(&mut self, _: LeaseCmd) {}
-    fn served(&mut self, _: BTreeSet<ResourceName>) {}
+    fn set_served_resources(&mut self, _: BTreeSet<ResourceName>) {}
     fn dra(&self) -> bool {
         true
     }

@@ -12,11 +12,12 @@
 //! - One room per optional feature: `health` probes, [`leases`] for exclusive access,
 //!   `prune` for stale resources, `metrics` and [`events`] for operators, [`dra`] for the DRA driver mode (it
 //!   builds on the Lease protocol, so it sits one layer above the other features).
-//! - Small shared pieces: [`clock`], `worker`, [`latest`], `random`, [`text`], `backoff`.
+//! - Small shared pieces: [`clock`], `worker`, [`latest`], `random`, [`text`], [`time`] (durations
+//!   and timestamps as text), [`hash`] (names every node derives alike), `backoff`.
 //!
 //! Imports go down this list, never up or sideways between features (a test checks it):
 //! shared pieces, then config, then state, then kube and kubelet, then the features and
-//! sources, then dra, then cli, check and daemon. The kubelet stand-in (`src/sim.rs`) is not part of the
+//! sources, then dra, then cli, check and daemon. The kubelet stand-in (`src/sim/`) is not part of the
 //! library: kubelet-sim and the tests compile it by path.
 
 pub(crate) mod backoff;
@@ -27,6 +28,7 @@ pub mod config;
 pub mod daemon;
 pub mod dra;
 pub mod events;
+pub mod hash;
 pub(crate) mod health;
 pub mod kube;
 pub mod kubelet;
@@ -39,6 +41,7 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod text;
+pub mod time;
 pub(crate) mod worker;
 
 /// The version printed by `--version` and logged at start.

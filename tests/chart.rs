@@ -497,7 +497,7 @@ fn every_kubelet_path_derives_from_kubelet_path() {
         .unwrap();
     assert_eq!(
         leader["rules"][1]["resourceNames"][0],
-        spookd::dra::publish::leader_lease_name("instruments.skao.int").as_str()
+        spookd::dra::leader::leader_lease_name("instruments.skao.int").as_str()
     );
 }
 

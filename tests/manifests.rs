@@ -371,7 +371,7 @@ fn the_prune_overlay_switches_pruning_on_with_only_the_node_rights_it_needs() {
     assert_eq!(cm["data"]["SPOOKD_PRUNE_STALE_RESOURCES"], "true");
     let after = s(&cm["data"]["SPOOKD_PRUNE_AFTER"]);
     assert!(
-        spookd::config::parse_duration(after).unwrap() > std::time::Duration::from_secs(300),
+        spookd::time::parse_duration(after).unwrap() > std::time::Duration::from_secs(300),
         "longer than the kubelet's grace period: {after}"
     );
     let rules = find(&docs, "ClusterRole")["rules"].as_sequence().unwrap();
@@ -401,7 +401,7 @@ fn the_exclusive_leases_overlay_grants_only_leases_in_spookds_namespace() {
     let cm = find(&docs, "ConfigMap");
     assert_eq!(cm["metadata"]["name"], "spookd-exclusive-leases");
     assert_eq!(cm["data"]["SPOOKD_EXCLUSIVE_LEASES"], "true");
-    assert!(spookd::config::parse_duration(s(&cm["data"]["SPOOKD_LEASE_DURATION"])).is_some());
+    assert!(spookd::time::parse_duration(s(&cm["data"]["SPOOKD_LEASE_DURATION"])).is_some());
     let role = find(&docs, "Role");
     assert_eq!(role["metadata"]["namespace"], "spookd");
     let rules = role["rules"].as_sequence().unwrap();
@@ -457,7 +457,7 @@ fn both_image_stages_set_the_allocator_environment() {
 #[test]
 fn the_dra_manifests_match_what_spookd_derives() {
     use spookd::config::dra::{class_name, Inventory};
-    use spookd::dra::publish::leader_lease_name;
+    use spookd::dra::leader::leader_lease_name;
     let example = docs("manifests/dra/example.yaml");
     let docs = docs("manifests/dra/spookd-dra.yaml");
     let cm = find(&docs, "ConfigMap");

@@ -1,12 +1,12 @@
 //! Integration tests: the real spookd binary, real gRPC servers on real Unix sockets in temp dirs,
-//! driven by the kubelet stand-in (`src/sim.rs`, compiled in by path). Every wait is bounded.
+//! driven by the kubelet stand-in (`src/sim/`, compiled in by path). Every wait is bounded.
 
 // Test helpers panic on purpose: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod apiserver;
 // The kubelet stand-in: not part of spookd's library, compiled into the tests by path.
-#[path = "../src/sim.rs"]
+#[path = "../src/sim/mod.rs"]
 #[allow(dead_code)]
 mod sim;
 mod util;

@@ -8,12 +8,21 @@ use libfuzzer_sys::fuzz_target;
 
 // spookd's config model (with its env layout), compiled here by path (see ../Cargo.toml).
 #[path = "../../src/config/mod.rs"]
-#[allow(dead_code)]
+// Re-exports the fuzzer does not name are the library's, not dead weight here.
+#[allow(dead_code, unused_imports)]
 mod config;
 // The config's errors cut what they quote with it.
 #[path = "../../src/text.rs"]
 #[allow(dead_code)]
 mod text;
+// Probe durations are read with it.
+#[path = "../../src/time.rs"]
+#[allow(dead_code)]
+mod time;
+// DRA device names are derived with it.
+#[path = "../../src/hash.rs"]
+#[allow(dead_code)]
+mod hash;
 
 use config::layout;
 

@@ -11,7 +11,7 @@ use crossbeam_channel::select;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 // The kubelet stand-in: not part of spookd's library, compiled here (and into the tests) by path.
-#[path = "../sim.rs"]
+#[path = "../sim/mod.rs"]
 #[allow(dead_code)]
 mod sim;
 

@@ -23,7 +23,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::config::layout;
-use crate::config::{stable_hash, Config, ConfigError, Device, InstanceId, NodeName, ResourceName};
+use crate::config::{Config, ConfigError, Device, InstanceId, NodeName, ResourceName};
+use crate::hash::stable_hash;
 
 /// Most devices in one ResourceSlice (`ResourceSliceMaxDevices`).
 pub const MAX_SLICE_DEVICES: usize = 128;

@@ -14,11 +14,15 @@
 
 pub mod api;
 pub mod cdi;
+pub mod leader;
 pub mod objects;
 pub mod plugin;
 pub mod proto;
 pub mod publish;
+pub mod reconcile;
 pub mod report;
+#[cfg(test)]
+mod test_support;
 
 use std::path::PathBuf;
 use std::time::Duration;

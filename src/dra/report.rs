@@ -28,7 +28,7 @@ use crate::dra::api::{HttpObjects, Object, Objects};
 use crate::dra::objects::{Taints, INSTANCE_LABEL, MANAGED_BY};
 use crate::kube::client::{ApiError, Connection};
 use crate::kube::watch::Versioned;
-use crate::leases::protocol::micro_time;
+use crate::time::micro_time;
 use crate::worker::Worker;
 
 /// The fewest seconds between two writes of a node's report for a change of health: a device
@@ -110,7 +110,7 @@ pub fn report_name(leader: &str, node: &str) -> String {
     if name.len() <= MAX_NAME {
         return name;
     }
-    let hash = crate::config::stable_hash(&[node.as_bytes()]);
+    let hash = crate::hash::stable_hash(&[node.as_bytes()]);
     format!("{leader}.{hash:016x}")
 }
 

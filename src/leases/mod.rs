@@ -98,7 +98,7 @@ pub struct Keeper {
     api_down: bool,
     held: BTreeMap<String, Held>,
     seen: Observations,
-    elsewhere: BTreeMap<DeviceKey, String>,
+    held_by_others: BTreeMap<DeviceKey, String>,
     reported: Option<LeaseReport>,
     next_renew: Instant,
     next_list: Instant,
@@ -119,7 +119,7 @@ impl Keeper {
             api_down: false,
             held: BTreeMap::new(),
             seen: Observations::default(),
-            elsewhere: BTreeMap::new(),
+            held_by_others: BTreeMap::new(),
             reported: None,
             next_renew: later(now, duration / 3),
             next_list: now,
@@ -305,7 +305,7 @@ impl Keeper {
 
     /// Adopts this node's own Leases and finds the shared devices other live nodes hold.
     fn evaluate(&mut self, now: Instant) {
-        let mut elsewhere = BTreeMap::new();
+        let mut held_by_others = BTreeMap::new();
         for lease in self.known.values() {
             match lease.holder.as_deref() {
                 // Ours from before a restart: keep renewing it until it is unassigned.
@@ -328,14 +328,14 @@ impl Keeper {
                 Some(h) if !h.is_empty() => {
                     if let Some(device) = self.shared.get(&lease.name) {
                         if self.api_down || !self.seen.expired(lease, now) {
-                            elsewhere.insert(device.clone(), h.to_owned());
+                            held_by_others.insert(device.clone(), h.to_owned());
                         }
                     }
                 }
                 _ => {}
             }
         }
-        self.elsewhere = elsewhere;
+        self.held_by_others = held_by_others;
     }
 
     fn release_unassigned(
@@ -401,7 +401,7 @@ impl Keeper {
     /// The report for the state thread, if it changed since the last one.
     pub fn report(&mut self) -> Option<LeaseReport> {
         let report = LeaseReport {
-            held_elsewhere: self.elsewhere.clone(),
+            held_by_others: self.held_by_others.clone(),
             held_here: self.held.len(),
             mine: self
                 .held
@@ -667,11 +667,11 @@ mod tests {
         observe(&mut k, &mut api, t0);
         k.tick(&mut api, &mut none, t0);
         let report = k.report().unwrap();
-        assert_eq!(report.held_elsewhere, [(key("2"), "n2".to_string())].into());
+        assert_eq!(report.held_by_others, [(key("2"), "n2".to_string())].into());
         // n2 stops renewing (no event): a whole duration after this node first saw that version,
         // the periodic re-judging finds it free.
         k.tick(&mut api, &mut none, t0 + D);
-        assert!(k.report().unwrap().held_elsewhere.is_empty());
+        assert!(k.report().unwrap().held_by_others.is_empty());
         k.acquire(&mut api, &[key("2")], t0 + D).unwrap();
         assert_eq!(api.leases[&name("2")].holder.as_deref(), Some("n1"));
     }
@@ -756,7 +756,7 @@ mod tests {
         k.seen(Seen::Lost, t0 + D / 2);
         k.tick(&mut api, &mut none, t0 + D * 3 / 2);
         assert_eq!(
-            k.report().unwrap().held_elsewhere,
+            k.report().unwrap().held_by_others,
             [(key("2"), "n2".to_string())].into()
         );
         // Back: the same version is live for a whole duration from now, not expired.
@@ -765,6 +765,6 @@ mod tests {
         assert_eq!(k.report(), None, "still held elsewhere");
         assert!(k.acquire(&mut api, &[key("2")], t0 + D * 2).is_err());
         k.tick(&mut api, &mut none, t0 + D * 3);
-        assert!(k.report().unwrap().held_elsewhere.is_empty());
+        assert!(k.report().unwrap().held_by_others.is_empty());
     }
 }

@@ -25,13 +25,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
 
-use crate::config::{stable_hash as fnv1a, InstanceId, ResourceName};
+use crate::config::{InstanceId, ResourceName};
+use crate::hash::stable_hash as fnv1a;
 use crate::kube::client::{ApiError, Client, Connection, Lines, Method};
 use crate::kube::watch::{self, Versioned, WatchEvent};
+use crate::time::micro_time;
 
 /// Label on every Lease spookd makes, to list and watch them.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "spookd");
@@ -488,30 +490,6 @@ impl LeaseApi for HttpLeaseApi {
     }
 }
 
-/// A `metav1.MicroTime`: RFC 3339 in UTC with microseconds.
-pub fn micro_time(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60,
-        since.subsec_micros()
-    )
-}
-
 /// Leases in memory with the API server's optimistic concurrency, for the unit tests.
 #[cfg(test)]
 #[derive(Debug, Default)]
@@ -675,19 +653,6 @@ mod tests {
         // B asks again (a restart, say): its own Lease is renewed, not refused.
         let again = acquire(&mut api, &mut b_seen, "l", "node-b", D, t).unwrap();
         assert!(matches!(again, Acquired::Won(l) if l.resource_version != b_held.resource_version));
-    }
-
-    #[test]
-    fn micro_times_are_rfc3339_utc_with_microseconds() {
-        let t = |secs: u64, micros: u32| {
-            micro_time(
-                UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros.into()),
-            )
-        };
-        assert_eq!(t(0, 0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(t(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
-        assert_eq!(t(1_795_719_600, 123_456), "2026-11-26T19:00:00.123456Z");
-        assert_eq!(t(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
     }
 
     #[test]

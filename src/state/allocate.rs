@@ -128,3 +128,58 @@ impl<B: Backend> State<B> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::msg::{AllocateError, Msg};
+    use super::super::test_support::*;
+    use super::super::State;
+    use futures_channel::oneshot;
+
+    #[test]
+    fn allocate_renders_env_and_refuses_unknown_ids() {
+        let (mut s, _log, now) = setup();
+        s.handle(config(TWO), now);
+        let call = |s: &mut State<FakeBackend>, r: &str, ids: &[&str]| {
+            let (tx, mut rx) = oneshot::channel();
+            s.handle(
+                Msg::Allocate {
+                    resource: res(r),
+                    containers: vec![ids.iter().map(|s| s.to_string()).collect()],
+                    reply: tx,
+                },
+                now,
+            );
+            rx.try_recv().unwrap().unwrap()
+        };
+        let env = call(&mut s, "a.io/x", &["1"]).unwrap();
+        assert_eq!(env[0]["AIO_X_ID"], "1");
+        assert_eq!(env[0]["AIO_X_NUM_DEVICES"], "1");
+        assert_eq!(
+            call(&mut s, "a.io/x", &["7"]),
+            Err(AllocateError::UnknownDevice {
+                resource: res("a.io/x"),
+                id: "7".into()
+            })
+        );
+        assert_eq!(
+            call(&mut s, "a.io/x", &["1", "1"]),
+            Err(AllocateError::DuplicateDevice {
+                resource: res("a.io/x"),
+                id: "1".into()
+            })
+        );
+        assert_eq!(
+            call(&mut s, "a.io/x", &[]),
+            Err(AllocateError::NoDevices {
+                resource: res("a.io/x")
+            })
+        );
+        assert_eq!(
+            call(&mut s, "c.io/z", &["1"]),
+            Err(AllocateError::NotServed {
+                resource: res("c.io/z")
+            })
+        );
+    }
+}

@@ -101,8 +101,7 @@ impl<B: Backend> State<B> {
         let (devices, resources) = (inventory.devices().len(), inventory.classes().len());
         info!("{origin}: {devices} devices of {resources} resources to publish");
         self.backend.publish(inventory);
-        self.backend.notify(Notice::new(
-            false,
+        self.backend.notify(Notice::normal(
             "ConfigApplied",
             "Apply",
             format!(
@@ -177,14 +176,8 @@ impl<B: Backend> State<B> {
         }
         driver.push_health();
         self.stats.health_changes += 1;
-        self.backend.notify(Notice::new(
-            !healthy,
-            if healthy {
-                "DeviceHealthy"
-            } else {
-                "DeviceUnhealthy"
-            },
-            "Probe",
+        self.backend.notify(Notice::health_change(
+            healthy,
             format!(
                 "node {node}: {resource} device {:?} is {} ({detail})",
                 id.as_str(),
@@ -271,7 +264,7 @@ mod tests {
             false
         }
         fn leases(&mut self, _: LeaseCmd) {}
-        fn served(&mut self, _: BTreeSet<ResourceName>) {}
+        fn set_served_resources(&mut self, _: BTreeSet<ResourceName>) {}
         fn dra(&self) -> bool {
             true
         }

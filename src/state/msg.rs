@@ -98,7 +98,27 @@ impl Notice {
     /// 900 KB value must not sit in the queue 256 times.
     pub const MAX_NOTE: usize = crate::text::MAX_MESSAGE;
 
-    pub fn new(warning: bool, reason: &'static str, action: &'static str, note: String) -> Notice {
+    /// An Event of type Warning: something an operator should look at.
+    pub fn warning(reason: &'static str, action: &'static str, note: String) -> Notice {
+        Notice::of_type(true, reason, action, note)
+    }
+
+    /// An Event of type Normal: what went as it should.
+    pub fn normal(reason: &'static str, action: &'static str, note: String) -> Notice {
+        Notice::of_type(false, reason, action, note)
+    }
+
+    /// A device's probe changed its health: a Warning when it goes Unhealthy, Normal when it is
+    /// Healthy again.
+    pub fn health_change(healthy: bool, note: String) -> Notice {
+        if healthy {
+            Notice::normal("DeviceHealthy", "Probe", note)
+        } else {
+            Notice::warning("DeviceUnhealthy", "Probe", note)
+        }
+    }
+
+    fn of_type(warning: bool, reason: &'static str, action: &'static str, note: String) -> Notice {
         let note = crate::text::cut_owned(note, Notice::MAX_NOTE);
         Notice {
             warning,
@@ -361,7 +381,7 @@ impl fmt::Display for LeaseRefusal {
 /// the acquisitions won and lost so far.
 #[derive(Debug, Default, PartialEq, Eq, Clone)]
 pub struct LeaseReport {
-    pub held_elsewhere: BTreeMap<DeviceKey, String>,
+    pub held_by_others: BTreeMap<DeviceKey, String>,
     pub held_here: usize,
     /// The shared devices this node holds.
     pub mine: BTreeSet<DeviceKey>,
@@ -492,11 +512,11 @@ mod tests {
     #[test]
     fn a_notes_length_is_bound_before_it_is_queued() {
         let long = format!("a{}", "é".repeat(500_000));
-        let n = Notice::new(true, "InvalidConfig", "Reject", long.clone());
+        let n = Notice::warning("InvalidConfig", "Reject", long.clone());
         assert!(n.note.len() <= Notice::MAX_NOTE, "{}", n.note.len());
         let (head, tail) = n.note.split_once(" bytes cut]… ").unwrap();
         assert!(long.starts_with(head.rsplit_once(" …[").unwrap().0) && long.ends_with(tail));
-        let short = Notice::new(false, "ConfigApplied", "Apply", "ok".into());
+        let short = Notice::normal("ConfigApplied", "Apply", "ok".into());
         assert_eq!(short.note, "ok");
     }
 

@@ -1,78 +1,26 @@
-//! Kubernetes Events (`events.k8s.io/v1`, served from 1.19 on): what a node's operator sees in
-//! `kubectl get events` and `kubectl describe pod` (and, for the API source, `kubectl describe
-//! configmap`) when this node rejects a config, applies one, or sees a device's health change.
-//!
-//! The `spookd-events` thread gets [`Notice`]s from the state thread through a bounded queue that
-//! never blocks it (a full queue drops the notice and counts it). Each notice becomes an Event
-//! regarding spookd's own Pod (from the downward API) and, for the API source, another regarding
-//! the ConfigMap. The same notice again (the same regarding object, reason and note: the same
-//! error in another config version) is counted as Kubernetes counts repeats: the first Event's
-//! `series` is patched with the new count and time, nothing new is created. Best effort: an API
-//! call that fails is logged once until one works again, counted ([`Msg::EventFailed`]), and the
-//! notice is dropped.
+//! What becomes of each notice: an Event about the Pod (and the ConfigMap), a repeat counted in
+//! its series instead, or nothing when over the rate or asked to wait. Failures are logged once
+//! until a write works again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use log::{debug, info, warn};
-use serde::Deserialize;
 
+use super::{EventApi, EventOptions, ObjectRef, REPORTING_CONTROLLER};
 use crate::clock::later;
 use crate::config::NodeName;
-use crate::kube::client::{ApiError, Client, Connection, Method, REQUEST_TIMEOUT};
+use crate::kube::client::ApiError;
 use crate::kube::json_string;
-use crate::leases::protocol::micro_time;
-use crate::state::msg::{Msg, Notice};
-use crate::worker::Worker;
+use crate::state::msg::Notice;
+use crate::time::micro_time;
 
-/// The controller name on every Event.
-pub const REPORTING_CONTROLLER: &str = "spookd.dev/device-plugin";
-/// Notices waiting at most.
-const QUEUE: usize = 256;
 /// Series remembered at most (the oldest is forgotten first); the API server keeps Events for an
 /// hour by default.
 const MAX_SERIES: usize = 1024;
 /// A repeat after this long starts a new Event instead of counting in the old one (the API
 /// server deletes Events an hour after their last change).
 const SERIES_WINDOW: Duration = Duration::from_secs(30 * 60);
-
-/// An object an Event is about.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ObjectRef {
-    pub api_version: String,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    /// Empty when unknown.
-    pub uid: String,
-}
-
-/// Where Events go, and about what.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EventOptions {
-    pub conn: Connection,
-    /// spookd's own Pod (name, namespace and UID from the downward API).
-    pub pod: ObjectRef,
-    /// The API source's ConfigMap (namespace, name): Events regarding it too.
-    pub configmap: Option<(String, String)>,
-}
-
-/// The Event calls; the real one speaks HTTPS.
-pub trait EventApi {
-    /// Creates the Event `body` (JSON) in `namespace`.
-    fn create(&mut self, namespace: &str, body: &str) -> Result<(), ApiError>;
-    /// Sets the series of Event `namespace/name`; 404 if it is gone.
-    fn series(
-        &mut self,
-        namespace: &str,
-        name: &str,
-        count: u32,
-        last: &str,
-    ) -> Result<(), ApiError>;
-    /// The UID of ConfigMap `namespace/name`.
-    fn configmap_uid(&mut self, namespace: &str, name: &str) -> Result<String, ApiError>;
-}
 
 /// One series: an Event and how often its notice came.
 struct Series {
@@ -255,7 +203,7 @@ impl Recorder {
         now: SystemTime,
         mono: Instant,
     ) -> Outcome {
-        // Already cut to what the API takes ([`Notice::new`]).
+        // Already cut to what the API takes ([`Notice::warning`], [`Notice::normal`]).
         let note = notice.note.clone();
         let key = (object.clone(), notice.reason, note.clone());
         self.clock += 1;
@@ -345,129 +293,11 @@ impl Recorder {
     }
 }
 
-/// Events over HTTPS.
-pub struct HttpEventApi {
-    client: Client,
-}
-
-impl HttpEventApi {
-    pub fn new(conn: Connection) -> Self {
-        HttpEventApi {
-            client: Client::new(conn),
-        }
-    }
-
-    fn base(&self, namespace: &str) -> String {
-        format!(
-            "{}/apis/events.k8s.io/v1/namespaces/{namespace}/events",
-            self.client.conn.server
-        )
-    }
-}
-
-#[derive(Deserialize)]
-struct UidOnly {
-    metadata: UidMeta,
-}
-
-#[derive(Deserialize)]
-struct UidMeta {
-    #[serde(default)]
-    uid: String,
-}
-
-impl EventApi for HttpEventApi {
-    fn create(&mut self, namespace: &str, body: &str) -> Result<(), ApiError> {
-        let url = self.base(namespace);
-        self.client
-            .send(Method::Post, &url, "application/json", body)
-            .map(drop)
-    }
-
-    fn series(
-        &mut self,
-        namespace: &str,
-        name: &str,
-        count: u32,
-        last: &str,
-    ) -> Result<(), ApiError> {
-        let url = format!("{}/{name}", self.base(namespace));
-        // Numbers and an RFC 3339 time: nothing to escape.
-        let body = format!(r#"{{"series":{{"count":{count},"lastObservedTime":"{last}"}}}}"#);
-        self.client
-            .patch(&url, "application/merge-patch+json", &body)
-            .map(drop)
-    }
-
-    fn configmap_uid(&mut self, namespace: &str, name: &str) -> Result<String, ApiError> {
-        let url = format!(
-            "{}/api/v1/namespaces/{namespace}/configmaps/{name}",
-            self.client.conn.server
-        );
-        let response = self.client.get(&url, REQUEST_TIMEOUT)?;
-        let body = Client::read_body(&url, response, 4 << 20)?;
-        let cm: UidOnly = serde_yaml::from_slice(&body).map_err(|source| ApiError::Decode {
-            url: url.clone(),
-            source,
-        })?;
-        Ok(cm.metadata.uid)
-    }
-}
-
-/// Handle of the `spookd-events` thread; dropping it stops the thread.
-pub struct Events {
-    tx: Sender<Notice>,
-    state: Sender<Msg>,
-    _worker: Worker,
-}
-
-impl Events {
-    pub fn spawn(
-        opts: EventOptions,
-        node: &NodeName,
-        state: Sender<Msg>,
-    ) -> std::io::Result<Events> {
-        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-        let mut recorder = Recorder::new(&opts, node, Instant::now());
-        let mut api = HttpEventApi::new(opts.conn);
-        let to_state = state.clone();
-        let worker = Worker::spawn("spookd-events", move || {
-            run(&mut recorder, &mut api, &rx, &to_state)
-        })?
-        // It may be in an API call at a stop: the process is exiting anyway.
-        .stop_wait(Duration::from_millis(100));
-        Ok(Events {
-            tx,
-            state,
-            _worker: worker,
-        })
-    }
-
-    /// Queues `notice`; a full queue drops it (and counts it as failed): never blocks.
-    pub fn send(&self, notice: Notice) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(notice) {
-            let _ = self.state.send(Msg::EventFailed);
-        }
-    }
-}
-
-fn run(
-    recorder: &mut Recorder,
-    api: &mut dyn EventApi,
-    rx: &Receiver<Notice>,
-    state: &Sender<Msg>,
-) {
-    for notice in rx {
-        for _ in 0..recorder.record(api, &notice, SystemTime::now(), Instant::now()) {
-            let _ = state.send(Msg::EventFailed);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::later;
+    use crate::kube::client::Connection;
 
     #[derive(Default)]
     struct Fake {
@@ -526,7 +356,7 @@ mod tests {
     }
 
     fn invalid(note: &str) -> Notice {
-        Notice::new(true, "InvalidConfig", "Reject", note.into())
+        Notice::warning("InvalidConfig", "Reject", note.into())
     }
 
     #[test]
