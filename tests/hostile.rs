@@ -29,7 +29,7 @@ fn spookd_limited(kib: u64, args: &str) -> Output {
         .args([
             "-c",
             // Under emulation the limit would bound qemu's own reservations, not spookd's
-            // memory: the refusals are checked without it (README, Architectures).
+            // memory: the refusals are checked without it (docs/development.md, arm64 under emulation).
             &if crate::util::runner().is_some() {
                 format!("exec timeout 60 {} {args}", crate::util::spookd_words())
             } else {

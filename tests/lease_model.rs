@@ -20,7 +20,8 @@ const DEVICES: usize = 3;
 /// The Lease duration, the margin before it a holder stops counting the device as its own, and
 /// how long the model runs. Under emulation (scripts/test-arm64) every thread runs several times
 /// slower and may pause longer than the margin between a call and its bookkeeping, which no
-/// Lease protocol survives: the same ratios, ten times longer (README, Architectures).
+/// Lease protocol survives: the same ratios, ten times longer (docs/development.md, arm64 under
+/// emulation).
 fn times() -> (Duration, Duration, Duration) {
     let scale = if crate::util::runner().is_some() {
         10

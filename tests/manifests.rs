@@ -332,6 +332,7 @@ fn shipped_configs_probe_only_localhost() {
     let root = env!("CARGO_MANIFEST_DIR");
     let mut files = vec![format!("{root}/README.md")];
     for dir in [
+        "docs",
         "manifests/base",
         "manifests/components/api-source",
         "manifests/components/prune",
@@ -359,7 +360,7 @@ fn shipped_configs_probe_only_localhost() {
             assert!(rest.starts_with("127.0.0.1:"), "{file}: {line}");
         }
     }
-    assert!(probes >= 2, "the README and the demo show a probe");
+    assert!(probes >= 2, "the docs and the demo show a probe");
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod api;
 mod chart;
 mod cli;
 mod daemon;
+mod docs;
 mod dra;
 mod events;
 mod exclusive;

@@ -221,11 +221,12 @@ pub fn spookd_words() -> String {
 }
 
 /// Whether `test` is skipped because spookd runs under emulation, where what it measures is not
-/// spookd's (it says so): each such test is listed in README, Architectures, with the reason.
+/// spookd's (it says so): each such test is listed in docs/development.md, arm64 under emulation,
+/// with the reason.
 pub fn skipped_under_emulation(test: &str) -> bool {
     let skip = runner().is_some();
     if skip {
-        eprintln!("{test}: skipped under emulation (README, Architectures)");
+        eprintln!("{test}: skipped under emulation (docs/development.md)");
     }
     skip
 }

@@ -103,7 +103,7 @@ empty where spookd would cut it with a hash, which a template cannot compute. */
 {{/* The mode's checks that a schema cannot express: what spookd or the kubelet would refuse. */}}
 {{- define "spookd.checkModes" -}}
 {{- if contains "ska-ser-k8s-spookd" (toString .Values.image.repository) }}
-{{- fail (printf "image.repository %s is the original spookd's image (the Go daemon), which this chart does not run: remove image.repository and image.tag from your values, or name spookd's image (README, Switching from the original spookd)" .Values.image.repository) }}
+{{- fail (printf "image.repository %s is the original spookd's image (the Go daemon), which this chart does not run: remove image.repository and image.tag from your values, or name spookd's image (docs/migration.md)" .Values.image.repository) }}
 {{- end }}
 {{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
 {{- fail "serviceAccount.create is false and serviceAccount.name is empty: spookd's RBAC would go to the namespace's default ServiceAccount, which every pod there uses; name an existing ServiceAccount" }}
