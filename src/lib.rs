@@ -1,6 +1,6 @@
 //! spookd: a Kubernetes device plugin for virtual devices declared in YAML.
 //!
-//! Rooms, named for what they talk to (README, "How it works", has the map and the threads):
+//! Rooms, named for what they talk to (docs/architecture.md has the map and the threads):
 //! - [`daemon`] starts every thread and stops them; [`cli`] is the flag table; [`check`] the dry run;
 //!   [`status`] asks a running daemon what it serves.
 //! - [`config`] is the config model: pure, no I/O, parsed once at the edge into checked types.

@@ -10,8 +10,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/spookd/config.yaml";
 pub const DEFAULT_DEVICE_PLUGIN_DIR: &str = "/var/lib/kubelet/device-plugins";
 /// The fallback read of the config file behind inotify (only a filesystem without inotify
 /// events, an overlay or network one, relies on it): 30 s is one wakeup in 30 s on an idle node,
-/// and small beside the kubelet's own ConfigMap volume sync (about a minute). See README,
-/// Performance.
+/// and small beside the kubelet's own ConfigMap volume sync (about a minute). See
+/// docs/performance.md.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONFIGMAP_KEY: &str = "config.yaml";
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
