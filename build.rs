@@ -47,8 +47,17 @@ fn main() {
 
 /// The minor version of the glibc whose headers (and so whose libc.a) the static binary links.
 fn static_glibc_minor() -> Option<u32> {
-    println!("cargo:rerun-if-changed=/usr/include/features.h");
-    let text = std::fs::read_to_string("/usr/include/features.h").ok()?;
+    // Cross-compiling for aarch64 links Debian's aarch64 glibc (libc6-dev-arm64-cross): its
+    // headers, not the host's.
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let cross = "/usr/aarch64-linux-gnu/include/features.h";
+    let headers = if arch == "aarch64" && std::path::Path::new(cross).exists() {
+        cross
+    } else {
+        "/usr/include/features.h"
+    };
+    println!("cargo:rerun-if-changed={headers}");
+    let text = std::fs::read_to_string(headers).ok()?;
     let major = text.lines().any(|l| {
         let mut w = l.split_whitespace();
         w.next() == Some("#define") && w.next() == Some("__GLIBC__") && w.next() == Some("2")

@@ -543,7 +543,7 @@ pub fn render(s: &Snapshot) -> String {
     family(
         "spookd_lease_acquisitions_total",
         "counter",
-        "Lease acquisitions for an Allocate, by result: won, or lost (held elsewhere, API error).",
+        "Lease acquisitions for an Allocate, by result: won, or lost (held by another node, an API error, or lost at renewal).",
         vec![
             format!("{{result=\"won\"}} {}", s.lease_acquisitions_won),
             format!("{{result=\"lost\"}} {}", s.lease_acquisitions_lost),

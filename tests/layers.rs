@@ -46,14 +46,42 @@ fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             let module = top.unwrap_or(stem).to_owned();
             let text = fs::read_to_string(&path).unwrap();
             let used = out.entry(module.clone()).or_default();
-            for line in text.lines() {
-                let code = line.split("//").next().unwrap_or_default();
-                for (i, _) in code.match_indices("crate::") {
-                    let rest = &code[i + "crate::".len()..];
-                    let name: String = rest
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .collect();
+            // Comments out, lines joined: a `use crate::{…}` group may span lines.
+            let code: String = text
+                .lines()
+                .map(|l| l.split("//").next().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n");
+            let ident = |s: &str| -> String {
+                s.trim_start()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect()
+            };
+            for (i, _) in code.match_indices("crate::") {
+                let rest = &code[i + "crate::".len()..];
+                let names: Vec<String> = match rest.strip_prefix('{') {
+                    // `crate::{a::X, b}`: each item's first name, at the group's top level.
+                    Some(group) => {
+                        let (mut depth, mut items, mut item) = (0usize, Vec::new(), String::new());
+                        for c in group.chars() {
+                            match c {
+                                '{' => depth += 1,
+                                '}' if depth == 0 => break,
+                                '}' => depth -= 1,
+                                ',' if depth == 0 => items.push(std::mem::take(&mut item)),
+                                _ => {}
+                            }
+                            if !(c == ',' && depth == 0) {
+                                item.push(c);
+                            }
+                        }
+                        items.push(item);
+                        items.iter().map(|i| ident(i)).collect()
+                    }
+                    None => vec![ident(rest)],
+                };
+                for name in names {
                     // `crate::VERSION` and the like: the root, not a module.
                     if !name.is_empty()
                         && name != module
@@ -167,4 +195,18 @@ fn the_check_finds_circles_and_upward_imports() {
             "import circle: health → state → health",
         ]
     );
+    // A grouped import names each of its modules, over lines and nested groups.
+    fs::write(
+        src.join("daemon.rs"),
+        "use crate::{\n    kubelet::{plugin::X, Y},\n    state, VERSION,\n};\n",
+    )
+    .unwrap();
+    fs::write(src.join("check.rs"), "use crate::{daemon::Z};\n").unwrap();
+    let graph = imports(&src);
+    assert_eq!(
+        graph["daemon"],
+        BTreeSet::from(["kubelet".to_owned(), "state".to_owned()])
+    );
+    assert_eq!(graph["check"], BTreeSet::from(["daemon".to_owned()]));
+    assert!(violations(&graph).contains(&"check imports daemon: not a lower layer".to_owned()));
 }

@@ -17,21 +17,27 @@ use spookd::leases::protocol::{acquire, release, renew, Acquired, Lease, LeaseAp
 
 const NODES: usize = 5;
 const DEVICES: usize = 3;
-/// The Lease duration, the margin before it a holder stops counting the device as its own, and
-/// how long the model runs. Under emulation (scripts/test-arm64) every thread runs several times
-/// slower and may pause longer than the margin between a call and its bookkeeping, which no
-/// Lease protocol survives: the same ratios, ten times longer (docs/development.md, arm64 under
-/// emulation).
-fn times() -> (Duration, Duration, Duration) {
-    let scale = if crate::util::runner().is_some() {
+/// How much longer every duration of the model is: under emulation (scripts/test-arm64) every
+/// thread runs several times slower and may pause longer than the margin between a call and its
+/// bookkeeping, which no Lease protocol survives; so the Lease duration, the margin, the delays
+/// injected around calls and the run all take ten times longer there: the same ratios, the same
+/// number of Lease lifetimes (docs/development.md, arm64 under emulation).
+fn scale() -> u32 {
+    if crate::util::runner().is_some() {
         10
     } else {
         1
-    };
+    }
+}
+
+/// The Lease duration, the margin before it a holder stops counting the device as its own, and
+/// how long the model runs.
+fn times() -> (Duration, Duration, Duration) {
+    let scale = u64::from(scale());
     (
         Duration::from_millis(30 * scale),
         Duration::from_millis(3 * scale),
-        Duration::from_secs(4 * scale.min(2)),
+        Duration::from_secs(4 * scale),
     )
 }
 
@@ -68,12 +74,12 @@ impl Store {
     /// Runs `op` atomically between random delays; sometimes fails before it, sometimes loses the
     /// answer after it took effect.
     fn call<T>(&self, op: impl FnOnce(&mut Inner) -> Result<T, ApiError>) -> Result<T, ApiError> {
-        std::thread::sleep(Duration::from_micros(random() % 400));
+        std::thread::sleep(Duration::from_micros(random() % 400) * scale());
         if chance(2) {
             return Err(status(500));
         }
         let result = op(&mut self.0.lock().unwrap());
-        std::thread::sleep(Duration::from_micros(random() % 400));
+        std::thread::sleep(Duration::from_micros(random() % 400) * scale());
         if result.is_ok() && chance(2) {
             return Err(status(504));
         }
