@@ -536,11 +536,14 @@ fn another_node_takes_over_when_the_leader_goes() {
     assert_eq!(lease_holder(&api).as_deref(), Some("node2"), "{}", b.log());
     let took = died.elapsed();
     // Not before the Lease could have run out: its last renewal was at most a third of the
-    // duration before the leader died.
-    assert!(
-        took >= Duration::from_millis(1000),
-        "took over after {took:?}: too early"
-    );
+    // duration before the leader died. (A wall-clock margin: under emulation a slow leader may
+    // have renewed late, so the Lease ran out earlier after its death; checked natively only.)
+    if crate::util::runner().is_none() {
+        assert!(
+            took >= Duration::from_millis(1000),
+            "took over after {took:?}: too early"
+        );
+    }
     assert!(b.spookd().wait_log("this node leads", 1));
     // The new leader publishes what changes.
     config.write(&CONFIG.replace("10.0.10.216", "10.0.10.217"));
