@@ -228,7 +228,9 @@ pub fn skipped_under_emulation(test: &str) -> bool {
     if skip {
         eprintln!("{test}: skipped under emulation (docs/development.md)");
         // cargo counts it passed: scripts/test-arm64 lists these.
-        let list = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped-under-emulation");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let _ = fs::create_dir_all(dir);
+        let list = dir.join("skipped-under-emulation");
         let line = format!("{test}\n");
         let _ = fs::OpenOptions::new()
             .create(true)
