@@ -541,19 +541,30 @@ mod tests {
         );
     }
 
+    /// One publish of `inventory` for driver d.io, untainted, as a leader that stays one and has
+    /// learnt nothing of the server yet.
+    fn publish(
+        slices: &mut dyn Objects<ResourceSlice>,
+        classes: &mut dyn Objects<DeviceClass>,
+        inventory: &Inventory,
+        floor: i64,
+    ) -> Result<Published, PublishError> {
+        let wanted = Wanted::untainted("d.io", inventory);
+        reconcile(
+            slices,
+            classes,
+            &wanted,
+            floor,
+            &mut Kept::default(),
+            &mut || true,
+        )
+    }
+
     #[test]
     fn publishes_once_then_only_what_changed() {
         let (mut slices, mut classes) = (Memory::default(), Memory::default());
         let inv = inventory(TWO_SETS);
-        let p = reconcile(
-            &mut slices,
-            &mut classes,
-            &Wanted::untainted("d.io", &inv),
-            0,
-            &mut Kept::default(),
-            &mut || true,
-        )
-        .unwrap();
+        let p = publish(&mut slices, &mut classes, &inv, 0).unwrap();
         assert_eq!(
             (p.generation, p.slices, p.devices, p.changed),
             (1, 2, 3, true)
@@ -561,15 +572,7 @@ mod tests {
         assert_eq!(slices.writes, 2);
         assert_eq!(classes.writes, 2);
         // Up to date: nothing written.
-        let p = reconcile(
-            &mut slices,
-            &mut classes,
-            &Wanted::untainted("d.io", &inv),
-            0,
-            &mut Kept::default(),
-            &mut || true,
-        )
-        .unwrap();
+        let p = publish(&mut slices, &mut classes, &inv, 0).unwrap();
         assert_eq!((p.generation, p.changed), (1, false));
         assert_eq!(slices.writes, 2);
         // Device 2 moves to host c, resource a.io/y goes: generation 2, one slice, the other
@@ -584,15 +587,7 @@ mod tests {
       - {resourceName: a.io/x, instanceID: '2'}
 ",
         );
-        let p = reconcile(
-            &mut slices,
-            &mut classes,
-            &Wanted::untainted("d.io", &moved),
-            0,
-            &mut Kept::default(),
-            &mut || true,
-        )
-        .unwrap();
+        let p = publish(&mut slices, &mut classes, &moved, 0).unwrap();
         assert_eq!((p.generation, p.slices, p.changed), (2, 2, true));
         let now: Vec<(String, i64, Vec<String>)> = slices
             .objects
@@ -616,28 +611,12 @@ mod tests {
         assert_eq!(names, ["x.a.io"]);
         // Someone deletes a slice: the next publish repairs it at a new generation.
         slices.objects.remove("d.io-1");
-        let p = reconcile(
-            &mut slices,
-            &mut classes,
-            &Wanted::untainted("d.io", &moved),
-            0,
-            &mut Kept::default(),
-            &mut || true,
-        )
-        .unwrap();
+        let p = publish(&mut slices, &mut classes, &moved, 0).unwrap();
         assert_eq!((p.generation, p.changed), (3, true));
         assert_eq!(slices.objects.len(), 2);
         // Every slice deleted: the generation goes on from the highest this publisher wrote.
         slices.objects.clear();
-        let p = reconcile(
-            &mut slices,
-            &mut classes,
-            &Wanted::untainted("d.io", &moved),
-            3,
-            &mut Kept::default(),
-            &mut || true,
-        )
-        .unwrap();
+        let p = publish(&mut slices, &mut classes, &moved, 3).unwrap();
         assert_eq!(p.generation, 4);
     }
 
@@ -650,15 +629,7 @@ mod tests {
         let mut foreign = objects::slices("other.io", &inv, 7, &Taints::new()).remove(0);
         foreign.metadata.name = "d.io-0".into();
         slices.create(&foreign).unwrap();
-        let p = reconcile(
-            &mut slices,
-            &mut classes,
-            &Wanted::untainted("d.io", &inv),
-            0,
-            &mut Kept::default(),
-            &mut || true,
-        )
-        .unwrap();
+        let p = publish(&mut slices, &mut classes, &inv, 0).unwrap();
         assert_eq!((p.generation, p.slices, p.changed), (1, 2, true));
         let of = |slices: &Memory<ResourceSlice>| -> Vec<(String, String, i64)> {
             (slices.objects.values())
@@ -684,15 +655,7 @@ mod tests {
         );
         // Up to date under that name: nothing written.
         let writes = slices.writes;
-        let p = reconcile(
-            &mut slices,
-            &mut classes,
-            &Wanted::untainted("d.io", &inv),
-            0,
-            &mut Kept::default(),
-            &mut || true,
-        )
-        .unwrap();
+        let p = publish(&mut slices, &mut classes, &inv, 0).unwrap();
         assert_eq!((p.generation, p.changed, slices.writes), (1, false, writes));
         // A change rewrites the slice under the name it has: no new name, nothing deleted.
         let fewer = inventory(
@@ -705,15 +668,7 @@ mod tests {
       - {resourceName: a.io/y, instanceID: '1'}
 ",
         );
-        let p = reconcile(
-            &mut slices,
-            &mut classes,
-            &Wanted::untainted("d.io", &fewer),
-            0,
-            &mut Kept::default(),
-            &mut || true,
-        )
-        .unwrap();
+        let p = publish(&mut slices, &mut classes, &fewer, 0).unwrap();
         assert_eq!((p.generation, p.slices, p.changed), (2, 2, true));
         let names: Vec<(String, String, i64)> = of(&slices);
         assert_eq!(
@@ -763,15 +718,7 @@ mod tests {
             other: Some(other),
         };
         let mut classes = Memory::default();
-        let e = reconcile(
-            &mut slices,
-            &mut classes,
-            &Wanted::untainted("d.io", &inv),
-            0,
-            &mut Kept::default(),
-            &mut || true,
-        )
-        .unwrap_err();
+        let e = publish(&mut slices, &mut classes, &inv, 0).unwrap_err();
         assert!(
             matches!(&e, PublishError::Api(a) if a.status() == Some(409)),
             "{e}"
@@ -779,15 +726,7 @@ mod tests {
         let names: Vec<&String> = slices.inner.objects.keys().collect();
         assert_eq!(names, ["d.io-0"]);
         // The next publish lists the other publisher's slice and takes it over.
-        let p = reconcile(
-            &mut slices,
-            &mut classes,
-            &Wanted::untainted("d.io", &inv),
-            0,
-            &mut Kept::default(),
-            &mut || true,
-        )
-        .unwrap();
+        let p = publish(&mut slices, &mut classes, &inv, 0).unwrap();
         assert_eq!((p.generation, p.slices), (2, 2));
         let names: Vec<&String> = slices.inner.objects.keys().collect();
         assert_eq!(names, ["d.io-0", "d.io-1"]);
@@ -823,15 +762,7 @@ mod tests {
         let mut s = objects::slices("d.io", &inv, i64::MAX, &Taints::new()).remove(0);
         s.spec.devices.clear();
         slices.create(&s).unwrap();
-        let p = reconcile(
-            &mut slices,
-            &mut classes,
-            &Wanted::untainted("d.io", &inv),
-            0,
-            &mut Kept::default(),
-            &mut || true,
-        )
-        .unwrap();
+        let p = publish(&mut slices, &mut classes, &inv, 0).unwrap();
         assert_eq!(p.generation, i64::MAX);
     }
 }
