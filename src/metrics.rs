@@ -412,6 +412,22 @@ fn json_response(body: &str) -> Vec<u8> {
 
 /// `/status`: what `spookd status` shows, as JSON: per resource its registration and devices
 /// (health, what the probe last saw, the Lease's holder), and the DRA driver's state.
+/// /status's `dra` object; `spookd status --json` writes the same from what it read.
+pub fn dra_json<S: AsRef<str>>(
+    leader: bool,
+    generation: i64,
+    slices: usize,
+    devices: usize,
+    registered: bool,
+    dropped: &[S],
+) -> String {
+    let dropped: Vec<String> = dropped.iter().map(|f| json_string(f.as_ref())).collect();
+    format!(
+        r#"{{"leader":{leader},"generation":{generation},"slices":{slices},"devices":{devices},"registered":{registered},"droppedFields":[{}]}}"#,
+        dropped.join(",")
+    )
+}
+
 pub fn status_json(s: &Snapshot) -> String {
     let q = |v: &str| json_string(v);
     let opt = |v: Option<&String>| v.map_or_else(|| "null".to_owned(), |v| q(v));
@@ -437,18 +453,14 @@ pub fn status_json(s: &Snapshot) -> String {
     }
     let dra = match &s.dra {
         None => "null".to_owned(),
-        Some(d) => {
-            let dropped: Vec<String> = d.dropped.iter().map(|f| q(f)).collect();
-            format!(
-                r#"{{"leader":{},"generation":{},"slices":{},"devices":{},"registered":{},"droppedFields":[{}]}}"#,
-                d.leader,
-                d.generation,
-                d.slices,
-                d.devices,
-                d.registered,
-                dropped.join(",")
-            )
-        }
+        Some(d) => dra_json(
+            d.leader,
+            d.generation,
+            d.slices,
+            d.devices,
+            d.registered,
+            &d.dropped,
+        ),
     };
     format!(
         r#"{{"node":{},"mode":{},"configured":{},"sourceProblem":{},"resources":[{}],"dra":{dra}}}"#,

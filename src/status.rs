@@ -404,15 +404,13 @@ pub fn json(status: &Status, held: &Held) -> String {
     let dra = status.dra.as_ref().map_or_else(
         || "null".to_owned(),
         |d| {
-            let dropped: Vec<String> = d.dropped_fields.iter().map(|f| q(f)).collect();
-            format!(
-                r#"{{"leader":{},"generation":{},"slices":{},"devices":{},"registered":{},"droppedFields":[{}]}}"#,
+            crate::metrics::dra_json(
                 d.leader,
                 d.generation,
                 d.slices,
                 d.devices,
                 d.registered,
-                dropped.join(",")
+                &d.dropped_fields,
             )
         },
     );
