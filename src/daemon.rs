@@ -23,6 +23,7 @@ use crate::config::{NodeName, ResourceName};
 use crate::dra::api::{HttpClaims, HttpObjects};
 use crate::dra::cdi::CdiDir;
 use crate::dra::leader::{leader_lease_name, Leadership};
+use crate::dra::objects::{Named, ResourceSlice};
 use crate::dra::plugin::{KubeletPlugin, PluginContext, Sockets};
 use crate::dra::publish::{ObjectWatch, Publisher, PublisherApi, SliceWatcher};
 use crate::dra::report::{report_name, ReportWriter, Reporter};
@@ -681,7 +682,10 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let api = PublisherApi {
         leases: Box::new(HttpLeaseApi::new(dra.conn.clone(), &namespace)),
-        slices: Box::new(HttpObjects::slices(dra.conn.clone(), &dra.driver)),
+        slices: Box::new(HttpObjects::<ResourceSlice>::slices(
+            dra.conn.clone(),
+            &dra.driver,
+        )),
         classes: Box::new(HttpObjects::classes(dra.conn.clone(), &dra.driver)),
         reports: Box::new(HttpObjects::reports(
             dra.conn.clone(),
@@ -710,8 +714,9 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
     );
     let publisher = Publisher::spawn(api, dra.driver.clone(), leadership, tx.clone())
         .map_err(startup("start the publisher thread"))?;
+    // The watch only notices changes: it reads the slices' names and versions, not the pool.
     let watch = ObjectWatch {
-        objects: HttpObjects::slices(dra.conn.clone(), &dra.driver),
+        objects: HttpObjects::<Named>::slices(dra.conn.clone(), &dra.driver),
         timeout: WATCH_TIMEOUT,
     };
     let slice_watcher = SliceWatcher::spawn("spookd-dra-watch", watch, publisher.nudge())

@@ -50,10 +50,32 @@ pub struct DraDevice {
     pub device: Device,
     /// Every host that reaches it, sorted.
     pub hosts: Arc<[NodeName]>,
-    /// Attribute name → string value.
-    pub attributes: BTreeMap<String, String>,
-    /// Env keys not published as attributes (too long, or too many).
-    pub skipped: Vec<String>,
+}
+
+impl DraDevice {
+    /// Its published attributes (name, string value), in the order derived, and the env keys
+    /// left out (too long, or too many). Derived when a slice is built, not stored: held per
+    /// device, they were a third of a 10,000-device pool's memory, twice over a reload.
+    pub fn attributes(&self) -> (Vec<(&str, &str)>, Vec<&str>) {
+        let mut attributes = vec![
+            (RESOURCE_ATTRIBUTE, self.resource.as_str()),
+            (INSTANCE_ATTRIBUTE, self.device.id.as_str()),
+        ];
+        let mut skipped = Vec::new();
+        for (key, value) in &self.device.env {
+            let (key, value) = (key.as_str(), value.as_str());
+            let fits = key.len() <= MAX_ATTRIBUTE_NAME
+                && value.len() <= MAX_STRING_ATTRIBUTE
+                && attributes.len() < MAX_ATTRIBUTES
+                && !attributes.iter().any(|(k, _)| *k == key);
+            if fits {
+                attributes.push((key, value));
+            } else {
+                skipped.push(key);
+            }
+        }
+        (attributes, skipped)
+    }
 }
 
 /// Everything a DRA driver publishes from one config.
@@ -129,7 +151,6 @@ impl Inventory {
                     name,
                 });
             }
-            let (attributes, skipped) = attributes(resource, &placement.device);
             // Devices of one host set share the list (a config of 10,000 devices has few sets).
             let hosts = hosts_seen
                 .entry(placement.hosts.clone())
@@ -141,8 +162,6 @@ impl Inventory {
                 resource: resource.clone(),
                 device: placement.device,
                 hosts,
-                attributes,
-                skipped,
             });
         }
         devices.sort_by(|a, b| a.name.cmp(&b.name));
@@ -193,28 +212,6 @@ impl Inventory {
         }
         Ok(env)
     }
-}
-
-/// A device's published attributes, and the env keys left out.
-fn attributes(resource: &ResourceName, device: &Device) -> (BTreeMap<String, String>, Vec<String>) {
-    let mut attributes = BTreeMap::from([
-        (RESOURCE_ATTRIBUTE.to_owned(), resource.to_string()),
-        (INSTANCE_ATTRIBUTE.to_owned(), device.id.to_string()),
-    ]);
-    let mut skipped = Vec::new();
-    for (key, value) in &device.env {
-        let key = key.as_str();
-        let fits = key.len() <= MAX_ATTRIBUTE_NAME
-            && value.as_str().len() <= MAX_STRING_ATTRIBUTE
-            && attributes.len() < MAX_ATTRIBUTES
-            && !attributes.contains_key(key);
-        if fits {
-            attributes.insert(key.to_owned(), value.to_string());
-        } else {
-            skipped.push(key.to_owned());
-        }
-    }
-    (attributes, skipped)
 }
 
 /// The device's name in a ResourceSlice (see the module doc).
@@ -360,18 +357,16 @@ mod tests {
         let first = &inv.devices()[0];
         let hosts: Vec<&str> = first.hosts.iter().map(NodeName::as_str).collect();
         assert_eq!(hosts, ["a", "b", "c"]);
+        let (attributes, skipped) = first.attributes();
         assert_eq!(
-            first.attributes,
-            BTreeMap::from([
-                ("IP".to_owned(), "10.0.0.1".to_owned()),
-                ("instanceID".to_owned(), "0001".to_owned()),
-                (
-                    "resourceName".to_owned(),
-                    "skao.int/oscilloscope".to_owned()
-                ),
-            ])
+            attributes,
+            [
+                ("resourceName", "skao.int/oscilloscope"),
+                ("instanceID", "0001"),
+                ("IP", "10.0.0.1"),
+            ]
         );
-        assert_eq!(first.skipped, ["LONG_VALUE"]);
+        assert_eq!(skipped, ["LONG_VALUE"]);
         assert_eq!(
             inv.classes(),
             &BTreeMap::from([(
@@ -389,10 +384,10 @@ mod tests {
             env.join(", ")
         ))
         .unwrap();
-        let d = &inv.devices()[0];
-        assert_eq!(d.attributes.len(), MAX_ATTRIBUTES);
-        assert_eq!(d.skipped.len(), 40 - 30);
-        assert_eq!(d.skipped[0], "K30");
+        let (attributes, skipped) = inv.devices()[0].attributes();
+        assert_eq!(attributes.len(), MAX_ATTRIBUTES);
+        assert_eq!(skipped.len(), 40 - 30);
+        assert_eq!(skipped[0], "K30");
     }
 
     #[test]

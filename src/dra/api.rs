@@ -7,12 +7,13 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::dra::objects::{self, DeviceClass, List, ResourceSlice, MANAGED_BY};
+use crate::dra::objects::{self, DeviceClass, List, Named, ResourceSlice, MANAGED_BY};
 use crate::kube::client::{ApiError, Client, Connection, Lines, Method, REQUEST_TIMEOUT};
 
-/// Objects per page of a list: at most 128 devices a slice, so a page holds at most about 2,000
-/// devices, and decoding one stays a few MiB whatever the pool's size.
-const PAGE: usize = 16;
+/// Objects per page of a list: at most 128 devices a slice, so a page holds at most 512 devices,
+/// and decoding one (the YAML parser holds every token of a body at once) stays about a MiB
+/// whatever the pool's size.
+const PAGE: usize = 4;
 /// Largest page read.
 const MAX_PAGE: u64 = 8 << 20;
 /// Most pages read for one list (10,000 devices a resource, 256 resources: far more than needed).
@@ -35,6 +36,15 @@ impl Object for ResourceSlice {
     }
 }
 
+impl Object for Named {
+    fn name(&self) -> &str {
+        &self.metadata.name
+    }
+    fn version(&self) -> &str {
+        &self.metadata.resource_version
+    }
+}
+
 impl Object for DeviceClass {
     fn name(&self) -> &str {
         &self.metadata.name
@@ -49,6 +59,11 @@ impl Object for DeviceClass {
 pub trait Objects<T> {
     /// Every object of this driver.
     fn list(&mut self) -> Result<Vec<T>, ApiError>;
+    /// Every object of this driver, one at a time: what a caller keeps of each is all it holds.
+    fn each(&mut self, f: &mut dyn FnMut(T)) -> Result<(), ApiError> {
+        self.list()?.into_iter().for_each(f);
+        Ok(())
+    }
     /// The object of that name, whoever made it.
     fn get(&mut self, name: &str) -> Result<Option<T>, ApiError>;
     /// Creates the object; answers it as the server stored it (without the fields it drops).
@@ -95,8 +110,8 @@ impl<T> HttpObjects<T> {
     }
 }
 
-impl HttpObjects<ResourceSlice> {
-    /// The ResourceSlices of `driver`.
+impl<T> HttpObjects<T> {
+    /// The ResourceSlices of `driver` (read as [`ResourceSlice`]s, or as less of them).
     pub fn slices(conn: Connection, driver: &str) -> Self {
         let base = format!("{}/apis/resource.k8s.io/v1/resourceslices", conn.server);
         HttpObjects {
@@ -150,6 +165,13 @@ impl<T: Object> HttpObjects<T> {
     /// Every object of this driver, page by page, and the list's version (to watch from).
     pub fn list_at(&mut self) -> Result<(Vec<T>, String), ApiError> {
         let mut items = Vec::new();
+        let version = self.each_at(&mut |item| items.push(item))?;
+        Ok((items, version))
+    }
+
+    /// Every object of this driver, one page decoded at a time, each given to `f`; answers the
+    /// list's version.
+    fn each_at(&mut self, f: &mut dyn FnMut(T)) -> Result<String, ApiError> {
         let mut version = String::new();
         let mut next = String::new();
         for _ in 0..MAX_PAGES {
@@ -160,12 +182,12 @@ impl<T: Object> HttpObjects<T> {
             let response = self.client.get(&url, REQUEST_TIMEOUT)?;
             let body = Client::read_body(&url, response, MAX_PAGE)?;
             let page = decode::<List<T>>(&url, &body)?;
-            items.extend(page.items);
+            page.items.into_iter().for_each(&mut *f);
             if version.is_empty() {
                 version = page.metadata.resource_version;
             }
             if page.metadata.next.is_empty() {
-                return Ok((items, version));
+                return Ok(version);
             }
             next = page.metadata.next;
         }
@@ -211,6 +233,10 @@ impl<T: Object> HttpObjects<T> {
 impl<T: Object> Objects<T> for HttpObjects<T> {
     fn list(&mut self) -> Result<Vec<T>, ApiError> {
         self.list_at().map(|(items, _)| items)
+    }
+
+    fn each(&mut self, f: &mut dyn FnMut(T)) -> Result<(), ApiError> {
+        self.each_at(f).map(drop)
     }
 
     fn get(&mut self, name: &str) -> Result<Option<T>, ApiError> {

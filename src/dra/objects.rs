@@ -4,6 +4,7 @@
 //! adds.
 
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -66,7 +67,7 @@ pub struct SliceSpec {
     pub devices: Vec<SliceDevice>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pool {
     pub name: String,
@@ -76,13 +77,13 @@ pub struct Pool {
     pub resource_slice_count: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSelector {
     pub node_selector_terms: Vec<NodeSelectorTerm>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSelectorTerm {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -91,7 +92,7 @@ pub struct NodeSelectorTerm {
     pub match_fields: Vec<Requirement>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Requirement {
     pub key: String,
     pub operator: String,
@@ -150,7 +151,7 @@ pub fn taint_value(message: &str) -> String {
 }
 
 /// A device attribute: exactly one of its fields is set (spookd writes strings).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Attribute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub string: Option<String>,
@@ -210,19 +211,46 @@ impl Kept {
         out
     }
 
-    /// A slice's spec as compared: without what the server sets (a taint's `timeAdded`), and
-    /// without taints where the server drops them.
-    pub fn slice_spec(&self, spec: &SliceSpec) -> SliceSpec {
-        let mut spec = spec.clone();
-        for d in &mut spec.devices {
-            if self.taints == Some(false) {
-                d.taints.clear();
-            }
-            for t in &mut d.taints {
-                t.time_added = None;
+    /// A digest of a slice's spec as compared: without what the server sets (a taint's
+    /// `timeAdded`), without taints where the server drops them, and without any taints unless
+    /// `with_taints`. Keyed by `keys` (random per publish), so no slice can be made to collide
+    /// with another on purpose; a publish compares digests, not slices, so it never holds the
+    /// pool read back (a pool of 20,000 devices is tens of MiB typed).
+    pub fn digest(&self, spec: &SliceSpec, with_taints: bool, keys: &impl BuildHasher) -> u64 {
+        let mut h = keys.build_hasher();
+        // Destructured: a field added to the spec must be decided on here.
+        let SliceSpec {
+            driver,
+            pool,
+            node_name,
+            node_selector,
+            all_nodes,
+            devices,
+        } = spec;
+        (driver, pool, node_name, node_selector, all_nodes).hash(&mut h);
+        devices.len().hash(&mut h);
+        let taints = with_taints && self.taints != Some(false);
+        for SliceDevice {
+            name,
+            attributes,
+            taints: t,
+        } in devices
+        {
+            (name, attributes).hash(&mut h);
+            if taints {
+                t.len().hash(&mut h);
+                for Taint {
+                    key,
+                    value,
+                    effect,
+                    time_added: _,
+                } in t
+                {
+                    (key, value, effect).hash(&mut h);
+                }
             }
         }
-        spec
+        h.finish()
     }
 
     /// Learns from a slice written as `sent` and stored as `stored`.
@@ -276,6 +304,20 @@ pub struct ListMeta {
     /// The list's version (of its first page: a paged list is one snapshot), to watch from.
     #[serde(default, rename = "resourceVersion")]
     pub resource_version: String,
+}
+
+/// An object read for its name and version only: a watch that only notices changes keeps no
+/// more (serde skips the rest).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Named {
+    #[serde(default)]
+    pub metadata: Meta,
+}
+
+impl crate::kube::watch::Versioned for Named {
+    fn resource_version(&self) -> &str {
+        &self.metadata.resource_version
+    }
 }
 
 impl crate::kube::watch::Versioned for ResourceSlice {
@@ -342,54 +384,85 @@ fn device(driver: &str, d: &DraDevice, taints: &Taints) -> SliceDevice {
             })
             .collect(),
         name: d.name.clone(),
-        attributes: (d.attributes.iter())
+        attributes: (d.attributes().0.into_iter())
             .map(|(k, v)| {
                 let value = Attribute {
-                    string: Some(v.clone()),
+                    string: Some(v.to_owned()),
                     ..Attribute::default()
                 };
-                (k.clone(), value)
+                (k.to_owned(), value)
             })
             .collect(),
     }
 }
 
-/// The pool's slices at `generation`: devices grouped by host set (sets in order, devices by
-/// name), at most [`MAX_SLICE_DEVICES`] a slice ([`MAX_TAINTED_SLICE_DEVICES`] in a group with a
-/// probed device, which may be tainted: the layout does not change with health), named
-/// `<driver>-<n>` (the publisher may keep another name: slices are told apart by their driver,
-/// not their names). The devices of `taints` carry a `NoSchedule` taint.
-pub fn slices(
-    driver: &str,
-    inventory: &Inventory,
-    generation: i64,
-    taints: &Taints,
-) -> Vec<ResourceSlice> {
-    let mut groups: BTreeMap<&Arc<[NodeName]>, Vec<&DraDevice>> = BTreeMap::new();
-    for d in inventory.devices() {
-        groups.entry(&d.hosts).or_default().push(d);
-    }
-    let chunks: Vec<(&Arc<[NodeName]>, &[&DraDevice])> = groups
-        .iter()
-        .flat_map(|(hosts, devices)| {
+/// The pool's layout: devices grouped by host set (sets in order, devices by name), at most
+/// [`MAX_SLICE_DEVICES`] a slice ([`MAX_TAINTED_SLICE_DEVICES`] in a group with a probed device,
+/// which may be tainted: the layout does not change with health), named `<driver>-<n>` (the
+/// publisher may keep another name: slices are told apart by their driver, not their names).
+/// Slices are built from it one at a time ([`Layout::slice`]): a publish holds one, not the pool.
+pub struct Layout<'a> {
+    driver: &'a str,
+    /// Each host set's devices.
+    groups: Vec<(&'a Arc<[NodeName]>, Vec<&'a DraDevice>)>,
+    /// Each slice: its group, and the range of the group's devices it holds.
+    chunks: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+impl<'a> Layout<'a> {
+    pub fn new(driver: &'a str, inventory: &'a Inventory) -> Self {
+        let mut by_hosts: BTreeMap<&Arc<[NodeName]>, Vec<&DraDevice>> = BTreeMap::new();
+        for d in inventory.devices() {
+            by_hosts.entry(&d.hosts).or_default().push(d);
+        }
+        let groups: Vec<_> = by_hosts.into_iter().collect();
+        let mut chunks = Vec::new();
+        for (g, (_, devices)) in groups.iter().enumerate() {
             let probed = devices.iter().any(|d| d.device.health_check.is_some());
             let size = if probed {
                 MAX_TAINTED_SLICE_DEVICES
             } else {
                 MAX_SLICE_DEVICES
             };
-            devices.chunks(size).map(move |c| (*hosts, c))
-        })
-        .collect();
-    let count = chunks.len() as i64;
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(n, (hosts, devices))| ResourceSlice {
+            let mut at = 0;
+            while at < devices.len() {
+                let end = devices.len().min(at + size);
+                chunks.push((g, at..end));
+                at = end;
+            }
+        }
+        Layout {
+            driver,
+            groups,
+            chunks,
+        }
+    }
+
+    /// How many slices the pool has.
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Slice `n`'s name.
+    pub fn name(&self, n: usize) -> String {
+        slice_name(self.driver, n)
+    }
+
+    /// Slice `n` (below [`Layout::len`]) at `generation`; the devices of `taints` carry a
+    /// `NoSchedule` taint.
+    pub fn slice(&self, n: usize, generation: i64, taints: &Taints) -> ResourceSlice {
+        let (g, range) = &self.chunks[n];
+        let (hosts, devices) = &self.groups[*g];
+        let driver = self.driver;
+        ResourceSlice {
             api_version: API_VERSION.to_owned(),
             kind: "ResourceSlice".to_owned(),
             metadata: Meta {
-                name: slice_name(driver, n),
+                name: self.name(n),
                 generate_name: String::new(),
                 resource_version: String::new(),
                 labels: labels(driver),
@@ -399,14 +472,30 @@ pub fn slices(
                 pool: Pool {
                     name: POOL.to_owned(),
                     generation,
-                    resource_slice_count: count,
+                    resource_slice_count: self.chunks.len() as i64,
                 },
                 node_name: None,
                 node_selector: Some(selector(hosts)),
                 all_nodes: None,
-                devices: devices.iter().map(|d| device(driver, d, taints)).collect(),
+                devices: (devices[range.clone()].iter())
+                    .map(|d| device(driver, d, taints))
+                    .collect(),
             },
-        })
+        }
+    }
+}
+
+/// The whole pool's slices at `generation` (see [`Layout`]).
+#[cfg(test)]
+pub fn slices(
+    driver: &str,
+    inventory: &Inventory,
+    generation: i64,
+    taints: &Taints,
+) -> Vec<ResourceSlice> {
+    let layout = Layout::new(driver, inventory);
+    (0..layout.len())
+        .map(|n| layout.slice(n, generation, taints))
         .collect()
 }
 

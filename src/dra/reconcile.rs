@@ -8,11 +8,15 @@
 //! that lost its Lease while a call hung) cannot both win. DeviceClasses are compared and written
 //! the same way, without generations.
 
+use std::collections::hash_map::RandomState;
+
 use log::warn;
 
 use crate::config::dra::Inventory;
 use crate::dra::api::{Object, Objects};
-use crate::dra::objects::{self, DeviceClass, Kept, ResourceSlice, SliceSpec, Taints, POOL};
+use crate::dra::objects::{
+    self, DeviceClass, Kept, Layout, ResourceSlice, SliceSpec, Taints, POOL,
+};
 use crate::kube::client::ApiError;
 
 /// Why a publish stopped.
@@ -99,147 +103,175 @@ pub fn reconcile(
         taints,
     } = *wanted;
     let mut changed = reconcile_classes(classes, driver, inventory, kept, lead)?;
-    let observed: Vec<ResourceSlice> = slices
-        .list()?
-        .into_iter()
-        .filter(|s| s.spec.driver == driver)
-        .collect();
-    let current = observed
-        .iter()
-        .filter(|s| s.spec.pool.name == POOL)
-        .map(|s| s.spec.pool.generation)
+    // Compared by digests of what the server keeps (`Kept::digest`), one slice at a time, both
+    // what is read (a page at a time) and what is wanted (built from the layout): a publish never
+    // holds the pool, read or written.
+    let keys = RandomState::new();
+    let kept_now = *kept;
+    let ours = objects::labels(driver);
+    let mut observed: Vec<Seen> = Vec::new();
+    slices.each(&mut |s| {
+        if s.spec.driver != driver {
+            return;
+        }
+        // Names do not matter (a slice may have had to take another, below); labels must be
+        // there.
+        let labelled = (ours.iter()).all(|(k, v)| s.metadata.labels.get(k) == Some(v));
+        observed.push(Seen {
+            generation: (s.spec.pool.name == POOL).then_some(s.spec.pool.generation),
+            digests: labelled.then(|| Digests::of(&kept_now, &s.spec, &keys)),
+            name: s.metadata.name,
+            version: s.metadata.resource_version,
+        });
+    })?;
+    let current = (observed.iter())
+        .filter_map(|s| s.generation)
         .max()
         .unwrap_or(0)
         .max(floor);
-    // Names do not matter: a slice may have had to take another (below). Specs are compared by
-    // what the server keeps (`spec` makes each side comparable).
-    let matches = |o: &ResourceSlice, w: &ResourceSlice, spec: &dyn Fn(&SliceSpec) -> SliceSpec| {
-        spec(&o.spec) == spec(&w.spec)
-            && w.metadata
-                .labels
-                .iter()
-                .all(|(k, v)| o.metadata.labels.get(k) == Some(v))
+    let layout = Layout::new(driver, inventory);
+    let wanted_at = |generation: i64| -> Vec<Digests> {
+        (0..layout.len())
+            .map(|n| Digests::of(&kept_now, &layout.slice(n, generation, taints).spec, &keys))
+            .collect()
     };
-    let same = |want: &[ResourceSlice], spec: &dyn Fn(&SliceSpec) -> SliceSpec| {
-        observed.len() == want.len()
-            && want
-                .iter()
-                .all(|w| observed.iter().any(|o| matches(o, w, spec)))
+    // The same slices, as multisets of digests (`whole`: taints too, else without).
+    let same = |want: &[Digests], whole: bool| {
+        let pick = |d: &Digests| if whole { d.whole } else { d.untainted };
+        let mut seen: Vec<Option<u64>> = (observed.iter())
+            .map(|o| o.digests.as_ref().map(pick))
+            .collect();
+        let mut want: Vec<Option<u64>> = want.iter().map(|d| Some(pick(d))).collect();
+        seen.sort_unstable();
+        want.sort_unstable();
+        seen == want
     };
-    let kept_now = *kept;
-    let as_kept = |s: &SliceSpec| kept_now.slice_spec(s);
-    let untainted = |s: &SliceSpec| {
-        let mut s = s.clone();
-        s.devices.iter_mut().for_each(|d| d.taints.clear());
-        s
+    let want = wanted_at(current);
+    let published = |changed| Published {
+        generation: current,
+        slices: layout.len(),
+        devices: inventory.devices().len(),
+        changed,
     };
-    let want = objects::slices(driver, inventory, current, taints);
-    if same(&want, &as_kept) {
-        return Ok(Published {
-            generation: current,
-            slices: want.len(),
-            devices: inventory.devices().len(),
-            changed,
-        });
+    if same(&want, true) {
+        return Ok(published(changed));
     }
     // Only taints differ: each slice whose taints changed is replaced at the same generation
     // (the pool's devices are the same; KEP-5055 needs no new generation for this).
-    if same(&want, &untainted) {
-        for w in &want {
-            let Some(old) = observed.iter().find(|o| matches(o, w, &untainted)) else {
+    if same(&want, false) {
+        for (n, w) in want.iter().enumerate() {
+            let Some(old) = (observed.iter())
+                .find(|o| o.digests.as_ref().map(|d| d.untainted) == Some(w.untainted))
+            else {
                 continue;
             };
-            if as_kept(&old.spec) == as_kept(&w.spec) {
+            if old.digests.as_ref().map(|d| d.whole) == Some(w.whole) {
                 continue;
             }
             if !lead() {
                 return Err(PublishError::NoLongerLeader);
             }
-            let mut slice = w.clone();
-            slice.metadata.name = old.metadata.name.clone();
-            slice.metadata.resource_version = old.metadata.resource_version.clone();
+            let mut slice = layout.slice(n, current, taints);
+            slice.metadata.name = old.name.clone();
+            slice.metadata.resource_version = old.version.clone();
             let stored = slices.replace(&slice)?;
             kept.learn_slice(&slice.spec, &stored.spec);
         }
-        return Ok(Published {
-            generation: current,
-            slices: want.len(),
-            devices: inventory.devices().len(),
-            changed: true,
-        });
+        return Ok(published(true));
     }
+    drop(want);
     // A hostile or broken server's i64::MAX must not overflow.
     let generation = current.saturating_add(1);
-    // Not both pools at once: a pool of 20,000 devices is tens of MiB.
-    drop(want);
-    let mut want = objects::slices(driver, inventory, generation, taints);
-    {
-        // Each wanted slice overwrites one of ours: the one of its name, else any other left.
-        let mut reuse: Vec<Option<usize>> = want
-            .iter()
-            .map(|w| {
-                observed
-                    .iter()
-                    .position(|o| o.metadata.name == w.metadata.name)
-            })
-            .collect();
-        let mut spare: Vec<usize> = (0..observed.len())
-            .filter(|i| !reuse.contains(&Some(*i)))
-            .rev()
-            .collect();
-        for r in reuse.iter_mut().filter(|r| r.is_none()) {
-            *r = spare.pop();
+    // Each wanted slice overwrites one of ours: the one of its name, else any other left.
+    let mut reuse: Vec<Option<usize>> = (0..layout.len())
+        .map(|n| {
+            let name = layout.name(n);
+            observed.iter().position(|o| o.name == name)
+        })
+        .collect();
+    let mut spare: Vec<usize> = (0..observed.len())
+        .filter(|i| !reuse.contains(&Some(*i)))
+        .rev()
+        .collect();
+    for r in reuse.iter_mut().filter(|r| r.is_none()) {
+        *r = spare.pop();
+    }
+    for (n, old) in reuse.iter().enumerate() {
+        if !lead() {
+            return Err(PublishError::NoLongerLeader);
         }
-        for (slice, old) in want.iter_mut().zip(&reuse) {
-            if !lead() {
-                return Err(PublishError::NoLongerLeader);
+        // Built, written and dropped: one slice's JSON at a time.
+        let mut slice = layout.slice(n, generation, taints);
+        match old.map(|i| &observed[i]) {
+            Some(old) => {
+                slice.metadata.name = old.name.clone();
+                slice.metadata.resource_version = old.version.clone();
+                let stored = slices.replace(&slice)?;
+                kept.learn_slice(&slice.spec, &stored.spec);
             }
-            match old.map(|i| &observed[i]) {
-                Some(old) => {
-                    slice.metadata.name = old.metadata.name.clone();
-                    slice.metadata.resource_version = old.metadata.resource_version.clone();
-                    let stored = slices.replace(slice)?;
+            None => match slices.create(&slice) {
+                // The name is taken: by a publisher of this driver racing this one (it
+                // was not listed), whose slices the next attempt lists; or by another
+                // driver's slice, or one someone wrote by hand: the server names ours.
+                Err(e) if e.status() == Some(409) => {
+                    match slices.get(&slice.metadata.name)? {
+                        Some(other) if other.spec.driver != driver => {}
+                        _ => return Err(e.into()),
+                    }
+                    warn!(
+                        "a ResourceSlice {} exists that is not {driver}'s; publishing under a \
+                         name the API server gives",
+                        slice.metadata.name
+                    );
+                    slice.metadata.generate_name = format!("{}-", slice.metadata.name);
+                    slice.metadata.name.clear();
+                    slices.create(&slice)?;
+                }
+                other => {
+                    let stored = other?;
                     kept.learn_slice(&slice.spec, &stored.spec);
                 }
-                None => match slices.create(slice) {
-                    // The name is taken: by a publisher of this driver racing this one (it
-                    // was not listed), whose slices the next attempt lists; or by another
-                    // driver's slice, or one someone wrote by hand: the server names ours.
-                    Err(e) if e.status() == Some(409) => {
-                        match slices.get(&slice.metadata.name)? {
-                            Some(other) if other.spec.driver != driver => {}
-                            _ => return Err(e.into()),
-                        }
-                        warn!(
-                            "a ResourceSlice {} exists that is not {driver}'s; publishing under a \
-                             name the API server gives",
-                            slice.metadata.name
-                        );
-                        slice.metadata.generate_name = format!("{}-", slice.metadata.name);
-                        slice.metadata.name.clear();
-                        slices.create(slice)?;
-                    }
-                    other => {
-                        let stored = other?;
-                        kept.learn_slice(&slice.spec, &stored.spec);
-                    }
-                },
-            }
+            },
         }
-        for old in spare.iter().map(|&i| &observed[i]) {
-            if !lead() {
-                return Err(PublishError::NoLongerLeader);
-            }
-            slices.delete(old.name(), old.version())?;
-        }
-        changed = true;
     }
+    for old in spare.iter().map(|&i| &observed[i]) {
+        if !lead() {
+            return Err(PublishError::NoLongerLeader);
+        }
+        slices.delete(&old.name, &old.version)?;
+    }
+    changed = true;
     Ok(Published {
         generation,
-        slices: want.len(),
+        slices: layout.len(),
         devices: inventory.devices().len(),
         changed,
     })
+}
+
+/// What a publish keeps of a slice of the driver's it read.
+struct Seen {
+    name: String,
+    version: String,
+    /// Its generation, if it is in spookd's pool.
+    generation: Option<i64>,
+    /// `None` for a slice without spookd's labels: it matches no wanted slice.
+    digests: Option<Digests>,
+}
+
+/// A slice's spec as compared ([`Kept::digest`]), with its taints and without.
+struct Digests {
+    whole: u64,
+    untainted: u64,
+}
+
+impl Digests {
+    fn of(kept: &Kept, spec: &SliceSpec, keys: &RandomState) -> Self {
+        Digests {
+            whole: kept.digest(spec, true, keys),
+            untainted: kept.digest(spec, false, keys),
+        }
+    }
 }
 
 fn reconcile_classes(
@@ -618,6 +650,76 @@ mod tests {
         slices.objects.clear();
         let p = publish(&mut slices, &mut classes, &moved, 3).unwrap();
         assert_eq!(p.generation, 4);
+    }
+
+    /// The pool read back is taken one slice at a time (a page at a time from the API) and kept
+    /// as digests: `list`, which would hold it whole, is never called. What the server adds (a
+    /// taint's `timeAdded`) is not a difference; an edited attribute or a lost label is.
+    #[test]
+    fn the_pool_read_back_is_compared_one_slice_at_a_time() {
+        struct OneAtATime(Memory<ResourceSlice>);
+        impl Objects<ResourceSlice> for OneAtATime {
+            fn list(&mut self) -> Result<Vec<ResourceSlice>, ApiError> {
+                panic!("the whole pool was read at once")
+            }
+            fn each(&mut self, f: &mut dyn FnMut(ResourceSlice)) -> Result<(), ApiError> {
+                self.0.objects.values().for_each(|(_, o)| f(o.clone()));
+                Ok(())
+            }
+            fn get(&mut self, name: &str) -> Result<Option<ResourceSlice>, ApiError> {
+                self.0.get(name)
+            }
+            fn create(&mut self, o: &ResourceSlice) -> Result<ResourceSlice, ApiError> {
+                self.0.create(o)
+            }
+            fn replace(&mut self, o: &ResourceSlice) -> Result<ResourceSlice, ApiError> {
+                self.0.replace(o)
+            }
+            fn delete(&mut self, name: &str, version: &str) -> Result<(), ApiError> {
+                self.0.delete(name, version)
+            }
+        }
+        let (mut slices, mut classes) = (OneAtATime(Memory::default()), Memory::default());
+        let inv = inventory(TWO_SETS);
+        let taints = Taints::from([("x-a-io-1".to_owned(), "off".to_owned())]);
+        let mut kept = Kept::default();
+        let mut publish = |slices: &mut OneAtATime| {
+            let wanted = Wanted {
+                driver: "d.io",
+                inventory: &inv,
+                taints: &taints,
+            };
+            reconcile(slices, &mut classes, &wanted, 0, &mut kept, &mut || true).unwrap()
+        };
+        assert_eq!((publish(&mut slices).generation, slices.0.writes), (1, 2));
+        // The server stamps the taint: no difference.
+        for (_, s) in slices.0.objects.values_mut() {
+            for t in s.spec.devices.iter_mut().flat_map(|d| &mut d.taints) {
+                t.time_added = Some("2026-12-07T12:00:00Z".into());
+            }
+        }
+        let p = publish(&mut slices);
+        assert_eq!((p.generation, p.changed, slices.0.writes), (1, false, 2));
+        // Someone edits an attribute: a new generation, every slice written.
+        let (_, s) = slices.0.objects.get_mut("d.io-1").unwrap();
+        s.spec.devices[0].attributes.clear();
+        let p = publish(&mut slices);
+        assert_eq!((p.generation, p.changed, slices.0.writes), (2, true, 4));
+        // A slice loses spookd's labels: written again.
+        let (_, s) = slices.0.objects.get_mut("d.io-0").unwrap();
+        s.metadata.labels.clear();
+        let p = publish(&mut slices);
+        assert_eq!((p.generation, slices.0.writes), (3, 6));
+        let p = publish(&mut slices);
+        assert_eq!((p.generation, p.changed, slices.0.writes), (3, false, 6));
+        let stored: Vec<ResourceSlice> = (slices.0.objects.values())
+            .map(|(_, s)| {
+                let mut s = s.clone();
+                s.metadata.resource_version.clear();
+                s
+            })
+            .collect();
+        assert_eq!(stored, objects::slices("d.io", &inv, 3, &taints));
     }
 
     /// A slice of another driver (or one written by hand) named as ours would be: ours is
