@@ -1072,7 +1072,7 @@ fn main() {
                     hwm2 as f64 / 1024.0,
                     rss as f64 / 1024.0
                 ),
-                "report (DRA limit 192Mi)",
+                "report (DRA limit 64Mi)",
             );
             json.insert(
                 Box::leak(format!("dra_hwm_kib_{n}").into_boxed_str()),

@@ -23,6 +23,7 @@ use crate::config::{NodeName, ResourceName};
 use crate::dra::api::{HttpClaims, HttpObjects};
 use crate::dra::cdi::CdiDir;
 use crate::dra::leader::{leader_lease_name, Leadership};
+use crate::dra::node::{HttpNode, NodeWatcher};
 use crate::dra::objects::{Named, ResourceSlice};
 use crate::dra::plugin::{KubeletPlugin, PluginContext, Sockets};
 use crate::dra::publish::{ObjectWatch, Publisher, PublisherApi, SliceWatcher};
@@ -727,6 +728,9 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
     };
     let report_watcher = SliceWatcher::spawn("spookd-dra-reports", watch, publisher.nudge())
         .map_err(startup("start the health reports' watch"))?;
+    let node_watcher =
+        NodeWatcher::spawn(HttpNode::new(dra.conn.clone(), &opts.node_name), tx.clone())
+            .map_err(startup("start the node's device plugin check"))?;
     let events = start_events(opts.events.clone(), &opts.node_name, &tx)?;
     let prober = Prober::spawn(tx.clone()).map_err(startup("start the probe thread"))?;
     let state = State::new(
@@ -771,6 +775,7 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
     drop(plugin);
     drop(slice_watcher);
     drop(report_watcher);
+    drop(node_watcher);
     stop_state(&tx, &mut state_thread);
     drop(metrics);
     drop(sources);

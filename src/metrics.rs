@@ -420,11 +420,13 @@ pub fn dra_json<S: AsRef<str>>(
     devices: usize,
     registered: bool,
     dropped: &[S],
+    served_by_device_plugin: &[impl AsRef<str>],
 ) -> String {
-    let dropped: Vec<String> = dropped.iter().map(|f| json_string(f.as_ref())).collect();
+    let list = |l: &mut dyn Iterator<Item = &str>| l.map(json_string).collect::<Vec<_>>().join(",");
     format!(
-        r#"{{"leader":{leader},"generation":{generation},"slices":{slices},"devices":{devices},"registered":{registered},"droppedFields":[{}]}}"#,
-        dropped.join(",")
+        r#"{{"leader":{leader},"generation":{generation},"slices":{slices},"devices":{devices},"registered":{registered},"droppedFields":[{}],"servedByDevicePlugin":[{}]}}"#,
+        list(&mut dropped.iter().map(AsRef::as_ref)),
+        list(&mut served_by_device_plugin.iter().map(AsRef::as_ref)),
     )
 }
 
@@ -460,6 +462,7 @@ pub fn status_json(s: &Snapshot) -> String {
             d.devices,
             d.registered,
             &d.dropped,
+            &d.served_by_device_plugin,
         ),
     };
     format!(
@@ -698,6 +701,7 @@ mod tests {
             claims_ok: 3,
             claims_failed: 1,
             dropped: Vec::new(),
+            served_by_device_plugin: Vec::new(),
         });
         let text = render(&s);
         for line in [

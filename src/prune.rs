@@ -25,19 +25,16 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, info, warn};
-use serde::Deserialize;
 
 use crate::backoff::Backoff;
 use crate::clock::later;
 use crate::config::{NodeName, ResourceName};
 use crate::kube::client::{ApiError, Client, Connection};
+use crate::kube::node::{self, is_zero, NodeView};
 use crate::worker::Worker;
 
 /// The Node annotation listing, comma-separated and sorted, the names spookd advertised there.
 pub const ANNOTATION: &str = "spookd/advertised-resources";
-
-/// Largest Node object read (a Node with many images is a few hundred KiB).
-const MAX_NODE: u64 = 8 << 20;
 
 /// What `--prune-stale-resources` needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,15 +42,6 @@ pub struct PruneOptions {
     pub conn: Connection,
     /// How long after spookd stopped serving a name it re-checks it and removes it.
     pub after: Duration,
-}
-
-/// The parts of the Node the pruner reads.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeView {
-    /// The [`ANNOTATION`]'s value, if the Node has it.
-    pub advertised: Option<String>,
-    pub capacity: BTreeMap<String, String>,
-    pub allocatable: BTreeMap<String, String>,
 }
 
 /// The calls the pruner makes on its Node; the real one is [`HttpNodeApi`].
@@ -135,7 +123,7 @@ impl Prune {
     fn step(&mut self, api: &mut dyn NodeApi, now: Instant) -> Result<(), ApiError> {
         let mut advertised = match self.advertised.take() {
             Some(a) => a,
-            None => parse_annotation(api.get()?.advertised.as_deref()),
+            None => parse_annotation(api.get()?.annotation.as_deref()),
         };
         self.advertised = Some(advertised.clone());
         let Some(served) = &self.served else {
@@ -217,11 +205,6 @@ impl Prune {
         }
         Ok(())
     }
-}
-
-/// A quantity of zero as the kubelet writes it.
-fn is_zero(quantity: &str) -> bool {
-    quantity == "0"
 }
 
 fn join(names: &BTreeSet<ResourceName>) -> String {
@@ -315,43 +298,9 @@ impl HttpNodeApi {
     }
 }
 
-#[derive(Deserialize)]
-struct NodeJson {
-    #[serde(default)]
-    metadata: NodeMeta,
-    #[serde(default)]
-    status: NodeStatus,
-}
-
-#[derive(Default, Deserialize)]
-struct NodeMeta {
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-}
-
-#[derive(Default, Deserialize)]
-struct NodeStatus {
-    #[serde(default)]
-    capacity: BTreeMap<String, String>,
-    #[serde(default)]
-    allocatable: BTreeMap<String, String>,
-}
-
 impl NodeApi for HttpNodeApi {
     fn get(&mut self) -> Result<NodeView, ApiError> {
-        let url = &self.url;
-        let response = self.client.get(url, crate::kube::client::REQUEST_TIMEOUT)?;
-        let body = Client::read_body(url, response, MAX_NODE)?;
-        let mut node: NodeJson =
-            serde_yaml::from_slice(&body).map_err(|source| ApiError::Decode {
-                url: url.clone(),
-                source,
-            })?;
-        Ok(NodeView {
-            advertised: node.metadata.annotations.remove(ANNOTATION),
-            capacity: node.status.capacity,
-            allocatable: node.status.allocatable,
-        })
+        node::read(&self.client, &self.url, ANNOTATION)
     }
 
     fn annotate(&mut self, names: &BTreeSet<ResourceName>) -> Result<(), ApiError> {
@@ -444,7 +393,7 @@ mod tests {
         }
         fn annotate(&mut self, names: &BTreeSet<ResourceName>) -> Result<(), ApiError> {
             self.check(format!("annotate {}", join(names)))?;
-            self.node.advertised = (!names.is_empty()).then(|| join(names));
+            self.node.annotation = (!names.is_empty()).then(|| join(names));
             Ok(())
         }
         fn remove(&mut self, r: &ResourceName, c: &str, a: Option<&str>) -> Result<(), ApiError> {
@@ -505,7 +454,7 @@ mod tests {
         );
         // A foreign zero resource is never touched.
         assert_eq!(node.node.capacity["nvidia.com/gpu"], "0");
-        assert_eq!(node.node.advertised.as_deref(), Some("a.io/x"));
+        assert_eq!(node.node.annotation.as_deref(), Some("a.io/x"));
     }
 
     #[test]
@@ -521,7 +470,7 @@ mod tests {
         p.served(set(&["a.io/x"]));
         assert_eq!(p.tick(&mut node, t0 + AFTER), None);
         assert!(node.calls.iter().all(|c| !c.starts_with("remove")));
-        assert_eq!(node.node.advertised.as_deref(), Some("a.io/x"));
+        assert_eq!(node.node.annotation.as_deref(), Some("a.io/x"));
     }
 
     #[test]
@@ -530,7 +479,7 @@ mod tests {
         let mut node = FakeNode::default();
         node.count("a.io/x", "0");
         node.count("other.io/manual", "0");
-        node.node.advertised = Some("a.io/x,not a name".into());
+        node.node.annotation = Some("a.io/x,not a name".into());
         let mut p = Prune::new(AFTER);
         p.served(set(&["b.io/y"]));
         assert_eq!(p.tick(&mut node, t0), Some(t0 + AFTER));
@@ -539,7 +488,7 @@ mod tests {
         assert!(!node.node.capacity.contains_key("a.io/x"));
         p.tick(&mut node, t0 + AFTER * 2);
         assert!(node.node.capacity.contains_key("other.io/manual"));
-        assert_eq!(node.node.advertised.as_deref(), Some("b.io/y"));
+        assert_eq!(node.node.annotation.as_deref(), Some("b.io/y"));
     }
 
     #[test]
@@ -547,18 +496,18 @@ mod tests {
         let t0 = Instant::now();
         let mut node = FakeNode::default();
         node.count("a.io/x", "3");
-        node.node.advertised = Some("a.io/x,c.io/z".into());
+        node.node.annotation = Some("a.io/x,c.io/z".into());
         let mut p = Prune::new(AFTER);
         p.served(set(&[]));
         p.tick(&mut node, t0);
         assert_eq!(p.tick(&mut node, t0 + AFTER), Some(t0 + AFTER * 2));
         // c.io/z is in no status at all: only forgotten.
-        assert_eq!(node.node.advertised.as_deref(), Some("a.io/x"));
+        assert_eq!(node.node.annotation.as_deref(), Some("a.io/x"));
         assert!(node.calls.iter().all(|c| !c.starts_with("remove")));
         node.count("a.io/x", "0");
         assert_eq!(p.tick(&mut node, t0 + AFTER * 2), Some(t0 + AFTER * 3));
         assert_eq!(p.tick(&mut node, t0 + AFTER * 3), None);
-        assert_eq!(node.node.advertised, None);
+        assert_eq!(node.node.annotation, None);
         assert_eq!(node.calls.last().unwrap(), "annotate ");
     }
 
@@ -567,7 +516,7 @@ mod tests {
         let t0 = Instant::now();
         let mut node = FakeNode::default();
         node.count("a.io/x", "0");
-        node.node.advertised = Some("a.io/x".into());
+        node.node.annotation = Some("a.io/x".into());
         let mut p = Prune::new(AFTER);
         p.served(set(&[]));
         // 403 on the first read: retried after a backoff.

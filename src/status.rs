@@ -64,6 +64,9 @@ pub struct Dra {
     /// The written fields the API server drops (its feature gates are off).
     #[serde(default)]
     pub dropped_fields: Vec<String>,
+    /// The names this node serves by DRA that a device plugin also advertises here.
+    #[serde(default)]
+    pub served_by_device_plugin: Vec<String>,
 }
 
 /// Why `spookd status` could not tell.
@@ -290,6 +293,14 @@ pub fn text(status: &Status, held: &Held) -> String {
                 fields.join(", ")
             ));
         }
+        if !d.served_by_device_plugin.is_empty() {
+            let names: Vec<String> = d.served_by_device_plugin.iter().map(|f| safe(f)).collect();
+            out.push_str(&format!(
+                "DRA: a device plugin on this node also advertises {}: pods asking for it in \
+                 resources.limits get the device plugin's devices here, not DRA's\n",
+                names.join(", ")
+            ));
+        }
     }
     if let Err(e) = held {
         out.push_str(&format!("holders unknown: {e}\n"));
@@ -411,6 +422,7 @@ pub fn json(status: &Status, held: &Held) -> String {
                 d.devices,
                 d.registered,
                 &d.dropped_fields,
+                &d.served_by_device_plugin,
             )
         },
     );

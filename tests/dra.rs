@@ -380,6 +380,63 @@ fn a_server_that_drops_new_fields_is_not_rewritten_in_a_loop() {
     );
 }
 
+/// A device plugin on this node that advertises a name the node serves by DRA (allocatable
+/// above 0; the scheduler would give pods asking for it in resources.limits the device plugin's
+/// devices here): spookd --dra reads its Node, warns once, and /status says so until it goes.
+#[test]
+fn a_device_plugin_serving_the_same_name_on_the_node_is_warned_about() {
+    let (api, creds) = apiserver::with_credentials("dra-both-modes");
+    let count = |n: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), "2".to_owned()),
+            ("example.com/widget".to_owned(), n.to_owned()),
+        ])
+    };
+    api.set_node(apiserver::Node {
+        name: "node1".into(),
+        annotations: BTreeMap::new(),
+        capacity: count("1"),
+        allocatable: count("1"),
+    });
+    let tmp = TempDir::new();
+    let config = ConfigVolume::new(tmp.join("cm"), CONFIG);
+    let node = Node::start(
+        "node1",
+        &api,
+        &creds,
+        &config.path(),
+        &[
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--pod-name",
+            "spookd-abcde",
+            "--pod-namespace",
+            "spookd",
+            "--pod-uid",
+            "0b7c4e36-pod",
+        ],
+    );
+    let metrics = crate::metrics::metrics_addr(node.spookd());
+    let said = "a device plugin on node node1 also advertises example.com/widget: pods asking for \
+                it in resources.limits are given the device plugin's devices there, not DRA's";
+    assert!(node.spookd().wait_log(said, 1), "{}", node.log());
+    let (_, status) = crate::metrics::get(&metrics, "/status");
+    assert!(
+        status.contains(r#""servedByDevicePlugin":["example.com/widget"]"#),
+        "{status}"
+    );
+    let warned = |api: &ApiServer| {
+        (api.events("spookd").values())
+            .filter(|e| e["reason"] == "ServedByDevicePlugin")
+            .count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while warned(&api) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(warned(&api), 1, "{:#?}", api.events("spookd"));
+}
+
 #[test]
 fn the_configmap_source_feeds_the_driver_too() {
     let (api, creds) = apiserver::with_configmap("dra-configmap", "spookd-dra");

@@ -10,11 +10,15 @@
 //!   NodePrepareResources for the claims of a pod about to start here: their env (the seed's
 //!   layout) goes into a CDI spec per claim ([`cdi`]), which the container runtime applies.
 //!
+//! - [`node`]: each node checks that no device plugin advertises the names it serves by DRA
+//!   there (the device plugin would win).
+//!
 //! [`api`] holds its API calls (over the one HTTPS client), [`proto`] the kubelet's protos.
 
 pub mod api;
 pub mod cdi;
 pub mod leader;
+pub mod node;
 pub mod objects;
 pub mod plugin;
 pub mod proto;

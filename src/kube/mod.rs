@@ -1,8 +1,9 @@
 //! Talking to the Kubernetes API: one HTTPS client ([`client`]) every API user shares (the
-//! ConfigMap source, the Leases, the pruning of stale resources), and one list-then-watch loop
+//! ConfigMap source, the Leases, the pruning of stale resources), one Node read ([`node`]), and one list-then-watch loop
 //! with one watch-event parser ([`watch`]) every watcher shares (the ConfigMap source, the Leases).
 
 pub mod client;
+pub mod node;
 pub mod watch;
 
 /// `s` as a JSON string literal: quotes, backslashes, control characters and whatever else YAML

@@ -6,7 +6,7 @@
 //! streams ([`Msg::WatchHealth`]): the whole list at once, after each change, and at every
 //! periodic check (the kubelet takes a device it hears nothing of for a while as Unknown).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use log::{debug, info, warn};
@@ -32,6 +32,8 @@ pub(super) struct Driver {
     streams: Vec<HealthSender>,
     /// How many of this node's devices are probed.
     probed: usize,
+    /// What device plugins advertise on this node, as last read.
+    advertised: BTreeSet<String>,
 }
 
 impl Driver {
@@ -101,6 +103,7 @@ impl<B: Backend> State<B> {
         let (devices, resources) = (inventory.devices().len(), inventory.classes().len());
         info!("{origin}: {devices} devices of {resources} resources to publish");
         self.backend.publish(inventory);
+        self.check_device_plugins();
         self.backend.notify(Notice::normal(
             "ConfigApplied",
             "Apply",
@@ -202,7 +205,50 @@ impl<B: Backend> State<B> {
         }
     }
 
+    /// Warns when a device plugin advertises here a name this node serves by DRA (the scheduler
+    /// would give pods asking for it in `resources.limits` the device plugin's devices here), once
+    /// each time the set of such names changes; /status shows it while it lasts.
+    fn check_device_plugins(&mut self) {
+        let Some(driver) = self.dra.as_mut() else {
+            return;
+        };
+        let node = &self.node;
+        let both: Vec<ResourceName> = (driver.inventory.iter())
+            .flat_map(|inv| inv.devices())
+            .filter(|d| d.hosts.contains(node) && driver.advertised.contains(d.resource.as_str()))
+            .map(|d| d.resource.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if both == driver.status.served_by_device_plugin {
+            return;
+        }
+        driver.status.served_by_device_plugin = both.clone();
+        if both.is_empty() {
+            info!(
+                "no device plugin on this node advertises a name this node serves by DRA any more"
+            );
+            return;
+        }
+        let names: Vec<&str> = both.iter().map(ResourceName::as_str).collect();
+        let note = format!(
+            "a device plugin on node {node} also advertises {}: pods asking for it in \
+             resources.limits are given the device plugin's devices there, not DRA's; deploy \
+             one mode per name (remove the device plugin, or this node from the DRA config)",
+            names.join(", ")
+        );
+        warn!("{note}");
+        self.backend
+            .notify(Notice::warning("ServedByDevicePlugin", "Check", note));
+    }
+
     pub(super) fn dra_event(&mut self, event: DraEvent) {
+        if let DraEvent::NodeAdvertises(names) = event {
+            if let Some(driver) = self.dra.as_mut() {
+                driver.advertised = names;
+            }
+            return self.check_device_plugins();
+        }
         let Some(status) = self.dra.as_mut().map(|d| &mut d.status) else {
             return;
         };
@@ -225,6 +271,7 @@ impl<B: Backend> State<B> {
                 status.claims_ok += ok;
                 status.claims_failed += failed;
             }
+            DraEvent::NodeAdvertises(_) => {}
         }
     }
 }
@@ -241,7 +288,8 @@ mod tests {
     use crate::config::{NodeName, ResourceName};
     use crate::state::msg::{LeaseCmd, Msg, ProbeSet};
 
-    struct Published(Rc<RefCell<Vec<Arc<Inventory>>>>);
+    /// What the state published, and the notices it wrote.
+    struct Published(Rc<RefCell<Vec<Arc<Inventory>>>>, Rc<RefCell<Vec<Notice>>>);
 
     impl Backend for Published {
         type Server = ();
@@ -271,6 +319,9 @@ mod tests {
         fn publish(&mut self, inventory: Arc<Inventory>) {
             self.0.borrow_mut().push(inventory);
         }
+        fn notify(&mut self, notice: Notice) {
+            self.1.borrow_mut().push(notice);
+        }
     }
 
     fn msg(yaml: &str) -> Msg {
@@ -292,11 +343,67 @@ mod tests {
 
     const ONE: &str = "deviceMapping:\n  - hosts: [n1]\n    devices:\n      - {resourceName: a.io/s, instanceID: '1'}\n";
 
+    /// A device plugin advertising here a name this node serves by DRA (allocatable above 0)
+    /// is a Warning once, shown in the status while it lasts; names this node does not serve by
+    /// DRA, or serves on other nodes only, are not.
+    #[test]
+    fn a_device_plugin_serving_the_same_name_here_is_warned_about() {
+        let notices: Rc<RefCell<Vec<Notice>>> = Rc::default();
+        let node = NodeName::try_from("n1".to_owned()).unwrap();
+        let mut s = State::new(
+            node,
+            Published(Rc::default(), notices.clone()),
+            Instant::now(),
+        );
+        let two = "deviceMapping:\n  - hosts: [n1]\n    devices:\n      - {resourceName: a.io/s, instanceID: '1'}\n  - hosts: [n2]\n    devices:\n      - {resourceName: a.io/t, instanceID: '1'}\n";
+        s.handle(msg(two), Instant::now());
+        let advertises = |names: &[&str]| {
+            let names = names.iter().map(|n| (*n).to_owned()).collect();
+            Msg::Dra(DraEvent::NodeAdvertises(names))
+        };
+        let warnings = || -> Vec<(&'static str, String)> {
+            (notices.borrow().iter())
+                .filter(|n| n.warning)
+                .map(|n| (n.reason, n.note.clone()))
+                .collect()
+        };
+        let shown = |s: &State<Published>| -> Vec<String> {
+            let snap = s.snapshot();
+            let dra = snap.dra.unwrap();
+            dra.served_by_device_plugin
+                .iter()
+                .map(|r| r.to_string())
+                .collect()
+        };
+        s.handle(advertises(&["a.io/t", "b.io/u"]), Instant::now());
+        assert_eq!((warnings(), shown(&s)), (vec![], Vec::<String>::new()));
+        s.handle(advertises(&["a.io/s", "a.io/t"]), Instant::now());
+        s.handle(advertises(&["a.io/s"]), Instant::now());
+        let note = "a device plugin on node n1 also advertises a.io/s: pods asking for it in \
+                    resources.limits are given the device plugin's devices there, not DRA's; \
+                    deploy one mode per name (remove the device plugin, or this node from the \
+                    DRA config)";
+        assert_eq!(
+            (warnings(), shown(&s)),
+            (
+                vec![("ServedByDevicePlugin", note.to_owned())],
+                vec!["a.io/s".to_owned()]
+            )
+        );
+        // The device plugin goes (or its allocatable drops to 0): cleared.
+        s.handle(advertises(&[]), Instant::now());
+        assert_eq!((warnings().len(), shown(&s)), (1, Vec::<String>::new()));
+    }
+
     #[test]
     fn good_configs_are_published_once_and_bad_ones_never() {
         let published = Rc::new(RefCell::new(Vec::new()));
         let node = NodeName::try_from("n1".to_owned()).unwrap();
-        let mut s = State::new(node, Published(published.clone()), Instant::now());
+        let mut s = State::new(
+            node,
+            Published(published.clone(), Rc::default()),
+            Instant::now(),
+        );
         assert_eq!(
             prepare(&mut s, &["s-a-io-1"]),
             Err(PrepareRefusal::NoConfig)

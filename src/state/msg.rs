@@ -199,6 +199,9 @@ pub enum DraEvent {
     Registered(bool),
     /// A NodePrepareResources or NodeUnprepareResources call: claims that succeeded and failed.
     Claims { ok: u64, failed: u64 },
+    /// The extended resources a device plugin advertises on this node (allocatable above 0), as
+    /// the Node read says.
+    NodeAdvertises(BTreeSet<String>),
 }
 
 /// `--dra`: the driver's counters, as /metrics shows them.
@@ -214,6 +217,9 @@ pub struct DraStatus {
     pub claims_failed: u64,
     /// The written fields the API server drops (its feature gates are off).
     pub dropped: Vec<&'static str>,
+    /// The resources this node serves by DRA that a device plugin also advertises here: the
+    /// scheduler gives pods asking for them in `resources.limits` the device plugin's devices.
+    pub served_by_device_plugin: Vec<ResourceName>,
 }
 
 /// Why an Allocate was refused. Answered to the kubelet as INVALID_ARGUMENT (or UNAVAILABLE).
