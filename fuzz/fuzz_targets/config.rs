@@ -28,6 +28,8 @@ mod hash;
 use config::layout;
 
 fuzz_target!(|data: &[u8]| {
+    // A config the parse cuts into pieces reads as the whole does.
+    assert!(config::pieces_agree(data));
     let config = match config::Config::parse(data, "fuzz") {
         Ok(config) => config,
         // What the log, the Event and `spookd check` show: bounded whatever the input quotes.

@@ -8,9 +8,74 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::bounds::{
     prescan, MAX_ASSIGNMENTS, MAX_CONFIG_BYTES, MAX_NODE_RESOURCES, MAX_RESOURCE_DEVICES,
 };
-use super::raw::RawConfig;
+use super::pieces::{pieces, Piece};
+use super::raw::{Devices, Heads, Mappings, RawConfig, RawMapping};
 use super::scope::ParseScope;
 use super::{layout, Config, ConfigError, Declaration, InstanceId, NodeName, ResourceName};
+
+/// Stage one: the config in pieces where it can be cut (a fraction of the parser's memory), else,
+/// or where a piece does not parse, whole: every error is the whole parse's.
+fn parse_raw(text: &[u8]) -> Result<RawConfig, serde_yaml::Error> {
+    {
+        // A scope per attempt: a failed one has spent some of the alias budget.
+        let scope = ParseScope::enter(text);
+        let text = scope.text();
+        if let Some(raw) = pieces(text).and_then(|pieces| parse_pieces(text, &pieces)) {
+            return Ok(raw);
+        }
+    }
+    let scope = ParseScope::enter(text);
+    serde_yaml::from_slice(scope.text())
+}
+
+/// The config from its pieces; `None` where one does not parse. `text` is the scope's, which the
+/// leaf types' visitors read around the strings they are lent.
+fn parse_pieces(text: &[u8], pieces: &[Piece]) -> Option<RawConfig> {
+    let mut device_mapping = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        match piece {
+            Piece::Whole(r) => {
+                let Mappings(items) = serde_yaml::from_slice(&text[r.clone()]).ok()?;
+                device_mapping.extend(items);
+            }
+            Piece::Cut { head, devices } => {
+                let Heads(mut heads) = serde_yaml::from_slice(&text[head.clone()]).ok()?;
+                let head = heads.pop().filter(|_| heads.is_empty())?;
+                let mut all = Vec::new();
+                for r in devices {
+                    let Devices(run) = serde_yaml::from_slice(&text[r.clone()]).ok()?;
+                    all.extend(run);
+                }
+                device_mapping.push(RawMapping {
+                    hosts: head.hosts,
+                    devices: all,
+                });
+            }
+        }
+    }
+    Some(RawConfig { device_mapping })
+}
+
+/// Whether a config cut into pieces reads as the whole does, where it is cut (the cut must never
+/// change what a config means): the fuzzer's and the tests' check. Inputs past the bounds the
+/// parse checks first are not parsed.
+#[doc(hidden)]
+pub fn pieces_agree(text: &[u8]) -> bool {
+    if text.len() > MAX_CONFIG_BYTES || prescan(text).is_err() {
+        return true;
+    }
+    let cut = {
+        let scope = ParseScope::enter(text);
+        let text = scope.text();
+        pieces(text).and_then(|pieces| parse_pieces(text, &pieces))
+    };
+    let Some(cut) = cut else {
+        return true;
+    };
+    let scope = ParseScope::enter(text);
+    serde_yaml::from_slice::<RawConfig>(scope.text())
+        .is_ok_and(|whole| format!("{whole:?}") == format!("{cut:?}"))
+}
 
 impl Config {
     /// Parses and checks a config. `origin` names where it came from, for error messages.
@@ -33,11 +98,7 @@ impl Config {
             what,
             limit,
         })?;
-        let raw: RawConfig = {
-            let scope = ParseScope::enter(text);
-            serde_yaml::from_slice(scope.text())
-        }
-        .map_err(|source| ConfigError::Parse {
+        let raw = parse_raw(text).map_err(|source| ConfigError::Parse {
             origin: origin.to_owned(),
             source,
         })?;
@@ -225,6 +286,49 @@ fn check_env_names(
 mod tests {
     use super::*;
     use crate::config::test_support::*;
+
+    /// Whether `text` is parsed in pieces (and they parse).
+    fn cut(text: &str) -> bool {
+        let scope = ParseScope::enter(text.as_bytes());
+        let text = scope.text();
+        pieces(text).and_then(|p| parse_pieces(text, &p)).is_some()
+    }
+
+    /// Configs in the layout every example uses are parsed in pieces, and read as the whole
+    /// parse reads them; where a piece does not parse (an alias of an anchor in another piece, a
+    /// bad value), the whole parse decides, and its error (and line) is what is shown.
+    #[test]
+    fn the_pieces_read_as_the_whole() {
+        let mut many = String::from("deviceMapping:\n  - hosts: [a, b]\n    devices:\n");
+        for i in 0..300 {
+            many.push_str(&format!(
+                "      - resourceName: a.io/x\n        instanceID: \"{i:04}\"\n        env:\n          IP: 10.0.0.1\n          NOTE: |\n            - not an item\n"
+            ));
+        }
+        many.push_str("  - hosts:\n    - c\n    devices:\n    - {resourceName: b.io/y, instanceID: '1', healthCheck: {tcp: '127.0.0.1:1'}}\n");
+        let seed = "# the seed\ndeviceMapping:\n  - hosts: [lab1-host1]   # one host\n    devices:\n      - resourceName: skao.int/oscilloscope\n        instanceID: \"0001\"\n        env: {IP: 10.0.10.215}\n  - devices: []\n    hosts: [lab1-host2]\n";
+        let quoted = "deviceMapping:\n  - hosts: [a]\n    devices:\n      - {resourceName: a.io/x, instanceID: '1', env: {A: \"x\n      - y\"}}\n      - {resourceName: a.io/x, instanceID: '2', env: {B: 'it''s'}}\n";
+        for text in [many.as_str(), seed, quoted] {
+            assert!(cut(text), "{text}");
+            assert!(pieces_agree(text.as_bytes()), "{text}");
+            parse(text).unwrap();
+        }
+        // An alias of an anchor in another piece: whole.
+        let alias = "deviceMapping:\n  - hosts: [a]\n    devices:\n      - {resourceName: a.io/x, instanceID: '1', env: &e {K: v}}\n  - hosts: [b]\n    devices:\n      - {resourceName: a.io/x, instanceID: '1', env: *e}\n";
+        assert!(!cut(alias));
+        assert_eq!(parse(alias).unwrap().for_node(&node("b")).len(), 1);
+        // A plain 0001 in a piece is refused as in the whole, with the whole's line.
+        let plain = many.replace("instanceID: \"0299\"", "instanceID: 0299");
+        assert!(!cut(&plain));
+        let whole = {
+            let scope = ParseScope::enter(plain.as_bytes());
+            serde_yaml::from_slice::<RawConfig>(scope.text())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(whole.contains("line 1799"), "{whole}");
+        assert_eq!(err(&plain), format!("test.yaml: {whole}"));
+    }
 
     #[test]
     fn empty_and_junk_documents_are_refused() {

@@ -16,11 +16,13 @@ mod error;
 pub mod layout;
 mod model;
 mod names;
+mod pieces;
 mod raw;
 mod scope;
 mod yaml_style;
 
 pub use bounds::*;
+pub use check::pieces_agree;
 pub use error::{ConfigError, InvalidValue};
 use model::Declaration;
 pub use model::{Config, Device, Env, HealthCheck, NodeDevices, Placement};

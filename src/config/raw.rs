@@ -45,6 +45,64 @@ pub(super) struct RawDevice {
     pub(super) health_check: Option<HealthCheck>,
 }
 
+/// A `deviceMapping` item up to its devices, parsed apart from them (`pieces.rs`): `devices:`
+/// with nothing after it yet.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHead {
+    #[serde(deserialize_with = "host_list")]
+    pub(super) hosts: Vec<NodeName>,
+    #[allow(dead_code)]
+    devices: Nothing,
+}
+
+/// A value that must be null: what a key with nothing after it is.
+#[derive(Debug)]
+struct Nothing;
+
+impl<'de> Deserialize<'de> for Nothing {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Nothing;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("nothing")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Nothing, E> {
+                Ok(Nothing)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The pieces a config is parsed in (`pieces.rs`), each a list of what its part of the config
+/// holds, read as the whole config reads it (the same visitors, so the same bounds are spent).
+#[derive(Debug)]
+pub(super) struct Mappings(pub(super) Vec<RawMapping>);
+#[derive(Debug)]
+pub(super) struct Heads(pub(super) Vec<RawHead>);
+#[derive(Debug)]
+pub(super) struct Devices(pub(super) Vec<RawDevice>);
+
+impl<'de> Deserialize<'de> for Mappings {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        mapping_list(d).map(Mappings)
+    }
+}
+
+impl<'de> Deserialize<'de> for Heads {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        explicit_list(d, "mappings").map(Heads)
+    }
+}
+
+impl<'de> Deserialize<'de> for Devices {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        device_list(d).map(Devices)
+    }
+}
+
 /// `healthCheck` as written; `tcp` is required, the rest have Kubernetes-probe-like defaults.
 ///
 /// `tcp` takes an IP address, not a name: resolving a name blocks in the C library with no
