@@ -6,6 +6,11 @@ use crate::config::dra::Inventory;
 use crate::config::layout;
 use crate::config::{Config, NodeName};
 
+/// `spookd check`'s word on running both modes.
+const DRA_ONE_MODE: &str = "  deploy one mode per resource name: on a node where a device plugin \
+     also serves a name, pods asking for it in resources.limits get the device plugin's devices, \
+     not DRA's (--dra warns where it sees that)\n";
+
 /// What each node (or only `only`) would serve, with every device's probe settings and its env as
 /// Allocate would set it for that device alone.
 pub fn describe(config: &Config, only: Option<&NodeName>) -> String {
@@ -62,6 +67,11 @@ pub fn describe(config: &Config, only: Option<&NodeName>) -> String {
                 inv.devices().len(),
                 inv.classes().len()
             );
+            // Each class serves its resource by name: where a device plugin also advertises it
+            // on a node, the scheduler gives pods there the device plugin's devices.
+            if !inv.classes().is_empty() {
+                out.push_str(DRA_ONE_MODE);
+            }
         }
         Err(e) => {
             let _ = writeln!(out, "as a DRA driver (--dra) it would be refused: {e}");
@@ -92,10 +102,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             describe(&c, None),
-            "node h1:\n  example.com/widget (1 devices)\n    0001\n      EXAMPLECOM_WIDGET_DEV0_ID=0001\n      EXAMPLECOM_WIDGET_DEV0_IP=1.2.3.4\n      EXAMPLECOM_WIDGET_DEV0_TYPE=example.com/widget\n\
+            format!(
+                "node h1:\n  example.com/widget (1 devices)\n    0001\n      EXAMPLECOM_WIDGET_DEV0_ID=0001\n      EXAMPLECOM_WIDGET_DEV0_IP=1.2.3.4\n      EXAMPLECOM_WIDGET_DEV0_TYPE=example.com/widget\n\
              node h2:\n  example.com/widget (1 devices)\n    0001\n      EXAMPLECOM_WIDGET_DEV0_ID=0001\n      EXAMPLECOM_WIDGET_DEV0_IP=1.2.3.4\n      EXAMPLECOM_WIDGET_DEV0_TYPE=example.com/widget\n\
              config is valid: 2 nodes, 2 node resources\n\
-             as a DRA driver (--dra): 1 devices, 1 DeviceClasses\n"
+             as a DRA driver (--dra): 1 devices, 1 DeviceClasses\n{DRA_ONE_MODE}"
+            )
         );
         let other = NodeName::try_from("h3".to_owned()).unwrap();
         assert!(describe(&c, Some(&other)).starts_with("node h3: in no mapping, serves nothing\n"));
@@ -110,9 +122,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             describe(&c, None),
-            "node h1:\n  example.com/widget (1 devices)\n    0001\n      healthCheck: tcp 127.0.0.1:5025 every 10s, timeout 500ms, Unhealthy after 3 failures, Healthy after 1 successes\n      EXAMPLECOM_WIDGET_DEV0_ID=0001\n      EXAMPLECOM_WIDGET_DEV0_TYPE=example.com/widget\n\
+            format!(
+                "node h1:\n  example.com/widget (1 devices)\n    0001\n      healthCheck: tcp 127.0.0.1:5025 every 10s, timeout 500ms, Unhealthy after 3 failures, Healthy after 1 successes\n      EXAMPLECOM_WIDGET_DEV0_ID=0001\n      EXAMPLECOM_WIDGET_DEV0_TYPE=example.com/widget\n\
              config is valid: 1 nodes, 1 node resources\n\
-             as a DRA driver (--dra): 1 devices, 1 DeviceClasses\n"
+             as a DRA driver (--dra): 1 devices, 1 DeviceClasses\n{DRA_ONE_MODE}"
+            )
         );
     }
 }

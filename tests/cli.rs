@@ -88,7 +88,10 @@ fn check_prints_each_node_and_exits_0_for_a_valid_config() {
          \x20     EXAMPLECOM_WIDGET_DEV0_PORT=12345\n\
          \x20     EXAMPLECOM_WIDGET_DEV0_TYPE=example.com/widget\n\
          config is valid: 3 nodes, 5 node resources\n\
-         as a DRA driver (--dra): 3 devices, 3 DeviceClasses\n"
+         as a DRA driver (--dra): 3 devices, 3 DeviceClasses\n\
+         \x20 deploy one mode per resource name: on a node where a device plugin also serves a \
+         name, pods asking for it in resources.limits get the device plugin's devices, not DRA's \
+         (--dra warns where it sees that)\n"
     );
     let clash_path = tmp.join("clash.yaml");
     std::fs::write(
