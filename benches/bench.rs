@@ -984,6 +984,17 @@ fn main() {
             }
             s
         };
+        // The same config in flow style: not in the layout parsed in pieces, so parsed whole
+        // (what an anchored, JSON or CRLF config costs).
+        let flow = |block: &str| {
+            let devices: Vec<&str> = (block.lines())
+                .filter_map(|l| l.strip_prefix("      - "))
+                .collect();
+            format!(
+                "deviceMapping: [{{hosts: [{NODE}], devices: [\n{}]}}]\n",
+                devices.join(",\n")
+            )
+        };
         let cases = [
             (
                 10_000,
@@ -994,8 +1005,16 @@ fn main() {
             (20_000, minimal("d"), minimal("e")),
             (2_000, wide("v"), wide("w")),
         ];
-        for (n, config, edited) in cases {
-            let d = Dir::new(&format!("dra{n}"));
+        let flows: Vec<(usize, String, String)> = (cases.iter())
+            .map(|(n, c, e)| (*n, flow(c), flow(e)))
+            .collect();
+        for (n, config, edited) in cases.into_iter().chain(flows) {
+            let style = if config.starts_with("deviceMapping: [") {
+                "flow style, parsed whole"
+            } else {
+                "block"
+            };
+            let d = Dir::new(&format!("dra{n}{}", style.len()));
             let pki = apiserver::Pki::new("bench CA");
             let api = apiserver::ApiServer::start(&pki, "spookd", "unused", "t");
             fs::write(d.0.join("token"), "t").unwrap();
@@ -1061,7 +1080,7 @@ fn main() {
             let rss = p.rss_kib();
             row(
                 format!(
-                    "DRA leader: {n} devices ({} KB config) in {slices} ResourceSlices, published then republished",
+                    "DRA leader: {n} devices ({} KB config, {style}) in {slices} ResourceSlices, published then republished",
                     config.len() / 1000
                 ),
                 format!(
@@ -1074,10 +1093,12 @@ fn main() {
                 ),
                 "report (DRA limit 64Mi)",
             );
-            json.insert(
-                Box::leak(format!("dra_hwm_kib_{n}").into_boxed_str()),
-                hwm2.to_string(),
-            );
+            let key = if style == "block" {
+                format!("dra_hwm_kib_{n}")
+            } else {
+                format!("dra_hwm_kib_{n}_flow")
+            };
+            json.insert(Box::leak(key.into_boxed_str()), hwm2.to_string());
             drop(p);
             drop(api);
         }

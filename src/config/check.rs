@@ -313,6 +313,16 @@ mod tests {
             assert!(pieces_agree(text.as_bytes()), "{text}");
             parse(text).unwrap();
         }
+        // A document end the lexer cannot see (after NEL, or where it took a plain `b:'c` for
+        // a quote) would end a piece's document cleanly: such configs are parsed whole and
+        // refused there (two documents).
+        for text in [
+            "deviceMapping:\n  - hosts: [a]\n    devices:\n      - {resourceName: a.io/x, instanceID: '1'}\u{85}...\n  - hosts: [b]\n    devices:\n      - {resourceName: a.io/x, instanceID: '2'}\n",
+            "deviceMapping:\n  - hosts: [a]\n    devices:\n      - resourceName: a.io/x\n        instanceID: \"1\"\n        env:\n          A: b:'c\n...\n# '\n  - hosts: [b]\n    devices:\n      - {resourceName: a.io/x, instanceID: '2'}\n",
+        ] {
+            assert!(pieces_agree(text.as_bytes()));
+            assert!(err(text).contains("more than one document"), "{}", err(text));
+        }
         // An alias of an anchor in another piece: whole.
         let alias = "deviceMapping:\n  - hosts: [a]\n    devices:\n      - {resourceName: a.io/x, instanceID: '1', env: &e {K: v}}\n  - hosts: [b]\n    devices:\n      - {resourceName: a.io/x, instanceID: '1', env: *e}\n";
         assert!(!cut(alias));

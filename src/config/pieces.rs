@@ -7,8 +7,9 @@
 //! The cut is only an optimisation, and never changes what a config means:
 //! - Only the layout every config example uses is cut: `deviceMapping:` alone on its line at
 //!   column 0, then its items (`- ` at one column), each a mapping whose last key is `devices:`
-//!   followed by its items. Anything else (a flow-style config, keys after `devices:`, a tab,
-//!   a CR, a directive or a document marker) is parsed whole.
+//!   followed by its items. Anything else (a flow-style config, keys after `devices:`, a CR or
+//!   another line break than LF, a directive or a document marker) is parsed whole: a document
+//!   marker ends a piece's document cleanly even where the lexer misjudged a quote.
 //! - A line is a cut only where a lexer finds it outside quotes and brackets. Inside a block,
 //!   YAML puts every line of an item's content right of the item's dash, so a line starting `- `
 //!   at the items' column is the next item. A lexer that misjudged a quote or bracket could only
@@ -65,7 +66,8 @@ impl Line {
         };
         // `key:#x` is one plain scalar; a comment needs a space before it.
         rest.is_empty()
-            || (rest[0] == b' ' && matches!(rest.trim_ascii_start().first(), None | Some(b'#')))
+            || (matches!(rest[0], b' ' | b'\t')
+                && matches!(rest.trim_ascii_start().first(), None | Some(b'#')))
     }
 }
 
@@ -107,8 +109,8 @@ fn lines(text: &[u8]) -> Vec<Line> {
                 }
             } else {
                 match b {
-                    b'#' if prev == b' ' => break,
-                    b'"' | b'\'' if b" [{,:-?".contains(&prev) => {
+                    b'#' if matches!(prev, b' ' | b'\t') => break,
+                    b'"' | b'\'' if b" \t[{,:-?".contains(&prev) => {
                         double = b == b'"';
                         single = b == b'\'';
                     }
@@ -127,10 +129,35 @@ fn lines(text: &[u8]) -> Vec<Line> {
 
 /// The pieces of `text`, or `None` where it is not in the layout cut (see the module doc).
 pub(super) fn pieces(text: &[u8]) -> Option<Vec<Piece>> {
-    if text.iter().any(|b| matches!(b, b'\r' | b'\t')) {
+    // A CR, and the line breaks YAML takes besides LF (NEL, LS, PS), would hide a line from the
+    // lexer.
+    let breaks: [&[u8]; 4] = [
+        b"\r",
+        "\u{85}".as_bytes(),
+        "\u{2028}".as_bytes(),
+        "\u{2029}".as_bytes(),
+    ];
+    if breaks
+        .iter()
+        .any(|b| text.windows(b.len()).any(|w| w == *b))
+    {
         return None;
     }
     let lines = lines(text);
+    // A document marker or a directive ends a document cleanly wherever it is, even where the
+    // lexer misjudged a quote: one inside a piece would end the piece's document, not the
+    // config's, and the whole config is refused for holding two.
+    let marker = |l: &Line| {
+        let t = &text[l.start..l.end];
+        t.starts_with(b"%")
+            || [b"---", b"..."].iter().any(|m| {
+                t.strip_prefix(*m)
+                    .is_some_and(|rest| matches!(rest.first(), None | Some(b' ' | b'\t')))
+            })
+    };
+    if lines.iter().any(marker) {
+        return None;
+    }
     let mut at = 0;
     // Before the list: blank lines and comments, then `deviceMapping:` at column 0.
     while lines.get(at)?.blank(text) {
@@ -290,6 +317,11 @@ mod tests {
             "deviceMapping:\n  - hosts: [a]\n    devices: []\nother: 1\n",
             "deviceMapping:\r\n  - hosts: [a]\r\n    devices: []\r\n",
             "deviceMapping:\n\t- hosts: [a]\n",
+            "deviceMapping:\n  - hosts: [a]\n    devices: []\u{85}...\n  - hosts: [b]\n    devices: []\n",
+            "deviceMapping:\n  - hosts: [a]\n    devices: []\u{2028}  - hosts: [b]\n    devices: []\n",
+            "deviceMapping:\n  - hosts: [a]\n    devices:\n      - {resourceName: a.io/x, instanceID: '1', env: {A: b:'c}}\n...\n# '\n  - hosts: [b]\n    devices: []\n",
+            "deviceMapping:\n  - hosts: [a]\n    devices: []\n--- # x\n",
+            "deviceMapping:\n  - hosts: [a]\n    devices: []\n%YAML 1.2\n",
             "  deviceMapping:\n  - hosts: [a]\n",
             "deviceMapping: &a\n  - hosts: [a]\n",
         ] {

@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use crate::dra::objects::{self, DeviceClass, List, Named, ResourceSlice, MANAGED_BY};
 use crate::kube::client::{ApiError, Client, Connection, Lines, Method, REQUEST_TIMEOUT};
 
-/// Objects per page of a list: at most 128 devices a slice, so a page holds at most 512 devices,
-/// and decoding one (the YAML parser holds every token of a body at once) stays about a MiB
-/// whatever the pool's size.
-const PAGE: usize = 4;
+/// Objects per page of a list. The YAML parser holds every token of a body at once, so a page
+/// must stay small whatever the collection's size: a ResourceSlice holds up to 128 devices (a
+/// page of 4 is about a MiB decoding), a health report Lease up to 1,500 names in one string.
+const SLICE_PAGE: usize = 4;
+const PAGE: usize = 16;
 /// Largest page read.
 const MAX_PAGE: u64 = 8 << 20;
 /// Most pages read for one list (10,000 devices a resource, 256 resources: far more than needed).
@@ -80,6 +81,8 @@ pub struct HttpObjects<T> {
     base: String,
     /// `?fieldSelector=…` or `?labelSelector=…`: this driver's objects.
     selector: String,
+    /// Objects per page of a list.
+    page: usize,
     _kind: PhantomData<T>,
 }
 
@@ -105,6 +108,7 @@ impl<T> HttpObjects<T> {
             client: Client::new(conn),
             base,
             selector: format!("?labelSelector={}", escape(label_selector)),
+            page: PAGE,
             _kind: PhantomData,
         }
     }
@@ -121,6 +125,7 @@ impl<T> HttpObjects<T> {
                 "?fieldSelector={}",
                 escape(&format!("spec.driver={driver}"))
             ),
+            page: SLICE_PAGE,
             _kind: PhantomData,
         }
     }
@@ -140,6 +145,7 @@ impl HttpObjects<DeviceClass> {
             client: Client::new(conn),
             base,
             selector: format!("?labelSelector={}", escape(&selector)),
+            page: PAGE,
             _kind: PhantomData,
         }
     }
@@ -175,7 +181,7 @@ impl<T: Object> HttpObjects<T> {
         let mut version = String::new();
         let mut next = String::new();
         for _ in 0..MAX_PAGES {
-            let mut url = format!("{}{}&limit={PAGE}", self.base, self.selector);
+            let mut url = format!("{}{}&limit={}", self.base, self.selector, self.page);
             if !next.is_empty() {
                 url.push_str(&format!("&continue={}", escape(&next)));
             }

@@ -13,7 +13,7 @@ use log::{debug, warn};
 
 use crate::config::NodeName;
 use crate::kube::client::{ApiError, Client, Connection};
-use crate::kube::node::{self, is_zero, NodeView};
+use crate::kube::node::{self, is_positive, NodeView};
 use crate::state::msg::{DraEvent, Msg};
 use crate::worker::Worker;
 
@@ -46,10 +46,13 @@ impl NodeRead for HttpNode {
     }
 }
 
-/// The extended resources a device plugin advertises on the node: allocatable above 0.
+/// The extended resources a device plugin advertises on the node: allocatable above 0, or
+/// capacity (a plugin whose devices are all unhealthy has allocatable 0 and still wins once one
+/// is healthy again).
 pub fn advertised(node: &NodeView) -> BTreeSet<String> {
     (node.allocatable.iter())
-        .filter(|(name, quantity)| name.contains('/') && !is_zero(quantity))
+        .chain(&node.capacity)
+        .filter(|(name, quantity)| name.contains('/') && is_positive(quantity))
         .map(|(name, _)| name.clone())
         .collect()
 }
@@ -145,7 +148,8 @@ mod tests {
         }
     }
 
-    /// Extended resources above 0 count; cpu and memory, and a name a plugin left at 0, do not.
+    /// Extended resources above 0 in allocatable or capacity count; cpu and memory, and a name a
+    /// plugin left at 0 (however written), do not.
     /// A failed read tells nothing (the last answer stands) and is logged once until a read works.
     #[test]
     fn reads_what_device_plugins_advertise() {
@@ -156,19 +160,28 @@ mod tests {
             body: String::new(),
         };
         let mut api = Fake(vec![
-            Ok(view(&[
-                ("cpu", "2"),
-                ("memory", "1Gi"),
-                ("skao.int/oscilloscope", "2"),
-                ("skao.int/gone", "0"),
-            ])),
+            Ok(NodeView {
+                capacity: view(&[("skao.int/all-unhealthy", "1"), ("skao.int/gone", "0")])
+                    .allocatable,
+                ..view(&[
+                    ("cpu", "2"),
+                    ("memory", "1Gi"),
+                    ("skao.int/oscilloscope", "2"),
+                    ("skao.int/gone", "0"),
+                    ("skao.int/all-unhealthy", "0"),
+                    ("skao.int/zero-written-oddly", "0.0"),
+                ])
+            }),
             Err(forbidden),
             Ok(view(&[])),
         ]);
         let mut warned = false;
         assert_eq!(
             check(&mut api, &mut warned),
-            Some(BTreeSet::from(["skao.int/oscilloscope".to_owned()]))
+            Some(BTreeSet::from([
+                "skao.int/all-unhealthy".to_owned(),
+                "skao.int/oscilloscope".to_owned()
+            ]))
         );
         assert_eq!((check(&mut api, &mut warned), warned), (None, true));
         assert_eq!(

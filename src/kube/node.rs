@@ -7,8 +7,10 @@ use serde::Deserialize;
 
 use crate::kube::client::{ApiError, Client, REQUEST_TIMEOUT};
 
-/// Largest Node object read (a Node with many images is a few hundred KiB).
-const MAX_NODE: u64 = 8 << 20;
+/// Largest Node object read: etcd's default request limit (1.5 MiB), which no stored Node
+/// passes. The YAML parser holds every token of a body at once, so a larger bound would cost
+/// several times its size.
+const MAX_NODE: u64 = 3 << 19;
 
 /// The parts of a Node spookd reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -59,4 +61,30 @@ pub fn read(client: &Client, url: &str, annotation: &str) -> Result<NodeView, Ap
 /// A quantity of zero as the kubelet writes it (for a resource whose plugin went away).
 pub fn is_zero(quantity: &str) -> bool {
     quantity == "0"
+}
+
+/// Whether a quantity is above zero, however written (`2`, `1k`, `0.5`; `0m`, `0.0`, `00` and
+/// anything not a number are not).
+pub fn is_positive(quantity: &str) -> bool {
+    let mut digits = quantity
+        .strip_prefix('+')
+        .unwrap_or(quantity)
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.');
+    digits.any(|b| b != b'0' && b != b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_above_zero() {
+        for q in ["1", "2", "1k", "0.5", "+3", "10Mi", "1e3"] {
+            assert!(is_positive(q), "{q}");
+        }
+        for q in ["0", "0m", "0.0", "00", "0Ki", "-1", "", "x", "0e3"] {
+            assert!(!is_positive(q), "{q}");
+        }
+    }
 }
