@@ -27,7 +27,7 @@ use crate::dra::node::{HttpNode, NodeWatcher};
 use crate::dra::objects::{Named, ResourceSlice};
 use crate::dra::plugin::{KubeletPlugin, PluginContext, Sockets};
 use crate::dra::publish::{ObjectWatch, Publisher, PublisherApi, SliceWatcher};
-use crate::dra::report::{report_name, ReportWriter, Reporter};
+use crate::dra::report::{report_name, ReportNudge, ReportWriter, Reporter};
 use crate::dra::DraOptions;
 use crate::events::{EventOptions, Events};
 use crate::health::Prober;
@@ -726,8 +726,12 @@ fn run_dra(opts: RunOptions, dra: DraOptions) -> Result<(), DaemonError> {
         objects: HttpObjects::reports(dra.conn.clone(), &namespace, &dra.driver),
         timeout: WATCH_TIMEOUT,
     };
-    let report_watcher = SliceWatcher::spawn("spookd-dra-reports", watch, publisher.nudge())
-        .map_err(startup("start the health reports' watch"))?;
+    let report_watcher = SliceWatcher::spawn(
+        "spookd-dra-reports",
+        watch,
+        ReportNudge::new(publisher.nudge()),
+    )
+    .map_err(startup("start the health reports' watch"))?;
     let node_watcher =
         NodeWatcher::spawn(HttpNode::new(dra.conn.clone(), &opts.node_name), tx.clone())
             .map_err(startup("start the node's device plugin check"))?;

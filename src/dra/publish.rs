@@ -51,6 +51,23 @@ const SETTLE: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct Nudge(Sender<Cmd>);
 
+impl Nudge {
+    /// Tells the publisher that something it reads changed.
+    pub fn changed(&self) -> bool {
+        self.0.send(Cmd::Changed).is_ok()
+    }
+}
+
+#[cfg(test)]
+impl Nudge {
+    /// A nudge, and how many times it has been sent since last asked.
+    pub(crate) fn counted() -> (Nudge, impl Fn() -> usize) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let sent = move || rx.try_iter().filter(|c| matches!(c, Cmd::Changed)).count();
+        (Nudge(tx), sent)
+    }
+}
+
 impl<T> Observer<T> for Nudge {
     fn listed(&mut self, _: Vec<T>, _: &str) -> bool {
         self.0.send(Cmd::Changed).is_ok()
@@ -96,7 +113,7 @@ impl SliceWatcher {
     pub fn spawn<T: Object + crate::kube::watch::Versioned + Send + 'static>(
         name: &str,
         mut api: ObjectWatch<T>,
-        nudge: Nudge,
+        nudge: impl Observer<T> + Send + 'static,
     ) -> std::io::Result<SliceWatcher> {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let mut nudge = nudge;

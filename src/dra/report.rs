@@ -26,8 +26,9 @@ use crate::clock::later;
 use crate::config::dra::Inventory;
 use crate::dra::api::{HttpObjects, Object, Objects};
 use crate::dra::objects::{Taints, INSTANCE_LABEL, MANAGED_BY};
+use crate::dra::publish::Nudge;
 use crate::kube::client::{ApiError, Connection};
-use crate::kube::watch::Versioned;
+use crate::kube::watch::{Failure, Observer, Phase, Versioned};
 use crate::time::micro_time;
 use crate::worker::Worker;
 
@@ -96,6 +97,56 @@ impl Object for ReportLease {
 impl Versioned for ReportLease {
     fn resource_version(&self) -> &str {
         &self.metadata.resource_version
+    }
+}
+
+/// The report watch's observer: the publisher is nudged when a report appears, goes, or says
+/// something new (its holder or annotations), not at each renewal. Every node renews its report
+/// every third of its duration: nudged by each, the leader would list every slice and report
+/// several times a second on a large cluster. A report that stops being renewed stops counting
+/// at the next publish (at most [`crate::dra::publish::RESYNC`] later).
+pub struct ReportNudge {
+    nudge: Nudge,
+    /// Each report's name and a digest of what it says.
+    said: BTreeMap<String, u64>,
+}
+
+impl ReportNudge {
+    pub fn new(nudge: Nudge) -> Self {
+        ReportNudge {
+            nudge,
+            said: BTreeMap::new(),
+        }
+    }
+
+    fn digest(r: &ReportLease) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&r.spec.holder_identity, &r.metadata.annotations).hash(&mut h);
+        h.finish()
+    }
+}
+
+impl Observer<ReportLease> for ReportNudge {
+    fn listed(&mut self, items: Vec<ReportLease>, _: &str) -> bool {
+        self.said = (items.iter())
+            .map(|r| (r.metadata.name.clone(), Self::digest(r)))
+            .collect();
+        self.nudge.changed()
+    }
+    fn put(&mut self, item: ReportLease) -> bool {
+        let digest = Self::digest(&item);
+        if self.said.insert(item.metadata.name, digest) == Some(digest) {
+            return true;
+        }
+        self.nudge.changed()
+    }
+    fn deleted(&mut self, item: ReportLease) -> bool {
+        self.said.remove(&item.metadata.name);
+        self.nudge.changed()
+    }
+    fn failed(&mut self, phase: Phase, why: &Failure<'_>) -> bool {
+        Observer::<ReportLease>::failed(&mut self.nudge, phase, why)
     }
 }
 
@@ -392,6 +443,33 @@ fn run(reporter: &mut Reporter, rx: &Receiver<Option<Taints>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The publisher hears of a report that appears, goes, or says something new, not of a
+    /// renewal (a new version and renewTime, the same holder and annotations).
+    #[test]
+    fn renewals_do_not_nudge_the_publisher() {
+        let (nudge, sent) = Nudge::counted();
+        let mut watch = ReportNudge::new(nudge);
+        let report = |name: &str, version: &str, says: &str| {
+            let mut r = ReportLease::default();
+            r.metadata.name = name.into();
+            r.metadata.resource_version = version.into();
+            r.spec.holder_identity = Some("n1".into());
+            r.spec.renew_time = Some(format!("2026-12-07T12:00:0{version}.000000Z"));
+            r.metadata
+                .annotations
+                .insert("d.io/unhealthy".into(), says.into());
+            r
+        };
+        assert!(watch.listed(vec![report("a", "1", ""), report("b", "1", "")], "9"));
+        assert_eq!(sent(), 1);
+        assert!(watch.put(report("a", "2", "")));
+        assert_eq!(sent(), 0);
+        assert!(watch.put(report("a", "3", "x-d-io-1 off")));
+        assert!(watch.put(report("c", "1", "")));
+        assert!(watch.deleted(report("b", "1", "")));
+        assert_eq!(sent(), 3);
+    }
     use crate::config::Config;
 
     fn inventory() -> Inventory {
