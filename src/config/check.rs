@@ -34,6 +34,9 @@ fn parse_pieces(text: &[u8], pieces: &[Piece]) -> Option<RawConfig> {
     let mut device_mapping = Vec::with_capacity(pieces.len());
     for piece in pieces {
         match piece {
+            Piece::Header(r) => {
+                serde_yaml::from_slice::<serde::de::IgnoredAny>(&text[r.clone()]).ok()?;
+            }
             Piece::Whole(r) => {
                 let Mappings(items) = serde_yaml::from_slice(&text[r.clone()]).ok()?;
                 device_mapping.extend(items);
@@ -323,6 +326,30 @@ mod tests {
             assert!(pieces_agree(text.as_bytes()));
             assert!(err(text).contains("more than one document"), "{}", err(text));
         }
+        // What the parser refuses before the list (a control character, bytes not UTF-8, in a
+        // comment) is refused as in the whole.
+        for text in [
+            &b"# \x01\ndeviceMapping:\n  - hosts: [a]\n    devices: []\n"[..],
+            b"deviceMapping: # \xff\n  - hosts: [a]\n    devices: []\n",
+        ] {
+            assert!(pieces_agree(text));
+            assert!(Config::parse(text, "t").is_err());
+        }
+        // Aliases within each item, whose repetitions each item's share of serde_yaml's bound
+        // (a hundred times the events parsed) would let through: a config with an alias is
+        // parsed whole, and refused as the whole.
+        let hosts: Vec<String> = (1..=128).map(|i| format!("&k{i} a{i}")).collect();
+        let env: Vec<String> = (1..=128).map(|i| format!("*k{i}: *k{i}")).collect();
+        let item = format!(
+            "- hosts: [{}]\n  devices: [&D {{resourceName: a.io/x, instanceID: '1', env: {{{}}}}}{}]\n",
+            hosts.join(", "),
+            env.join(", "),
+            ", *D".repeat(255)
+        );
+        let bomb = format!("deviceMapping:\n{}", item.repeat(3));
+        assert!(!cut(&bomb));
+        assert!(pieces_agree(bomb.as_bytes()));
+        assert!(parse(&bomb).is_err());
         // An alias of an anchor in another piece: whole.
         let alias = "deviceMapping:\n  - hosts: [a]\n    devices:\n      - {resourceName: a.io/x, instanceID: '1', env: &e {K: v}}\n  - hosts: [b]\n    devices:\n      - {resourceName: a.io/x, instanceID: '1', env: *e}\n";
         assert!(!cut(alias));

@@ -14,17 +14,24 @@
 //!   YAML puts every line of an item's content right of the item's dash, so a line starting `- `
 //!   at the items' column is the next item. A lexer that misjudged a quote or bracket could only
 //!   cut inside one, leaving a piece that ends in an open quote or bracket, which does not parse.
-//! - Any piece that does not parse sends the whole config to the whole parse (anchors used across
-//!   pieces fail that way too), so every error, and its line, is the whole parse's.
+//! - Any piece that does not parse sends the whole config to the whole parse, so every error, and
+//!   its line, is the whole parse's. The lines before the list are parsed too (for the parser's
+//!   checks of every character, comments included). A config with an alias is parsed whole:
+//!   serde_yaml bounds an alias's repetitions by a hundred times the events of what it parses,
+//!   which pieces would loosen.
 
 use std::ops::Range;
 
 /// Devices parsed at a time: a piece of ~13 events a device stays ~170 KB of events.
 pub(super) const DEVICES_A_PIECE: usize = 128;
 
-/// One piece of a config: a whole `deviceMapping` item, or one cut at its devices.
+/// One piece of a config: the lines before the list, a whole `deviceMapping` item, or one cut at
+/// its devices.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Piece {
+    /// The lines before the first item (`deviceMapping:` and comments): parsed only for the
+    /// parser's checks of every character (a control character in a comment is refused).
+    Header(Range<usize>),
     /// An item parsed whole (a one-item list).
     Whole(Range<usize>),
     /// An item whose last key is `devices:`: the item up to its first device (`devices:` with
@@ -158,6 +165,16 @@ pub(super) fn pieces(text: &[u8]) -> Option<Vec<Piece>> {
     if lines.iter().any(marker) {
         return None;
     }
+    // An alias expands in its piece against that piece's share of serde_yaml's repetition limit
+    // (a hundred times its events), which is looser than the whole's: a config with an alias is
+    // parsed whole. (A `*` that starts a token; one inside a value is not an alias.)
+    let alias = text
+        .windows(2)
+        .any(|w| w[1] == b'*' && b" \t\n[{,:-".contains(&w[0]))
+        || text.first() == Some(&b'*');
+    if alias {
+        return None;
+    }
     let mut at = 0;
     // Before the list: blank lines and comments, then `deviceMapping:` at column 0.
     while lines.get(at)?.blank(text) {
@@ -188,7 +205,7 @@ pub(super) fn pieces(text: &[u8]) -> Option<Vec<Piece>> {
             return None;
         }
     }
-    let mut out = Vec::new();
+    let mut out = vec![Piece::Header(0..lines[starts[0]].start)];
     for (i, &first) in starts.iter().enumerate() {
         let last = starts.get(i + 1).map_or(lines.len(), |&n| n);
         out.push(item(text, &lines[first..last]));
@@ -258,8 +275,9 @@ mod tests {
         Some(
             pieces(text.as_bytes())?
                 .iter()
+                .skip(1)
                 .map(|p| match p {
-                    Piece::Whole(r) => vec![s(r)],
+                    Piece::Header(r) | Piece::Whole(r) => vec![s(r)],
                     Piece::Cut { head, devices } => std::iter::once(s(head))
                         .chain(devices.iter().map(s))
                         .collect(),
@@ -322,6 +340,7 @@ mod tests {
             "deviceMapping:\n  - hosts: [a]\n    devices:\n      - {resourceName: a.io/x, instanceID: '1', env: {A: b:'c}}\n...\n# '\n  - hosts: [b]\n    devices: []\n",
             "deviceMapping:\n  - hosts: [a]\n    devices: []\n--- # x\n",
             "deviceMapping:\n  - hosts: [a]\n    devices: []\n%YAML 1.2\n",
+            "deviceMapping:\n  - hosts: [&h a]\n    devices: []\n  - hosts: [*h]\n    devices: []\n",
             "  deviceMapping:\n  - hosts: [a]\n",
             "deviceMapping: &a\n  - hosts: [a]\n",
         ] {

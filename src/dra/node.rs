@@ -46,12 +46,12 @@ impl NodeRead for HttpNode {
     }
 }
 
-/// The extended resources a device plugin advertises on the node: allocatable above 0, or
-/// capacity (a plugin whose devices are all unhealthy has allocatable 0 and still wins once one
-/// is healthy again).
+/// The extended resources a device plugin advertises on the node: allocatable above 0, the
+/// scheduler's rule. Not capacity: the kubelet keeps a plugin that went away in capacity, with
+/// allocatable 0, for its grace period, which would warn for minutes after a node moved to DRA.
+/// (A plugin whose devices are all Unhealthy is not seen until one is Healthy again.)
 pub fn advertised(node: &NodeView) -> BTreeSet<String> {
     (node.allocatable.iter())
-        .chain(&node.capacity)
         .filter(|(name, quantity)| name.contains('/') && is_positive(quantity))
         .map(|(name, _)| name.clone())
         .collect()
@@ -148,8 +148,8 @@ mod tests {
         }
     }
 
-    /// Extended resources above 0 in allocatable or capacity count; cpu and memory, and a name a
-    /// plugin left at 0 (however written), do not.
+    /// Extended resources allocatable above 0 count; cpu and memory, a name a plugin left at 0
+    /// (however written), and one only in capacity, do not.
     /// A failed read tells nothing (the last answer stands) and is logged once until a read works.
     #[test]
     fn reads_what_device_plugins_advertise() {
@@ -161,14 +161,13 @@ mod tests {
         };
         let mut api = Fake(vec![
             Ok(NodeView {
-                capacity: view(&[("skao.int/all-unhealthy", "1"), ("skao.int/gone", "0")])
-                    .allocatable,
+                // A plugin gone (or all Unhealthy): in capacity, allocatable 0.
+                capacity: view(&[("skao.int/gone", "1")]).allocatable,
                 ..view(&[
                     ("cpu", "2"),
                     ("memory", "1Gi"),
                     ("skao.int/oscilloscope", "2"),
                     ("skao.int/gone", "0"),
-                    ("skao.int/all-unhealthy", "0"),
                     ("skao.int/zero-written-oddly", "0.0"),
                 ])
             }),
@@ -178,10 +177,7 @@ mod tests {
         let mut warned = false;
         assert_eq!(
             check(&mut api, &mut warned),
-            Some(BTreeSet::from([
-                "skao.int/all-unhealthy".to_owned(),
-                "skao.int/oscilloscope".to_owned()
-            ]))
+            Some(BTreeSet::from(["skao.int/oscilloscope".to_owned()]))
         );
         assert_eq!((check(&mut api, &mut warned), warned), (None, true));
         assert_eq!(

@@ -103,8 +103,9 @@ impl Versioned for ReportLease {
 /// The report watch's observer: the publisher is nudged when a report appears, goes, or says
 /// something new (its holder or annotations), not at each renewal. Every node renews its report
 /// every third of its duration: nudged by each, the leader would list every slice and report
-/// several times a second on a large cluster. A report that stops being renewed stops counting
-/// at the next publish (at most [`crate::dra::publish::RESYNC`] later).
+/// several times a second on a large cluster. The leader judges a report's liveness by when it
+/// first saw its version, at a publish: one that stops being renewed stops counting up to two
+/// [`crate::dra::publish::RESYNC`]s after its duration has run out (one before).
 pub struct ReportNudge {
     nudge: Nudge,
     /// Each report's name and a digest of what it says.
@@ -122,7 +123,12 @@ impl ReportNudge {
     fn digest(r: &ReportLease) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&r.spec.holder_identity, &r.metadata.annotations).hash(&mut h);
+        (
+            &r.spec.holder_identity,
+            &r.spec.lease_duration_seconds,
+            &r.metadata.annotations,
+        )
+            .hash(&mut h);
         h.finish()
     }
 }
