@@ -543,6 +543,34 @@ probes:
         assert!(t.contains("\\u{1b}[2Jx"), "{t}");
     }
 
+    /// A DRA node where a device plugin serves a name too: the text says so, and the JSON
+    /// carries it back.
+    #[test]
+    fn a_device_plugin_serving_a_dra_name_here_is_shown() {
+        let mut s = sample();
+        s.resources.clear();
+        s.dra = Some(Dra {
+            leader: false,
+            generation: 3,
+            slices: 1,
+            devices: 2,
+            registered: true,
+            dropped_fields: Vec::new(),
+            served_by_device_plugin: vec!["skao.int/oscilloscope".into()],
+        });
+        let t = text(&s, &Ok(Holders::new()));
+        assert!(
+            t.contains(
+                "DRA: a device plugin on this node also advertises skao.int/oscilloscope: pods \
+                 asking for it in resources.limits get the device plugin's devices here, not \
+                 DRA's\n"
+            ),
+            "{t}"
+        );
+        let back: Status = serde_yaml::from_str(&json(&s, &Ok(Holders::new()))).unwrap();
+        assert_eq!(back, s);
+    }
+
     /// A listener on 127.0.0.1 that answers every connection with `answer`, a byte every `gap`.
     fn impostor(answer: &'static [u8], gap: Duration) -> SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
