@@ -16,14 +16,19 @@ use super::{layout, Config, ConfigError, Declaration, InstanceId, NodeName, Reso
 /// Stage one: the config in pieces where it can be cut (a fraction of the parser's memory), else,
 /// or where a piece does not parse, whole: every error is the whole parse's.
 fn parse_raw(text: &[u8]) -> Result<RawConfig, serde_yaml::Error> {
-    {
-        // A scope per attempt: a failed one has spent some of the alias budget.
-        let scope = ParseScope::enter(text);
-        let text = scope.text();
-        if let Some(raw) = pieces(text).and_then(|pieces| parse_pieces(text, &pieces)) {
-            return Ok(raw);
-        }
-    }
+    parse_cut(text).map_or_else(|| parse_whole(text), Ok)
+}
+
+/// Stage one in pieces; `None` where the config is not cut or a piece does not parse. Each
+/// attempt has a scope of its own: a failed one has spent some of the alias budget.
+fn parse_cut(text: &[u8]) -> Option<RawConfig> {
+    let scope = ParseScope::enter(text);
+    let text = scope.text();
+    pieces(text).and_then(|pieces| parse_pieces(text, &pieces))
+}
+
+/// Stage one, the whole document at once.
+fn parse_whole(text: &[u8]) -> Result<RawConfig, serde_yaml::Error> {
     let scope = ParseScope::enter(text);
     serde_yaml::from_slice(scope.text())
 }
@@ -67,17 +72,10 @@ pub fn pieces_agree(text: &[u8]) -> bool {
     if text.len() > MAX_CONFIG_BYTES || prescan(text).is_err() {
         return true;
     }
-    let cut = {
-        let scope = ParseScope::enter(text);
-        let text = scope.text();
-        pieces(text).and_then(|pieces| parse_pieces(text, &pieces))
-    };
-    let Some(cut) = cut else {
+    let Some(cut) = parse_cut(text) else {
         return true;
     };
-    let scope = ParseScope::enter(text);
-    serde_yaml::from_slice::<RawConfig>(scope.text())
-        .is_ok_and(|whole| format!("{whole:?}") == format!("{cut:?}"))
+    parse_whole(text).is_ok_and(|whole| format!("{whole:?}") == format!("{cut:?}"))
 }
 
 impl Config {
@@ -292,9 +290,7 @@ mod tests {
 
     /// Whether `text` is parsed in pieces (and they parse).
     fn cut(text: &str) -> bool {
-        let scope = ParseScope::enter(text.as_bytes());
-        let text = scope.text();
-        pieces(text).and_then(|p| parse_pieces(text, &p)).is_some()
+        parse_cut(text.as_bytes()).is_some()
     }
 
     /// Configs in the layout every example uses are parsed in pieces, and read as the whole
@@ -357,12 +353,7 @@ mod tests {
         // A plain 0001 in a piece is refused as in the whole, with the whole's line.
         let plain = many.replace("instanceID: \"0299\"", "instanceID: 0299");
         assert!(!cut(&plain));
-        let whole = {
-            let scope = ParseScope::enter(plain.as_bytes());
-            serde_yaml::from_slice::<RawConfig>(scope.text())
-                .unwrap_err()
-                .to_string()
-        };
+        let whole = parse_whole(plain.as_bytes()).unwrap_err().to_string();
         assert!(whole.contains("line 1799"), "{whole}");
         assert_eq!(err(&plain), format!("test.yaml: {whole}"));
     }

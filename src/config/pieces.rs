@@ -175,27 +175,37 @@ pub(super) fn pieces(text: &[u8]) -> Option<Vec<Piece>> {
     if alias {
         return None;
     }
-    let mut at = 0;
     // Before the list: blank lines and comments, then `deviceMapping:` at column 0.
-    while lines.get(at)?.blank(text) {
-        at += 1;
-    }
-    let key = lines.get(at)?;
+    let at = content(text, &lines, 0)?;
+    let key = &lines[at];
     if key.indent != 0 || !key.clean || !key.key(text, b"deviceMapping") {
         return None;
     }
-    at += 1;
-    while lines.get(at)?.blank(text) {
-        at += 1;
+    // The items: each from its dash to the next at the same column; past them, only blank lines.
+    let starts = list(text, &lines, content(text, &lines, at + 1)?)?;
+    let mut out = vec![Piece::Header(0..lines[starts[0]].start)];
+    for (i, &first) in starts.iter().enumerate() {
+        let last = starts.get(i + 1).map_or(lines.len(), |&n| n);
+        out.push(item(text, &lines[first..last]));
     }
-    let first = lines.get(at)?;
-    let column = first.indent;
-    if !first.clean || !first.item(text) {
+    Some(out)
+}
+
+/// The first line from `from` on that is not blank or a comment.
+fn content(text: &[u8], lines: &[Line], from: usize) -> Option<usize> {
+    (from..lines.len()).find(|&n| !lines[n].blank(text))
+}
+
+/// The items of the block list whose first line is `lines[first]`: each item's first line (a dash
+/// at the list's column), to its end or the next. `None` unless that line is a clean item and
+/// only blank lines, lines right of the list's column, or items stand from there on.
+fn list(text: &[u8], lines: &[Line], first: usize) -> Option<Vec<usize>> {
+    let column = lines[first].indent;
+    if !lines[first].clean || !lines[first].item(text) {
         return None;
     }
-    // The items: each from its dash to the next at the same column; past them, only blank lines.
     let mut starts = Vec::new();
-    for (n, line) in lines.iter().enumerate().skip(at) {
+    for (n, line) in lines.iter().enumerate().skip(first) {
         if line.blank(text) || line.indent > column || !line.clean {
             continue;
         }
@@ -205,12 +215,7 @@ pub(super) fn pieces(text: &[u8]) -> Option<Vec<Piece>> {
             return None;
         }
     }
-    let mut out = vec![Piece::Header(0..lines[starts[0]].start)];
-    for (i, &first) in starts.iter().enumerate() {
-        let last = starts.get(i + 1).map_or(lines.len(), |&n| n);
-        out.push(item(text, &lines[first..last]));
-    }
-    Some(out)
+    Some(starts)
 }
 
 /// One item of the list, cut at its devices where `devices:` is its last key.
@@ -232,28 +237,14 @@ fn item(text: &[u8], lines: &[Line]) -> Piece {
     else {
         return whole;
     };
-    let Some(first) = (lines.iter().skip(key + 1))
-        .position(|l| !l.blank(text))
-        .map(|p| p + key + 1)
-    else {
+    // Its devices: right of the keys or at their column, each from its dash to the next; nothing
+    // else at their column or left of it.
+    let Some(first) = content(text, lines, key + 1).filter(|&n| lines[n].indent >= column) else {
         return whole;
     };
-    let devices = lines[first].indent;
-    if devices < column || !lines[first].clean || !lines[first].item(text) {
+    let Some(starts) = list(text, lines, first) else {
         return whole;
-    }
-    // Its devices: each from its dash to the next; nothing else at their column or left of it.
-    let mut starts = Vec::new();
-    for (n, line) in lines.iter().enumerate().skip(first) {
-        if line.blank(text) || line.indent > devices || !line.clean {
-            continue;
-        }
-        if line.indent == devices && line.item(text) {
-            starts.push(n);
-        } else {
-            return whole;
-        }
-    }
+    };
     let ranges = (starts.chunks(DEVICES_A_PIECE).enumerate())
         .map(|(i, run)| {
             let next = starts.get((i + 1) * DEVICES_A_PIECE);
