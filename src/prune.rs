@@ -290,7 +290,7 @@ pub struct HttpNodeApi {
 
 impl HttpNodeApi {
     pub fn new(conn: Connection, node: NodeName) -> Self {
-        let url = format!("{}/api/v1/nodes/{node}", conn.server);
+        let url = node::url(&conn, &node);
         HttpNodeApi {
             client: Client::new(conn),
             url,

@@ -32,7 +32,7 @@ pub struct HttpNode {
 
 impl HttpNode {
     pub fn new(conn: Connection, node: &NodeName) -> Self {
-        let url = format!("{}/api/v1/nodes/{node}", conn.server);
+        let url = node::url(&conn, node);
         HttpNode {
             client: Client::new(conn),
             url,

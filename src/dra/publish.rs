@@ -70,13 +70,13 @@ impl Nudge {
 
 impl<T> Observer<T> for Nudge {
     fn listed(&mut self, _: Vec<T>, _: &str) -> bool {
-        self.0.send(Cmd::Changed).is_ok()
+        self.changed()
     }
     fn put(&mut self, _: T) -> bool {
-        self.0.send(Cmd::Changed).is_ok()
+        self.changed()
     }
     fn deleted(&mut self, _: T) -> bool {
-        self.0.send(Cmd::Changed).is_ok()
+        self.changed()
     }
     fn failed(&mut self, phase: Phase, why: &Failure<'_>) -> bool {
         debug!("watch of the driver's ResourceSlices: {phase:?} failed: {why:?}; retrying");

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::kube::client::{ApiError, Client, REQUEST_TIMEOUT};
+use crate::config::NodeName;
+use crate::kube::client::{ApiError, Client, Connection, REQUEST_TIMEOUT};
 
 /// Largest Node object read: etcd's default request limit (1.5 MiB), which no stored Node
 /// passes. The YAML parser holds every token of a body at once, so a larger bound would cost
@@ -43,7 +44,12 @@ struct NodeStatus {
     allocatable: BTreeMap<String, String>,
 }
 
-/// The Node at `url` (`…/api/v1/nodes/<name>`), with its `annotation`.
+/// Node `node`'s URL.
+pub fn url(conn: &Connection, node: &NodeName) -> String {
+    format!("{}/api/v1/nodes/{node}", conn.server)
+}
+
+/// The Node at `url` ([`url`]), with its `annotation`.
 pub fn read(client: &Client, url: &str, annotation: &str) -> Result<NodeView, ApiError> {
     let response = client.get(url, REQUEST_TIMEOUT)?;
     let body = Client::read_body(url, response, MAX_NODE)?;
