@@ -406,15 +406,10 @@ fn a_device_plugin_serving_the_same_name_on_the_node_is_warned_about() {
         &creds,
         &config.path(),
         &[
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--pod-name",
-            "spookd-abcde",
-            "--pod-namespace",
-            "spookd",
-            "--pod-uid",
-            "0b7c4e36-pod",
-        ],
+            ["--metrics-addr", "127.0.0.1:0"].as_slice(),
+            &crate::events::POD_ARGS,
+        ]
+        .concat(),
     );
     let metrics = crate::metrics::metrics_addr(node.spookd());
     let said = "a device plugin on node node1 also advertises example.com/widget: pods asking for \

@@ -11,21 +11,27 @@ use crate::util::{Kubelet, Setup, Spookd, TempDir, SEED, WAIT};
 
 const BROKEN: &str = "deviceMapping:\n  - hosts: [node1]\n    devices:\n      - {resourceName: example.com/widget, instanceID: \"1\", bogus: 1}\n";
 
+/// spookd's own Pod, as the downward API gives it: what Events are about.
+pub const POD_ARGS: [&str; 6] = [
+    "--pod-name",
+    "spookd-abcde",
+    "--pod-namespace",
+    "spookd",
+    "--pod-uid",
+    "0b7c4e36-pod",
+];
+
 fn event_args<'a>(api: &'a str, creds: &'a Credentials) -> Vec<&'a str> {
-    vec![
-        "--pod-name",
-        "spookd-abcde",
-        "--pod-namespace",
-        "spookd",
-        "--pod-uid",
-        "0b7c4e36-pod",
+    let mut args = POD_ARGS.to_vec();
+    args.extend([
         "--api-server",
         api,
         "--token-file",
         creds.token.to_str().unwrap(),
         "--ca-file",
         creds.ca.to_str().unwrap(),
-    ]
+    ]);
+    args
 }
 
 /// The Events now, oldest first, without what the server adds.

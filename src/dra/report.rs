@@ -476,7 +476,6 @@ mod tests {
         assert!(watch.deleted(report("b", "1", "")));
         assert_eq!(sent(), 3);
     }
-    use crate::config::Config;
 
     fn inventory() -> Inventory {
         let yaml = "deviceMapping:
@@ -488,7 +487,7 @@ mod tests {
     devices:
       - {resourceName: a.io/y, instanceID: '1', healthCheck: {tcp: '127.0.0.1:9'}}
 ";
-        Inventory::new(&Config::parse(yaml.as_bytes(), "t").unwrap(), "t").unwrap()
+        crate::dra::test_support::inventory(yaml)
     }
 
     fn report(node: &str, version: &str, unhealthy: &[&str]) -> ReportLease {

@@ -70,6 +70,22 @@ impl Versioned for DeviceClass {
     }
 }
 
+impl<T: Object + Versioned> Memory<T> {
+    /// Writes `o` at the next version, as a server with these gates stores it; answers what it
+    /// stored.
+    fn store(&mut self, mut o: T) -> T {
+        self.version += 1;
+        self.writes += 1;
+        o.set_version(self.version.to_string());
+        if self.gates_off {
+            o.drop_gated();
+        }
+        self.objects
+            .insert(o.name().to_owned(), (self.version, o.clone()));
+        o
+    }
+}
+
 impl<T: Object + Versioned> Objects<T> for Memory<T> {
     fn list(&mut self) -> Result<Vec<T>, ApiError> {
         Ok(self.objects.values().map(|(_, o)| o.clone()).collect())
@@ -83,15 +99,7 @@ impl<T: Object + Versioned> Objects<T> for Memory<T> {
         if self.objects.contains_key(o.name()) {
             return Err(status(409));
         }
-        self.version += 1;
-        self.writes += 1;
-        o.set_version(self.version.to_string());
-        if self.gates_off {
-            o.drop_gated();
-        }
-        self.objects
-            .insert(o.name().to_owned(), (self.version, o.clone()));
-        Ok(o)
+        Ok(self.store(o))
     }
     fn replace(&mut self, o: &T) -> Result<T, ApiError> {
         match self.objects.get(o.name()) {
@@ -99,16 +107,7 @@ impl<T: Object + Versioned> Objects<T> for Memory<T> {
             Some((v, _)) if v.to_string() != o.version() => return Err(status(409)),
             _ => {}
         }
-        self.version += 1;
-        self.writes += 1;
-        let mut o = o.clone();
-        o.set_version(self.version.to_string());
-        if self.gates_off {
-            o.drop_gated();
-        }
-        self.objects
-            .insert(o.name().to_owned(), (self.version, o.clone()));
-        Ok(o)
+        Ok(self.store(o.clone()))
     }
     fn delete(&mut self, name: &str, version: &str) -> Result<(), ApiError> {
         match self.objects.get(name) {
