@@ -422,12 +422,17 @@ pub fn dra_json<S: AsRef<str>>(
     dropped: &[S],
     served_by_device_plugin: &[impl AsRef<str>],
 ) -> String {
-    let list = |l: &mut dyn Iterator<Item = &str>| l.map(json_string).collect::<Vec<_>>().join(",");
     format!(
         r#"{{"leader":{leader},"generation":{generation},"slices":{slices},"devices":{devices},"registered":{registered},"droppedFields":[{}],"servedByDevicePlugin":[{}]}}"#,
-        list(&mut dropped.iter().map(AsRef::as_ref)),
-        list(&mut served_by_device_plugin.iter().map(AsRef::as_ref)),
+        json_strings(dropped),
+        json_strings(served_by_device_plugin),
     )
+}
+
+/// The items of a JSON list of strings.
+fn json_strings(items: &[impl AsRef<str>]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| json_string(s.as_ref())).collect();
+    quoted.join(",")
 }
 
 pub fn status_json(s: &Snapshot) -> String {
