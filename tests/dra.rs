@@ -455,7 +455,8 @@ fn the_configmap_source_feeds_the_driver_too() {
 fn a_pool_of_many_slices_is_read_in_pages() {
     let (api, creds) = apiserver::with_credentials("dra-pages");
     let tmp = TempDir::new();
-    // 20 host sets of one device each: 20 slices, two pages of 16.
+    // 20 host sets of one device each: 20 slices, five pages of 4 (a slice may hold 128 devices);
+    // the health reports are listed 16 a page.
     let many = |ip: &str| {
         let mut yaml = String::from("deviceMapping:\n");
         for i in 0..20 {
@@ -477,12 +478,46 @@ fn a_pool_of_many_slices_is_read_in_pages() {
         s.len() == 20 && generation(s).iter().all(|g| *g == 2)
     });
     assert!(ok, "{}", node.log());
-    let paged = api.requests().iter().any(|r| {
-        r.method == "GET"
-            && r.target.contains("/resourceslices?")
-            && r.target.contains("&continue=page%3A16")
+    let requests = api.requests();
+    let lists = |what: &str| -> Vec<&str> {
+        (requests.iter())
+            .filter(|r| r.method == "GET" && r.target.contains(what) && !r.is_watch())
+            .map(|r| r.target.as_str())
+            .collect()
+    };
+    let slices = lists("/resourceslices?");
+    assert!(slices.iter().all(|t| t.contains("&limit=4")), "{slices:#?}");
+    let paged = slices.iter().any(|t| t.contains("&continue=page%3A16"));
+    assert!(paged, "no fifth page was asked for");
+    let reports = lists("/leases?labelSelector");
+    assert!(
+        !reports.is_empty() && reports.iter().all(|t| t.contains("&limit=16")),
+        "{reports:#?}"
+    );
+}
+
+/// A Node past etcd's 1.5 MiB (a hostile or broken API server's answer) is not read whole: the
+/// check says once that it cannot read the node, and the driver goes on publishing.
+#[test]
+fn a_node_too_large_to_read_is_not_checked_and_publishing_goes_on() {
+    let (api, creds) = apiserver::with_credentials("dra-huge-node");
+    api.set_node(apiserver::Node {
+        name: "node1".into(),
+        annotations: BTreeMap::from([("x".to_owned(), "y".repeat(2 << 20))]),
+        capacity: BTreeMap::new(),
+        allocatable: BTreeMap::from([("example.com/widget".to_owned(), "1".to_owned())]),
     });
-    assert!(paged, "no second page was asked for");
+    let tmp = TempDir::new();
+    let config = ConfigVolume::new(tmp.join("cm"), CONFIG);
+    let node = Node::start("node1", &api, &creds, &config.path(), &[]);
+    let said = "cannot read this node to see whether a device plugin serves the same names";
+    assert!(node.spookd().wait_log(said, 1), "{}", node.log());
+    assert!(
+        api.wait_objects("resourceslices", WAIT, |s| s.len() == 2),
+        "{}",
+        node.log()
+    );
+    assert!(!node.log().contains("also advertises"), "{}", node.log());
 }
 
 /// Another driver's slice named as spookd's first slice would be: spookd publishes that slice
